@@ -1,0 +1,306 @@
+"""CPU emulation of a reduced-precision TensorRT build, with onnxruntime.
+
+What the builder does, in order:
+1. FP32 graph rewriting first: constant folding and BatchNormalization folded into its
+   neighbour. onnxruntime's basic optimizations do the same folds, so the emulator takes the
+   graph they produce. A node of that graph is one emulated *layer*; it covers every ONNX node
+   that was folded into it, as TensorRT's fused layers do.
+2. Reduced precision second: a layer planned in FP16 (or BF16) reads its inputs and weights
+   rounded to that type and writes its outputs rounded to it (beyond 65504 becomes inf, tiny
+   values go subnormal or zero), while the arithmetic inside runs in FP32, like FP32
+   accumulation. Integer and shape computations are untouched.
+
+The rounding is done with explicit FP32 -> FP16 -> FP32 Cast pairs inside an FP32 graph:
+onnxruntime's CPU provider computes FP16-typed nodes in FP32 and drops intermediate rounding, so
+an FP16-typed graph would hide every overflow.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from trtdebug import ortutil
+from trtdebug.engines.base import BuildError, LayerInfo, Marking
+from trtdebug.engines.emulator_tactics import TacticChooser, apply_variant
+from trtdebug.errors import UserError
+from trtdebug.model import Model
+from trtdebug.precision import DATA_MOVEMENT_OPS, ONNX_TYPE, PrecisionPlan, precision_rank, precision_slots
+
+REF_PREFIX = "ref::"  # graph inputs of the local-error graph carry reference values
+
+
+@dataclass
+class FoldedGraph:
+    """The model after the builder's FP32 folding, and which ONNX nodes each layer covers."""
+
+    proto: onnx.ModelProto
+    covers: dict[str, tuple[str, ...]]  # layer (optimized node name) -> original ONNX nodes
+    folded_away: tuple[str, ...]  # ONNX nodes computed at build time (constant folding)
+
+
+def fold_like_builder(model: Model) -> FoldedGraph:
+    """Constant folding and BatchNorm fusion in FP32, by onnxruntime's basic optimization level."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "folded.onnx")
+        ortutil.session(model.proto, level="basic", threads=1, optimized_path=path)
+        folded = onnx.load(path)
+    # onnxruntime may leave nodes unnamed or reuse names; layer names must be unique.
+    seen: set[str] = set()
+    for i, node in enumerate(folded.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.name or node.op_type}__{i}"
+        seen.add(node.name)
+    covers = _coverage(model, folded)
+    covered = {n for nodes in covers.values() for n in nodes}
+    folded_away = tuple(n.name for n in model.nodes if n.name not in covered)
+    return FoldedGraph(folded, covers, folded_away)
+
+
+def _coverage(model: Model, folded: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
+    """Map each folded-graph node to the original nodes between its inputs and its outputs."""
+    surviving = {t for n in folded.graph.node for t in [*n.input, *n.output]}
+    surviving |= {i.name for i in folded.graph.initializer} | {i.name for i in folded.graph.input}
+    covers: dict[str, tuple[str, ...]] = {}
+    for node in folded.graph.node:
+        stop = set(node.input)
+        found: list[str] = []
+        stack = [t for t in node.output if t in model.producer]
+        seen: set[str] = set()
+        while stack:
+            producer = model.producer[stack.pop()]
+            if producer in seen:
+                continue
+            seen.add(producer)
+            found.append(producer)
+            for t in model.node_by_name[producer].input:
+                if t and t not in stop and t not in surviving and t in model.producer:
+                    stack.append(t)
+        if not found and node.name in model.node_by_name:
+            found = [node.name]
+        covers[node.name] = tuple(sorted(found, key=model.node_index))
+    return covers
+
+
+class _Rounder:
+    """Builds the emulated graph: the folded graph with FP16/BF16 rounding at layer I/O."""
+
+    def __init__(self, folded: onnx.ModelProto, opset: int):
+        self.opset = opset
+        self.graph = onnx.GraphProto()
+        self.graph.CopyFrom(folded.graph)
+        del self.graph.node[:]
+        self.initializers = {i.name: i for i in folded.graph.initializer}
+        self.rounded: dict[str, str] = {}  # tensor -> precision it is already rounded to
+        self.cast_cache: dict[tuple[str, str], str] = {}
+
+    def round_tensor(self, tensor: str, precision: str) -> str:
+        """Name of `tensor` rounded to `precision` (values still FP32)."""
+        if self.rounded.get(tensor) == precision:
+            return tensor
+        key = (tensor, precision)
+        if key in self.cast_cache:
+            return self.cast_cache[key]
+        name = f"{tensor}::{precision}"
+        if tensor in self.initializers:
+            value = numpy_helper.to_array(self.initializers[tensor])
+            if value.dtype != np.float32:
+                return tensor
+            self.graph.initializer.append(numpy_helper.from_array(_round(value, precision), name))
+        else:
+            self._cast_pair(tensor, name, precision)
+        self.cast_cache[key] = name
+        self.rounded[name] = precision
+        return name
+
+    def _cast_pair(self, source: str, target: str, precision: str) -> None:
+        low = f"{target}::cast"
+        self.graph.node.append(helper.make_node("Cast", [source], [low], to=ONNX_TYPE[precision],
+                                                name=f"{low}::in"))
+        self.graph.node.append(helper.make_node("Cast", [low], [target], to=onnx.TensorProto.FLOAT,
+                                                name=f"{low}::out"))
+
+    def add(self, node: onnx.NodeProto, precision: str, float_tensors: set[str]) -> None:
+        if precision == "fp32" or node.op_type in DATA_MOVEMENT_OPS:
+            self.graph.node.append(node)
+            return
+        in_slots, out_slots = precision_slots(node, self.opset)
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        for i in in_slots:
+            t = copy.input[i]
+            if t and t in float_tensors:
+                copy.input[i] = self.round_tensor(t, precision)
+        renamed = []
+        for i in out_slots:
+            t = copy.output[i]
+            if t and t in float_tensors:
+                copy.output[i] = f"{t}::raw"
+                renamed.append((copy.output[i], t))
+        self.graph.node.append(copy)
+        for raw, final in renamed:
+            self._cast_pair(raw, final, precision)
+            self.rounded[final] = precision
+
+
+def _round(value: np.ndarray, precision: str) -> np.ndarray:
+    if precision == "fp16":
+        with np.errstate(over="ignore"):
+            return value.astype(np.float16).astype(np.float32)
+    if precision == "bf16":  # round to nearest even on the upper 16 bits
+        bits = value.astype(np.float32).view(np.uint32).astype(np.uint64)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        return rounded.astype(np.uint32).view(np.float32)
+    return value
+
+
+class EmulatorBuilt:
+    """An emulated engine: one onnxruntime session over the rounded graph."""
+
+    def __init__(self, model: Model, folded: FoldedGraph, plan: PrecisionPlan,
+                 tactics: dict[str, str], mark: Marking):
+        self.model = model
+        self.plan = plan
+        self.folded = folded
+        self.tactics = tactics
+        self.layer_precision = {name: _layer_precision(model, plan, nodes)
+                                for name, nodes in folded.covers.items()}
+        self.layers = [
+            LayerInfo(name=" + ".join(folded.covers[n.name]) or n.name, onnx_nodes=folded.covers[n.name],
+                      precision=self.layer_precision[n.name], tactic=tactics.get(n.name, ""),
+                      op_type=n.op_type, outputs=tuple(o for o in n.output if o),
+                      extra={"layer": n.name})
+            for n in folded.proto.graph.node
+        ]
+        self.float_tensors = self._float_tensors()
+        self.proto = self._rounded_graph(folded.proto, self.float_tensors)
+        exposed = self._exposed(mark)
+        self.marking_notes: dict[str, Any] = {
+            "mode": "all" if mark.mode != "none" else "none",
+            "note": "the emulator exposes tensors without changing the computation",
+            "folded_away": list(folded.folded_away),
+        }
+        self._session = ortutil.session(ortutil.with_outputs(self.proto, exposed))
+        self._local_session: Any = None
+
+    def _float_tensors(self) -> set[str]:
+        names = {t for n in self.folded.proto.graph.node for t in [*n.input, *n.output] if t}
+        floats = {t for t in names if self.model.is_float(t)}
+        for init in self.folded.proto.graph.initializer:
+            if init.data_type == onnx.TensorProto.FLOAT:
+                floats.add(init.name)
+        return floats | self._new_float_tensors(names)
+
+    def _new_float_tensors(self, names: set[str]) -> set[str]:
+        """Tensors the folding created (not in the original model): float if any input is."""
+        floats: set[str] = set()
+        for node in self.folded.proto.graph.node:
+            for t in node.output:
+                invented = t and t not in self.model.producer and node.op_type not in ("Shape", "Size")
+                if invented and any(self.model.is_float(i) or i in floats for i in node.input):
+                    floats.add(t)
+        return floats
+
+    def _rounded_graph(self, source: onnx.ModelProto, float_tensors: set[str]) -> onnx.ModelProto:
+        rounder = _Rounder(source, self.model.opset)
+        for node in source.graph.node:
+            precision = self.layer_precision[node.name]
+            node = apply_variant(node, self.tactics.get(node.name, ""), precision, rounder)
+            rounder.add(node, precision, float_tensors)
+        proto = onnx.ModelProto()
+        proto.CopyFrom(source)
+        proto.graph.CopyFrom(rounder.graph)
+        del proto.graph.value_info[:]  # names changed; onnxruntime infers what it needs
+        return proto
+
+    def _exposed(self, mark: Marking) -> list[str]:
+        if mark.mode == "none":
+            return []
+        produced = {t for n in self.proto.graph.node for t in n.output}
+        wanted = mark.tensors if mark.tensors is not None else self.model.intermediate_tensors()
+        return [t for t in wanted if t in produced]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return ortutil.run(self._session, feeds)
+
+    def run_local(self, reference: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every layer run alone on the reference's FP32 inputs: its own error, isolated."""
+        if self._local_session is None:
+            self._local_session = self._build_local()
+        session, feeds_from = self._local_session
+        feeds = {name: reference[tensor] for name, tensor in feeds_from.items()}
+        return ortutil.run(session, feeds)
+
+    def _build_local(self) -> tuple[Any, dict[str, str]]:
+        """The folded graph with every layer's non-constant inputs cut loose into graph inputs."""
+        initializers = {i.name for i in self.folded.proto.graph.initializer}
+        original = set(self.model.producer) | {i.name for i in self.model.inputs}
+        feeds_from: dict[str, str] = {}
+        kept = onnx.ModelProto()
+        kept.CopyFrom(self.folded.proto)
+        del kept.graph.node[:]
+        del kept.graph.input[:]
+        del kept.graph.output[:]
+        outputs = []
+        for node in self.folded.proto.graph.node:
+            sources = [t for t in node.input if t and t not in initializers]
+            if any(t not in original for t in sources):
+                continue  # reads a tensor the folding invented: no reference value exists
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            for i, t in enumerate(copy.input):
+                if t in sources:
+                    copy.input[i] = REF_PREFIX + t
+                    feeds_from[REF_PREFIX + t] = t
+            kept.graph.node.append(copy)
+            outputs.extend(o for o in copy.output if o in original)
+        for name, tensor in feeds_from.items():
+            kept.graph.input.append(helper.make_tensor_value_info(
+                name, onnx.helper.np_dtype_to_tensor_dtype(self.model.dtype(tensor) or np.dtype("float32")),
+                None))
+        cut_floats = {REF_PREFIX + t for t in feeds_from.values() if t in self.float_tensors}
+        proto = self._rounded_graph(kept, self.float_tensors | cut_floats)
+        return ortutil.session(ortutil.with_outputs(proto, outputs)), feeds_from
+
+
+def _layer_precision(model: Model, plan: PrecisionPlan, nodes: tuple[str, ...]) -> str:
+    """A fused layer computes in the highest precision any of its ONNX nodes asks for."""
+    precisions = [plan.precision_of(n) for n in nodes
+                  if model.node_by_name[n].op_type not in DATA_MOVEMENT_OPS] or ["fp32"]
+    return max(precisions, key=precision_rank)
+
+
+class EmulatorEngine:
+    """Emulates TensorRT FP16/BF16 builds on the CPU (see the module docstring)."""
+
+    name = "emulator"
+
+    def __init__(self, tactic_seed: int | None = None) -> None:
+        self._folded: dict[str, FoldedGraph] = {}
+        self.tactic_seed = tactic_seed
+
+    def folded(self, model: Model) -> FoldedGraph:
+        if model.sha256 not in self._folded:
+            self._folded[model.sha256] = fold_like_builder(model)
+        return self._folded[model.sha256]
+
+    def build(self, model: Model, plan: PrecisionPlan, bans: Any = None,
+              mark: Marking | None = None) -> EmulatorBuilt:
+        if "int8" in (plan.default, *plan.nodes.values()):
+            raise UserError("the emulator emulates fp16 and bf16 builds; for INT8, give a Q/DQ model with "
+                            "--precision fp32, or use --engine tensorrt")
+        folded = self.folded(model)
+        precisions = {name: _layer_precision(model, plan, nodes) for name, nodes in folded.covers.items()}
+        chooser = TacticChooser(model, folded, seed=self.tactic_seed)
+        tactics = chooser.choose(precisions, bans)
+        try:
+            return EmulatorBuilt(model, folded, plan, tactics, mark or Marking())
+        except UserError as exc:
+            raise BuildError(str(exc)) from None

@@ -1,0 +1,331 @@
+"""Load and validate an ONNX model and index its graph.
+
+The index (nodes in topological order, producer and consumer maps, tensor types) is what every
+other module uses to talk about "a layer": an ONNX node, named uniquely. Nodes without a name or
+with a duplicate name are renamed here, once, so plans and reports can always refer to them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from trtdebug.errors import UserError
+
+FP16_MAX = 65504.0
+# The smallest positive FP16 subnormal; anything smaller in magnitude rounds to zero.
+FP16_MIN_SUBNORMAL = 2.0**-24
+
+# Inputs of these ops that the TensorRT builder folds into neighbouring layers in FP32, so their
+# values never exist in reduced precision (BatchNormalization scale, bias, mean and variance).
+BUILDER_FOLDED_INPUTS = {"BatchNormalization": {1, 2, 3, 4}}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: np.dtype | None  # None where ONNX does not say
+    shape: tuple[int | str | None, ...] | None  # int, symbolic name, or None per dim; None if unknown rank
+
+    @property
+    def is_static(self) -> bool:
+        return self.shape is not None and all(isinstance(d, int) and d >= 0 for d in self.shape)
+
+
+@dataclass(frozen=True)
+class RangeViolation:
+    """A constant whose values do not fit in FP16."""
+
+    tensor: str
+    max_abs: float
+    consumers: tuple[str, ...]
+    folded_by_builder: bool  # only used in FP32 folding (BatchNorm statistics), so harmless
+
+
+def _elem_dtype(elem_type: int) -> np.dtype | None:
+    if elem_type == onnx.TensorProto.UNDEFINED:
+        return None
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, TypeError, ValueError):
+        return None  # bfloat16, float8 and friends have no numpy dtype
+
+
+def _spec_from_value_info(vi: onnx.ValueInfoProto) -> TensorSpec:
+    tt = vi.type.tensor_type
+    shape: tuple[int | str | None, ...] | None = None
+    if tt.HasField("shape"):
+        shape = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+        )
+    return TensorSpec(vi.name, _elem_dtype(tt.elem_type), shape)
+
+
+def subgraph_outer_inputs(node: onnx.NodeProto) -> set[str]:
+    """Tensors of the enclosing graph that a node's subgraphs (If, Loop, Scan) read implicitly."""
+    used: set[str] = set()
+    for attr in node.attribute:
+        graphs = list(attr.g and [attr.g] or []) + list(attr.graphs)
+        for g in graphs:
+            defined = {i.name for i in g.input} | {i.name for i in g.initializer}
+            for n in g.node:
+                defined.update(n.output)
+            for n in g.node:
+                used.update(t for t in n.input if t)
+                used.update(subgraph_outer_inputs(n))
+            used -= defined
+            used.update(o.name for o in g.output if o.name not in defined)
+    return used
+
+
+def node_dependencies(node: onnx.NodeProto) -> list[str]:
+    """Every tensor a node reads, explicit inputs first, then subgraph outer-scope reads."""
+    explicit = [t for t in node.input if t]
+    return explicit + sorted(subgraph_outer_inputs(node) - set(explicit))
+
+
+def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """Kahn's algorithm, stable with respect to file order (exporters mostly emit sorted graphs)."""
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    waiting_on: list[set[int]] = []
+    dependents: dict[int, list[int]] = {}
+    for i, n in enumerate(nodes):
+        deps = {producer[t] for t in node_dependencies(n) if t in producer and t not in available}
+        deps.discard(i)
+        waiting_on.append(deps)
+        for d in deps:
+            dependents.setdefault(d, []).append(i)
+    ready = [i for i, w in enumerate(waiting_on) if not w]
+    order: list[int] = []
+    import heapq
+
+    heapq.heapify(ready)
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in dependents.get(i, []):
+            waiting_on[j].discard(i)
+            if not waiting_on[j]:
+                heapq.heappush(ready, j)
+    if len(order) != len(nodes):
+        stuck = [nodes[i].name or nodes[i].op_type for i in range(len(nodes)) if i not in set(order)]
+        raise UserError(f"the graph has a cycle or reads undefined tensors near node {stuck[0]!r}; "
+                        "re-export the model")
+    return [nodes[i] for i in order]
+
+
+def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
+    root = folder.resolve()
+    for tensor in _all_tensors(proto.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if Path(location).is_absolute() or not target.is_relative_to(root):
+            raise UserError(f"external data {location!r} of tensor {tensor.name!r} lies outside the "
+                            f"model's folder {folder}; move it next to the model")
+        if not target.is_file():
+            raise UserError(f"external data file {location!r} for tensor {tensor.name!r} is missing; "
+                            f"copy it into {folder}")
+
+
+def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for g in attr.graphs:
+                yield from _all_tensors(g)
+
+
+class Model:
+    """An ONNX model with unique node names, inferred shapes and a graph index."""
+
+    def __init__(self, proto: onnx.ModelProto, path: Path | None = None):
+        self.path = path
+        self.proto = proto
+        self.renamed_nodes = _make_node_names_unique(proto.graph)
+        self._infer_shapes()
+        proto = self.proto
+        initializer_names = {i.name for i in proto.graph.initializer}
+        self.initializer_names = initializer_names
+        self.inputs = [_spec_from_value_info(i) for i in proto.graph.input if i.name not in initializer_names]
+        self.outputs = [_spec_from_value_info(o) for o in proto.graph.output]
+        available = initializer_names | {i.name for i in self.inputs}
+        self.nodes = _topological(list(proto.graph.node), available)
+        self.node_by_name = {n.name: n for n in self.nodes}
+        self.producer = {o: n.name for n in self.nodes for o in n.output if o}
+        self.consumers: dict[str, list[str]] = {}
+        for n in self.nodes:
+            for t in dict.fromkeys(node_dependencies(n)):
+                self.consumers.setdefault(t, []).append(n.name)
+        self._specs = {vi.name: _spec_from_value_info(vi) for vi in
+                       [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]}
+        for init in proto.graph.initializer:
+            self._specs[init.name] = TensorSpec(init.name, _elem_dtype(init.data_type), tuple(init.dims))
+
+    # -- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | Path) -> Model:
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"model file not found: {path}")
+        if path.is_dir():
+            raise UserError(f"{path} is a folder; pass the .onnx file inside it")
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf raises several types for garbage input
+            raise UserError(f"{path} is not a readable ONNX model ({type(exc).__name__}); "
+                            "check the path or re-export the model") from None
+        if not proto.graph.node and not proto.graph.output:
+            raise UserError(f"{path} is not an ONNX model (no graph in it); check the path")
+        _check_external_data(proto, path.parent)
+        try:
+            onnx.load_external_data_for_model(proto, str(path.parent))
+        except Exception as exc:
+            raise UserError(f"cannot read external data of {path}: {exc}") from None
+        _check_opset(proto, path)
+        return cls(proto, path)
+
+    @classmethod
+    def from_proto(cls, proto: onnx.ModelProto) -> Model:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)
+        _check_opset(copy, None)
+        return cls(copy)
+
+    def _infer_shapes(self) -> None:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self.proto, data_prop=True)
+        except Exception:
+            # Models with custom ops or >2 GiB still work; they just carry fewer known shapes.
+            return
+        self.proto = inferred
+
+    # -- queries -----------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else (self.proto.graph.name or "model")
+
+    @property
+    def opset(self) -> int:
+        return next((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+    @cached_property
+    def serialized(self) -> bytes:
+        return self.proto.SerializeToString()
+
+    @cached_property
+    def sha256(self) -> str:
+        """Hash of the model as trtdebug sees it (after renaming), so plans bind to one graph."""
+        return hashlib.sha256(self.serialized).hexdigest()
+
+    def spec(self, tensor: str) -> TensorSpec:
+        return self._specs.get(tensor, TensorSpec(tensor, None, None))
+
+    def dtype(self, tensor: str) -> np.dtype | None:
+        return self.spec(tensor).dtype
+
+    def is_float(self, tensor: str) -> bool:
+        dt = self.dtype(tensor)
+        return dt is not None and dt.kind == "f"
+
+    def node(self, name: str) -> onnx.NodeProto:
+        try:
+            return self.node_by_name[name]
+        except KeyError:
+            raise UserError(f"the model has no node named {name!r}") from None
+
+    def node_index(self, name: str) -> int:
+        return self._node_index[name]
+
+    @cached_property
+    def _node_index(self) -> dict[str, int]:
+        return {n.name: i for i, n in enumerate(self.nodes)}
+
+    def intermediate_tensors(self) -> list[str]:
+        """Every node output, in topological order."""
+        return [o for n in self.nodes for o in n.output if o]
+
+    def initializer(self, name: str) -> np.ndarray:
+        return self._initializers[name]
+
+    @cached_property
+    def _initializers(self) -> dict[str, np.ndarray]:
+        return {i.name: numpy_helper.to_array(i) for i in self.proto.graph.initializer}
+
+    def constants(self) -> Iterable[tuple[str, np.ndarray]]:
+        """Initializers and Constant-node values."""
+        yield from self._initializers.items()
+        for n in self.nodes:
+            if n.op_type == "Constant":
+                for attr in n.attribute:
+                    if attr.name == "value":
+                        yield n.output[0], numpy_helper.to_array(attr.t)
+
+    def fp16_range_violations(self) -> list[RangeViolation]:
+        found = []
+        for name, value in self.constants():
+            if value.dtype.kind != "f" or value.size == 0:
+                continue
+            finite = value[np.isfinite(value)]
+            max_abs = float(np.abs(finite).max()) if finite.size else 0.0
+            if max_abs <= FP16_MAX:
+                continue
+            consumers = tuple(self.consumers.get(name, []))
+            folded = bool(consumers) and all(
+                _input_slots(self.node_by_name[c], name) <= BUILDER_FOLDED_INPUTS.get(
+                    self.node_by_name[c].op_type, set())
+                for c in consumers)
+            found.append(RangeViolation(name, max_abs, consumers, folded))
+        return found
+
+
+def _input_slots(node: onnx.NodeProto, tensor: str) -> set[int]:
+    return {i for i, t in enumerate(node.input) if t == tensor}
+
+
+def _check_opset(proto: onnx.ModelProto, path: Path | None) -> None:
+    where = f"{path}: " if path else ""
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None:
+        raise UserError(f"{where}the model declares no ai.onnx opset; re-export it with an opset_import")
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise UserError(f"{where}opset {opset} is newer than this onnx/onnxruntime supports ({newest}); "
+                        f"re-export with opset <= {newest} or upgrade onnx and onnxruntime")
+    if opset < 7:
+        raise UserError(f"{where}opset {opset} is too old for onnxruntime (needs >= 7); "
+                        "convert it with onnx.version_converter")
+
+
+def _make_node_names_unique(graph: onnx.GraphProto) -> list[tuple[str, str]]:
+    """Give every node a unique, non-empty name; returns (old, new) for each renamed node."""
+    seen: set[str] = set()
+    renamed = []
+    taken = {n.name for n in graph.node if n.name}
+    for i, node in enumerate(graph.node):
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        base = node.name or f"{node.op_type}_{i}"
+        candidate, k = base, 1
+        while candidate in seen or (candidate != node.name and candidate in taken):
+            candidate = f"{base}_{k}"
+            k += 1
+        renamed.append((node.name, candidate))
+        node.name = candidate
+        seen.add(candidate)
+    return renamed
