@@ -1,0 +1,242 @@
+"""Per-tensor comparison of a candidate run against the FP32 reference.
+
+Final outputs are checked with the user's atol/rtol as given (|c - r| <= atol + rtol * |r|, the
+np.allclose rule). Intermediate tensors live at arbitrary scales, so there atol is taken relative
+to the tensor's own magnitude (atol * max|r|): a tensor of values around 1e-6 that underflowed to
+zero is wrong, and a tensor of values around 1e4 is not wrong by 0.1.
+
+A wrong tensor is *introduced* where its layer is wrong on its own (local error, where the engine
+can compute it) or where none of its inputs is wrong; otherwise the error is *propagated* from
+upstream.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from trtdebug.detect import Defect, detect
+from trtdebug.model import Model
+
+DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4), "bf16": (5e-2, 5e-2), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    per_output: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    @classmethod
+    def for_precision(cls, precision: str, atol: float | None = None, rtol: float | None = None,
+                      per_output: Mapping[str, tuple[float, float]] | None = None) -> Tolerance:
+        default_atol, default_rtol = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp16"])
+        return cls(default_atol if atol is None else atol, default_rtol if rtol is None else rtol,
+                   dict(per_output or {}))
+
+    def for_output(self, name: str) -> tuple[float, float]:
+        return self.per_output.get(name, (self.atol, self.rtol))
+
+
+@dataclass
+class Metrics:
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    cosine: float
+    snr_db: float
+    frac_outside: float
+    ref_max_abs: float
+    new_nonfinite: int  # elements non-finite in the candidate but finite in the reference
+
+    @property
+    def bad(self) -> bool:
+        return self.frac_outside > 0 or self.new_nonfinite > 0
+
+    def to_json(self) -> dict[str, float | int | None]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in self.__dict__.items()}
+
+
+def measure(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float,
+            relative_atol: bool) -> tuple[Metrics, np.ndarray]:
+    """Error metrics, and the mask of elements outside tolerance. Shapes must have equal size."""
+    r = ref.astype(np.float64).reshape(-1)
+    c = cand.astype(np.float64).reshape(-1)
+    both_finite = np.isfinite(r) & np.isfinite(c)
+    same_special = ~both_finite & ((r == c) | (np.isnan(r) & np.isnan(c)))
+    err = np.where(both_finite, np.abs(c - r), np.where(same_special, 0.0, np.inf))
+    finite_r = np.abs(r[np.isfinite(r)])
+    ref_max = float(finite_r.max()) if finite_r.size else 0.0
+    scale = ref_max if relative_atol else 1.0
+    outside = err > atol * scale + rtol * np.abs(np.where(np.isfinite(r), r, 0.0))
+    finite_err = err[both_finite]
+    rel = finite_err / np.maximum(np.abs(r[both_finite]), np.finfo(np.float32).tiny)
+    rf, cf = r[both_finite], c[both_finite]
+    norms = float(np.linalg.norm(rf) * np.linalg.norm(cf))
+    cosine = float(np.dot(rf, cf) / norms) if norms > 0 else (1.0 if not cf.any() and not rf.any() else 0.0)
+    noise = float(np.sum(finite_err**2))
+    signal = float(np.sum(rf**2))
+    snr = math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)
+    new_nonfinite = int(np.count_nonzero(np.isfinite(r) & ~np.isfinite(c)))
+    if new_nonfinite:  # values that became inf/NaN are infinitely wrong, whatever the finite rest says
+        snr, max_rel = -math.inf, math.inf
+    else:
+        max_rel = float(rel.max()) if rel.size else 0.0
+    metrics = Metrics(
+        max_abs=float(err.max()) if err.size else 0.0,
+        mean_abs=float(finite_err.mean()) if finite_err.size else 0.0,
+        max_rel=max_rel,
+        cosine=cosine, snr_db=snr,
+        frac_outside=float(outside.mean()) if outside.size else 0.0,
+        ref_max_abs=ref_max, new_nonfinite=new_nonfinite)
+    return metrics, outside.reshape(ref.shape) if ref.size else outside
+
+
+@dataclass
+class TensorReport:
+    tensor: str
+    node: str
+    op_type: str
+    index: int  # position in topological order
+    shape: tuple[int, ...]
+    is_output: bool
+    status: str  # ok | introduced | propagated | missing (not exposed by the engine)
+    accumulated: Metrics | None = None
+    local: Metrics | None = None
+    defects: list[Defect] = field(default_factory=list)
+    layer: str = ""  # engine layer that computes it
+    precision: str = ""
+
+
+@dataclass
+class CompareResult:
+    model: str
+    engine: str
+    precision: str
+    tolerance: Tolerance
+    tensors: list[TensorReport]
+    passed: bool
+    notes: dict[str, Any] = field(default_factory=dict)  # marking, reproduction check, folding
+    layers: list[Any] = field(default_factory=list)  # LayerInfo of the build
+    range_violations: list[Any] = field(default_factory=list)
+
+    @property
+    def outputs(self) -> list[TensorReport]:
+        return [t for t in self.tensors if t.is_output]
+
+    @property
+    def introduced(self) -> list[TensorReport]:
+        return [t for t in self.tensors if t.status == "introduced"]
+
+    @property
+    def first_introduced(self) -> TensorReport | None:
+        introduced = self.introduced
+        return introduced[0] if introduced else None
+
+    def worst(self, n: int = 10) -> list[TensorReport]:
+        measured = [t for t in self.tensors if t.accumulated is not None and t.accumulated.bad]
+        return sorted(measured, key=_badness, reverse=True)[:n]
+
+    def tensor(self, name: str) -> TensorReport:
+        return next(t for t in self.tensors if t.tensor == name)
+
+
+def _badness(t: TensorReport) -> tuple[int, float, float]:
+    m = t.accumulated
+    assert m is not None
+    return (1 if t.status == "introduced" else 0, m.frac_outside, -m.snr_db)
+
+
+@dataclass
+class Verdict:
+    """Whether final outputs meet tolerance; what a fallback search evaluates."""
+
+    passed: bool
+    outputs: dict[str, Metrics]
+    reason: str = ""
+
+
+def check_outputs(model: Model, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+                  tolerance: Tolerance) -> Verdict:
+    metrics: dict[str, Metrics] = {}
+    failing = []
+    for spec in model.outputs:
+        if spec.name not in candidate:
+            return Verdict(False, metrics, f"engine did not produce output {spec.name!r}")
+        ref, cand = np.asarray(reference[spec.name]), np.asarray(candidate[spec.name])
+        if ref.size != cand.size:
+            return Verdict(False, metrics, f"output {spec.name!r} has shape {list(cand.shape)}, "
+                                           f"expected {list(ref.shape)}")
+        if ref.dtype.kind not in "fc":
+            if not np.array_equal(ref.reshape(-1), cand.reshape(-1)):
+                failing.append(spec.name)
+            continue
+        atol, rtol = tolerance.for_output(spec.name)
+        metrics[spec.name], _ = measure(ref, cand, atol, rtol, relative_atol=False)
+        if metrics[spec.name].bad:
+            failing.append(spec.name)
+    reason = f"outputs out of tolerance: {', '.join(failing)}" if failing else ""
+    return Verdict(not failing, metrics, reason)
+
+
+def compare(model: Model, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+            tolerance: Tolerance, local: Mapping[str, np.ndarray] | None = None,
+            layer_of: Mapping[str, tuple[str, str]] | None = None, engine: str = "",
+            precision: str = "") -> CompareResult:
+    """Compare every float tensor the model defines, in topological order.
+
+    `layer_of` maps a tensor to (engine layer name, layer precision), where the engine says.
+    """
+    layer_of = layer_of or {}
+    output_names = {o.name for o in model.outputs}
+    reports: list[TensorReport] = []
+    tainted: set[str] = set()  # tensors whose values are wrong, or missing downstream of wrong ones
+    for index, node in enumerate(model.nodes):
+        for tensor in (t for t in node.output if t):
+            if tensor not in reference or np.asarray(reference[tensor]).dtype.kind != "f":
+                continue
+            layer, layer_precision = layer_of.get(tensor, ("", precision))
+            report = TensorReport(tensor, node.name, node.op_type, index,
+                                  tuple(np.asarray(reference[tensor]).shape), tensor in output_names,
+                                  "missing", layer=layer, precision=layer_precision)
+            inputs_wrong = any(t in tainted for t in node.input)
+            if tensor not in candidate:
+                if inputs_wrong:
+                    tainted.add(tensor)
+                reports.append(report)
+                continue
+            _classify(report, np.asarray(reference[tensor]), np.asarray(candidate[tensor]),
+                      None if local is None or tensor not in local else np.asarray(local[tensor]),
+                      tolerance, inputs_wrong)
+            if report.status != "ok":
+                tainted.add(tensor)
+            reports.append(report)
+    verdict = check_outputs(model, reference, candidate, tolerance)
+    return CompareResult(model.name, engine, precision, tolerance, reports, verdict.passed,
+                         notes={"verdict": verdict.reason})
+
+
+def _classify(report: TensorReport, ref: np.ndarray, cand: np.ndarray, local: np.ndarray | None,
+              tolerance: Tolerance, inputs_wrong: bool) -> None:
+    atol, rtol = tolerance.atol, tolerance.rtol
+    if cand.size != ref.size:
+        report.status = "introduced" if not inputs_wrong else "propagated"
+        report.defects = detect(ref, cand, np.ones(ref.shape, bool), report.precision, atol, rtol)
+        return
+    report.accumulated, outside = measure(ref, cand.reshape(ref.shape) if cand.shape != ref.shape else cand,
+                                          atol, rtol, relative_atol=True)
+    if local is not None and local.size == ref.size:
+        report.local, _ = measure(ref, local, atol, rtol, relative_atol=True)
+    if not report.accumulated.bad:
+        report.status = "ok"
+        return
+    # Wrong on its own (local error), or wrong although its inputs were right (it amplified
+    # error that stayed within tolerance upstream): either way the error starts here.
+    locally_wrong = report.local is not None and report.local.bad
+    report.status = "introduced" if locally_wrong or not inputs_wrong else "propagated"
+    report.defects = detect(ref, cand, outside, report.precision, atol, rtol)
