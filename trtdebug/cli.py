@@ -99,8 +99,12 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, prog_name="trtdebug", standalone_mode=False)
     except click.exceptions.Exit as exc:
         code = exc.exit_code
+    except click.UsageError as exc:  # one line, like every other bad input
+        command = exc.ctx.command_path if exc.ctx else "trtdebug"
+        click.echo(f"trtdebug: error: {exc.format_message()} (see '{command} --help')", err=True)
+        code = EXIT_USAGE
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"trtdebug: error: {exc.format_message()}", err=True)
         code = EXIT_USAGE
     except (click.Abort, KeyboardInterrupt):
         click.echo("trtdebug: interrupted", err=True)

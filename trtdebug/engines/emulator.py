@@ -253,6 +253,8 @@ class EmulatorBuilt:
             sources = [t for t in node.input if t and t not in initializers]
             if any(t not in original for t in sources):
                 continue  # reads a tensor the folding invented: no reference value exists
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+                continue  # If/Loop/Scan bodies read outer-scope tensors that cannot be cut loose
             copy = onnx.NodeProto()
             copy.CopyFrom(node)
             for i, t in enumerate(copy.input):

@@ -1,0 +1,63 @@
+"""compare names exactly the planted node and defect kind, and passes the clean model."""
+
+from __future__ import annotations
+
+import pytest
+
+from trtdebug.analysis import Problem, run_compare
+from trtdebug.compare import Tolerance
+from trtdebug.engines.emulator import EmulatorEngine
+from trtdebug.inputs import generate_feeds, resolve_shapes
+from trtdebug.model import Model
+from trtdebug.precision import PrecisionPlan
+
+
+def _compare(path, precision="fp16", plan=None):
+    model = Model.load(path)
+    feeds = generate_feeds(model, resolve_shapes(model, {}), seed=0)
+    problem = Problem.prepare(model, feeds, Tolerance.for_precision(precision))
+    return run_compare(problem, EmulatorEngine(), plan or PrecisionPlan(precision))
+
+
+@pytest.mark.parametrize("name", ["overflow", "underflow", "all_zero"])
+def test_first_introduced_is_the_planted_node_and_kind(planted_models, name):
+    path, truth = planted_models[name]
+    result = _compare(path)
+    assert not result.passed
+    first = result.first_introduced
+    assert first is not None
+    assert (first.node, first.tensor) == (truth.node, truth.tensor)
+    assert [d.kind for d in first.defects][0] == truth.kind
+    # Everything upstream of the planted node is within tolerance.
+    assert all(t.status == "ok" for t in result.tensors if t.index < first.index and t.status != "missing")
+
+
+def test_clean_model_passes_with_no_introduced_error(planted_models):
+    path, _ = planted_models["clean"]
+    result = _compare(path)
+    assert result.passed
+    assert result.introduced == []
+
+
+def test_batchnorm_variance_beyond_fp16_is_folded_not_reported(planted_models):
+    """The clean net's BatchNorm variances exceed 65504; TensorRT folds them in FP32, and so must
+    the emulator: no overflow anywhere, and the static check marks them harmless."""
+    path, _ = planted_models["clean"]
+    result = _compare(path)
+    assert not any(d.kind == "overflow" for t in result.tensors for d in t.defects)
+    violations = {v.tensor: v for v in result.range_violations}
+    assert violations["bn1.var"].folded_by_builder
+    conv_layer = next(layer for layer in result.layers if "bn1" in layer.onnx_nodes)
+    assert conv_layer.onnx_nodes == ("conv1", "bn1")
+
+
+def test_keeping_the_planted_node_in_fp32_repairs_the_overflow(planted_models):
+    path, truth = planted_models["overflow"]
+    repaired = _compare(path, plan=PrecisionPlan("fp16", {truth.node: "fp32", "relu_amplify": "fp32",
+                                                          "rescale": "fp32"}))
+    assert repaired.passed
+
+
+def test_fp32_build_of_a_planted_model_passes(planted_models):
+    path, _ = planted_models["overflow"]
+    assert _compare(path, precision="fp32").passed

@@ -1,0 +1,104 @@
+"""The emulator rounds like an FP16 TensorRT build, and only where a layer is planned in FP16."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from trtdebug.engines.base import Marking
+from trtdebug.engines.emulator import EmulatorEngine
+from trtdebug.model import Model
+from trtdebug.precision import PrecisionPlan
+from trtdebug.reference import run_reference
+
+
+def _model(nodes, inputs, outputs, initializers=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    return Model.from_proto(proto)
+
+
+def _sqrt_of_square():
+    return _model([helper.make_node("Mul", ["x", "x"], ["sq"], name="square"),
+                   helper.make_node("Sqrt", ["sq"], ["y"], name="root")],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
+
+
+def test_fp16_intermediate_overflow_shows_where_onnxruntime_fp16_hides_it():
+    model = _sqrt_of_square()
+    x = {"x": np.array([300.0, 2.0, 0.5], np.float32)}
+    out = EmulatorEngine().build(model, PrecisionPlan("fp16")).run(x)
+    assert np.isinf(out["sq"][0]) and np.isinf(out["y"][0])  # 90000 > 65504
+    assert out["y"][1] == 2.0
+    assert run_reference(model, x)["y"][0] == 300.0
+
+
+def test_fp32_layers_are_not_rounded_but_their_fp16_consumers_read_rounded_inputs():
+    model = _sqrt_of_square()
+    x = {"x": np.array([300.0, 1.0, 1.0], np.float32)}
+    out = EmulatorEngine().build(model, PrecisionPlan("fp16", {"square": "fp32"})).run(x)
+    assert out["sq"][0] == 90000.0
+    assert np.isinf(out["y"][0])  # root is FP16: its input rounds to inf
+    out = EmulatorEngine().build(model, PrecisionPlan("fp16", {"square": "fp32", "root": "fp32"})).run(x)
+    assert out["y"][0] == 300.0
+
+
+def test_outputs_are_fp16_values_and_weights_are_rounded():
+    w = np.array([1.0 + 2.0**-12], np.float32)  # not representable in FP16: rounds to 1.0
+    model = _model([helper.make_node("Mul", ["x", "w"], ["y"], name="scale")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+                   [numpy_helper.from_array(w, "w")])
+    out = EmulatorEngine().build(model, PrecisionPlan("fp16")).run({"x": np.array([1.0], np.float32)})
+    assert out["y"][0] == 1.0
+    assert out["y"].dtype == np.float32
+    out = EmulatorEngine().build(model, PrecisionPlan("bf16")).run({"x": np.array([3.0], np.float32)})
+    assert out["y"][0] == 3.0
+    exact = EmulatorEngine().build(model, PrecisionPlan("fp32")).run({"x": np.array([1.0], np.float32)})
+    assert exact["y"][0] == np.float32(w[0])
+
+
+def test_integer_shape_arithmetic_stays_exact():
+    """Shape -> Gather -> Mul on int64 must not be rounded (70000 is not an FP16 value)."""
+    model = _model(
+        [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+         helper.make_node("Mul", ["s", "k"], ["big"], name="int_mul"),
+         helper.make_node("Reshape", ["x", "target"], ["y"], name="reshape")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2]),
+         helper.make_tensor_value_info("big", TensorProto.INT64, [2])],
+        [numpy_helper.from_array(np.array([35000], np.int64), "k"),
+         numpy_helper.from_array(np.array([3, 2], np.int64), "target")])
+    out = EmulatorEngine().build(model, PrecisionPlan("fp16")).run({"x": np.ones((2, 3), np.float32)})
+    assert out["big"].tolist() == [70000, 105000]
+
+
+def test_local_error_isolates_each_layer():
+    model = _sqrt_of_square()
+    x = {"x": np.array([300.0, 1.0, 1.0], np.float32)}
+    built = EmulatorEngine().build(model, PrecisionPlan("fp16", {"square": "fp32"}))
+    local = built.run_local(run_reference(model, x))
+    assert local["sq"][0] == 90000.0  # square alone, in FP32, is right
+    assert np.isinf(local["y"][0])  # root alone, reading 90000 in FP16, is wrong
+
+
+def test_marking_only_final_outputs_hides_intermediates():
+    model = _sqrt_of_square()
+    built = EmulatorEngine().build(model, PrecisionPlan("fp16"), mark=Marking.final_outputs_only())
+    assert set(built.run({"x": np.array([1.0, 2.0, 3.0], np.float32)})) == {"y"}
+
+
+def test_constant_folded_nodes_are_reported_as_folded():
+    model = _model([helper.make_node("Add", ["c", "c"], ["c2"], name="fold_me"),
+                    helper.make_node("Mul", ["x", "c2"], ["y"], name="scale")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+                   [numpy_helper.from_array(np.array([40000.0], np.float32), "c")])
+    built = EmulatorEngine().build(model, PrecisionPlan("fp16"))
+    assert "fold_me" in built.marking_notes["folded_away"]
+    # 80000 was folded in FP32, then rounded as a weight of the FP16 Mul: inf, as TensorRT would.
+    assert np.isinf(built.run({"x": np.array([1.0], np.float32)})["y"][0])
+    assert onnx.checker.check_model(built.proto) is None

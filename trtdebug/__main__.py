@@ -1,0 +1,3 @@
+from trtdebug.cli import main
+
+main()
