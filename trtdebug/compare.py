@@ -62,37 +62,49 @@ class Metrics:
                 for k, v in self.__dict__.items()}
 
 
+def _as_float(a: np.ndarray) -> np.ndarray:
+    # float32 keeps the passes over large tensors cheap; float64 inputs keep their precision.
+    return a.reshape(-1) if a.dtype in (np.float32, np.float64) else a.astype(np.float32).reshape(-1)
+
+
 def measure(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float,
             relative_atol: bool) -> tuple[Metrics, np.ndarray]:
     """Error metrics, and the mask of elements outside tolerance. Shapes must have equal size."""
-    r = ref.astype(np.float64).reshape(-1)
-    c = cand.astype(np.float64).reshape(-1)
-    both_finite = np.isfinite(r) & np.isfinite(c)
-    same_special = ~both_finite & ((r == c) | (np.isnan(r) & np.isnan(c)))
-    err = np.where(both_finite, np.abs(c - r), np.where(same_special, 0.0, np.inf))
-    finite_r = np.abs(r[np.isfinite(r)])
-    ref_max = float(finite_r.max()) if finite_r.size else 0.0
+    r, c = _as_float(ref), _as_float(cand)
+    finite_r = np.isfinite(r)
+    both_finite = finite_r & np.isfinite(c)
+    all_finite = bool(both_finite.all())
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(c - r)
+    if not all_finite:  # the same inf or NaN on both sides is no error; any other mismatch is infinite
+        same_special = ~both_finite & ((r == c) | (np.isnan(r) & np.isnan(c)))
+        err = np.where(both_finite, err, np.where(same_special, 0.0, np.inf)).astype(err.dtype)
+    abs_r = np.abs(np.where(finite_r, r, 0)) if not all_finite else np.abs(r)
+    ref_max = float(abs_r.max()) if abs_r.size else 0.0
     scale = ref_max if relative_atol else 1.0
-    outside = err > atol * scale + rtol * np.abs(np.where(np.isfinite(r), r, 0.0))
-    finite_err = err[both_finite]
-    rel = finite_err / np.maximum(np.abs(r[both_finite]), np.finfo(np.float32).tiny)
-    rf, cf = r[both_finite], c[both_finite]
-    norms = float(np.linalg.norm(rf) * np.linalg.norm(cf))
-    cosine = float(np.dot(rf, cf) / norms) if norms > 0 else (1.0 if not cf.any() and not rf.any() else 0.0)
-    noise = float(np.sum(finite_err**2))
-    signal = float(np.sum(rf**2))
-    snr = math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)
-    new_nonfinite = int(np.count_nonzero(np.isfinite(r) & ~np.isfinite(c)))
+    outside = err > atol * scale + rtol * abs_r
+    if all_finite:
+        rf, cf, finite_err = r, c, err
+    else:
+        rf, cf, finite_err = r[both_finite], c[both_finite], err[both_finite]
+    # BLAS dot products: blocked accumulation keeps float32 sums accurate enough for dB and cosine
+    rr, cc, rc = float(np.dot(rf, rf)), float(np.dot(cf, cf)), float(np.dot(rf, cf))
+    noise = float(np.dot(finite_err, finite_err))
+    norms = math.sqrt(rr * cc)
+    cosine = max(-1.0, min(1.0, rc / norms)) if norms > 0 else (1.0 if rr == cc == 0 else 0.0)
+    snr = math.inf if noise == 0 else (10 * math.log10(rr / noise) if rr > 0 else -math.inf)
+    new_nonfinite = int(np.count_nonzero(finite_r & ~np.isfinite(c))) if not all_finite else 0
     if new_nonfinite:  # values that became inf/NaN are infinitely wrong, whatever the finite rest says
         snr, max_rel = -math.inf, math.inf
     else:
-        max_rel = float(rel.max()) if rel.size else 0.0
+        tiny = np.finfo(np.float32).tiny
+        max_rel = float((finite_err / np.maximum(np.abs(rf), tiny)).max()) if finite_err.size else 0.0
     metrics = Metrics(
         max_abs=float(err.max()) if err.size else 0.0,
-        mean_abs=float(finite_err.mean()) if finite_err.size else 0.0,
+        mean_abs=float(finite_err.mean(dtype=np.float64)) if finite_err.size else 0.0,
         max_rel=max_rel,
         cosine=cosine, snr_db=snr,
-        frac_outside=float(outside.mean()) if outside.size else 0.0,
+        frac_outside=float(np.count_nonzero(outside)) / outside.size if outside.size else 0.0,
         ref_max_abs=ref_max, new_nonfinite=new_nonfinite)
     return metrics, outside.reshape(ref.shape) if ref.size else outside
 

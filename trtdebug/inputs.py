@@ -58,7 +58,7 @@ def resolve_shapes(model: Model, overrides: Mapping[str, Shape]) -> dict[str, Sh
             _check_shape_compatible(spec, shape, "--input-shape")
             shapes[spec.name] = shape
         elif spec.is_static:
-            shapes[spec.name] = tuple(int(d) for d in spec.shape or ())
+            shapes[spec.name] = tuple(d for d in spec.shape or () if isinstance(d, int))
         else:
             raise UserError(f"input {spec.name!r} has dynamic shape {_fmt(spec.shape)}; "
                             f"give one with --input-shape {spec.name}:" +

@@ -79,15 +79,22 @@ def subgraph_outer_inputs(node: onnx.NodeProto) -> set[str]:
                 defined.update(n.output)
             for n in g.node:
                 used.update(t for t in n.input if t)
-                used.update(subgraph_outer_inputs(n))
+                if _has_subgraph(n):
+                    used.update(subgraph_outer_inputs(n))
             used -= defined
             used.update(o.name for o in g.output if o.name not in defined)
     return used
 
 
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
 def node_dependencies(node: onnx.NodeProto) -> list[str]:
     """Every tensor a node reads, explicit inputs first, then subgraph outer-scope reads."""
     explicit = [t for t in node.input if t]
+    if not _has_subgraph(node):
+        return explicit
     return explicit + sorted(subgraph_outer_inputs(node) - set(explicit))
 
 
@@ -207,7 +214,7 @@ class Model:
 
     def _infer_shapes(self) -> None:
         try:
-            inferred = onnx.shape_inference.infer_shapes(self.proto, data_prop=True)
+            inferred = onnx.shape_inference.infer_shapes(self.proto)
         except Exception:
             # Models with custom ops or >2 GiB still work; they just carry fewer known shapes.
             return

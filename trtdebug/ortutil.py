@@ -12,6 +12,9 @@ import onnxruntime as ort
 
 from trtdebug.errors import UserError
 
+# onnxruntime logs kernel failures to stderr on its own; trtdebug reports them as one line instead.
+ort.set_default_logger_severity(3)
+
 LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -13,6 +13,7 @@ stay as they are). Pure data-movement ops carry no precision of their own.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -131,7 +132,7 @@ def _schema_slots(op_type: str, domain: str, opset: int, n_inputs: int, n_output
         return (), ()
     constraints = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
 
-    def param(formals: list, i: int) -> str:
+    def param(formals: Sequence[Any], i: int) -> str:
         if i < len(formals):
             return formals[i].type_str
         last = formals[-1]  # variadic tail

@@ -248,7 +248,7 @@ class EmulatorBuilt:
         del kept.graph.node[:]
         del kept.graph.input[:]
         del kept.graph.output[:]
-        outputs = []
+        outputs: list[str] = []
         for node in self.folded.proto.graph.node:
             sources = [t for t in node.input if t and t not in initializers]
             if any(t not in original for t in sources):
