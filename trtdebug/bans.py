@@ -8,7 +8,8 @@ nodes the layer covers, so a ban survives a rebuild even when layer names change
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,13 @@ class BanList:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def extended(self, entries: Iterable[BanEntry]) -> BanList:
+        """These bans plus `entries`, each (layer, ONNX nodes, tactic) once."""
+        merged = {(e.layer, e.onnx_nodes, e.tactic): e for e in self.entries}
+        for e in entries:
+            merged.setdefault((e.layer, e.onnx_nodes, e.tactic), e)
+        return replace(self, entries=tuple(merged.values()))
+
     def to_json(self) -> dict[str, Any]:
         return {"format": BANS_FORMAT, "version": BANS_VERSION, "model_sha256": self.model_sha256,
                 "provenance": self.provenance,
@@ -66,15 +74,15 @@ class BanList:
         if data.get("version") != BANS_VERSION:
             raise UserError(f"{source} is ban-list version {data.get('version')}; this trtdebug reads "
                             f"version {BANS_VERSION}")
-        try:
-            entries = tuple(BanEntry(**{**e, "onnx_nodes": tuple(e.get("onnx_nodes", ()))})
-                            for e in data.get("entries", []))
-        except TypeError as exc:
-            raise UserError(f"{source} has a malformed entry ({exc})") from None
-        return cls(entries, data.get("model_sha256"), data.get("provenance") or {})
+        entries = data.get("entries", [])
+        if not isinstance(entries, list):
+            raise UserError(f"{source}: \"entries\" must be a list of bans; regenerate it with `trtdebug tactics`")
+        return cls(tuple(_entry(e, i, source) for i, e in enumerate(entries)), data.get("model_sha256"),
+                   data.get("provenance") or {})
 
     @classmethod
-    def load(cls, path: str | Path) -> BanList:
+    def load(cls, path: str | Path, model_sha256: str | None = None) -> BanList:
+        """Read a ban list; with `model_sha256`, refuse one made for another model (even an empty one)."""
         path = Path(path)
         if not path.is_file():
             raise UserError(f"ban list not found: {path}")
@@ -82,8 +90,30 @@ class BanList:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise UserError(f"{path} is not valid JSON; pass a file written by `trtdebug tactics`") from None
-        return cls.from_json(data, str(path))
+        bans = cls.from_json(data, str(path))
+        if model_sha256 is not None:
+            bans.check_for(model_sha256, str(path))
+        return bans
 
     def check_for(self, model_sha256: str, source: str = "the ban list") -> None:
         if self.model_sha256 and self.model_sha256 != model_sha256:
             raise UserError(f"{source} was made for another model; run `trtdebug tactics` on this model")
+
+
+def _entry(data: Any, index: int, source: str) -> BanEntry:
+    """One ban from JSON, with the fields a build relies on checked."""
+    where = f"{source}: entry {index}"
+    if not isinstance(data, dict):
+        raise UserError(f"{where} is not an object; regenerate the ban list with `trtdebug tactics`")
+    for key in ("layer", "tactic"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise UserError(f"{where} needs a non-empty string \"{key}\"; regenerate the ban list")
+    nodes = data.get("onnx_nodes", [])
+    if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+        raise UserError(f"{where}: \"onnx_nodes\" must be a list of node names")
+    if not isinstance(data.get("evidence", {}), dict):
+        raise UserError(f"{where}: \"evidence\" must be an object")
+    try:
+        return BanEntry(**{**data, "onnx_nodes": tuple(nodes)})
+    except TypeError as exc:  # unknown keys
+        raise UserError(f"{where} is malformed ({exc})") from None

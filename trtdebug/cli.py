@@ -93,6 +93,45 @@ def compare_command(mark_mode: str, chunk_size: int | None, top: int, json_path:
     return EXIT_OK if result.passed else EXIT_PROBLEM
 
 
+@cli.command("tactics")
+@problem_options
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Write the verified ban list here (JSON; use it with --bans).")
+@click.option("--builds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Builds to record and diff: repeated builds can pick different tactics.")
+def tactics_command(out_path: str | None, builds: int, **problem_args: Any) -> int:
+    """Find the tactics (kernels) that make layers wrong and write a verified ban list."""
+    from trtdebug.session import open_session
+    from trtdebug.tactics import find_tactic_bans
+    from trtdebug.tactics_report import render_tactics
+
+    session = open_session(**problem_args)
+    if out_path:
+        _check_writable(out_path)  # before the search, which can take many builds
+    with console.status("searching tactics") as status:
+        search = find_tactic_bans(session.problem, session.engine, session.plan, session.bans, builds,
+                                  progress=lambda step: status.update(step))
+    render_tactics(search, console)
+    if out_path:
+        _save_output(search.bans.save, out_path)
+        console.print(f"Ban list ({len(search.bans)} ban(s)): {out_path}; build with --bans {out_path}")
+    return EXIT_OK if search.passed else EXIT_PROBLEM
+
+
+def _check_writable(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write {path}: folder {folder} does not exist or is not writable")
+
+
+def _save_output(save: Callable[[str], None], path: str) -> None:
+    """Write an output file; a path that cannot be written is bad input, not a crash."""
+    try:
+        save(path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: turns every failure into a one-line message and an exit code."""
     try:

@@ -68,7 +68,7 @@ def open_session(model: str, precision: str = "fp16", engine_name: str = "emulat
         feeds = generate_feeds(loaded, shapes, parse_value_ranges(input_ranges), seed)
     plan = load_plan(plan_path, loaded, precision)
     bans = BanList.load(bans_path) if bans_path else None
-    if bans:
+    if bans is not None:  # an empty ban list is falsy but still belongs to one model
         bans.check_for(loaded.sha256, source=bans_path or "the ban list")
     engine = _engine(engine_name, results_path, obey)
     tolerance = Tolerance.for_precision(plan.default, atol, rtol, per_output)

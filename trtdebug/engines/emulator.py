@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper
 
 from trtdebug import ortutil
 from trtdebug.engines.base import BuildError, LayerInfo, Marking
-from trtdebug.engines.emulator_tactics import TacticChooser, apply_variant
+from trtdebug.engines.emulator_tactics import Shape, ShapeOf, TacticChoice, TacticChooser, apply_variant, tensor_shapes
 from trtdebug.errors import UserError
 from trtdebug.model import Model
 from trtdebug.precision import DATA_MOVEMENT_OPS, ONNX_TYPE, PrecisionPlan, precision_rank, precision_slots
@@ -92,8 +92,9 @@ def _coverage(model: Model, folded: onnx.ModelProto) -> dict[str, tuple[str, ...
 class _Rounder:
     """Builds the emulated graph: the folded graph with FP16/BF16 rounding at layer I/O."""
 
-    def __init__(self, folded: onnx.ModelProto, opset: int):
+    def __init__(self, folded: onnx.ModelProto, opset: int, shape_of: ShapeOf | None = None):
         self.opset = opset
+        self.shape_of = shape_of
         self.graph = onnx.GraphProto()
         self.graph.CopyFrom(folded.graph)
         del self.graph.node[:]
@@ -119,6 +120,25 @@ class _Rounder:
         self.cast_cache[key] = name
         self.rounded[name] = precision
         return name
+
+    # -- what tactic variants (emulator_tactics.apply_variant) use to emit a layer themselves --
+
+    def emit(self, node: onnx.NodeProto) -> None:
+        self.graph.node.append(node)
+
+    def add_initializer(self, name: str, value: np.ndarray) -> str:
+        tensor = numpy_helper.from_array(np.asarray(value), name)
+        self.graph.initializer.append(tensor)
+        self.initializers[name] = tensor
+        return name
+
+    def round_into(self, source: str, target: str, precision: str) -> None:
+        """Write `source` rounded to `precision` as `target` (a layer's output)."""
+        self._cast_pair(source, target, precision)
+        self.rounded[target] = precision
+
+    def shape(self, tensor: str) -> Shape | None:
+        return self.shape_of(tensor) if self.shape_of else None
 
     def _cast_pair(self, source: str, target: str, precision: str) -> None:
         low = f"{target}::cast"
@@ -165,7 +185,7 @@ class EmulatorBuilt:
     """An emulated engine: one onnxruntime session over the rounded graph."""
 
     def __init__(self, model: Model, folded: FoldedGraph, plan: PrecisionPlan,
-                 tactics: dict[str, str], mark: Marking):
+                 tactics: dict[str, str], mark: Marking, choices: Mapping[str, TacticChoice] | None = None):
         self.model = model
         self.plan = plan
         self.folded = folded
@@ -176,7 +196,9 @@ class EmulatorBuilt:
             LayerInfo(name=" + ".join(folded.covers[n.name]) or n.name, onnx_nodes=folded.covers[n.name],
                       precision=self.layer_precision[n.name], tactic=tactics.get(n.name, ""),
                       op_type=n.op_type, outputs=tuple(o for o in n.output if o),
-                      extra={"layer": n.name})
+                      alternatives=choices[n.name].alternatives if choices and n.name in choices else (),
+                      extra={"layer": n.name, **({"tactic_choice": asdict(choices[n.name])}
+                                                  if choices and n.name in choices else {})})
             for n in folded.proto.graph.node
         ]
         self.float_tensors = self._float_tensors()
@@ -209,11 +231,13 @@ class EmulatorBuilt:
         return floats
 
     def _rounded_graph(self, source: onnx.ModelProto, float_tensors: set[str]) -> onnx.ModelProto:
-        rounder = _Rounder(source, self.model.opset)
+        shapes = tensor_shapes(self.model, self.folded.proto)
+        rounder = _Rounder(source, self.model.opset, lambda t: shapes(t.removeprefix(REF_PREFIX)))
         for node in source.graph.node:
             precision = self.layer_precision[node.name]
-            node = apply_variant(node, self.tactics.get(node.name, ""), precision, rounder)
-            rounder.add(node, precision, float_tensors)
+            plain = apply_variant(node, self.tactics.get(node.name, ""), precision, rounder)
+            if plain is not None:  # None: the variant emitted the layer itself
+                rounder.add(plain, precision, float_tensors)
         proto = onnx.ModelProto()
         proto.CopyFrom(source)
         proto.graph.CopyFrom(rounder.graph)
@@ -289,6 +313,13 @@ class EmulatorEngine:
         self._folded: dict[str, FoldedGraph] = {}
         self.tactic_seed = tactic_seed
 
+    def with_tactic_seed(self, seed: int) -> EmulatorEngine:
+        """The same emulator with other autotuner timing noise: a repeated build that may pick
+        other tactics (the hook `trtdebug.tactics` uses to diff repeated builds)."""
+        engine = EmulatorEngine(tactic_seed=seed)
+        engine._folded = self._folded
+        return engine
+
     def folded(self, model: Model) -> FoldedGraph:
         if model.sha256 not in self._folded:
             self._folded[model.sha256] = fold_like_builder(model)
@@ -304,6 +335,6 @@ class EmulatorEngine:
         chooser = TacticChooser(model, folded, seed=self.tactic_seed)
         tactics = chooser.choose(precisions, bans)
         try:
-            return EmulatorBuilt(model, folded, plan, tactics, mark or Marking())
+            return EmulatorBuilt(model, folded, plan, tactics, mark or Marking(), chooser.choices)
         except UserError as exc:
             raise BuildError(str(exc)) from None
