@@ -16,8 +16,9 @@ from trtdebug.analysis import Problem, evaluate_plan
 from trtdebug.bans import BANS_FORMAT, BanList
 from trtdebug.cli import main
 from trtdebug.compare import Tolerance
-from trtdebug.engines.base import LayerInfo, Marking
+from trtdebug.engines.base import BuildError, LayerInfo, Marking
 from trtdebug.engines.emulator import EmulatorEngine
+from trtdebug.errors import UserError
 from trtdebug.inputs import generate_feeds, resolve_shapes
 from trtdebug.model import Model
 from trtdebug.precision import PrecisionPlan
@@ -252,3 +253,12 @@ def test_bans_for_another_model_are_refused(faulty_path, tmp_path, capsys):
 def test_unwritable_out_is_refused_before_searching(faulty_path, tmp_path, capsys):
     err = _one_line_error(capsys, "tactics", faulty_path, "--out", tmp_path / "missing" / "bans.json")
     assert "cannot write" in err
+
+
+def test_a_default_build_that_fails_is_a_one_line_error():
+    class Unbuildable(ScriptedEngine):
+        def build(self, *args, **kwargs):
+            raise BuildError("no kernel for layer a")
+
+    with pytest.raises(UserError, match="tactic search needs failed: no kernel for layer a"):
+        find_tactic_bans(_problem(BRANCHES), Unbuildable(TWO_TACTICS, {}), PrecisionPlan("fp16"))

@@ -365,8 +365,11 @@ def find_tactic_bans(problem: Problem, engine: Engine, plan: PrecisionPlan, bans
     search = _Search(problem, CountingEngine(tactic_recording(engine), tally), plan, bans,
                      progress or (lambda _: None))
     records = record_builds(problem, search.engine, plan, bans, builds) if builds > 1 else []
-    baseline, notes = _baseline(search, records)
-    final, decisions, suspects, unbannable = _ban_rounds(search, baseline)
+    try:
+        baseline, notes = _baseline(search, records)
+        final, decisions, suspects, unbannable = _ban_rounds(search, baseline)
+    except BuildError as exc:  # trials catch their own; this is the default build or the verification
+        raise UserError(f"a build the tactic search needs failed: {exc}") from None
     found = search.given.extended([d.entry for d in decisions if d.kept])
     records_with_bans = (record_builds(problem, search.engine, plan, found, builds)
                          if records and len(found) > len(search.given) else [])
