@@ -93,6 +93,52 @@ def compare_command(mark_mode: str, chunk_size: int | None, top: int, json_path:
     return EXIT_OK if result.passed else EXIT_PROBLEM
 
 
+@cli.command("fallback")
+@problem_options
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Precision plan to write (default: MODEL.plan.json here); the journal, compare report "
+                   "and rebuilt artefact are written beside it.")
+@click.option("--strategy", type=click.Choice(["ranked", "linear", "bisect"]), default="ranked",
+              show_default=True, help="ranked: minimal set; linear/bisect: Polygraphy's first-K-layers baselines.")
+@click.option("--resume", is_flag=True, help="Continue the search recorded in the plan's journal.")
+@click.option("--check", "check_command", metavar="CMD",
+              help="Pass criterion instead of tolerance: a shell command; {outputs} becomes an .npz of the "
+                   "engine outputs ({reference}: of the FP32 ones); exit 0 = pass.")
+def fallback_command(out_path: str | None, strategy: str, resume: bool, check_command: str | None,
+                     **problem_args: Any) -> int:
+    """Find the fewest layers to keep in higher precision so the outputs pass; save the plan."""
+    from pathlib import Path
+
+    from trtdebug.check import CheckCommand
+    from trtdebug.fallback import progress_printer, render_fallback, run_fallback
+    from trtdebug.session import open_session
+
+    check = CheckCommand(check_command) if check_command is not None else None
+    session = open_session(**problem_args)
+    out = Path(out_path or f"{Path(problem_args['model']).stem}.plan.json")
+    progress = progress_printer(Console(stderr=True, highlight=False))
+    outcome = run_fallback(session, out, strategy, resume, check, progress)
+    render_fallback(outcome, console)
+    return EXIT_OK if outcome.found else EXIT_PROBLEM
+
+
+@cli.command("build")
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("--plan", "plan_path", type=click.Path(path_type=str), required=True,
+              help="Precision plan (from `trtdebug fallback`).")
+@click.option("--bans", "bans_path", type=click.Path(path_type=str), help="Tactic ban list to build with.")
+@click.option("--engine", "engine_name", type=click.Choice(["emulator", "tensorrt", "tensorrt-rtx"]),
+              default="emulator", show_default=True, help="Engine that builds a non-ONNX --out.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=str), required=True,
+              help="NAME.onnx: the mixed-precision ONNX model; any other name: the serialized engine.")
+def build_command(model: str, plan_path: str, bans_path: str | None, engine_name: str, out_path: str) -> int:
+    """Apply a precision plan: write the mixed-precision ONNX model or the built engine."""
+    from trtdebug.fallback import build_artifact
+
+    console.print(f"wrote {build_artifact(model, plan_path, bans_path, engine_name, out_path)}")
+    return EXIT_OK
+
+
 @cli.command("tactics")
 @problem_options
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=str),
@@ -145,8 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"trtdebug: error: {exc.format_message()}", err=True)
         code = EXIT_USAGE
-    except (click.Abort, KeyboardInterrupt):
-        click.echo("trtdebug: interrupted", err=True)
+    except (click.Abort, KeyboardInterrupt) as exc:
+        # click turns Ctrl-C into Abort; a KeyboardInterrupt that says how to resume is its cause.
+        click.echo(f"trtdebug: {str(exc) or str(exc.__cause__ or '') or 'interrupted'}", err=True)
         code = EXIT_INTERRUPTED
     except UserError as exc:
         click.echo(f"trtdebug: error: {exc}", err=True)

@@ -1,0 +1,292 @@
+"""The fallback search: exact culprits on real ONNX chains through the emulator, 1-minimality,
+baselines, build budgets, journal replay after an interrupt, and failed builds as failed candidates."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from fixtures.chain_models import planted_chain
+from trtdebug.analysis import evaluate_plan
+from trtdebug.compare import Verdict
+from trtdebug.engines.base import BuildError
+from trtdebug.engines.emulator import EmulatorEngine
+from trtdebug.errors import UserError
+from trtdebug.fallback import run_fallback
+from trtdebug.journal import Journal, journal_path
+from trtdebug.precision import PrecisionPlan
+from trtdebug.search import (
+    Evaluation,
+    Evaluator,
+    ddmin,
+    isolate,
+    kept_set_check,
+    ranked_search,
+    target_builds,
+)
+from trtdebug.session import open_session
+
+# -- the algorithms on a pass function we control -------------------------------------------------
+
+
+class Oracle:
+    """Passes when every culprit is kept; counts how often each kept set is asked about."""
+
+    def __init__(self, culprits: set[str], extra_rule=None):
+        self.culprits = culprits
+        self.extra_rule = extra_rule
+        self.asked: Counter[frozenset[str]] = Counter()
+
+    def __call__(self, kept: frozenset[str]) -> Verdict:
+        self.asked[kept] += 1
+        passed = self.culprits <= kept and (self.extra_rule is None or self.extra_rule(kept))
+        return Verdict(passed, {}, "" if passed else "outputs out of tolerance: y")
+
+
+def _names(n: int) -> list[str]:
+    return [f"node{i:04d}" for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [50, 200, 1000, 2000])
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_ranked_search_meets_the_build_budget_even_when_the_ranking_is_useless(n, k):
+    nodes = _names(n)
+    rng = random.Random(n * 10 + k)
+    culprits = set(rng.sample(nodes, k))
+    oracle = Oracle(culprits)
+    shuffled = rng.sample(nodes, n)  # a ranking that knows nothing
+    result = ranked_search(shuffled, nodes, Evaluator(oracle))
+    assert set(result.kept) == culprits
+    assert max(oracle.asked.values()) == 1
+    assert result.builds <= target_builds(n, k), (result.builds, target_builds(n, k))
+
+
+def test_misleading_ranking_switches_to_graph_regions():
+    nodes = _names(400)
+    culprits = {nodes[10], nodes[11], nodes[300]}
+    ranking = list(reversed(nodes))  # culprits ranked last: the passing prefix is nearly everything
+    result = ranked_search(ranking, nodes, Evaluator(Oracle(culprits)))
+    assert result.used_regions and result.prefix is not None and result.prefix > 200
+    assert set(result.kept) == culprits
+
+
+def test_good_ranking_needs_about_log_n_builds():
+    nodes = _names(1000)
+    culprits = [nodes[900], nodes[901], nodes[17]]
+    ranking = culprits + [n for n in nodes if n not in culprits]
+    result = ranked_search(ranking, nodes, Evaluator(Oracle(set(culprits))))
+    assert set(result.kept) == set(culprits) and not result.used_regions
+    assert result.builds <= 2 + 10 + 2 * 3 + 3  # bounds, prefix bisection, isolation, minimality
+
+
+def test_ddmin_result_is_one_minimal_for_a_non_monotone_pass_function():
+    nodes = _names(60)
+    # Passes with {a, b}, or with {c} alone, but keeping d alongside c breaks it again.
+    a, b, c, d = nodes[5], nodes[40], nodes[22], nodes[23]
+
+    def rule(kept: frozenset[str]) -> bool:
+        return ({a, b} <= kept) or (c in kept and d not in kept)
+
+    ev = Evaluator(Oracle(set(), rule))
+    found = ddmin(nodes[:30] + [a, b], ev)
+    assert rule(frozenset(found))
+    for node in found:
+        assert not rule(frozenset(found) - {node}), f"{node} could be dropped: not 1-minimal"
+    assert set(found) in ({a, b}, {c})
+
+
+def test_isolate_finds_adjacent_pairs_and_keeps_candidate_order():
+    nodes = _names(64)
+    culprits = {nodes[20], nodes[21], nodes[50]}
+    ev = Evaluator(Oracle(culprits))
+    assert isolate(nodes, ev) == [nodes[20], nodes[21], nodes[50]]
+
+
+def test_memo_never_rebuilds_a_kept_set_and_known_evaluations_are_not_rebuilt():
+    oracle = Oracle({"b"})
+    known = [Evaluation(frozenset({"a", "b"}), True, replayed=True)]
+    ev = Evaluator(oracle, known)
+    assert ev.passes({"b", "a"}) and ev.passes(["b"]) and ev.passes(("b",))
+    assert oracle.asked == Counter({frozenset({"b"}): 1})
+    assert ev.builds == 1 and ev.evaluations == 2
+
+
+def test_a_candidate_whose_build_fails_counts_as_failed_not_as_a_crash():
+    nodes = _names(30)
+
+    def check(kept: frozenset[str]) -> Verdict:
+        if nodes[3] in kept and nodes[4] not in kept:  # a precision boundary the builder rejects
+            raise BuildError("no implementation for layer node0003 in fp32 feeding fp16")
+        return Verdict({nodes[7]} <= kept, {})
+
+    seen: list[Evaluation] = []
+    result = ranked_search(nodes[3:] + nodes[:3], nodes, Evaluator(check, listeners=[seen.append]))
+    assert result.kept == (nodes[7],)
+    failed = [e for e in seen if e.build_failed]
+    assert failed and all(not e.passed and "build failed" in e.reason for e in failed)
+
+
+# -- real models through the emulator --------------------------------------------------------------
+
+
+def _session(path: Path, **options):
+    return open_session(str(path), **options)
+
+
+@pytest.mark.parametrize(("n", "k", "seed"), [(50, 1, 0), (50, 3, 1), (50, 8, 2), (200, 3, 3), (200, 8, 4)])
+def test_fallback_finds_exactly_the_planted_culprits(tmp_path, n, k, seed):
+    planted = planted_chain(n, k, seed=seed)
+    assert any(kind.endswith("pair") for kind in planted.kinds) == (k >= 2)
+    session = _session(planted.save(tmp_path / "chain.onnx"))
+    outcome = run_fallback(session, tmp_path / "plan.json")
+    assert outcome.found
+    assert set(outcome.search.kept) == set(planted.culprits)
+    assert outcome.builds <= target_builds(n, k)
+    plan = PrecisionPlan.load(tmp_path / "plan.json")
+    assert set(plan.kept()) == set(planted.culprits)
+    assert plan.provenance["builds"] == outcome.builds and plan.provenance["strategy"] == "ranked"
+
+
+def test_found_set_is_one_minimal_on_the_real_engine(tmp_path):
+    planted = planted_chain(80, 5, seed=7)
+    session = _session(planted.save(tmp_path / "chain.onnx"))
+    outcome = run_fallback(session, tmp_path / "plan.json")
+    kept = set(outcome.search.kept)
+    base = session.plan
+
+    def passes(nodes: set[str]) -> bool:
+        return evaluate_plan(session.problem, session.engine, base.with_precision(sorted(nodes), "fp32")).passed
+
+    assert passes(kept)
+    for node in kept:
+        assert not passes(kept - {node}), f"{node} can go back to fp16: the set is not 1-minimal"
+
+
+def test_misleading_ranking_on_a_real_model_still_finds_the_culprits(tmp_path):
+    planted = planted_chain(120, ["tiny_constant", "overflow_pair"], seed=5)
+    session = _session(planted.save(tmp_path / "chain.onnx"))
+    candidates = [n.name for n in session.problem.model.nodes]
+    evaluate = kept_set_check(lambda plan: evaluate_plan(session.problem, session.engine, plan, None),
+                              session.plan, "fp32")
+    # A ranking that puts every bystander above the culprits: the passing prefix is everything.
+    ranking = [n for n in candidates if n not in planted.culprits] + list(planted.culprits)
+    result = ranked_search(ranking, candidates, Evaluator(evaluate))
+    assert result.used_regions and result.prefix == len(candidates)
+    assert set(result.kept) == set(planted.culprits)
+    assert result.builds <= target_builds(len(candidates), 3)
+
+
+def test_baselines_keep_a_passing_prefix(tmp_path):
+    planted = planted_chain(60, 3, seed=11)
+    path = planted.save(tmp_path / "chain.onnx")
+    outcomes = {s: run_fallback(_session(path), tmp_path / f"{s}.json", strategy=s)
+                for s in ("linear", "bisect", "ranked")}
+    last_culprit = max(outcomes["linear"].candidates.index(c) for c in planted.culprits)
+    for strategy in ("linear", "bisect"):
+        outcome = outcomes[strategy]
+        assert outcome.found and outcome.compare is not None and outcome.compare.passed
+        assert outcome.search.kept == tuple(outcome.candidates[:last_culprit + 1])
+    assert outcomes["linear"].builds == last_culprit + 2  # K = 0 .. last_culprit + 1
+    assert outcomes["bisect"].builds < outcomes["linear"].builds
+    assert len(outcomes["ranked"].search.kept) == 3
+
+
+def test_build_failure_through_the_engine_protocol_counts_as_failed(tmp_path):
+    planted = planted_chain(60, 3, seed=2)
+    session = _session(planted.save(tmp_path / "chain.onnx"))
+
+    class PickyEngine(EmulatorEngine):
+        """Rejects every plan with exactly two layers in fp32, as a builder may reject a plan."""
+
+        def build(self, model, plan, bans=None, mark=None):
+            if len(plan.kept()) == 2:
+                raise BuildError("no kernel for this precision combination")
+            return super().build(model, plan, bans, mark)
+
+    session.engine = PickyEngine()
+    outcome = run_fallback(session, tmp_path / "plan.json")
+    assert set(outcome.search.kept) == set(planted.culprits)
+    records = _journal_records(tmp_path / "plan.json")
+    failed = [r for r in records if r["build_failed"]]
+    assert failed and all(len(r["kept"]) == 2 and not r["passed"] for r in failed)
+    assert all("build failed" in r["reason"] for r in failed)
+
+
+def _journal_records(plan: Path) -> list[dict]:
+    lines = journal_path(plan).read_text().splitlines()
+    return [json.loads(line) for line in lines if json.loads(line)["type"] == "evaluation"]
+
+
+class InterruptingEngine(EmulatorEngine):
+    """Stands for Ctrl-C: raises KeyboardInterrupt in the build after `allowed` builds."""
+
+    def __init__(self, allowed: int):
+        super().__init__()
+        self.allowed = allowed
+
+    def build(self, model, plan, bans=None, mark=None):
+        if self.allowed == 0:
+            raise KeyboardInterrupt
+        self.allowed -= 1
+        return super().build(model, plan, bans, mark)
+
+
+@pytest.mark.parametrize("interrupt_after", [1, 4, 9])
+def test_interrupted_search_resumes_without_repeating_an_evaluation(tmp_path, interrupt_after):
+    planted = planted_chain(200, 8, seed=4)
+    path = planted.save(tmp_path / "chain.onnx")
+    reference = run_fallback(_session(path), tmp_path / "reference.json")
+
+    session = _session(path)
+    session.engine = InterruptingEngine(interrupt_after)
+    with pytest.raises(KeyboardInterrupt, match="--resume"):
+        run_fallback(session, tmp_path / "plan.json")
+    journaled = _journal_records(tmp_path / "plan.json")
+    assert len(journaled) == interrupt_after  # the compare run is the first: its verdict is journaled too
+
+    resumed = run_fallback(_session(path), tmp_path / "plan.json", resume=True)
+    assert resumed.resumed and resumed.search.kept == reference.search.kept
+    records = _journal_records(tmp_path / "plan.json")
+    kept_sets = [frozenset(r["kept"]) for r in records]
+    assert len(kept_sets) == len(set(kept_sets)), "an evaluation was repeated"
+    assert resumed.builds == reference.builds == len(records)
+    assert resumed.builds_this_run == reference.builds - interrupt_after
+
+
+def test_resume_ignores_a_torn_last_line_and_continues_cleanly(tmp_path):
+    planted = planted_chain(60, 3, seed=8)
+    path = planted.save(tmp_path / "chain.onnx")
+    session = _session(path)
+    session.engine = InterruptingEngine(5)
+    with pytest.raises(KeyboardInterrupt):
+        run_fallback(session, tmp_path / "plan.json")
+    journal = journal_path(tmp_path / "plan.json")
+    with open(journal, "ab") as handle:
+        handle.write(b'{"type": "evaluation", "kept": ["n00')  # a write cut short by a crash
+    resumed = run_fallback(_session(path), tmp_path / "plan.json", resume=True)
+    assert set(resumed.search.kept) == set(planted.culprits)
+    lines = journal.read_text().splitlines()
+    assert all(json.loads(line) for line in lines)  # every line parses again
+    assert resumed.builds_this_run == resumed.builds - 5
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    planted = planted_chain(40, 1, seed=9)
+    path = planted.save(tmp_path / "chain.onnx")
+    run_fallback(_session(path), tmp_path / "plan.json")
+    with pytest.raises(UserError, match=r"--resume refused: .*pass criterion") as info:
+        run_fallback(_session(path, atol=0.5), tmp_path / "plan.json", resume=True)
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match=r"input feeds .*differs"):
+        run_fallback(_session(path, seed=3), tmp_path / "plan.json", resume=True)
+
+
+def test_journal_refuses_another_model(tmp_path):
+    journal = tmp_path / "plan.journal.jsonl"
+    Journal(journal, {"model_sha256": "a" * 64}, resume=False).close()
+    with pytest.raises(UserError, match="model differs"):
+        Journal(journal, {"model_sha256": "b" * 64}, resume=True)

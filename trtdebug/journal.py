@@ -1,0 +1,149 @@
+"""The fallback search's journal: one JSON line per evaluation, beside the plan it leads to.
+
+Every line is written with a single write() on an O_APPEND descriptor and fsync'ed before the
+search goes on, so Ctrl-C or a crash leaves at worst a torn last line, which reading ignores
+(and cuts off, so the next append starts on a clean line). The first line records what the
+evaluations depend on (model, precision, pass criterion, engine, inputs, bans, base plan); a
+resume with other settings is refused, because its answers would not mean the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from trtdebug.errors import UserError
+from trtdebug.search import Evaluation
+
+JOURNAL_FORMAT = "trtdebug.fallback-journal"
+JOURNAL_VERSION = 1
+
+# Header keys, in the order a mismatch is reported, with how to name them to the user.
+SETTING_NAMES = {
+    "model_sha256": "model", "precision": "--precision", "keep_precision": "fallback precision",
+    "criterion": "pass criterion (--atol/--rtol/--output-tol/--check)", "engine": "--engine",
+    "inputs_sha256": "input feeds (--inputs/--seed/--input-shape/--input-range)",
+    "bans_sha256": "--bans", "base_plan": "--plan",
+}
+
+
+def journal_path(plan_path: str | Path) -> Path:
+    """plan.json -> plan.journal.jsonl"""
+    path = Path(plan_path)
+    return path.with_name(f"{path.stem}.journal.jsonl")
+
+
+class Journal:
+    """Append-only record of evaluations; `evaluations` and `ranking` hold what a resume replays."""
+
+    def __init__(self, path: str | Path, settings: Mapping[str, Any], resume: bool):
+        self.path = Path(path)
+        self.settings = dict(settings)
+        self.evaluations: list[Evaluation] = []
+        self.ranking: dict[str, Any] | None = None
+        self.resumed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self.path.is_file() and self._read():
+            self.resumed = True
+        else:
+            self.path.write_bytes(b"")
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            self._append({"type": "header", "format": JOURNAL_FORMAT, "version": JOURNAL_VERSION,
+                          "settings": self.settings})
+            return
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _read(self) -> bool:
+        """Load a journal; False when it holds no complete header (nothing to resume)."""
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        complete = lines[:-1]  # the part after the last newline is a torn write, or empty
+        records: list[dict[str, Any]] = []
+        valid_bytes = 0
+        for number, line in enumerate(complete, start=1):
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if number == len(complete):
+                    break  # the last line is garbled: the write it came from never completed
+                raise UserError(f"{self.path} line {number} is not JSON; delete the journal to start "
+                                "over, or remove that line") from None
+            records.append(record)
+            valid_bytes += len(line) + 1
+        if valid_bytes != len(data):
+            with open(self.path, "r+b") as handle:  # drop the torn tail so appends start clean
+                handle.truncate(valid_bytes)
+        if not records:
+            return False
+        header = records[0]
+        if header.get("type") != "header" or header.get("format") != JOURNAL_FORMAT:
+            raise UserError(f"{self.path} is not a trtdebug fallback journal; pass another --out "
+                            "or delete the file")
+        if header.get("version") != JOURNAL_VERSION:
+            raise UserError(f"{self.path} is journal version {header.get('version')}; this trtdebug "
+                            f"reads version {JOURNAL_VERSION}: rerun without --resume")
+        self._check_settings(header.get("settings") or {})
+        for record in records[1:]:
+            if record.get("type") == "evaluation":
+                self.evaluations.append(_evaluation_from_json(record))
+            elif record.get("type") == "ranking":
+                self.ranking = record
+        return True
+
+    def _check_settings(self, recorded: Mapping[str, Any]) -> None:
+        for key, name in SETTING_NAMES.items():
+            if recorded.get(key) != self.settings.get(key):
+                raise UserError(f"--resume refused: the {name} differs from the run that wrote {self.path} "
+                                f"({_short(recorded.get(key))}, now {_short(self.settings.get(key))}); "
+                                "rerun with the same options, or without --resume to start over")
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _append(self, record: Mapping[str, Any]) -> None:
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        os.write(self._fd, line)
+        os.fsync(self._fd)
+
+    def record_evaluation(self, evaluation: Evaluation, index: int) -> None:
+        self._append({"type": "evaluation", "index": index, "kept": sorted(evaluation.kept),
+                      "passed": evaluation.passed, "reason": evaluation.reason,
+                      "build_failed": evaluation.build_failed, "phase": evaluation.phase,
+                      "seconds": round(evaluation.seconds, 4)})
+
+    def record_ranking(self, order: list[str], builds: int, empty_set_evaluated: bool,
+                       reasons: Mapping[str, Any]) -> None:
+        self.ranking = {"type": "ranking", "order": order, "builds": builds,
+                        "empty_set_evaluated": empty_set_evaluated, "reasons": dict(reasons)}
+        self._append(self.ranking)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _evaluation_from_json(record: Mapping[str, Any]) -> Evaluation:
+    try:
+        return Evaluation(frozenset(record["kept"]), bool(record["passed"]), str(record.get("reason", "")),
+                          bool(record.get("build_failed", False)), str(record.get("phase", "")),
+                          float(record.get("seconds", 0.0)), replayed=True)
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"a journal evaluation record lacks {exc}; delete the journal to start over") from None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12] + "…"
+    return text if len(text) <= 60 else text[:57] + "..."

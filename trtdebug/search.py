@@ -1,0 +1,380 @@
+"""FP32 fallback search: the fewest nodes to keep in higher precision so the final outputs pass.
+
+Every strategy works over one question, asked of a set of *kept* nodes (the nodes computed in
+the higher precision; all other candidates stay in the build's reduced precision): does the
+build pass? `Evaluator` answers it through an `evaluate(plan) -> Verdict` callable, memoizes the
+answer by the kept set (so no build is ever repeated, within a run or, through the journal,
+across runs), and counts builds. Nothing here knows which engine builds the plans.
+
+The strategies:
+
+- ``ranked`` (ours): rank the candidates by how suspicious one compare run makes them (local
+  error, introduced defects, constants beyond FP16's range, FP16-fragile ops); bisect for the
+  shortest ranked prefix that passes; isolate the nodes of that prefix that matter by splitting
+  it recursively (QuickXplain: about 2k builds when most of a short prefix is needed); then
+  prove the set 1-minimal with delta debugging (every single node is put back into reduced
+  precision and must fail). When the prefix holds most of the graph the ranking has misled: the
+  needed nodes are then few among many, and one bisection each over the graph's topological
+  order (regions ending at a needed node) finds them in about k*log2(n/k) builds.
+- ``linear`` and ``bisect``: what Polygraphy's ``debug precision`` does, as baselines: keep the
+  first K candidates in topological order, with K found by stepping one at a time or by binary
+  search. Their sets are prefixes, not minimal sets.
+
+Passing is assumed to be mostly monotone (keeping more nodes in FP32 does not break a passing
+build); where it is not, the delta-debugging step still guarantees 1-minimality of the answer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from trtdebug.compare import CompareResult, Metrics, Verdict
+from trtdebug.engines.base import BuildError
+from trtdebug.model import Model
+from trtdebug.precision import PrecisionPlan
+
+STRATEGIES = ("ranked", "linear", "bisect")
+
+# Ops whose FP16 inputs or outputs commonly leave FP16's range or lose what matters: powers and
+# exponentials overflow, reductions and normalizations sum many values, divisions and roots
+# amplify small denominators.
+FRAGILE_OPS = frozenset({
+    "Pow", "Exp", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2",
+    "ReduceLogSumExp", "LayerNormalization", "InstanceNormalization", "GroupNormalization", "Div",
+    "Sqrt", "Reciprocal", "Log", "Erf",
+})
+
+# When the shortest passing ranked prefix holds more than this share of the candidates, the
+# ranking did not separate culprits from bystanders: isolate over graph regions instead.
+REGION_THRESHOLD = 0.5
+
+Kept = frozenset[str]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One build of one kept set, and whether its outputs passed."""
+
+    kept: Kept
+    passed: bool
+    reason: str = ""
+    build_failed: bool = False
+    phase: str = ""
+    seconds: float = 0.0
+    replayed: bool = False  # read back from a journal, not built in this run
+    verdict: Verdict | None = field(default=None, compare=False, repr=False)
+
+
+class Evaluator:
+    """Memoized pass/fail of kept sets; every new evaluation is handed to the listeners (the
+    journal, progress output) before the search sees its result."""
+
+    def __init__(self, check: Callable[[Kept], Verdict], known: Iterable[Evaluation] = (),
+                 listeners: Sequence[Callable[[Evaluation], None]] = ()):
+        self._check = check
+        self._memo: dict[Kept, Evaluation] = {}
+        for evaluation in known:
+            self._memo.setdefault(evaluation.kept, evaluation)
+        self.replayed = len(self._memo)
+        self.builds = 0  # evaluations built in this run
+        self.phase = ""
+        self.listeners = list(listeners)
+
+    def evaluate(self, kept: Iterable[str]) -> Evaluation:
+        key = frozenset(kept)
+        known = self._memo.get(key)
+        if known is not None:
+            return known
+        started = time.perf_counter()
+        try:
+            verdict = self._check(key)
+        except BuildError as exc:  # a candidate that cannot be built is a failed candidate
+            verdict = Verdict(False, {}, f"build failed: {exc}")
+        evaluation = Evaluation(key, verdict.passed, verdict.reason, verdict.reason.startswith("build failed"),
+                                self.phase, time.perf_counter() - started, verdict=verdict)
+        self._memo[key] = evaluation
+        self.builds += 1
+        for listener in self.listeners:
+            listener(evaluation)
+        return evaluation
+
+    def passes(self, kept: Iterable[str]) -> bool:
+        return self.evaluate(kept).passed
+
+    def known(self, kept: Iterable[str]) -> Evaluation | None:
+        return self._memo.get(frozenset(kept))
+
+    @property
+    def evaluations(self) -> int:
+        """Distinct kept sets evaluated, in this run and in the runs it resumes."""
+        return len(self._memo)
+
+
+def plan_keeping(base: PrecisionPlan, kept: Iterable[str], keep_precision: str) -> PrecisionPlan:
+    return base.with_precision(sorted(kept), keep_precision)
+
+
+def kept_set_check(evaluate: Callable[[PrecisionPlan], Verdict], base: PrecisionPlan,
+                   keep_precision: str) -> Callable[[Kept], Verdict]:
+    """Adapt an `evaluate(plan)` callable to the kept-set question the strategies ask."""
+    return lambda kept: evaluate(plan_keeping(base, kept, keep_precision))
+
+
+@dataclass
+class SearchResult:
+    strategy: str
+    kept: tuple[str, ...] | None  # None: not even keeping every candidate passes
+    candidates: int
+    evaluations: int  # distinct kept sets evaluated, including those replayed from a journal
+    builds: int  # evaluations built in this run
+    prefix: int | None = None  # length of the shortest passing prefix (ranked, bisect, linear)
+    used_regions: bool = False
+    one_minimal: bool = False  # every kept node was shown to be needed
+    message: str = ""
+
+
+def _result(strategy: str, kept: Sequence[str] | None, candidates: Sequence[str], ev: Evaluator,
+            **extra: object) -> SearchResult:
+    order = {name: i for i, name in enumerate(candidates)}
+    ordered = None if kept is None else tuple(sorted(kept, key=lambda n: order.get(n, len(order))))
+    return SearchResult(strategy, ordered, len(candidates), ev.evaluations, ev.builds, **extra)  # type: ignore[arg-type]
+
+
+# -- building blocks --------------------------------------------------------------------------------
+
+def shortest_passing_prefix(order: Sequence[str], ev: Evaluator, failing: int = 0, passing: int | None = None,
+                            background: Sequence[str] = ()) -> int:
+    """Binary search for the shortest prefix of `order` that passes (kept together with
+    `background`), given that the prefix of length `failing` fails (-1: nothing known) and the
+    one of length `passing` (default: all of it) passes."""
+    low, high = failing, len(order) if passing is None else passing
+    while high - low > 1:
+        middle = (low + high) // 2
+        if ev.passes([*background, *order[:middle]]):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def bisect_regions(candidates: Sequence[str], ev: Evaluator, known_needed: Sequence[str] = ()) -> list[str]:
+    """The needed nodes of a passing set, one binary search each over the graph order: the
+    shortest passing prefix ends in a needed node, and everything after it can go back to
+    reduced precision. Costs about k*log2(n/k) + 1.5k builds for k needed nodes spread over n,
+    fewer than `isolate` when they are few and far apart (a ranking that misled)."""
+    needed = list(known_needed)
+    remaining = list(candidates)
+    found: list[str] = []
+    while remaining:
+        length = shortest_passing_prefix(remaining, ev, failing=-1, background=needed)
+        if length == 0:  # the nodes found so far suffice
+            break
+        found.append(remaining[length - 1])
+        needed.append(remaining[length - 1])
+        remaining = remaining[:length - 1]
+    return found[::-1]
+
+
+def isolate(candidates: Sequence[str], ev: Evaluator, known_needed: Iterable[str] = ()) -> list[str]:
+    """The nodes of a passing set that are needed, found by recursive halving (Junker's
+    QuickXplain): a half is dropped with one build when the rest passes without it. Returns a
+    minimal set if passing is monotone; costs about k*log2(n/k) + 2k builds for k needed nodes.
+    `known_needed` nodes (not among the candidates) are kept throughout and not returned."""
+
+    def needed(background: frozenset[str], background_changed: bool, items: Sequence[str]) -> list[str]:
+        if background_changed and ev.passes(background):
+            return []
+        if len(items) == 1:
+            return list(items)
+        half = len(items) // 2
+        first, second = items[:half], items[half:]
+        from_second = needed(background | set(first), True, second)
+        from_first = needed(background | set(from_second), bool(from_second), first)
+        return from_first + from_second
+
+    return needed(frozenset(known_needed), False, list(candidates)) if candidates else []
+
+
+def ddmin(items: Sequence[str], ev: Evaluator, granularity: int = 2, subsets: bool = True) -> list[str]:
+    """Zeller's delta debugging: shrink a passing set until no chunk (and finally no single
+    node) can be removed without failing. The result is 1-minimal whatever the pass function.
+    `subsets=False` skips the "does this chunk alone pass" tests, for sets already isolated;
+    starting at `granularity=len(items)` then just proves (or restores) 1-minimality."""
+    current = list(items)
+    n = max(2, min(granularity, len(current)))
+    while len(current) >= 2:
+        chunks = _split(current, n)
+        reduced = False
+        if subsets and n > 2:  # with two chunks, each subset is the other's complement
+            for chunk in chunks:
+                if ev.passes(chunk):
+                    current, n, reduced = chunk, 2, True
+                    break
+        if not reduced:
+            for i in range(len(chunks)):
+                complement = [x for j, chunk in enumerate(chunks) if j != i for x in chunk]
+                if ev.passes(complement):
+                    current, n, reduced = complement, max(n - 1, 2), True
+                    break
+        if not reduced:
+            if n >= len(current):
+                break
+            n = min(2 * n, len(current))
+    return current
+
+
+def _split(items: Sequence[str], n: int) -> list[list[str]]:
+    size, extra = divmod(len(items), n)
+    chunks, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < extra else 0)
+        chunks.append(list(items[start:end]))
+        start = end
+    return [c for c in chunks if c]
+
+
+# -- strategies -------------------------------------------------------------------------------------
+
+def ranked_search(ranking: Sequence[str], topological: Sequence[str], ev: Evaluator,
+                  region_threshold: float = REGION_THRESHOLD) -> SearchResult:
+    """Ranked prefix, isolation, 1-minimality (see the module docstring)."""
+    ranking = list(ranking)
+    ev.phase = "bounds"
+    if ev.passes(()):
+        return _result("ranked", (), topological, ev, prefix=0, one_minimal=True,
+                       message="the build passes with no node in higher precision")
+    if not ev.passes(ranking):
+        return _result("ranked", None, topological, ev, message=_nothing_passes(ev, ranking))
+    ev.phase = "prefix"
+    prefix = shortest_passing_prefix(ranking, ev)
+    # The prefix one shorter fails, so its last node is needed (if passing is monotone).
+    anchor, candidates = ranking[prefix - 1], ranking[:prefix - 1]
+    used_regions = prefix > region_threshold * len(ranking) and prefix > 2
+    if used_regions:
+        position = {name: i for i, name in enumerate(topological)}
+        candidates.sort(key=lambda n: position[n])
+    if used_regions:
+        ev.phase = "regions"
+        found = [anchor, *bisect_regions(candidates, ev, known_needed=[anchor])]
+    else:
+        ev.phase = "isolate"
+        found = [anchor, *isolate(candidates, ev, known_needed=[anchor])]
+    if not ev.passes(found):  # passing is not monotone here: shrink the whole prefix instead
+        found = ranking[:prefix]
+    ev.phase = "minimize"
+    found = ddmin(found, ev, granularity=len(found), subsets=False)
+    return _result("ranked", found, topological, ev, prefix=prefix, used_regions=used_regions,
+                   one_minimal=True)
+
+
+def linear_search(topological: Sequence[str], ev: Evaluator) -> SearchResult:
+    """Polygraphy's `debug precision --mode linear`: the first K nodes, K = 0, 1, 2, ..."""
+    ev.phase = "linear"
+    for k in range(len(topological) + 1):
+        if ev.passes(topological[:k]):
+            return _result("linear", topological[:k], topological, ev, prefix=k)
+    return _result("linear", None, topological, ev, message=_nothing_passes(ev, topological))
+
+
+def bisect_search(topological: Sequence[str], ev: Evaluator) -> SearchResult:
+    """Polygraphy's `debug precision --mode bisect`: every node first, then a binary search for
+    the shortest passing prefix, taking the empty prefix as failing without building it."""
+    ev.phase = "bisect"
+    if not ev.passes(topological):
+        return _result("bisect", None, topological, ev, message=_nothing_passes(ev, topological))
+    prefix = shortest_passing_prefix(topological, ev)
+    return _result("bisect", topological[:prefix], topological, ev, prefix=prefix)
+
+
+def run_strategy(strategy: str, ranking: Sequence[str], topological: Sequence[str],
+                 ev: Evaluator) -> SearchResult:
+    if strategy == "ranked":
+        return ranked_search(ranking, topological, ev)
+    if strategy == "linear":
+        return linear_search(topological, ev)
+    if strategy == "bisect":
+        return bisect_search(topological, ev)
+    raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def _nothing_passes(ev: Evaluator, everything: Sequence[str]) -> str:
+    known = ev.known(everything)
+    reason = f" ({known.reason})" if known and known.reason else ""
+    return f"even with all {len(everything)} candidate nodes in higher precision the outputs fail{reason}"
+
+
+def target_builds(n: int, k: int) -> float:
+    """The build budget issue 4 sets for a 1-minimal set: 2*log2(N) + k*log2(N)."""
+    return (2 + k) * math.log2(max(n, 2))
+
+
+# -- ranking ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Suspicion:
+    node: str
+    tier: int  # 4 non-finite local error, 3 wrong on its own / bad constant, 2 fragile op, 1 feeds one
+    severity: tuple[float, float]  # share of elements out of tolerance, noise-to-signal ratio
+    reasons: tuple[str, ...]
+
+
+def rank_nodes(model: Model, candidates: Sequence[str], compare: CompareResult | None = None) -> list[Suspicion]:
+    """Candidates ordered from most to least likely to need higher precision."""
+    position = {name: i for i, name in enumerate(candidates)}
+    tier: dict[str, int] = dict.fromkeys(candidates, 0)
+    severity: dict[str, tuple[float, float]] = dict.fromkeys(candidates, (0.0, 0.0))
+    reasons: dict[str, list[str]] = {name: [] for name in candidates}
+
+    def raise_to(node: str, level: int, reason: str) -> None:
+        if node in tier:
+            tier[node] = max(tier[node], level)
+            if reason not in reasons[node]:
+                reasons[node].append(reason)
+
+    for node in candidates:
+        op = model.node_by_name[node].op_type
+        if op in FRAGILE_OPS:
+            raise_to(node, 2, f"FP16-fragile op {op}")
+            for tensor in model.node_by_name[node].input:
+                if tensor in model.producer:
+                    raise_to(model.producer[tensor], 1, f"feeds FP16-fragile {op}")
+    for violation in model.fp16_range_violations():
+        if not violation.folded_by_builder:
+            for consumer in violation.consumers:
+                raise_to(consumer, 3, f"reads {violation.tensor} (|x| up to {violation.max_abs:.3g}, "
+                                      "beyond FP16)")
+    if compare is not None:
+        for report in compare.tensors:
+            if report.node not in tier:
+                continue
+            metrics = report.local if report.local is not None else (
+                report.accumulated if report.status == "introduced" else None)
+            if metrics is None or not metrics.bad:
+                if report.local is not None:  # ordinary noise still orders the bystanders
+                    severity[report.node] = max(severity[report.node], _severity(report.local))
+                continue
+            kinds = ", ".join(d.kind for d in report.defects) or "error"
+            where = "own" if report.local is not None else "introduced"
+            level = 4 if metrics.new_nonfinite else 3
+            raise_to(report.node, level, f"{where} {kinds}: {metrics.frac_outside:.0%} of {report.tensor} "
+                                         "out of tolerance")
+            severity[report.node] = max(severity[report.node], _severity(metrics))
+    ordered = sorted(candidates, key=lambda n: (-tier[n], -severity[n][0], -severity[n][1], position[n]))
+    return [Suspicion(n, tier[n], severity[n], tuple(reasons[n])) for n in ordered]
+
+
+def _severity(metrics: Metrics) -> tuple[float, float]:
+    if metrics.new_nonfinite or math.isinf(metrics.snr_db) and metrics.snr_db < 0:
+        noise = math.inf
+    elif math.isinf(metrics.snr_db):
+        noise = 0.0
+    else:
+        noise = 10 ** (-metrics.snr_db / 10)
+    return metrics.frac_outside, noise
+
+
+def suspicion_reasons(suspicions: Iterable[Suspicion]) -> Mapping[str, tuple[str, ...]]:
+    return {s.node: s.reasons for s in suspicions}
