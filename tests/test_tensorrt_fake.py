@@ -1,0 +1,469 @@
+"""The TensorRT engine's weak-typing, tactic and run paths, through a fake `tensorrt` module whose
+every used name is checked against tensorrt-stubs 10.13 (and, for the strong-typing and timing
+cache paths, against the real TensorRT-RTX bindings): a misspelt TensorRT API fails here.
+
+What the fake cannot tell: whether real TensorRT *behaves* as faked (fusions, kernel choices).
+Those are covered by the TensorRT-RTX build tests and `trtdebug selfcheck` on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trt_fake
+from onnx import TensorProto, helper
+
+from fixtures import planted
+from trtdebug.bans import BanEntry, BanList
+from trtdebug.engines import cuda_buffers
+from trtdebug.engines.base import BuildError, Marking
+from trtdebug.engines.cuda_buffers import CudaError, CudaRuntime, device_arena
+from trtdebug.engines.tensorrt import (
+    HOST_TYPES,
+    TensorRTEngine,
+    bisect_markable,
+    host_input,
+)
+from trtdebug.engines.tensorrt_tactics import parse_profiling_log
+from trtdebug.engines.trt_support import Features, load_tensorrt
+from trtdebug.errors import UserError
+from trtdebug.model import Model
+from trtdebug.precision import PrecisionPlan
+from trtdebug.reference import run_reference
+
+# Names Features.detect probes with hasattr: absent ones are how it tells versions apart.
+DETECTION_PROBES = {
+    ("tensorrt", "ComputeCapability"), ("BuilderFlag", "FP16"), ("BuilderFlag", "BF16"),
+    ("BuilderFlag", "EDITABLE_TIMING_CACHE"), ("tensorrt", "TimingCacheKey"), ("tensorrt", "IAlgorithmSelector"),
+    ("tensorrt", "IInt8EntropyCalibrator2"), ("tensorrt", "IDebugListener"), ("ILayer", "metadata"),
+    ("INetworkDefinition", "mark_debug"), ("INetworkDefinition", "mark_unfused_tensors_as_debug_tensors"),
+    ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"), ("NetworkDefinitionCreationFlag", "EXPLICIT_BATCH"),
+}
+OLDER_TENSORRT = frozenset({  # what 8.6 lacks of the 10.13 API that trtdebug looks for
+    ("INetworkDefinition", "mark_debug"), ("INetworkDefinition", "mark_unfused_tensors_as_debug_tensors"),
+    ("tensorrt", "IDebugListener"), ("BuilderFlag", "EDITABLE_TIMING_CACHE"), ("tensorrt", "TimingCacheKey"),
+    ("ILayer", "metadata"), ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"), ("BuilderFlag", "BF16"),
+})
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch):
+    """The 10.13 fake as `tensorrt`; after the test, nothing outside the API may have been used."""
+    module, recorder = trt_fake.activate()
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    yield recorder
+    assert recorder.misses <= DETECTION_PROBES, f"names outside the TensorRT API: {recorder.misses - DETECTION_PROBES}"
+
+
+@pytest.fixture
+def rtx_checked(monkeypatch: pytest.MonkeyPatch):
+    """A fake offering only names both tensorrt-stubs 10.13 and TensorRT-RTX 1.7 have."""
+    pytest.importorskip("tensorrt_rtx_bindings")
+    module, recorder = trt_fake.activate(rtx=True)
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    yield recorder
+    assert recorder.misses <= DETECTION_PROBES, f"names outside the TensorRT API: {recorder.misses - DETECTION_PROBES}"
+
+
+@pytest.fixture
+def cudart(monkeypatch: pytest.MonkeyPatch) -> trt_fake.FakeCudart:
+    runtime = trt_fake.FakeCudart()
+    monkeypatch.setattr(cuda_buffers, "load_cudart", lambda: runtime)
+    return runtime
+
+
+@pytest.fixture(scope="module")
+def overflow_model() -> Model:
+    return Model.from_proto(planted.overflow()[0])
+
+
+def feeds_for(model: Model) -> dict[str, np.ndarray]:
+    return {"input": np.random.default_rng(0).uniform(-1, 1, planted.INPUT_SHAPE).astype(np.float32)}
+
+
+# -- the checking itself ---------------------------------------------------------------------------
+
+def test_fake_rejects_a_misspelt_name(fake: trt_fake.Recorder) -> None:
+    config = trt_fake.IBuilderConfig()
+    with pytest.raises(AttributeError, match="IBuilderConfig.set_flags"):
+        getattr(config, "set_flags")  # noqa: B009 - the access is the test
+    with pytest.raises(AttributeError):
+        getattr(sys.modules["tensorrt"].BuilderFlag, "FP61")  # noqa: B009
+    assert ("IBuilderConfig", "set_flags") in fake.misses
+    fake.misses.clear()  # deliberate misses: the fixture's final check is for the code under test
+
+
+def test_stubs_are_parsed_with_inheritance_and_enum_values() -> None:
+    api = trt_fake.load_stub_api()
+    assert {"precision", "set_output_type", "metadata", "type"} <= api.classes["IConvolutionLayer"]
+    assert api.enums["ILogger.Severity"] == {"INTERNAL_ERROR": 0, "ERROR": 1, "WARNING": 2, "INFO": 3, "VERBOSE": 4}
+    assert {"queryKeys", "query", "update"} <= api.classes["ITimingCache"]
+    assert "select_algorithms" in api.classes["IAlgorithmSelector"]
+
+
+# -- feature detection ------------------------------------------------------------------------------
+
+def test_features_of_tensorrt_10_13(fake: trt_fake.Recorder) -> None:
+    features = Features.detect(load_tensorrt("tensorrt"))
+    assert features.weak_typing and features.strong_flag and features.bf16_flag
+    assert features.debug_tensors and features.unfused_debug and features.editable_timing_cache
+    assert features.algorithm_selector and features.calibrators and features.layer_metadata
+    assert not features.is_rtx and not features.need_explicit_batch and not features.compute_capability
+    assert features.marking_modes() == ("none", "outputs", "debug", "unfused")
+
+
+def test_features_of_an_older_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    module, recorder = trt_fake.activate(missing=OLDER_TENSORRT)
+    module.__version__ = "8.6.1"  # type: ignore[misc]
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    features = Features.detect(load_tensorrt("tensorrt"))
+    assert features.weak_typing and features.algorithm_selector and features.calibrators
+    assert features.need_explicit_batch  # the 8.x ONNX parser needs EXPLICIT_BATCH
+    assert not (features.debug_tensors or features.unfused_debug or features.editable_timing_cache
+                or features.layer_metadata or features.strong_flag)
+    assert features.marking_modes() == ("none", "outputs")
+    engine = TensorRTEngine("tensorrt")
+    with pytest.raises(UserError, match="--mark debug needs a newer TensorRT"):
+        engine.build(Model.from_proto(planted.clean()[0]), PrecisionPlan("fp16"), None, Marking("debug"))
+
+
+def test_features_of_the_strongly_typed_api(rtx_checked: trt_fake.Recorder) -> None:
+    features = Features.detect(load_tensorrt("tensorrt"))
+    assert not features.weak_typing and not features.algorithm_selector and not features.calibrators
+    assert features.strong_flag and features.editable_timing_cache and features.debug_tensors
+
+
+def test_missing_tensorrt_names_the_package_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(UserError, match=r"pip install tensorrt-cu12 .*trtdebug\[tensorrt\]"):
+        TensorRTEngine("tensorrt")
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx_bindings", None)
+    with pytest.raises(UserError, match=r"trtdebug\[rtx\]"):
+        TensorRTEngine("tensorrt-rtx")
+
+
+def test_stub_only_tensorrt_package_is_not_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tensorrt-stubs installs an importable `tensorrt` folder of .pyi files: not TensorRT."""
+    import types
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    with pytest.raises(UserError, match="TensorRT is not installed"):
+        load_tensorrt("tensorrt")
+
+
+# -- weak typing --------------------------------------------------------------------------------------
+
+def test_weak_typing_constrains_planned_layers_with_prefer(fake: trt_fake.Recorder, overflow_model: Model) -> None:
+    plan = PrecisionPlan("fp16", {"conv_amplify": "fp32", "relu_amplify": "fp32", "logits": "fp32",
+                                  "flatten": "fp32"})
+    built = TensorRTEngine("tensorrt").build(overflow_model, plan, None, Marking("none"))
+    flags = [args[0] for args in fake.called("IBuilderConfig", "set_flag")]
+    assert "FP16" in flags and "PREFER_PRECISION_CONSTRAINTS" in flags and "OBEY_PRECISION_CONSTRAINTS" not in flags
+    assert ("TF32",) in fake.called("IBuilderConfig", "clear_flag")
+    constrained = {(name, value.name) for name, value in fake.called("ILayer", "precision")}
+    # A Gemm parses into two layers (matrix multiply + bias add); both carry its metadata.
+    assert constrained == {("conv_amplify", "FLOAT"), ("relu_amplify", "FLOAT"), ("logits", "FLOAT"),
+                           ("logits_0", "FLOAT")}
+    assert {(name, i) for name, i, _ in fake.called("ILayer", "set_output_type")} == {
+        ("conv_amplify", 0), ("relu_amplify", 0), ("logits", 0), ("logits_0", 0)}
+    # `logits` is a network output: set_output_type does not reach it, tensor.dtype does.
+    assert [(name, value.name) for name, value in fake.called("ITensor", "dtype")] == [("logits", "FLOAT")]
+    assert built.marking_notes["precision"]["skipped_layers"] == ["flatten"]  # a shuffle takes no precision
+    assert built.marking_notes["typing"] == "weak"
+
+
+def test_empty_plan_sets_only_the_builder_flag(fake: trt_fake.Recorder, overflow_model: Model) -> None:
+    TensorRTEngine("tensorrt").build(overflow_model, PrecisionPlan("fp16"), None, Marking("none"))
+    assert [a[0] for a in fake.called("IBuilderConfig", "set_flag")] == ["FP16"]
+    assert not fake.called("ILayer", "precision")
+
+
+def test_obey_constraints_fail_the_build_when_unsatisfiable(fake: trt_fake.Recorder, overflow_model: Model) -> None:
+    plan = PrecisionPlan("fp16", {"relu_amplify": "fp32"})
+    with pytest.raises(BuildError, match="obeys the requested constraints"):
+        TensorRTEngine("tensorrt", obey_constraints=True).build(overflow_model, plan, None, Marking("none"))
+    assert "OBEY_PRECISION_CONSTRAINTS" in [a[0] for a in fake.called("IBuilderConfig", "set_flag")]
+
+
+def test_strong_typing_on_10x_uses_the_flag_and_casts(fake: trt_fake.Recorder, overflow_model: Model) -> None:
+    plan = PrecisionPlan("fp16", {"conv_amplify": "fp32"})
+    built = TensorRTEngine("tensorrt", typing="strong").build(overflow_model, plan, None, Marking("none"))
+    strongly_typed = 1 << 1  # STRONGLY_TYPED is 1 in 10.13 (the fake's value comes from the stubs)
+    assert fake.called("Builder", "create_network")[-1] == (strongly_typed,)
+    assert not fake.called("ILayer", "precision") and not fake.called("IBuilderConfig", "set_flag")
+    proto = next(iter(fake.plans.values())).proto
+    assert any(n.op_type == "Cast" for n in proto.graph.node)
+    assert built.marking_notes["typing"] == "strong"
+
+
+def test_int8_without_qdq_needs_calibration_data(fake: trt_fake.Recorder, overflow_model: Model) -> None:
+    with pytest.raises(UserError, match="needs calibration data"):
+        TensorRTEngine("tensorrt").build(overflow_model, PrecisionPlan("int8"), None, Marking("none"))
+
+
+def test_int8_calibration_feeds_reach_the_calibrator(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart,
+                                                     overflow_model: Model, tmp_path: Path) -> None:
+    batches = [feeds_for(overflow_model), feeds_for(overflow_model)]
+    cache = tmp_path / "calibration.cache"
+    engine = TensorRTEngine("tensorrt", calibration_feeds=batches, calibration_cache=str(cache))
+    engine.build(overflow_model, PrecisionPlan("int8"), None, Marking("none"))
+    assert "INT8" in [a[0] for a in fake.called("IBuilderConfig", "set_flag")]
+    assert len(fake.called("IInt8EntropyCalibrator2", "batch")) == 2
+    assert cache.read_bytes() == b"calibration-cache"
+    assert not cudart.buffers  # each batch's device memory was freed
+
+
+# -- marking ------------------------------------------------------------------------------------------
+
+def shape_model() -> Model:
+    """x -> relu -> Shape -> Reshape(relu, shape) -> sigmoid: a SHAPE output must not be marked."""
+    nodes = [helper.make_node("Relu", ["x"], ["relu"], name="relu"),
+             helper.make_node("Shape", ["relu"], ["shape"], name="shape"),
+             helper.make_node("Reshape", ["relu", "shape"], ["reshaped"], name="reshape"),
+             helper.make_node("Sigmoid", ["reshaped"], ["y"], name="sigmoid")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    return Model.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_marking_skips_shape_outputs(fake: trt_fake.Recorder) -> None:
+    built = TensorRTEngine("tensorrt").build(shape_model(), PrecisionPlan("fp16"), None, Marking("outputs"))
+    assert built.marking_notes["marked"] == ["relu", "reshaped"]
+    assert [a[0] for a in fake.called("INetworkDefinition", "mark_output")][-2:] == ["relu", "reshaped"]
+
+
+def test_tensor_that_breaks_the_build_is_bisected_out(fake: trt_fake.Recorder, overflow_model: Model) -> None:
+    fake.fail_when_marked = {"relu_amplify", "pool"}
+    built = TensorRTEngine("tensorrt").build(overflow_model, PrecisionPlan("fp16"), None, Marking("outputs"))
+    notes = built.marking_notes
+    assert [d["tensor"] for d in notes["dropped"]] == ["relu_amplify", "pool"]
+    assert "requires bool or uint8" in notes["dropped"][0]["reason"]
+    assert set(notes["marked"]) == set(overflow_model.intermediate_tensors()) - {"relu_amplify", "pool", "logits"}
+    assert notes["builds"] < 2 * len(overflow_model.intermediate_tensors())  # bisection, not one build per tensor
+
+
+def test_a_plan_that_never_builds_is_a_build_error_not_a_marking_problem(fake: trt_fake.Recorder,
+                                                                         overflow_model: Model) -> None:
+    engine = TensorRTEngine("tensorrt", obey_constraints=True)
+    with pytest.raises(BuildError):
+        engine.build(overflow_model, PrecisionPlan("fp16", {"relu1": "fp32"}), None, Marking("outputs"))
+
+
+def test_chunked_marking_builds_each_chunk(fake: trt_fake.Recorder, overflow_model: Model) -> None:
+    built = TensorRTEngine("tensorrt").build(overflow_model, PrecisionPlan("fp16"), None,
+                                             Marking("outputs", chunk_size=4))
+    candidates = [t for t in overflow_model.intermediate_tensors() if t != "logits"]
+    assert built.marking_notes["chunks"] == -(-len(candidates) // 4)
+    assert [c.marked for c in built.chunks] == [candidates[i:i + 4] for i in range(0, len(candidates), 4)]
+    # The fake fuses nothing, so every chunk has the same layers: each is listed once.
+    names = [layer.name for layer in built.layers]
+    assert len(names) == len(set(names)) and all(layer.extra["build"] == 0 for layer in built.layers)
+
+
+def test_bisect_finds_culprits_and_respects_the_budget() -> None:
+    culprits = {"c", "f"}
+    tried: list[list[str]] = []
+
+    def attempt(tensors: list[str]) -> str | None:
+        tried.append(tensors)
+        return None if culprits & set(tensors) else "built:" + ",".join(tensors)
+
+    kept, dropped, result = bisect_markable(attempt, list("abcdefgh"), lambda: False)
+    assert dropped == ["c", "f"] and kept == ["a", "b", "d", "e", "g", "h"]
+    assert result == "built:" + ",".join(kept)
+    kept, dropped, _ = bisect_markable(attempt, list("abcdefgh"), lambda: True)
+    assert kept == [] and dropped == list("abcdefgh")  # out of budget: drop rather than loop
+
+
+# -- tactics --------------------------------------------------------------------------------------------
+
+def test_algorithm_selector_records_and_excludes_banned_tactics(fake: trt_fake.Recorder,
+                                                                overflow_model: Model) -> None:
+    engine = TensorRTEngine("tensorrt", record_tactics=True, tactic_control="selector")
+    plan = PrecisionPlan("fp16")
+    first = engine.build(overflow_model, plan, None, Marking("none"))
+    assert ("DISABLE_TIMING_CACHE",) in fake.called("IBuilderConfig", "set_flag")
+    conv = next(layer for layer in first.layers if layer.name == "conv_amplify")
+    assert conv.tactic.count(":") == 1 and len(conv.alternatives) == 2
+    assert conv.extra["kernel"] == "sm80_kernel_conv_amplify_a"
+    ban = BanEntry(layer="conv_amplify", tactic=conv.tactic, onnx_nodes=("conv_amplify",))
+    second = engine.build(overflow_model, plan, BanList((ban,)), Marking("none"))
+    conv2 = next(layer for layer in second.layers if layer.name == "conv_amplify")
+    assert conv2.tactic == conv.alternatives[0] and conv2.extra["excluded"] == [conv.tactic]
+    others = {la.name: la.tactic for la in first.layers if la.name != "conv_amplify"}
+    assert others == {la.name: la.tactic for la in second.layers if la.name != "conv_amplify"}
+
+
+def test_unknown_or_total_bans_never_fail_the_build(fake: trt_fake.Recorder, overflow_model: Model) -> None:
+    engine = TensorRTEngine("tensorrt", record_tactics=True, tactic_control="selector")
+    first = engine.build(overflow_model, PrecisionPlan("fp16"), None, Marking("none"))
+    conv = next(layer for layer in first.layers if layer.name == "conv_amplify")
+    everything = tuple(BanEntry(layer="conv_amplify", tactic=t) for t in (conv.tactic, *conv.alternatives))
+    unknown = (BanEntry(layer="conv_amplify", tactic="0xdead:0xbeef"),)
+    for bans in (everything, unknown):
+        again = engine.build(overflow_model, PrecisionPlan("fp16"), BanList(bans), Marking("none"))
+        assert next(la for la in again.layers if la.name == "conv_amplify").tactic == conv.tactic
+
+
+README_LOG = """Autotuning op matMul1(key: 0x1814870c44ff0f8574df6e3dda04cbd7):
+Sorted table of all evaluated tactics:
+tactic_id, cost(in ms), cost/fastest_cost, prediction_correlation, kernel_name, tactic_hash, tunable_parameter
+   3, 0.0112640, 1.00000, 0.50673, sm80_xmma_gemm_f32f32_tf32f32_f32_nn_n_tilesize32x32x64_stage3, 0x665ded9abbf88,
+   5, 0.0118784, 1.05455, 0.51157, sm80_xmma_gemm_f32f32_tf32f32_f32_nn_n_tilesize64x32x64_stage4, 0x393e4ef8ad243,
+The selected tactic is (tactic hash, cost(in ms)):0x665ded9abbf88,  0.011264
+Writing the best tactic (0x665ded9abbf88) to cache"""
+
+
+def test_profiling_log_parses_like_the_sample() -> None:
+    """The log excerpt of NVIDIA's sampleEditableTimingCache README."""
+    table = parse_profiling_log(README_LOG.splitlines())
+    record = table["matMul1"]
+    assert record.key == "0x1814870c44ff0f8574df6e3dda04cbd7" and record.selected == "0x665ded9abbf88"
+    assert [h for h, _ in record.tactics] == ["0x665ded9abbf88", "0x393e4ef8ad243"]
+    assert record.tactics[1][1].endswith("tilesize64x32x64_stage4")
+
+
+def test_editable_timing_cache_forces_the_next_best_tactic(rtx_checked: trt_fake.Recorder,
+                                                           overflow_model: Model) -> None:
+    engine = TensorRTEngine("tensorrt", record_tactics=True)  # auto: the editable timing cache
+    plan = PrecisionPlan("fp16")
+    first = engine.build(overflow_model, plan, None, Marking("none"))
+    assert first.marking_notes["tactic_control"] == "timing-cache" and first.marking_notes["typing"] == "strong"
+    conv = next(layer for layer in first.layers if layer.onnx_nodes == ("conv_amplify",))
+    key = conv.extra["cache_key"]
+    assert len(key) == 34 and len(conv.alternatives) == 2
+    ban = BanEntry(layer=conv.extra["tactic_layer"], tactic=conv.tactic, cache_key=key)
+    second = engine.build(overflow_model, plan, BanList((ban,)), Marking("none"))
+    assert rtx_checked.timing_cache_updates == [(key, int(conv.alternatives[0], 16), 1.0)]
+    conv2 = next(layer for layer in second.layers if layer.onnx_nodes == ("conv_amplify",))
+    assert conv2.tactic == conv.alternatives[0] and conv2.extra["forced_from"] == conv.tactic
+    assert conv2.extra["kernel"] == conv.extra["kernels"][conv.alternatives[0]]  # the engine uses it
+
+
+def test_timing_cache_ban_by_kernel_name(rtx_checked: trt_fake.Recorder, overflow_model: Model) -> None:
+    engine = TensorRTEngine("tensorrt", record_tactics=True)
+    first = engine.build(overflow_model, PrecisionPlan("fp16"), None, Marking("none"))
+    conv = next(layer for layer in first.layers if layer.onnx_nodes == ("conv_amplify",))
+    ban = BanEntry(layer=conv.extra["tactic_layer"], tactic=conv.extra["kernels"][conv.tactic])
+    second = engine.build(overflow_model, PrecisionPlan("fp16"), BanList((ban,)), Marking("none"))
+    assert next(la for la in second.layers if la.onnx_nodes == ("conv_amplify",)).tactic == conv.alternatives[0]
+
+
+# -- running (fake cuda-python: device memory is host memory) ---------------------------------------------
+
+def test_run_returns_every_marked_tensor_and_frees_buffers(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart,
+                                                         overflow_model: Model) -> None:
+    built = TensorRTEngine("tensorrt").build(overflow_model, PrecisionPlan("fp16"), None, Marking("outputs"))
+    assert built.marking_notes["layer_info"] == "engine inspector"
+    conv = next(layer for layer in built.layers if layer.name == "conv_amplify")
+    assert conv.onnx_nodes == ("conv_amplify",) and conv.precision == "fp16"
+    feeds = feeds_for(overflow_model)
+    values = built.run(feeds)
+    reference = run_reference(overflow_model, feeds)
+    assert set(values) == set(overflow_model.intermediate_tensors())
+    for name, value in values.items():
+        np.testing.assert_allclose(value, reference[name], rtol=1e-5, atol=1e-5)
+    assert not cudart.buffers and not cudart.streams  # all freed, stream destroyed
+
+
+@pytest.mark.parametrize("mode", ["debug", "unfused"])
+def test_debug_tensors_come_back_through_the_listener(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart,
+                                                      overflow_model: Model, mode: str) -> None:
+    built = TensorRTEngine("tensorrt").build(overflow_model, PrecisionPlan("fp16"), None, Marking(mode))
+    feeds = feeds_for(overflow_model)
+    values = built.run(feeds)
+    reference = run_reference(overflow_model, feeds)
+    assert "conv_amplify" in values and "logits" in values
+    np.testing.assert_allclose(values["conv_amplify"], reference["conv_amplify"], rtol=1e-5)
+    if mode == "unfused":
+        assert built.marking_notes["unmatched_debug_tensors"] == ["__myl_internal_tensor"]
+        assert "conv_amplify" in built.marking_notes["marked"]
+
+
+def test_dynamic_input_needs_a_shape_and_gets_a_profile(fake: trt_fake.Recorder) -> None:
+    model_proto = planted.clean()[0]
+    model_proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    model = Model.from_proto(model_proto)
+    with pytest.raises(UserError, match=r"input 'input' has dynamic shape .* --input-shape input:Nx3x16x16"):
+        TensorRTEngine("tensorrt").build(model, PrecisionPlan("fp16"), None, Marking("none"))
+    ranges = {"input": ((1, 3, 16, 16), (2, 3, 16, 16), (4, 3, 16, 16))}
+    TensorRTEngine("tensorrt", shape_ranges=ranges).build(model, PrecisionPlan("fp16"), None, Marking("none"))
+    assert fake.called("IOptimizationProfile", "set_shape")[-1] == ("input", *ranges["input"])
+
+
+def test_cuda_errors_are_one_line_and_free_what_was_taken(cudart: trt_fake.FakeCudart) -> None:
+    cudart.limit = 1024
+    runtime = CudaRuntime()
+    with (pytest.raises(CudaError, match=r"cudaMalloc\(4096 bytes\): cudaErrorMemoryAllocation \(out of memory\)"),
+          device_arena(runtime) as arena):
+        arena.upload(np.zeros(16, np.float32))
+        arena.alloc(4096)
+    assert not cudart.buffers and not cudart.streams
+
+
+def test_host_input_conversions() -> None:
+    int32 = HOST_TYPES["INT32"]
+    assert host_input("ids", np.array([1, 2], np.int64), int32).dtype == np.int32  # TensorRT 8.6: no INT64
+    with pytest.raises(UserError, match="outside the engine's int32 range"):
+        host_input("ids", np.array([2**40], np.int64), int32)
+    with pytest.raises(UserError, match="is float32, but the engine wants int32"):
+        host_input("x", np.zeros(2, np.float32), int32)
+    bits = host_input("x", np.array([1.0, -2.5], np.float32), HOST_TYPES["BF16"])
+    assert bits.dtype == np.uint16 and list(bits) == [0x3F80, 0xC020]
+
+
+def test_unparseable_model_is_a_user_error(fake: trt_fake.Recorder) -> None:
+    proto = planted.clean()[0]
+    proto.graph.node.append(helper.make_node("Unsupported", ["logits"], ["odd"], name="odd", domain="custom"))
+    proto.graph.output.append(helper.make_tensor_value_info("odd", TensorProto.FLOAT, None))
+    proto.opset_import.append(helper.make_opsetid("custom", 1))
+    with pytest.raises(UserError, match="TensorRT cannot parse the model: In node 0"):
+        TensorRTEngine("tensorrt").build(Model.from_proto(proto), PrecisionPlan("fp16"), None, Marking("none"))
+
+
+def test_network_layer_names_for_export(fake: trt_fake.Recorder, overflow_model: Model) -> None:
+    names = TensorRTEngine("tensorrt").network_layer_names(overflow_model)
+    assert names["logits"] == ["logits", "logits_0"] and names["conv_amplify"] == ["conv_amplify"]
+    assert "flatten" not in names  # a shuffle takes no precision
+
+
+
+# -- mypy against the stubs -----------------------------------------------------------------------------
+
+ENGINE_MODULES = ["trtdebug/engines/tensorrt.py", "trtdebug/engines/trt_network.py", "trtdebug/engines/trt_support.py",
+                  "trtdebug/engines/tensorrt_tactics.py", "trtdebug/engines/trt_calibration.py",
+                  "trtdebug/engines/trt_layers.py", "trtdebug/engines/cuda_buffers.py"]
+
+
+def run_mypy(tmp_path: Path, files: list[str]) -> tuple[int, str]:
+    mypy_api = pytest.importorskip("mypy.api")
+    stubs = trt_fake.write_sanitized_stubs(tmp_path / "stubs")
+    config = tmp_path / "mypy.ini"
+    config.write_text(f"""[mypy]
+python_version = 3.11
+mypy_path = {stubs}
+ignore_missing_imports = True
+check_untyped_defs = True
+follow_imports = silent
+
+[mypy-tensorrt,tensorrt.*,tensorrt_bindings,tensorrt_bindings.*]
+ignore_errors = True
+""")
+    root = Path(__file__).resolve().parent.parent
+    paths = [f if Path(f).is_absolute() else str(root / f) for f in files]
+    out, err, status = mypy_api.run(["--config-file", str(config), "--cache-dir", str(tmp_path / "cache"), *paths])
+    return status, out + err
+
+
+@pytest.mark.slow
+def test_engine_code_type_checks_against_tensorrt_stubs(tmp_path: Path) -> None:
+    canary = tmp_path / "canary.py"
+    canary.write_text("import tensorrt as trt\n\ndef f(n: trt.INetworkDefinition) -> None:\n    n.get_layerz(0)\n")
+    status, report = run_mypy(tmp_path, [str(canary)])
+    assert status == 1 and 'has no attribute "get_layerz"' in report  # the stubs are really in use
+    status, report = run_mypy(tmp_path, ENGINE_MODULES)
+    assert status == 0, report

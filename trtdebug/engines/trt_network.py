@@ -1,0 +1,289 @@
+"""The TensorRT network: ONNX parsing, optimization profile, marking, and weak-typing precision.
+
+Weak typing (TensorRT 8.6-10.x) follows the TensorRT documentation's recipe: BuilderFlag FP16 /
+BF16 / INT8 enable the reduced precisions, and each layer the plan names gets `layer.precision` and
+`set_output_type` (and `tensor.dtype` where the output is a network output, which set_output_type
+does not change), under PREFER_PRECISION_CONSTRAINTS (or OBEY on request). Layers that move data or
+compute on integers cannot take a float precision and are skipped.
+
+Strong typing (11.x, TensorRT-RTX, or 10.x on request) never touches layers: the plan was applied to
+the ONNX graph before parsing (trtdebug.precision_onnx).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import onnx
+
+from trtdebug.engines.base import BuildError
+from trtdebug.engines.trt_layers import NodeResolver, network_layer_nodes
+from trtdebug.engines.trt_support import Features, quiet_deprecations
+from trtdebug.errors import UserError
+from trtdebug.precision import PRECISIONS, PrecisionPlan
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+Shape = tuple[int, ...]
+ShapeRange = tuple[Shape, Shape, Shape]  # min, opt, max
+
+# Layer types that cannot take a float precision constraint (data movement, casts, control flow).
+NO_PRECISION_LAYER_TYPES = ("SHAPE", "SHUFFLE", "IDENTITY", "CONCATENATION", "SLICE", "CONSTANT", "CAST",
+                            "SQUEEZE", "UNSQUEEZE", "ASSERTION", "TRIP_LIMIT", "ITERATOR", "RECURRENCE",
+                            "LOOP_OUTPUT", "CONDITION", "CONDITIONAL_INPUT", "CONDITIONAL_OUTPUT",
+                            "QUANTIZE", "DEQUANTIZE")
+FLOAT_DATA_TYPES = ("FLOAT", "HALF", "BF16")
+# Polygraphy's mark-all filter (polygraphy/backend/trt/util.py, mark_layerwise).
+LOOP_START_TYPES = ("TRIP_LIMIT", "ITERATOR", "RECURRENCE")
+LOOP_END_TYPES = ("LOOP_OUTPUT",)
+UNMARKABLE_LAYER_TYPES = ("SHAPE", "CONSTANT")
+# Data types a marked tensor may have: the ones trtdebug can bring back to the host as NumPy.
+READABLE_DATA_TYPES = ("FLOAT", "HALF", "BF16", "INT8", "UINT8", "INT32", "INT64", "BOOL", "FP8")
+PRECISION_DATA_TYPE = {"fp32": "FLOAT", "fp16": "HALF", "bf16": "BF16", "int8": "INT8"}
+PRECISION_FLAG = {"fp16": "FP16", "bf16": "BF16", "int8": "INT8"}
+
+
+def dims_tuple(dims: trt.Dims) -> Shape:
+    return tuple(int(dims[i]) for i in range(len(dims)))
+
+
+def as_dims(shape: Sequence[int]) -> trt.Dims:
+    """pybind11 converts a tuple to Dims where TensorRT wants one (Polygraphy and NVIDIA's samples
+    pass tuples); the stubs only name Dims."""
+    return cast("trt.Dims", tuple(shape))
+
+
+def enum_members(enum: Any, names: Iterable[str]) -> list[Any]:
+    """The members of a TensorRT enum that this version has, by name."""
+    return [getattr(enum, n) for n in names if hasattr(enum, n)]
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+def create_network(trt_api: Any, builder: trt.Builder, features: Features, strong: bool) -> trt.INetworkDefinition:
+    creation = trt_api.NetworkDefinitionCreationFlag
+    flags = 0
+    if features.need_explicit_batch:
+        flags |= 1 << int(creation.EXPLICIT_BATCH)
+    if strong and features.weak_typing and features.strong_flag:  # 10.x: strong typing is opt-in
+        flags |= 1 << int(creation.STRONGLY_TYPED)
+    return builder.create_network(flags)
+
+
+def parse_onnx(trt_api: Any, network: trt.INetworkDefinition, logger: Any, proto: onnx.ModelProto,
+               modified: bool) -> Any:
+    """Parse into `network`; the parser must outlive the network (it owns the weights)."""
+    parser = trt_api.OnnxParser(network, logger)
+    ok = _parse(parser, proto)
+    if not ok:
+        errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)] or ["no parser message"]
+        message = f"TensorRT cannot parse the model: {errors[0].splitlines()[0]}"
+        if modified:  # the typed graph of a plan: a failed candidate, not bad input
+            raise BuildError(message)
+        raise UserError(message + "; check the model with `polygraphy inspect model`")
+    return parser
+
+
+def _parse(parser: Any, proto: onnx.ModelProto) -> bool:
+    try:
+        data = proto.SerializeToString()
+    except ValueError:  # over protobuf's 2 GiB: go through a file with external data
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.onnx"
+            onnx.save(proto, path, save_as_external_data=True, location="model.onnx.data")
+            return bool(parser.parse_from_file(str(path)))
+    return bool(parser.parse(data))
+
+
+# -- optimization profile ---------------------------------------------------------------------
+
+def shape_ranges_for(network: trt.INetworkDefinition, input_shapes: Mapping[str, Sequence[int]],
+                     shape_ranges: Mapping[str, ShapeRange]) -> dict[str, ShapeRange]:
+    """min/opt/max per network input: a given range, else the given shape, else the static shape."""
+    ranges: dict[str, ShapeRange] = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        name = tensor.name
+        static = dims_tuple(tensor.shape)
+        if name in shape_ranges:
+            low, opt, high = (tuple(int(d) for d in s) for s in shape_ranges[name])
+            ranges[name] = (low, opt, high)
+        elif name in input_shapes:
+            shape = tuple(int(d) for d in input_shapes[name])
+            ranges[name] = (shape, shape, shape)
+        elif all(d >= 0 for d in static):
+            ranges[name] = (static, static, static)
+        else:
+            dims = "x".join(str(d) if d >= 0 else "N" for d in static)
+            raise UserError(f"input {name!r} has dynamic shape {list(static)}; give one with "
+                            f"--input-shape {name}:{dims}")
+        _check_range(name, static, ranges[name])
+    return ranges
+
+
+def _check_range(name: str, static: Shape, shape_range: ShapeRange) -> None:
+    low, opt, high = shape_range
+    if not (len(low) == len(opt) == len(high) == len(static)):
+        raise UserError(f"shape range of input {name!r} has the wrong rank; the model's shape is {list(static)}")
+    for dim, lo, op, hi in zip(static, low, opt, high, strict=True):
+        if not 0 <= lo <= op <= hi or (dim >= 0 and not lo == op == hi == dim):
+            raise UserError(f"shape range {[list(low), list(opt), list(high)]} of input {name!r} does not fit "
+                            f"the model's shape {list(static)} (need min <= opt <= max and fixed dims kept)")
+
+
+def add_profile(builder: trt.Builder, config: trt.IBuilderConfig, ranges: Mapping[str, ShapeRange]) -> Any:
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in ranges.items():
+        profile.set_shape(name, as_dims(low), as_dims(opt), as_dims(high))
+    config.add_optimization_profile(profile)
+    return profile
+
+
+# -- marking ----------------------------------------------------------------------------------
+
+def network_tensors(network: trt.INetworkDefinition) -> dict[str, trt.ITensor]:
+    tensors = {}
+    for i in range(network.num_inputs):
+        tensors[network.get_input(i).name] = network.get_input(i)
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        for j in range(layer.num_outputs):
+            tensor = layer.get_output(j)
+            if tensor is not None:
+                tensors[tensor.name] = tensor
+    return tensors
+
+
+def markable_tensors(trt_api: Any, network: trt.INetworkDefinition, wanted: set[str]) -> list[str]:
+    """Layer outputs that can be exposed, in network order: Polygraphy's filter (no SHAPE or
+    CONSTANT outputs, nothing inside a loop), no network inputs or outputs, only tensors named in
+    `wanted` (the ONNX tensors compare can match) and of a type trtdebug can read back."""
+    layer_types = trt_api.LayerType
+    loop_start = enum_members(layer_types, LOOP_START_TYPES)
+    loop_end = enum_members(layer_types, LOOP_END_TYPES)
+    excluded = enum_members(layer_types, UNMARKABLE_LAYER_TYPES)
+    readable = enum_members(trt_api.DataType, READABLE_DATA_TYPES)
+    names: list[str] = []
+    in_loop = False
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type in loop_start:
+            in_loop = True
+        elif layer.type in loop_end:
+            in_loop = False
+        if in_loop or layer.type in excluded:
+            continue
+        for j in range(layer.num_outputs):
+            tensor = layer.get_output(j)
+            if tensor is None or tensor.is_network_input or tensor.is_network_output:
+                continue
+            if tensor.name in wanted and tensor.dtype in readable and tensor.name not in names:
+                names.append(tensor.name)
+    return names
+
+
+def mark(network: trt.INetworkDefinition, names: Sequence[str], mode: str) -> None:
+    """Expose `names` as network outputs ("outputs") or debug tensors ("debug")."""
+    tensors = network_tensors(network)
+    for name in names:
+        tensor = tensors.get(name)
+        if tensor is None:
+            raise BuildError(f"the network has no tensor {name!r} to mark")
+        if mode == "outputs":
+            network.mark_output(tensor)
+        elif mode == "debug":
+            network.mark_debug(tensor)
+
+
+def mark_unfused(network: Any) -> None:
+    """TensorRT 10.12+: every tensor that survives fusion becomes a debug tensor; fusions stay."""
+    network.mark_unfused_tensors_as_debug_tensors()
+
+
+# -- weak typing -------------------------------------------------------------------------------
+
+@dataclass
+class PrecisionNotes:
+    flags: list[str] = field(default_factory=list)
+    constraints: str = ""  # prefer | obey | "" (none needed)
+    constrained: list[str] = field(default_factory=list)  # network layers given a precision
+    skipped: list[str] = field(default_factory=list)  # planned, but cannot take a float precision
+
+    def to_json(self) -> dict[str, Any]:
+        return {"flags": self.flags, "constraints": self.constraints, "constrained_layers": self.constrained,
+                "skipped_layers": self.skipped}
+
+
+def builder_precision_flags(features: Features, plan: PrecisionPlan) -> list[str]:
+    """BuilderFlag names a plan needs: every reduced precision it uses anywhere."""
+    used = {plan.default, *plan.nodes.values()}
+    flags = [PRECISION_FLAG[p] for p in PRECISIONS if p in used and p in PRECISION_FLAG]
+    if "BF16" in flags and not features.bf16_flag:
+        raise UserError(f"this TensorRT ({features.version}) has no BF16 builder flag; use --precision fp16")
+    return flags
+
+
+def can_take_precision(trt_api: Any, layer: trt.ILayer) -> bool:
+    if layer.type in enum_members(trt_api.LayerType, NO_PRECISION_LAYER_TYPES):
+        return False
+    float_types = enum_members(trt_api.DataType, FLOAT_DATA_TYPES)
+    for j in range(layer.num_outputs):
+        tensor = layer.get_output(j)
+        if tensor is None or tensor.is_shape_tensor or tensor.dtype not in float_types:
+            return False
+    return True
+
+
+def apply_weak_typing(trt_api: Any, network: trt.INetworkDefinition, config: trt.IBuilderConfig,
+                      features: Features, plan: PrecisionPlan, resolver: NodeResolver,
+                      obey: bool) -> PrecisionNotes:
+    """Builder flags for the plan's precisions, and per-layer constraints for the nodes it names.
+
+    Only the plan's overrides are constrained: the default precision is what the builder flag
+    asks for, as in a plain `trtexec --fp16` build, so an empty plan reproduces the user's engine.
+    """
+    notes = PrecisionNotes(flags=builder_precision_flags(features, plan))
+    with quiet_deprecations():
+        for flag in notes.flags:
+            config.set_flag(getattr(trt_api.BuilderFlag, flag))
+        if not plan.nodes:
+            return notes
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            metadata = str(layer.metadata) if features.layer_metadata else ""
+            nodes = network_layer_nodes(metadata, layer.name, resolver)
+            precisions = [plan.nodes[n] for n in nodes if n in plan.nodes]
+            if not precisions:
+                continue
+            if not can_take_precision(trt_api, layer):
+                notes.skipped.append(layer.name)
+                continue
+            # A layer built from several planned nodes computes in the most precise of them.
+            precision = min(precisions, key=PRECISIONS.index)
+            _constrain(trt_api, layer, precision)
+            notes.constrained.append(layer.name)
+        if notes.constrained:
+            constraint = "OBEY_PRECISION_CONSTRAINTS" if obey else "PREFER_PRECISION_CONSTRAINTS"
+            config.set_flag(getattr(trt_api.BuilderFlag, constraint))
+            notes.constraints = "obey" if obey else "prefer"
+    return notes
+
+
+def _constrain(trt_api: Any, layer: trt.ILayer, precision: str) -> None:
+    data_type = getattr(trt_api.DataType, PRECISION_DATA_TYPE[precision])
+    layer.precision = data_type
+    for j in range(layer.num_outputs):
+        layer.set_output_type(j, data_type)
+        tensor = layer.get_output(j)
+        if tensor.is_network_output:  # set_output_type leaves network I/O types alone
+            tensor.dtype = data_type
+
+
+def has_explicit_quantization(trt_api: Any, network: trt.INetworkDefinition) -> bool:
+    qdq = enum_members(trt_api.LayerType, ("QUANTIZE", "DEQUANTIZE"))
+    return any(network.get_layer(i).type in qdq for i in range(network.num_layers))
