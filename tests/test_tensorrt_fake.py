@@ -467,3 +467,86 @@ def test_engine_code_type_checks_against_tensorrt_stubs(tmp_path: Path) -> None:
     assert status == 1 and 'has no attribute "get_layerz"' in report  # the stubs are really in use
     status, report = run_mypy(tmp_path, ENGINE_MODULES)
     assert status == 0, report
+
+
+# -- layer information: real formats --------------------------------------------------------------------
+
+# Two layers of an engine inspector JSON that NVIDIA's TensorRT Engine Explorer tests use
+# (tools/experimental/trt-engine-explorer/tests/inputs/mobilenet_v2_residuals.qat.onnx.engine.graph.json,
+# TensorRT 8.x: no Metadata, fused names).
+TREX_JSON = """{"Layers": [{
+  "Name": "QuantizeLinear_2", "LayerType": "Reformat",
+  "Inputs": [{"Name": "inputs.1", "Location": "Device", "Dimensions": [1,3,224,224],
+              "Format/Datatype": "Row major linear FP32"}],
+  "Outputs": [{"Name": "433", "Location": "Device", "Dimensions": [1,3,224,224],
+               "Format/Datatype": "Four wide channel vectorized row major Int8 format"}],
+  "ParameterType": "Reformat", "Origin": "QDQ", "TacticValue": "0x0000000000000000"
+},{
+  "Name": "features.0.0.weight + QuantizeLinear_7 + Conv_9 + PWN(Clip_13)", "LayerType": "CaskConvolution",
+  "Inputs": [{"Name": "433", "Location": "Device", "Dimensions": [1,3,224,224],
+              "Format/Datatype": "Four wide channel vectorized row major Int8 format"}],
+  "Outputs": [{"Name": "449", "Location": "Device", "Dimensions": [1,32,112,112],
+               "Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format"}],
+  "ParameterType": "Convolution",
+  "TacticName": "volta_int8x4_icudnn_int8x4_128x32_relu_xregs_small_c32_nn_v1", "TacticValue": "0xa65a77b0f5044138"
+}], "Bindings": ["inputs.1", "449"]}"""
+
+# A layer line of sampleEditableTimingCache's README (the inspector's ONELINE format).
+SAMPLE_ONELINE = (
+    "Name: matMul1_myl0_0, LayerType: gemm, Inputs: [ { Name: input, Dimensions: [128,128], Format/Datatype: Float "
+    "}, { Name: weight1, Dimensions: [128,128], Format/Datatype: Float }, { Name: __mye34matMul1_alpha, Dimensions: "
+    "[1], Format/Datatype: Float }, { Name: __mye35matMul1_beta, Dimensions: [1], Format/Datatype: Float }], "
+    "Outputs: [ { Name: __myln_k_arg__bb1_4, Dimensions: [128,128], Format/Datatype: Float }], TacticName: "
+    "sm80_xmma_gemm_f32f32_tf32f32_f32_nn_n_tilesize32x32x64_stage3_warpsize2x1x2_tensor16x8x8, StreamId: 0, Metadata:")
+
+
+def test_inspector_json_of_tensorrt_8_maps_fused_names() -> None:
+    from trtdebug.engines.trt_layers import NodeResolver, parse_inspector_json, to_layer_infos
+
+    resolver = NodeResolver(["QuantizeLinear_2", "DequantizeLinear_5", "QuantizeLinear_7", "Conv_9", "Clip_13"])
+    reformat, conv = to_layer_infos(parse_inspector_json(TREX_JSON), resolver, "engine inspector")
+    assert reformat.onnx_nodes == ("QuantizeLinear_2",) and reformat.extra["mapped_by"] == "name"
+    assert conv.onnx_nodes == ("QuantizeLinear_7", "Conv_9", "Clip_13") and conv.extra["mapped_by"] == "fused name"
+    assert conv.precision == "int8" and conv.tactic.startswith("volta_int8x4") and conv.outputs == ("449",)
+    assert conv.extra["tactic_value"] == "0xa65a77b0f5044138" and conv.op_type == "CaskConvolution"
+
+
+def test_inspector_metadata_and_foreign_nodes() -> None:
+    from trtdebug.engines.trt_layers import NodeResolver, parse_inspector_json, to_layer_infos
+
+    text = json_layers([
+        {"Name": "{ForeignNode[/attn/MatMul.../attn/Softmax]}", "LayerType": "Myelin",
+         "Outputs": [{"Name": "soft", "Format/Datatype": "Row major linear FP16 format"}],
+         "Metadata": "[ONNX Layer: /attn/MatMul]\x1e[ONNX Layer: /attn/Div]\x1e[ONNX Layer: /attn/Softmax]"},
+        {"Name": "{ForeignNode[/ffn/MatMul.../ffn/Add]}", "LayerType": "Myelin", "Outputs": []},
+        "conv1 + relu1",  # ProfilingVerbosity.LAYER_NAMES_ONLY: names only
+    ])
+    order = ["/attn/MatMul", "/attn/Div", "/attn/Softmax", "/ffn/MatMul", "/ffn/Gelu", "/ffn/Add", "conv1", "relu1"]
+    attn, ffn, conv = to_layer_infos(parse_inspector_json(text), NodeResolver(order), "engine inspector")
+    assert attn.onnx_nodes == ("/attn/MatMul", "/attn/Div", "/attn/Softmax") and attn.precision == "fp16"
+    assert ffn.onnx_nodes == ("/ffn/MatMul", "/ffn/Gelu", "/ffn/Add")
+    assert ffn.extra["mapped_by"] == "foreign-node range"
+    assert conv.onnx_nodes == ("conv1", "relu1") and conv.precision == ""
+
+
+def json_layers(layers: list) -> str:
+    import json
+
+    return json.dumps({"Layers": layers, "Bindings": []})
+
+
+def test_oneline_layer_of_the_sample_and_its_tactic_record() -> None:
+    from trtdebug.engines.tensorrt import attach_tactics
+    from trtdebug.engines.tensorrt_tactics import records_from_profiling
+    from trtdebug.engines.trt_layers import NodeResolver, parse_oneline_layers, to_layer_infos
+
+    resolver = NodeResolver(["matMul1", "softmax", "matMul2"])
+    (layer,) = to_layer_infos(parse_oneline_layers([SAMPLE_ONELINE]), resolver, "build log")
+    assert layer.name == "matMul1_myl0_0" and layer.op_type == "gemm" and layer.precision == "fp32"
+    assert layer.onnx_nodes == ("matMul1",) and layer.extra["mapped_by"] == "myelin name"
+    assert layer.outputs == ("__myln_k_arg__bb1_4",)
+    records = records_from_profiling(parse_profiling_log(README_LOG.splitlines()))
+    attach_tactics([layer], records, lambda name: resolver.from_name(name)[0])
+    assert layer.tactic == "0x665ded9abbf88" and layer.alternatives == ("0x393e4ef8ad243",)
+    assert layer.extra["cache_key"] == "0x1814870c44ff0f8574df6e3dda04cbd7"
+    assert layer.extra["kernel"].startswith("sm80_xmma_gemm_f32f32_tf32f32_f32_nn_n_tilesize32x32x64_stage3")
