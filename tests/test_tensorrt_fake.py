@@ -550,3 +550,51 @@ def test_oneline_layer_of_the_sample_and_its_tactic_record() -> None:
     assert layer.tactic == "0x665ded9abbf88" and layer.alternatives == ("0x393e4ef8ad243",)
     assert layer.extra["cache_key"] == "0x1814870c44ff0f8574df6e3dda04cbd7"
     assert layer.extra["kernel"].startswith("sm80_xmma_gemm_f32f32_tf32f32_f32_nn_n_tilesize32x32x64_stage3")
+
+
+# -- selfcheck and the command line -------------------------------------------------------------------
+
+def test_selfcheck_tries_every_path_of_tensorrt_10(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart) -> None:
+    from trtdebug.selfcheck import run_selfcheck, selfcheck_exit_code
+
+    checks = run_selfcheck(("tensorrt",))
+    by_name = {c.name: c for c in checks}
+    expected = [f"tensorrt: {typing} typing, --mark {mode}" for typing in ("weak", "strong")
+                for mode in ("none", "outputs", "debug", "unfused", "outputs --chunk 2")]
+    expected += ["tensorrt: tactics via selector", "tensorrt: tactics via timing-cache"]
+    assert [c.name for c in checks] == ["cuda-python", "tensorrt", *expected]
+    assert all(c.status == "ok" for c in checks), [c for c in checks if c.status != "ok"]
+    assert "ran, final output within" in by_name["tensorrt: weak typing, --mark outputs"].detail
+    assert by_name["tensorrt: tactics via timing-cache"].detail.startswith("banned 0x")
+    assert selfcheck_exit_code(checks, ("tensorrt",)) == 0
+
+
+def test_selfcheck_reports_a_broken_path(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart) -> None:
+    from trtdebug.selfcheck import run_selfcheck, selfcheck_exit_code
+
+    fake.fail_when_marked = {"conv_a", "relu_a", "conv_b", "input_proj", "residual"}
+    checks = run_selfcheck(("tensorrt",))
+    broken = {c.name: c for c in checks if c.status == "failed"}
+    assert "tensorrt: weak typing, --mark outputs" in broken  # nothing could be exposed
+    assert "exposed no intermediate tensor" in broken["tensorrt: weak typing, --mark outputs"].detail
+    assert selfcheck_exit_code(checks, ("tensorrt",)) == 1
+
+
+def test_cli_without_tensorrt_exits_2_naming_the_extra(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import onnx
+
+    from trtdebug.cli import main
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    model_path = tmp_path / "model.onnx"
+    onnx.save(planted.clean()[0], model_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", str(model_path), "--engine", "tensorrt"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "TensorRT is not installed" in error and "trtdebug[tensorrt]" in error
+    with pytest.raises(SystemExit) as exit_info:
+        main(["selfcheck", "--flavor", "tensorrt"])
+    assert exit_info.value.code == 2  # nothing to check: no TensorRT of any flavor
+    assert "trtdebug[tensorrt]" in capsys.readouterr().out

@@ -141,3 +141,15 @@ def test_unknown_compute_capability_lists_the_known_ones(overflow_model: Model) 
     with pytest.raises(UserError, match=r"unknown compute capability 'SM90'; use one of .*SM89"):
         TensorRTEngine("tensorrt-rtx", compute_capabilities=("SM90",)).build(
             overflow_model, PrecisionPlan("fp16"), None, Marking("none"))
+
+
+def test_selfcheck_builds_every_rtx_path() -> None:
+    from trtdebug.selfcheck import run_selfcheck, selfcheck_exit_code
+
+    checks = run_selfcheck(("tensorrt-rtx",))
+    tried = [c for c in checks if c.name.startswith("tensorrt-rtx: strong typing")]
+    assert [c.name.split("--mark ")[1] for c in tried] == ["none", "outputs", "debug", "unfused", "outputs --chunk 2"]
+    assert all(c.status == "ok" for c in tried), [c for c in tried if c.status != "ok"]
+    tactics = [c for c in checks if "tactics" in c.name]
+    assert [c.status for c in tactics] == ["skipped", "skipped"]  # TensorRT-RTX does no autotuning
+    assert selfcheck_exit_code(checks, ("tensorrt-rtx",)) == 0

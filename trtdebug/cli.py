@@ -164,6 +164,16 @@ def tactics_command(out_path: str | None, builds: int, **problem_args: Any) -> i
     return EXIT_OK if search.passed else EXIT_PROBLEM
 
 
+@cli.command("selfcheck")
+@click.option("--flavor", "flavors", multiple=True, type=click.Choice(["tensorrt", "tensorrt-rtx"]),
+              help="Check only this TensorRT flavor (repeatable; default: both).")
+def selfcheck_command(flavors: tuple[str, ...]) -> int:
+    """Build (and, with a GPU, run) a tiny model through every path the installed TensorRT offers."""
+    from trtdebug.selfcheck import selfcheck_command as run_selfcheck_command
+
+    return run_selfcheck_command(flavors or ("tensorrt", "tensorrt-rtx"), console)
+
+
 def _check_writable(path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):

@@ -20,7 +20,8 @@ import numpy as np
 
 from trtdebug.errors import UserError
 
-CUDA_PYTHON_HINT = "cuda-python is not installed: `pip install trtdebug[tensorrt]` (cuda-python>=12.6.1)"
+CUDA_PYTHON_HINT = ("cuda-python is not installed: pip install 'cuda-python>=12.6.1' (part of "
+                    "`pip install trtdebug[tensorrt]` and `trtdebug[rtx]`)")
 # Errors that mean "there is no usable GPU here" rather than "this call failed".
 NO_DEVICE_ERRORS = {"cudaErrorInsufficientDriver", "cudaErrorNoDevice", "cudaErrorInitializationError",
                     "cudaErrorCompatNotSupportedOnDevice", "cudaErrorSystemDriverMismatch"}

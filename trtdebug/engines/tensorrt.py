@@ -636,7 +636,14 @@ class TensorRTBuilt:
 
     @property
     def serialized(self) -> list[bytes]:
+        """The serialized engine of each marking chunk."""
         return [c.result.serialized for c in self.chunks if c.result.serialized is not None]
+
+    def serialize(self) -> bytes:
+        """The engine file (`trtdebug build`): a build exposing nothing extra has exactly one."""
+        if len(self.chunks) != 1:
+            raise UserError("a chunked build has several engines; build without chunking to save one")
+        return self.serialized[0]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         cuda = CudaRuntime()
