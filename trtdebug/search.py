@@ -163,18 +163,30 @@ def shortest_passing_prefix(order: Sequence[str], ev: Evaluator, failing: int = 
 def bisect_regions(candidates: Sequence[str], ev: Evaluator, known_needed: Sequence[str] = ()) -> list[str]:
     """The needed nodes of a passing set, one binary search each over the graph order: the
     shortest passing prefix ends in a needed node, and everything after it can go back to
-    reduced precision. Costs about k*log2(n/k) + 1.5k builds for k needed nodes spread over n,
-    fewer than `isolate` when they are few and far apart (a ranking that misled)."""
+    reduced precision. Costs about k*log2(n/k) + 2k builds for k needed nodes spread over n,
+    fewer than `isolate` when they are few and far apart (a ranking that misled).
+
+    Right after a needed node is found, the node just before it is tried first: an overflow
+    between a producer and its consumer needs both, and in graph order they are neighbours."""
     needed = list(known_needed)
     remaining = list(candidates)
     found: list[str] = []
+    neighbour_first = bool(needed)
     while remaining:
-        length = shortest_passing_prefix(remaining, ev, failing=-1, background=needed)
+        passing = None
+        if neighbour_first and len(remaining) > 1:
+            if not ev.passes([*needed, *remaining[:-1]]):
+                found.append(remaining[-1])
+                needed.append(remaining.pop())
+                continue
+            passing = len(remaining) - 1
+        length = shortest_passing_prefix(remaining, ev, failing=-1, passing=passing, background=needed)
         if length == 0:  # the nodes found so far suffice
             break
         found.append(remaining[length - 1])
         needed.append(remaining[length - 1])
         remaining = remaining[:length - 1]
+        neighbour_first = True
     return found[::-1]
 
 
@@ -246,10 +258,11 @@ def ranked_search(ranking: Sequence[str], topological: Sequence[str], ev: Evalua
     if ev.passes(()):
         return _result("ranked", (), topological, ev, prefix=0, one_minimal=True,
                        message="the build passes with no node in higher precision")
-    if not ev.passes(ranking):
-        return _result("ranked", None, topological, ev, message=_nothing_passes(ev, ranking))
     ev.phase = "prefix"
+    # Taken to pass until the bisection says otherwise; built only if every shorter prefix fails.
     prefix = shortest_passing_prefix(ranking, ev)
+    if prefix == len(ranking) and not ev.passes(ranking):
+        return _result("ranked", None, topological, ev, message=_nothing_passes(ev, ranking))
     # The prefix one shorter fails, so its last node is needed (if passing is monotone).
     anchor, candidates = ranking[prefix - 1], ranking[:prefix - 1]
     used_regions = prefix > region_threshold * len(ranking) and prefix > 2
