@@ -290,6 +290,17 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         run_fallback(_session(path, seed=3), tmp_path / "plan.json", resume=True)
 
 
+def test_fallback_refuses_an_engine_that_does_not_build(tmp_path):
+    session = _session(planted_chain(30, 1, seed=1).save(tmp_path / "chain.onnx"))
+
+    class SavedResults:
+        name = "results"
+
+    session.engine = SavedResults()
+    with pytest.raises(UserError, match="no precision plan changes"):
+        run_fallback(session, tmp_path / "plan.json")
+
+
 def test_journal_refuses_another_model(tmp_path):
     journal = tmp_path / "plan.journal.jsonl"
     Journal(journal, {"model_sha256": "a" * 64}, resume=False).close()

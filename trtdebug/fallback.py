@@ -90,6 +90,9 @@ def run_fallback(session: Session, out: str | Path, strategy: str = "ranked", re
         raise UserError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     problem, engine, base, bans = session.problem, session.engine, session.plan, session.bans
     model = problem.model
+    if engine.name == "results":
+        raise UserError("--engine results replays saved outputs, which no precision plan changes; run "
+                        "fallback with an engine that builds: --engine emulator, tensorrt or tensorrt-rtx")
     if base.default not in FALLBACK_PRECISION:
         raise UserError(f"a --precision {base.default} build has nothing to fall back from; "
                         "use --precision fp16, bf16 or int8")
@@ -100,6 +103,7 @@ def run_fallback(session: Session, out: str | Path, strategy: str = "ranked", re
     evaluate = plan_evaluator(problem, engine, bans, check)
     plan_path = Path(out)
     settings = journal_settings(problem, engine, base, bans, keep, check)
+    earlier_journal = output_paths(plan_path)["journal"].is_file()
     with Journal(output_paths(plan_path)["journal"], settings, resume) as journal:
         counter = itertools.count(len(journal.evaluations))
         listeners: list[Callable[[Evaluation], None]] = [lambda e: journal.record_evaluation(e, next(counter))]
@@ -123,6 +127,10 @@ def run_fallback(session: Session, out: str | Path, strategy: str = "ranked", re
         builds=ranking_builds + evaluator.evaluations, builds_this_run=evaluator.builds + ranked_now,
         journal=journal.path, resumed=journal.resumed, reasons=reasons,
         op_types={n.name: n.op_type for n in model.nodes})
+    if resume and not journal.resumed:
+        outcome.notes.append(f"nothing to resume in {journal.path}; this was a new search")
+    elif earlier_journal and not resume:
+        outcome.notes.append(f"replaced the journal of an earlier search at {journal.path} (--resume continues one)")
     if result.kept is not None:
         _write_outputs(outcome, session, plan_path, strategy, check)
     return outcome
@@ -308,6 +316,8 @@ def render_fallback(outcome: FallbackOutcome, console: Console) -> None:
         console.print(f"[bold red]NO PLAN[/] {result.message}. The error does not come from reduced "
                       "precision alone: check the inputs and the tolerance, or look for a bad kernel with "
                       f"`trtdebug tactics`. ({result.strategy} search, {builds})")
+        for note in outcome.notes:
+            console.print(f"[yellow]note[/]: {note}")
         console.print(f"journal: {outcome.journal}", style="dim")
         return
     kept = list(result.kept)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from trtdebug.compare import CompareResult, Metrics, Verdict
@@ -387,7 +387,3 @@ def _severity(metrics: Metrics) -> tuple[float, float]:
     else:
         noise = 10 ** (-metrics.snr_db / 10)
     return metrics.frac_outside, noise
-
-
-def suspicion_reasons(suspicions: Iterable[Suspicion]) -> Mapping[str, tuple[str, ...]]:
-    return {s.node: s.reasons for s in suspicions}
