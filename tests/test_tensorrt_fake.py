@@ -236,6 +236,15 @@ def test_marking_skips_shape_outputs(fake: trt_fake.Recorder) -> None:
     assert [a[0] for a in fake.called("INetworkDefinition", "mark_output")][-2:] == ["relu", "reshaped"]
 
 
+def test_shape_tensor_outputs_are_read_from_host_memory(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart) -> None:
+    proto = shape_model().proto
+    proto.graph.output.append(helper.make_tensor_value_info("shape", TensorProto.INT64, [2]))
+    built = TensorRTEngine("tensorrt").build(Model.from_proto(proto), PrecisionPlan("fp16"), None, Marking("none"))
+    values = built.run({"x": np.ones((2, 3), np.float32)})
+    assert values["shape"].dtype == np.int64 and list(values["shape"]) == [2, 3]
+    assert len(cudart.copies) == 2  # the input and `y` went through the device; `shape` did not
+
+
 def test_tensor_that_breaks_the_build_is_bisected_out(fake: trt_fake.Recorder, overflow_model: Model) -> None:
     fake.fail_when_marked = {"relu_amplify", "pool"}
     built = TensorRTEngine("tensorrt").build(overflow_model, PrecisionPlan("fp16"), None, Marking("outputs"))

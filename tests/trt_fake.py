@@ -651,6 +651,7 @@ class PlanInfo:
     debug: list[str]
     unfused: bool
     layers: list[dict[str, Any]] = field(default_factory=list)
+    host_outputs: set[str] = field(default_factory=set)  # shape tensors marked as outputs
 
 
 def tactic_table(index: int, name: str) -> list[tuple[str, str, float]]:
@@ -763,7 +764,8 @@ class Builder(Checked):
         recorder().plans[bytes(plan)] = PlanInfo(
             network._proto or onnx.ModelProto(),
             [(t.name, t.dtype.name) for t in network._outputs], [(t.name, t.dtype.name) for t in network._inputs],
-            [t.name for layer in network._layers for t in layer._outputs if t._debug], network._unfused, layers)
+            [t.name for layer in network._layers for t in layer._outputs if t._debug], network._unfused, layers,
+            {t.name for t in network._outputs if t.is_shape_tensor})
         return plan
 
 
@@ -845,6 +847,11 @@ class ICudaEngine(Checked):
 
     def get_tensor_dtype(self, name: str) -> EnumValue:
         return dt(self._entry(name)[1])
+
+    def get_tensor_location(self, name: str) -> EnumValue:
+        # Shape-tensor outputs live on the host, as in TensorRT.
+        on_host = name in self._info.host_outputs
+        return TensorLocation._members["HOST" if on_host else "DEVICE"]
 
     def create_execution_context(self) -> IExecutionContext:
         return IExecutionContext(self)

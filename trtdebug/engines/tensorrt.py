@@ -174,6 +174,8 @@ class TensorRTEngine:
                 raise BuildError(result.failure())
             chunks = [Chunk([], result)]
             notes: dict[str, Any] = {"requested": 0, "marked": [], "dropped": []}
+            if mark.mode == "unfused" and (mark.chunk_size or mark.tensors is not None):
+                notes["note"] = "--mark unfused exposes what TensorRT keeps unfused; tensors and chunks do not apply"
         else:
             chunks, notes = self._build_marked(builder, model, mark)
         notes.update(mode=mark.mode, builds=builder.builds, chunk_size=mark.chunk_size, chunks=len(chunks),
@@ -568,52 +570,83 @@ def run_engine(trt_api: Any, engine: trt.ICudaEngine, feeds: Mapping[str, np.nda
     context = engine.create_execution_context()
     if context is None:
         raise UserError("TensorRT could not create an execution context (out of GPU memory?)")
-    listener = None
-    if mode in ("debug", "unfused"):
-        listener = make_debug_listener(trt_api, cuda)
-        context.set_debug_listener(listener)  # keep `listener` referenced: keep_alive only since 10.12
-        if mode == "debug":
-            context.set_all_tensors_debug_state(True)
-        else:
-            context.unfused_tensors_debug_state = True
+    listener = _attach_listener(trt_api, context, cuda, mode)  # referenced here until the run ends
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     inputs = [n for n in names if engine.get_tensor_mode(n) == trt_api.TensorIOMode.INPUT]
     missing = [n for n in inputs if n not in feeds]
     if missing:
         raise UserError(f"no feed for engine input {missing[0]!r}")
-    results: dict[str, np.ndarray] = {}
     with device_arena(cuda) as arena:
+        host_resident: list[np.ndarray] = []  # host-located tensors TensorRT reads in place
         for name in inputs:
             host = host_input(name, feeds[name], host_type(trt_api, engine.get_tensor_dtype(name)))
             if not context.set_input_shape(name, host.shape):
                 raise UserError(f"input {name!r} shape {list(host.shape)} is outside the engine's optimization "
                                 "profile; rebuild with a shape range that covers it")
-            context.set_tensor_address(name, arena.upload(host))
-        pending = {}
-        for name in names:
-            if name in inputs:
-                continue
-            shape = dims_tuple(context.get_tensor_shape(name))
-            if any(d < 0 for d in shape):
-                raise UserError(f"output {name!r} has a data-dependent shape {list(shape)}, which trtdebug "
-                                "cannot allocate ahead of time")
-            spec = host_type(trt_api, engine.get_tensor_dtype(name))
-            pointer = arena.alloc(int(np.prod(shape, dtype=np.int64)) * spec.dtype.itemsize)
-            context.set_tensor_address(name, pointer)
-            pending[name] = (pointer, shape, spec)
+            if _on_host(trt_api, engine, name):
+                host_resident.append(host)
+                context.set_tensor_address(name, host.ctypes.data)
+            else:
+                context.set_tensor_address(name, arena.upload(host))
+        outputs = {name: _bind_output(trt_api, engine, context, arena, name) for name in names if name not in inputs}
         if not context.execute_async_v3(arena.stream_handle):
             raise UserError("TensorRT failed to execute the engine (execute_async_v3 returned False)")
-        hosts = {name: (arena.download(pointer, shape, spec.dtype), spec)
-                 for name, (pointer, shape, spec) in pending.items()}
+        fetched = {name: (binding.fetch(arena), binding.spec) for name, binding in outputs.items()}
         arena.synchronize()
-    for name, (host, spec) in hosts.items():
-        results[name] = spec.decode(host) if spec.decode else host
+    results = {name: spec.decode(host) if spec.decode else host for name, (host, spec) in fetched.items()}
     errors: list[str] = []
     if listener is not None:
         for name, value in listener.tensors.items():
             results.setdefault(name, value)
         errors = listener.errors
     return results, errors
+
+
+def _attach_listener(trt_api: Any, context: trt.IExecutionContext, cuda: CudaRuntime, mode: str) -> Any:
+    if mode not in ("debug", "unfused"):
+        return None
+    listener = make_debug_listener(trt_api, cuda)
+    context.set_debug_listener(listener)  # the caller keeps `listener` alive: keep_alive only since 10.12
+    if mode == "debug":
+        context.set_all_tensors_debug_state(True)
+    else:
+        context.unfused_tensors_debug_state = True
+    return listener
+
+
+def _on_host(trt_api: Any, engine: trt.ICudaEngine, name: str) -> bool:
+    """Shape tensors live in host memory; TensorRT reads and writes them there."""
+    return bool(engine.get_tensor_location(name) == trt_api.TensorLocation.HOST)
+
+
+@dataclass
+class OutputBinding:
+    spec: HostType
+    shape: tuple[int, ...]
+    pointer: int = 0  # device memory, or
+    host: np.ndarray | None = None  # host memory TensorRT writes in place
+
+    def fetch(self, arena: Any) -> np.ndarray:
+        if self.host is not None:
+            return self.host
+        return arena.download(self.pointer, self.shape, self.spec.dtype)
+
+
+def _bind_output(trt_api: Any, engine: trt.ICudaEngine, context: trt.IExecutionContext, arena: Any,
+                 name: str) -> OutputBinding:
+    shape = dims_tuple(context.get_tensor_shape(name))
+    if any(d < 0 for d in shape):
+        raise UserError(f"output {name!r} has a data-dependent shape {list(shape)}, which trtdebug cannot "
+                        "allocate ahead of time")
+    spec = host_type(trt_api, engine.get_tensor_dtype(name))
+    if _on_host(trt_api, engine, name):
+        binding = OutputBinding(spec, shape, host=np.empty(shape, dtype=spec.dtype))
+        assert binding.host is not None
+        context.set_tensor_address(name, binding.host.ctypes.data)
+        return binding
+    binding = OutputBinding(spec, shape, pointer=arena.alloc(int(np.prod(shape, dtype=np.int64)) * spec.dtype.itemsize))
+    context.set_tensor_address(name, binding.pointer)
+    return binding
 
 
 class TensorRTBuilt:
