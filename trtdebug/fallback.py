@@ -113,14 +113,14 @@ def run_fallback(session: Session, out: str | Path, strategy: str = "ranked", re
         ranking: list[str] = candidates
         reasons: dict[str, Any] = {}
         ranking_builds = ranked_now = 0
-        if strategy == "ranked":
-            ranking, reasons, ranking_builds, ranked_now = _ranking(journal, problem, engine, base, bans,
-                                                                    candidates, check, known, listeners)
-        evaluator = Evaluator(kept_set_check(evaluate, base, keep), known, listeners)
         try:
+            if strategy == "ranked":
+                ranking, reasons, ranking_builds, ranked_now = _ranking(journal, problem, engine, base, bans,
+                                                                        candidates, check, known, listeners)
+            evaluator = Evaluator(kept_set_check(evaluate, base, keep), known, listeners)
             result = run_strategy(strategy, ranking, candidates, evaluator)
         except KeyboardInterrupt:
-            raise KeyboardInterrupt(f"interrupted; {journal.path} keeps {evaluator.evaluations} evaluations: "
+            raise KeyboardInterrupt(f"interrupted; the journal {journal.path} keeps every finished build: "
                                     "rerun with --resume to continue") from None
     outcome = FallbackOutcome(
         search=result, candidates=candidates, keep_precision=keep,
