@@ -288,9 +288,7 @@ def build_artifact(model_path: str, plan_path: str, bans_path: str | None, engin
 
     model = Model.load(model_path)
     plan = load_plan(plan_path, model, "fp16")
-    bans = BanList.load(bans_path) if bans_path else None
-    if bans:
-        bans.check_for(model.sha256, source=bans_path or "the ban list")
+    bans = BanList.load(bans_path, model_sha256=model.sha256) if bans_path else None
     path = Path(out)
     if path.suffix == ".onnx":
         return write_mixed_onnx(model, plan, path)

@@ -70,12 +70,12 @@ def open_session(model: str, precision: str = "fp16", engine_name: str = "emulat
     bans = BanList.load(bans_path) if bans_path else None
     if bans is not None:  # an empty ban list is falsy but still belongs to one model
         bans.check_for(loaded.sha256, source=bans_path or "the ban list")
-    engine = _engine(engine_name, results_path, obey)
+    engine = _engine(engine_name, results_path, obey, {name: value.shape for name, value in feeds.items()})
     tolerance = Tolerance.for_precision(plan.default, atol, rtol, per_output)
     return Session(Problem.prepare(loaded, feeds, tolerance), engine, plan, bans)
 
 
-def _engine(name: str, results_path: str | None, obey: bool) -> Engine:
+def _engine(name: str, results_path: str | None, obey: bool, input_shapes: dict[str, tuple[int, ...]]) -> Engine:
     if name == "results":
         if not results_path:
             raise UserError("--engine results needs --results FILE (Polygraphy --save-outputs JSON or .npz)")
@@ -83,5 +83,6 @@ def _engine(name: str, results_path: str | None, obey: bool) -> Engine:
     if results_path:
         raise UserError("--results only applies to --engine results")
     if name in ("tensorrt", "tensorrt-rtx"):
-        return get_engine(name, obey_constraints=obey)
+        # The optimization profile is built around the shapes of the feeds actually used.
+        return get_engine(name, obey_constraints=obey, input_shapes=input_shapes)
     return get_engine(name)

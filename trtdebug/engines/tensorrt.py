@@ -15,9 +15,10 @@ comes from the inspector's JSON, or from the build log where no GPU can deserial
 
 from __future__ import annotations
 
+import copy
 import ctypes
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -105,6 +106,12 @@ class TensorRTEngine:
         self.features = Features.detect(self.trt)
         self.name = flavor
         self._device: bool | None = None
+
+    def recording_tactics(self) -> TensorRTEngine:
+        """The same engine, recording each layer's tactic and alternatives (for `trtdebug tactics`)."""
+        recording = copy.copy(self)
+        recording.options = replace(self.options, record_tactics=True)
+        return recording
 
     # -- what this TensorRT will do -------------------------------------------------------------
 
