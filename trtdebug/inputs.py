@@ -29,16 +29,24 @@ def parse_shape_overrides(specs: tuple[str, ...] | list[str]) -> dict[str, Shape
     return shapes
 
 
+def parse_named_pair(spec: str, option: str, form: str, example: str) -> tuple[str, float, float]:
+    """Parse one `NAME:A,B` option value (names may contain ':'; the last one separates)."""
+    name, _, values = spec.rpartition(":")
+    try:
+        first, second = (float(v) for v in values.split(","))
+    except ValueError:
+        raise UserError(f"bad {option} {spec!r}; write it as {form}, e.g. {example}") from None
+    if not name:
+        raise UserError(f"bad {option} {spec!r}; write it as {form}, e.g. {example}")
+    return name, first, second
+
+
 def parse_value_ranges(specs: tuple[str, ...] | list[str]) -> dict[str, tuple[float, float]]:
     """Parse `name:low,high` options for generated inputs."""
     ranges = {}
     for spec in specs:
-        name, _, bounds = spec.rpartition(":")
-        try:
-            low, high = (float(v) for v in bounds.split(","))
-        except ValueError:
-            raise UserError(f"bad --input-range {spec!r}; write it as NAME:LOW,HIGH, e.g. x:-1,1") from None
-        if not name or low > high:
+        name, low, high = parse_named_pair(spec, "--input-range", "NAME:LOW,HIGH", "x:-1,1")
+        if low > high:
             raise UserError(f"bad --input-range {spec!r}; write it as NAME:LOW,HIGH with LOW <= HIGH")
         ranges[name] = (low, high)
     return ranges

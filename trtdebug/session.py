@@ -13,6 +13,7 @@ from trtdebug.errors import UserError
 from trtdebug.inputs import (
     generate_feeds,
     load_feeds,
+    parse_named_pair,
     parse_shape_overrides,
     parse_value_ranges,
     resolve_shapes,
@@ -33,12 +34,7 @@ class Session:
 def parse_output_tolerances(specs: tuple[str, ...]) -> dict[str, tuple[float, float]]:
     tolerances = {}
     for spec in specs:
-        name, _, values = spec.rpartition(":")
-        try:
-            atol, rtol = (float(v) for v in values.split(","))
-        except ValueError:
-            raise UserError(f"bad --output-tol {spec!r}; write it as NAME:ATOL,RTOL, e.g. logits:1e-2,1e-3") \
-                from None
+        name, atol, rtol = parse_named_pair(spec, "--output-tol", "NAME:ATOL,RTOL", "logits:1e-2,1e-3")
         tolerances[name] = (atol, rtol)
     return tolerances
 
