@@ -25,9 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fixtures.chain_models import planted_chain
-from trtdebug.analysis import evaluate_plan
-from trtdebug.fallback import run_fallback
-from trtdebug.search import (
+from trtdebug.core.search import (
     Evaluator,
     SearchResult,
     bisect_search,
@@ -37,7 +35,9 @@ from trtdebug.search import (
     ranked_search,
     target_builds,
 )
-from trtdebug.session import Session, open_session
+from trtdebug.workflows.compare import evaluate_plan
+from trtdebug.workflows.fallback import run_fallback
+from trtdebug.workflows.problem import Session, open_session
 
 
 def _evaluator(session: Session) -> Evaluator:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from trtdebug.analysis import Problem, run_compare
-from trtdebug.compare import Tolerance
-from trtdebug.engines.emulator import EmulatorEngine
-from trtdebug.inputs import generate_feeds, resolve_shapes
-from trtdebug.model import Model
-from trtdebug.precision import PrecisionPlan
+from trtdebug.core.inputs import generate_feeds, resolve_shapes
+from trtdebug.core.metrics import Tolerance
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
+from trtdebug.engines.emulator.engine import EmulatorEngine
+from trtdebug.workflows.compare import Problem, run_compare
 
 
 def _compare(path, precision="fp16", plan=None):

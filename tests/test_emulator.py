@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.reference import run_reference
 from trtdebug.engines.base import Marking
-from trtdebug.engines.emulator import EmulatorEngine
-from trtdebug.model import Model
-from trtdebug.precision import PrecisionPlan
-from trtdebug.reference import run_reference
+from trtdebug.engines.emulator.engine import EmulatorEngine
 
 
 def _model(nodes, inputs, outputs, initializers=()):

@@ -9,17 +9,17 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from trtdebug.bans import BanEntry, BanList
-from trtdebug.engines.emulator import EmulatorEngine
-from trtdebug.engines.emulator_tactics import (
+from trtdebug.core.bans import BanEntry, BanList
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
+from trtdebug.engines.emulator.engine import EmulatorEngine
+from trtdebug.engines.emulator.tactics import (
     FP16_ACCUMULATE,
     FP32_ACCUMULATE,
     PREFERENCE_KEY,
     SPLIT_K,
 )
 from trtdebug.errors import UserError
-from trtdebug.model import Model
-from trtdebug.precision import PrecisionPlan
 
 
 def r16(x: np.ndarray) -> np.ndarray:

@@ -12,13 +12,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fixtures import planted
+from trtdebug.artifacts.build_flags import command_line, polygraphy_args, trtexec_args, write_mixed_precision_onnx
+from trtdebug.artifacts.mixed_onnx import to_mixed_precision_onnx
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.reference import run_reference
 from trtdebug.engines.base import Marking
 from trtdebug.errors import UserError
-from trtdebug.export import command_line, polygraphy_args, trtexec_args, write_mixed_precision_onnx
-from trtdebug.model import Model
-from trtdebug.precision import PrecisionPlan
-from trtdebug.precision_onnx import to_mixed_precision_onnx
-from trtdebug.reference import run_reference
 
 ISLAND = PrecisionPlan("fp16", {"relu_amplify": "fp32", "conv_amplify": "fp32"})
 
@@ -129,9 +129,9 @@ def test_island_plan_as_a_typed_graph(overflow_model: Model) -> None:
 
 
 def test_typed_graph_types_and_numerics(overflow_model: Model) -> None:
-    """onnxruntime computes FP16 nodes in FP32 on the CPU (trtdebug.engines.emulator explains), so
+    """onnxruntime computes FP16 nodes in FP32 on the CPU (trtdebug.engines.emulator.engine explains), so
     this checks the types shape inference derives and that the typed graph still computes the model."""
-    from trtdebug import ortutil
+    from trtdebug.core import onnxrt
 
     def elem_types(typed: onnx.ModelProto) -> dict[str, int]:
         return {v.name: v.type.tensor_type.elem_type for v in typed.graph.value_info}
@@ -142,7 +142,7 @@ def test_typed_graph_types_and_numerics(overflow_model: Model) -> None:
     assert elem_types(island)["conv_amplify"] == TensorProto.FLOAT
     assert elem_types(island)["conv2"] == TensorProto.FLOAT16
     reference = run_reference(overflow_model, feeds())["logits"]
-    values = ortutil.run(ortutil.session(island), feeds())
+    values = onnxrt.run(onnxrt.session(island), feeds())
     np.testing.assert_allclose(values["logits"], reference, atol=2e-2, rtol=2e-2)
 
 
@@ -178,7 +178,7 @@ def mixed_ops_model() -> Model:
 
 
 def test_mixed_ops_follow_the_cast_rules() -> None:
-    from trtdebug import ortutil
+    from trtdebug.core import onnxrt
 
     model = mixed_ops_model()
     plan = PrecisionPlan("fp16", {"mul": "fp32"})
@@ -192,7 +192,7 @@ def test_mixed_ops_follow_the_cast_rules() -> None:
     assert then_branch.node[0].input[0] == "a__fp32"  # the branch reads `a` in its original type
     x = {"x": np.random.default_rng(1).uniform(-1, 1, (1, 2, 4, 4)).astype(np.float32)}
     reference = run_reference(model, x)
-    values = ortutil.run(ortutil.session(typed), x)
+    values = onnxrt.run(onnxrt.session(typed), x)
     for name in ("y", "z", "t", "branch"):
         np.testing.assert_allclose(values[name], reference[name], atol=1e-2, rtol=1e-2)
 
@@ -212,7 +212,7 @@ def test_int8_plans_cannot_be_typed(overflow_model: Model) -> None:
 @pytest.mark.parametrize("which", ["island", "mixed_ops"])
 def test_exported_onnx_builds_with_tensorrt_rtx(which: str, tmp_path: Path, overflow_model: Model) -> None:
     pytest.importorskip("tensorrt_rtx_bindings")
-    from trtdebug.engines.tensorrt import TensorRTEngine
+    from trtdebug.engines.tensorrt.engine import TensorRTEngine
 
     model, plan = ((overflow_model, ISLAND) if which == "island"
                    else (mixed_ops_model(), PrecisionPlan("fp16", {"mul": "fp32"})))

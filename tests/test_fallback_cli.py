@@ -16,9 +16,9 @@ import pytest
 from fixtures.chain_models import planted_chain
 from fixtures.real_models import silero_vad_with_overflow
 from tests.conftest import SILERO_RANGES, SILERO_SHAPES
-from trtdebug.fallback import run_fallback
-from trtdebug.journal import journal_path
-from trtdebug.session import open_session
+from trtdebug.core.journal import journal_path
+from trtdebug.workflows.fallback import run_fallback
+from trtdebug.workflows.problem import open_session
 
 
 def trtdebug(*args, cwd=None):
@@ -56,7 +56,7 @@ def test_fallback_writes_plan_artefact_and_report_and_build_reuses_the_plan(chai
     assert "prefix" in run.stderr and "-> pass" in run.stderr  # progress lines, one per build
 
     data = json.loads(plan.read_text())
-    assert data["format"] == "trtdebug.precision-plan"
+    assert data["format"] == "trtdebug.core.precision-plan"
     assert set(data["nodes"]) == set(planted.culprits) and set(data["nodes"].values()) == {"fp32"}
     provenance = data["provenance"]
     assert provenance["strategy"] == "ranked" and provenance["one_minimal"] is True

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trtdebug.engines.cuda_buffers import (
+from trtdebug.engines.tensorrt.cuda_buffers import (
     CudaError,
     CudaRuntime,
     bf16_bits_to_float32,

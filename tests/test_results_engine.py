@@ -13,15 +13,15 @@ from polygraphy.comparator import RunResults
 from polygraphy.json import save_json
 
 from fixtures import planted
-from trtdebug.analysis import Problem, run_compare
-from trtdebug.compare import Tolerance, compare
+from trtdebug.core.metrics import Tolerance, compare
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.reference import run_reference
 from trtdebug.engines import get_engine
 from trtdebug.engines.base import Marking
 from trtdebug.engines.results import ResultsEngine
 from trtdebug.errors import UserError
-from trtdebug.model import Model
-from trtdebug.precision import PrecisionPlan
-from trtdebug.reference import run_reference
+from trtdebug.workflows.compare import Problem, run_compare
 
 NHWC_TENSOR = "conv1"  # [1, 8, 16, 16] saved as [1, 16, 16, 8]
 ZERO_TENSOR = "conv2"

@@ -11,15 +11,10 @@ from pathlib import Path
 import pytest
 
 from fixtures.chain_models import planted_chain
-from trtdebug.analysis import evaluate_plan
-from trtdebug.compare import Verdict
-from trtdebug.engines.base import BuildError
-from trtdebug.engines.emulator import EmulatorEngine
-from trtdebug.errors import UserError
-from trtdebug.fallback import run_fallback
-from trtdebug.journal import Journal, journal_path
-from trtdebug.precision import PrecisionPlan
-from trtdebug.search import (
+from trtdebug.core.journal import Journal, journal_path
+from trtdebug.core.metrics import Verdict
+from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.search import (
     Evaluation,
     Evaluator,
     ddmin,
@@ -28,7 +23,12 @@ from trtdebug.search import (
     ranked_search,
     target_builds,
 )
-from trtdebug.session import open_session
+from trtdebug.engines.base import BuildError
+from trtdebug.engines.emulator.engine import EmulatorEngine
+from trtdebug.errors import UserError
+from trtdebug.workflows.compare import evaluate_plan
+from trtdebug.workflows.fallback import run_fallback
+from trtdebug.workflows.problem import open_session
 
 # -- the algorithms on a pass function we control -------------------------------------------------
 

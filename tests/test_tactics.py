@@ -12,17 +12,17 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fixtures.tactic_models import faulty_accumulation
-from trtdebug.analysis import Problem, evaluate_plan
-from trtdebug.bans import BANS_FORMAT, BanList
-from trtdebug.cli import main
-from trtdebug.compare import Tolerance
+from trtdebug.cli.app import main
+from trtdebug.core.bans import BANS_FORMAT, BanList
+from trtdebug.core.inputs import generate_feeds, resolve_shapes
+from trtdebug.core.metrics import Tolerance
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
 from trtdebug.engines.base import BuildError, LayerInfo, Marking
-from trtdebug.engines.emulator import EmulatorEngine
+from trtdebug.engines.emulator.engine import EmulatorEngine
 from trtdebug.errors import UserError
-from trtdebug.inputs import generate_feeds, resolve_shapes
-from trtdebug.model import Model
-from trtdebug.precision import PrecisionPlan
-from trtdebug.tactics import BuildRecord, find_tactic_bans, rank_tactics
+from trtdebug.workflows.compare import Problem, evaluate_plan
+from trtdebug.workflows.tactics import BuildRecord, find_tactic_bans, rank_tactics
 
 
 def _problem(proto: onnx.ModelProto) -> Problem:

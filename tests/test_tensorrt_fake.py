@@ -17,22 +17,22 @@ import trt_fake
 from onnx import TensorProto, helper
 
 from fixtures import planted
-from trtdebug.bans import BanEntry, BanList
-from trtdebug.engines import cuda_buffers
+from trtdebug.core.bans import BanEntry, BanList
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.reference import run_reference
 from trtdebug.engines.base import BuildError, Marking
-from trtdebug.engines.cuda_buffers import CudaError, CudaRuntime, device_arena
-from trtdebug.engines.tensorrt import (
+from trtdebug.engines.tensorrt import cuda_buffers
+from trtdebug.engines.tensorrt.cuda_buffers import CudaError, CudaRuntime, device_arena
+from trtdebug.engines.tensorrt.engine import (
     HOST_TYPES,
     TensorRTEngine,
     bisect_markable,
     host_input,
 )
-from trtdebug.engines.tensorrt_tactics import parse_profiling_log
-from trtdebug.engines.trt_support import Features, load_tensorrt
+from trtdebug.engines.tensorrt.support import Features, load_tensorrt
+from trtdebug.engines.tensorrt.tactics import parse_profiling_log
 from trtdebug.errors import UserError
-from trtdebug.model import Model
-from trtdebug.precision import PrecisionPlan
-from trtdebug.reference import run_reference
 
 # Names Features.detect probes with hasattr: absent ones are how it tells versions apart.
 DETECTION_PROBES = {
@@ -443,9 +443,8 @@ def test_network_layer_names_for_export(fake: trt_fake.Recorder, overflow_model:
 
 # -- mypy against the stubs -----------------------------------------------------------------------------
 
-ENGINE_MODULES = ["trtdebug/engines/tensorrt.py", "trtdebug/engines/trt_network.py", "trtdebug/engines/trt_support.py",
-                  "trtdebug/engines/tensorrt_tactics.py", "trtdebug/engines/trt_calibration.py",
-                  "trtdebug/engines/trt_layers.py", "trtdebug/engines/cuda_buffers.py"]
+TENSORRT_PACKAGE = Path(__file__).resolve().parent.parent / "trtdebug" / "engines" / "tensorrt"
+ENGINE_MODULES = sorted(str(p) for p in TENSORRT_PACKAGE.glob("*.py") if p.name not in ("__init__.py", "selfcheck.py"))
 
 
 def run_mypy(tmp_path: Path, files: list[str]) -> tuple[int, str]:
@@ -510,7 +509,7 @@ SAMPLE_ONELINE = (
 
 
 def test_inspector_json_of_tensorrt_8_maps_fused_names() -> None:
-    from trtdebug.engines.trt_layers import NodeResolver, parse_inspector_json, to_layer_infos
+    from trtdebug.engines.tensorrt.layers import NodeResolver, parse_inspector_json, to_layer_infos
 
     resolver = NodeResolver(["QuantizeLinear_2", "DequantizeLinear_5", "QuantizeLinear_7", "Conv_9", "Clip_13"])
     reformat, conv = to_layer_infos(parse_inspector_json(TREX_JSON), resolver, "engine inspector")
@@ -521,7 +520,7 @@ def test_inspector_json_of_tensorrt_8_maps_fused_names() -> None:
 
 
 def test_inspector_metadata_and_foreign_nodes() -> None:
-    from trtdebug.engines.trt_layers import NodeResolver, parse_inspector_json, to_layer_infos
+    from trtdebug.engines.tensorrt.layers import NodeResolver, parse_inspector_json, to_layer_infos
 
     text = json_layers([
         {"Name": "{ForeignNode[/attn/MatMul.../attn/Softmax]}", "LayerType": "Myelin",
@@ -545,9 +544,9 @@ def json_layers(layers: list) -> str:
 
 
 def test_oneline_layer_of_the_sample_and_its_tactic_record() -> None:
-    from trtdebug.engines.tensorrt import attach_tactics
-    from trtdebug.engines.tensorrt_tactics import records_from_profiling
-    from trtdebug.engines.trt_layers import NodeResolver, parse_oneline_layers, to_layer_infos
+    from trtdebug.engines.tensorrt.engine import attach_tactics
+    from trtdebug.engines.tensorrt.layers import NodeResolver, parse_oneline_layers, to_layer_infos
+    from trtdebug.engines.tensorrt.tactics import records_from_profiling
 
     resolver = NodeResolver(["matMul1", "softmax", "matMul2"])
     (layer,) = to_layer_infos(parse_oneline_layers([SAMPLE_ONELINE]), resolver, "build log")
@@ -564,7 +563,7 @@ def test_oneline_layer_of_the_sample_and_its_tactic_record() -> None:
 # -- selfcheck and the command line -------------------------------------------------------------------
 
 def test_selfcheck_tries_every_path_of_tensorrt_10(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart) -> None:
-    from trtdebug.selfcheck import run_selfcheck, selfcheck_exit_code
+    from trtdebug.engines.tensorrt.selfcheck import run_selfcheck, selfcheck_exit_code
 
     checks = run_selfcheck(("tensorrt",))
     by_name = {c.name: c for c in checks}
@@ -579,7 +578,7 @@ def test_selfcheck_tries_every_path_of_tensorrt_10(fake: trt_fake.Recorder, cuda
 
 
 def test_selfcheck_reports_a_broken_path(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart) -> None:
-    from trtdebug.selfcheck import run_selfcheck, selfcheck_exit_code
+    from trtdebug.engines.tensorrt.selfcheck import run_selfcheck, selfcheck_exit_code
 
     fake.fail_when_marked = {"conv_a", "relu_a", "conv_b", "input_proj", "residual"}
     checks = run_selfcheck(("tensorrt",))
@@ -593,7 +592,7 @@ def test_cli_without_tensorrt_exits_2_naming_the_extra(monkeypatch: pytest.Monke
                                                        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     import onnx
 
-    from trtdebug.cli import main
+    from trtdebug.cli.app import main
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     model_path = tmp_path / "model.onnx"

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from fixtures import planted
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
 from trtdebug.engines.base import Marking
-from trtdebug.engines.tensorrt import TensorRTEngine
+from trtdebug.engines.tensorrt.engine import TensorRTEngine
+from trtdebug.engines.tensorrt.selfcheck import tiny_model
 from trtdebug.errors import UserError
-from trtdebug.model import Model
-from trtdebug.precision import PrecisionPlan
-from trtdebug.selfcheck import tiny_model
 
 pytestmark = pytest.mark.rtx
 pytest.importorskip("tensorrt_rtx_bindings")
@@ -144,7 +144,7 @@ def test_unknown_compute_capability_lists_the_known_ones(overflow_model: Model) 
 
 
 def test_selfcheck_builds_every_rtx_path() -> None:
-    from trtdebug.selfcheck import run_selfcheck, selfcheck_exit_code
+    from trtdebug.engines.tensorrt.selfcheck import run_selfcheck, selfcheck_exit_code
 
     checks = run_selfcheck(("tensorrt-rtx",))
     tried = [c for c in checks if c.name.startswith("tensorrt-rtx: strong typing")]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from trtdebug import ortutil
+from trtdebug.core import onnxrt
 
 # ---------------------------------------------------------------------------------------------
 # The API surface, from the stubs (and the real TensorRT-RTX module)
@@ -887,8 +887,8 @@ class IExecutionContext(Checked):
             ctypes.memmove(array.ctypes.data, self._addresses[name], array.nbytes)
             feeds[name] = array
         produced = [o for n in info.proto.graph.node for o in n.output if o]
-        session = ortutil.session(ortutil.with_outputs(info.proto, produced))
-        return ortutil.run(session, feeds)
+        session = onnxrt.session(onnxrt.with_outputs(info.proto, produced))
+        return onnxrt.run(session, feeds)
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         if name in self._shapes:

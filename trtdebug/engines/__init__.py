@@ -11,11 +11,11 @@ ENGINE_NAMES = ("emulator", "tensorrt", "tensorrt-rtx", "results")
 def get_engine(name: str, **options: object) -> Engine:
     """Create an engine by name; TensorRT modules are only imported when asked for."""
     if name == "emulator":
-        from trtdebug.engines.emulator import EmulatorEngine
+        from trtdebug.engines.emulator.engine import EmulatorEngine
 
         return EmulatorEngine(**options)  # type: ignore[arg-type]
     if name in ("tensorrt", "tensorrt-rtx"):
-        from trtdebug.engines.tensorrt import TensorRTEngine
+        from trtdebug.engines.tensorrt.engine import TensorRTEngine
 
         return TensorRTEngine(flavor=name, **options)  # type: ignore[arg-type]
     if name == "results":

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from trtdebug.bans import BanList
-    from trtdebug.model import Model
-    from trtdebug.precision import PrecisionPlan
+    from trtdebug.core.bans import BanList
+    from trtdebug.core.model import Model
+    from trtdebug.core.precision import PrecisionPlan
 
 MarkMode = Literal["outputs", "debug", "unfused", "none"]
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from trtdebug.core.model import Model
 from trtdebug.engines.base import LayerInfo, Marking
 from trtdebug.errors import UserError
-from trtdebug.model import Model
 
 
 def load_results(path: str | Path, runner: str | None = None, iteration: int = 0

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import onnx
 
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PRECISIONS, PrecisionPlan
 from trtdebug.errors import UserError
-from trtdebug.model import Model
-from trtdebug.precision import PRECISIONS, PrecisionPlan
 
 TRTEXEC_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8"}
 POLYGRAPHY_PRECISION = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
@@ -80,7 +80,7 @@ def command_line(program: str, model_path: str | Path, args: Sequence[str]) -> s
 
 def write_mixed_precision_onnx(model: Model, plan: PrecisionPlan, path: str | Path) -> Path:
     """The plan as a typed ONNX graph (for TensorRT 11.x, TensorRT-RTX, STRONGLY_TYPED builds)."""
-    from trtdebug.precision_onnx import to_mixed_precision_onnx
+    from trtdebug.artifacts.mixed_onnx import to_mixed_precision_onnx
 
     typed = to_mixed_precision_onnx(model, plan)
     path = Path(path)

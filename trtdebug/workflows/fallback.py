@@ -1,6 +1,6 @@
 """The `fallback` workflow: rank, search, journal, and write the plan, artefact and report.
 
-`run_fallback` ties the engine-agnostic search (trtdebug.search) to a Session: it builds the
+`run_fallback` ties the engine-agnostic search (trtdebug.core.search) to a Session: it builds the
 `evaluate(plan) -> Verdict` callable (tolerance or a `--check` command), replays and extends the
 journal, and on success writes the precision plan, the rebuilt artefact and a final compare
 report. `render_fallback` prints the summary; `write_artifact` serves `trtdebug build` too.
@@ -23,18 +23,15 @@ from rich.console import Console
 from rich.table import Table
 
 from trtdebug import __version__
-from trtdebug.analysis import Problem, evaluate_plan, run_compare
-from trtdebug.bans import BanList
-from trtdebug.check import CheckCommand
-from trtdebug.compare import CompareResult, Verdict
-from trtdebug.cost import CostModel, shapes_of
-from trtdebug.engines.base import BuildError, Engine, Marking
-from trtdebug.errors import UserError
-from trtdebug.journal import Journal, journal_path
-from trtdebug.model import Model
-from trtdebug.precision import PrecisionPlan, eligible_nodes
-from trtdebug.report import compare_to_json, write_json
-from trtdebug.search import (
+from trtdebug.cli.render.compare import compare_to_json, write_json
+from trtdebug.core.bans import BanList
+from trtdebug.core.cost import CostModel, shapes_of
+from trtdebug.core.criterion import CheckCommand
+from trtdebug.core.journal import Journal, journal_path
+from trtdebug.core.metrics import CompareResult, Verdict
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan, eligible_nodes
+from trtdebug.core.search import (
     STRATEGIES,
     Evaluation,
     Evaluator,
@@ -44,7 +41,10 @@ from trtdebug.search import (
     rank_nodes,
     run_strategy,
 )
-from trtdebug.session import Session
+from trtdebug.engines.base import BuildError, Engine, Marking
+from trtdebug.errors import UserError
+from trtdebug.workflows.compare import Problem, evaluate_plan, run_compare
+from trtdebug.workflows.problem import Session
 
 # What a node falls back to: FP32 from FP16/BF16 builds, FP16 from INT8 builds.
 FALLBACK_PRECISION = {"fp16": "fp32", "bf16": "fp32", "int8": "fp16"}
@@ -265,7 +265,7 @@ def write_artifacts(engine: Engine, model: Model, plan: PrecisionPlan, bans: Ban
 def write_mixed_onnx(model: Model, plan: PrecisionPlan, path: Path) -> Path:
     import onnx
 
-    from trtdebug.precision_onnx import to_mixed_precision_onnx
+    from trtdebug.artifacts.mixed_onnx import to_mixed_precision_onnx
 
     onnx.save(to_mixed_precision_onnx(model, plan), str(path))
     return path
@@ -284,7 +284,7 @@ def write_engine(engine: Engine, model: Model, plan: PrecisionPlan, bans: BanLis
 def build_artifact(model_path: str, plan_path: str, bans_path: str | None, engine_name: str, out: str) -> Path:
     """`trtdebug build`: a saved plan applied to its model, as mixed-precision ONNX or an engine."""
     from trtdebug.engines import get_engine
-    from trtdebug.session import load_plan
+    from trtdebug.workflows.problem import load_plan
 
     model = Model.load(model_path)
     plan = load_plan(plan_path, model, "fp16")

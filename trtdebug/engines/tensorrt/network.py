@@ -7,7 +7,7 @@ does not change), under PREFER_PRECISION_CONSTRAINTS (or OBEY on request). Layer
 compute on integers cannot take a float precision and are skipped.
 
 Strong typing (11.x, TensorRT-RTX, or 10.x on request) never touches layers: the plan was applied to
-the ONNX graph before parsing (trtdebug.precision_onnx).
+the ONNX graph before parsing (trtdebug.artifacts.mixed_onnx).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import onnx
 
+from trtdebug.core.precision import PRECISIONS, PrecisionPlan
 from trtdebug.engines.base import BuildError
-from trtdebug.engines.trt_layers import NodeResolver, network_layer_nodes
-from trtdebug.engines.trt_support import Features, quiet_deprecations
+from trtdebug.engines.tensorrt.layers import NodeResolver, network_layer_nodes
+from trtdebug.engines.tensorrt.support import Features, quiet_deprecations
 from trtdebug.errors import UserError
-from trtdebug.precision import PRECISIONS, PrecisionPlan
 
 if TYPE_CHECKING:
     import tensorrt as trt

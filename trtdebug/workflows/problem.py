@@ -5,12 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trtdebug.analysis import Problem
-from trtdebug.bans import BanList
-from trtdebug.compare import Tolerance
-from trtdebug.engines import Engine, get_engine
-from trtdebug.errors import UserError
-from trtdebug.inputs import (
+from trtdebug.core.bans import BanList
+from trtdebug.core.inputs import (
     generate_feeds,
     load_feeds,
     parse_named_pair,
@@ -19,8 +15,12 @@ from trtdebug.inputs import (
     resolve_shapes,
     validate_feeds,
 )
-from trtdebug.model import Model
-from trtdebug.precision import PrecisionPlan
+from trtdebug.core.metrics import Tolerance
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
+from trtdebug.engines import Engine, get_engine
+from trtdebug.errors import UserError
+from trtdebug.workflows.compare import Problem
 
 
 @dataclass

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from trtdebug import ortutil
-from trtdebug.model import Model
+from trtdebug.core import onnxrt
+from trtdebug.core.model import Model
 
 
 class Reference:
@@ -20,10 +20,10 @@ class Reference:
         self.model = model
         tensors = model.intermediate_tensors()
         types = {t: _elem_type(model, t) for t in tensors}
-        self._session = ortutil.session(ortutil.with_outputs(model.proto, tensors, types))
+        self._session = onnxrt.session(onnxrt.with_outputs(model.proto, tensors, types))
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = ortutil.run(self._session, feeds)
+        values = onnxrt.run(self._session, feeds)
         values.update({k: np.asarray(v) for k, v in feeds.items()})
         return values
 

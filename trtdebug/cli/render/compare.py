@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from trtdebug import __version__
-from trtdebug.compare import CompareResult, Metrics, TensorReport
+from trtdebug.core.metrics import CompareResult, Metrics, TensorReport
 
-REPORT_FORMAT = "trtdebug.compare-report"
+REPORT_FORMAT = "trtdebug.core.metrics-report"
 REPORT_VERSION = 1
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from trtdebug.detect import Defect, detect
-from trtdebug.model import Model
+from trtdebug.core.detect import Defect, detect
+from trtdebug.core.model import Model
 
 DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4), "bf16": (5e-2, 5e-2), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}
 

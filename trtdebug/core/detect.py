@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from trtdebug.model import FP16_MAX
+from trtdebug.core.model import FP16_MAX
 
 FP16_MIN_NORMAL = 2.0**-14
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trtdebug.compare import Verdict
+from trtdebug.core.metrics import Verdict
 from trtdebug.errors import UserError
 
 OUTPUTS_FIELD = "{outputs}"

@@ -18,12 +18,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from trtdebug.bans import BanEntry, BanList
+from trtdebug.core.bans import BanEntry, BanList
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.reference import run_reference
 from trtdebug.engines.base import Marking
 from trtdebug.errors import UserError
-from trtdebug.model import Model
-from trtdebug.precision import PrecisionPlan
-from trtdebug.reference import run_reference
 
 STATUSES = ("ok", "failed", "skipped")
 TOLERANCE = 5e-2  # FP16 on values of magnitude ~1
@@ -113,7 +113,7 @@ class _Probe:
 
 def run_selfcheck(flavors: Iterable[str] = ("tensorrt", "tensorrt-rtx")) -> list[Check]:
     """Every check, in order. A missing TensorRT is reported as skipped, not as a failure."""
-    from trtdebug.engines.cuda_buffers import CudaRuntime
+    from trtdebug.engines.tensorrt.cuda_buffers import CudaRuntime
 
     checks: list[Check] = []
     try:
@@ -130,7 +130,7 @@ def run_selfcheck(flavors: Iterable[str] = ("tensorrt", "tensorrt-rtx")) -> list
 
 
 def _flavor_checks(flavor: str, probe: _Probe) -> list[Check]:
-    from trtdebug.engines.tensorrt import TensorRTEngine
+    from trtdebug.engines.tensorrt.engine import TensorRTEngine
 
     try:
         first = TensorRTEngine(flavor)

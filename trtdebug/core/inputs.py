@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trtdebug.core.model import Model, TensorSpec
 from trtdebug.errors import UserError
-from trtdebug.model import Model, TensorSpec
 
 Shape = tuple[int, ...]
 Feeds = dict[str, np.ndarray]

@@ -27,12 +27,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from trtdebug import ortutil
+from trtdebug.core import onnxrt
+from trtdebug.core.model import Model
+from trtdebug.core.precision import DATA_MOVEMENT_OPS, ONNX_TYPE, PrecisionPlan, precision_rank, precision_slots
 from trtdebug.engines.base import BuildError, LayerInfo, Marking
-from trtdebug.engines.emulator_tactics import Shape, ShapeOf, TacticChoice, TacticChooser, apply_variant, tensor_shapes
+from trtdebug.engines.emulator.tactics import Shape, ShapeOf, TacticChoice, TacticChooser, apply_variant, tensor_shapes
 from trtdebug.errors import UserError
-from trtdebug.model import Model
-from trtdebug.precision import DATA_MOVEMENT_OPS, ONNX_TYPE, PrecisionPlan, precision_rank, precision_slots
 
 REF_PREFIX = "ref::"  # graph inputs of the local-error graph carry reference values
 
@@ -50,7 +50,7 @@ def fold_like_builder(model: Model) -> FoldedGraph:
     """Constant folding and BatchNorm fusion in FP32, by onnxruntime's basic optimization level."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "folded.onnx")
-        ortutil.session(model.proto, level="basic", threads=1, optimized_path=path)
+        onnxrt.session(model.proto, level="basic", threads=1, optimized_path=path)
         folded = onnx.load(path)
     # onnxruntime may leave nodes unnamed or reuse names; layer names must be unique.
     seen: set[str] = set()
@@ -209,7 +209,7 @@ class EmulatorBuilt:
             "note": "the emulator exposes tensors without changing the computation",
             "folded_away": list(folded.folded_away),
         }
-        self._session = ortutil.session(ortutil.with_outputs(self.proto, exposed))
+        self._session = onnxrt.session(onnxrt.with_outputs(self.proto, exposed))
         self._local_session: Any = None
 
     def _float_tensors(self) -> set[str]:
@@ -252,7 +252,7 @@ class EmulatorBuilt:
         return [t for t in wanted if t in produced]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return ortutil.run(self._session, feeds)
+        return onnxrt.run(self._session, feeds)
 
     def run_local(self, reference: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every layer run alone on the reference's FP32 inputs: its own error, isolated."""
@@ -260,7 +260,7 @@ class EmulatorBuilt:
             self._local_session = self._build_local()
         session, feeds_from = self._local_session
         feeds = {name: reference[tensor] for name, tensor in feeds_from.items()}
-        return ortutil.run(session, feeds)
+        return onnxrt.run(session, feeds)
 
     def _build_local(self) -> tuple[Any, dict[str, str]]:
         """The folded graph with every layer's non-constant inputs cut loose into graph inputs."""
@@ -293,7 +293,7 @@ class EmulatorBuilt:
                 None))
         cut_floats = {REF_PREFIX + t for t in feeds_from.values() if t in self.float_tensors}
         proto = self._rounded_graph(kept, self.float_tensors | cut_floats)
-        return ortutil.session(ortutil.with_outputs(proto, outputs)), feeds_from
+        return onnxrt.session(onnxrt.with_outputs(proto, outputs)), feeds_from
 
 
 def _layer_precision(model: Model, plan: PrecisionPlan, nodes: tuple[str, ...]) -> str:
@@ -315,7 +315,7 @@ class EmulatorEngine:
 
     def with_tactic_seed(self, seed: int) -> EmulatorEngine:
         """The same emulator with other autotuner timing noise: a repeated build that may pick
-        other tactics (the hook `trtdebug.tactics` uses to diff repeated builds)."""
+        other tactics (the hook `trtdebug.workflows.tactics` uses to diff repeated builds)."""
         engine = EmulatorEngine(tactic_seed=seed)
         engine._folded = self._folded
         return engine

@@ -21,8 +21,8 @@ from typing import Any
 
 import onnx
 
+from trtdebug.core.model import Model
 from trtdebug.errors import UserError
-from trtdebug.model import Model
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # from most to least precise
 REDUCED = ("fp16", "bf16")
@@ -39,7 +39,7 @@ DATA_MOVEMENT_OPS = frozenset({
     "If", "Loop", "Scan", "QuantizeLinear", "DequantizeLinear", "Range", "Trilu", "OneHot",
 })
 
-PLAN_FORMAT = "trtdebug.precision-plan"
+PLAN_FORMAT = "trtdebug.core.precision-plan"
 PLAN_VERSION = 1
 
 

@@ -33,8 +33,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from trtdebug.core.precision import ONNX_TYPE, REDUCED
 from trtdebug.errors import UserError
-from trtdebug.precision import ONNX_TYPE, REDUCED
 
 FP32_ACCUMULATE = "fp32_accumulate"
 FP16_ACCUMULATE = "fp16_accumulate"

@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from trtdebug.report import verdict_line
-from trtdebug.tactics import BanDecision, TacticRank, TacticSearch
+from trtdebug.cli.render.compare import verdict_line
+from trtdebug.workflows.tactics import BanDecision, TacticRank, TacticSearch
 
 
 def _error(metrics: dict[str, Any] | None) -> str:

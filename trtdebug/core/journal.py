@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from trtdebug.core.search import Evaluation
 from trtdebug.errors import UserError
-from trtdebug.search import Evaluation
 
-JOURNAL_FORMAT = "trtdebug.fallback-journal"
+JOURNAL_FORMAT = "trtdebug.workflows.fallback-journal"
 JOURNAL_VERSION = 1
 
 # Header keys, in the order a mismatch is reported, with how to name them to the user.

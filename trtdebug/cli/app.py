@@ -74,10 +74,10 @@ def cli() -> None:
 def compare_command(mark_mode: str, chunk_size: int | None, top: int, json_path: str | None,
                     html_path: str | None, **problem_args: Any) -> int:
     """Compare every layer of the engine against onnxruntime FP32 and say where error starts."""
-    from trtdebug.analysis import run_compare
+    from trtdebug.cli.render.compare import compare_to_json, render_compare, write_json
     from trtdebug.engines.base import Marking
-    from trtdebug.report import compare_to_json, render_compare, write_json
-    from trtdebug.session import open_session
+    from trtdebug.workflows.compare import run_compare
+    from trtdebug.workflows.problem import open_session
 
     session = open_session(**problem_args)
     if html_path:
@@ -109,9 +109,9 @@ def fallback_command(out_path: str | None, strategy: str, resume: bool, check_co
     """Find the fewest layers to keep in higher precision so the outputs pass; save the plan."""
     from pathlib import Path
 
-    from trtdebug.check import CheckCommand
-    from trtdebug.fallback import progress_printer, render_fallback, run_fallback
-    from trtdebug.session import open_session
+    from trtdebug.core.criterion import CheckCommand
+    from trtdebug.workflows.fallback import progress_printer, render_fallback, run_fallback
+    from trtdebug.workflows.problem import open_session
 
     check = CheckCommand(check_command) if check_command is not None else None
     session = open_session(**problem_args)
@@ -133,7 +133,7 @@ def fallback_command(out_path: str | None, strategy: str, resume: bool, check_co
               help="NAME.onnx: the mixed-precision ONNX model; any other name: the serialized engine.")
 def build_command(model: str, plan_path: str, bans_path: str | None, engine_name: str, out_path: str) -> int:
     """Apply a precision plan: write the mixed-precision ONNX model or the built engine."""
-    from trtdebug.fallback import build_artifact
+    from trtdebug.workflows.fallback import build_artifact
 
     console.print(f"wrote {build_artifact(model, plan_path, bans_path, engine_name, out_path)}")
     return EXIT_OK
@@ -147,9 +147,9 @@ def build_command(model: str, plan_path: str, bans_path: str | None, engine_name
               help="Builds to record and diff: repeated builds can pick different tactics.")
 def tactics_command(out_path: str | None, builds: int, **problem_args: Any) -> int:
     """Find the tactics (kernels) that make layers wrong and write a verified ban list."""
-    from trtdebug.session import open_session
-    from trtdebug.tactics import find_tactic_bans
-    from trtdebug.tactics_report import render_tactics
+    from trtdebug.cli.render.tactics import render_tactics
+    from trtdebug.workflows.problem import open_session
+    from trtdebug.workflows.tactics import find_tactic_bans
 
     session = open_session(**problem_args)
     if out_path:
@@ -169,7 +169,7 @@ def tactics_command(out_path: str | None, builds: int, **problem_args: Any) -> i
               help="Check only this TensorRT flavor (repeatable; default: both).")
 def selfcheck_command(flavors: tuple[str, ...]) -> int:
     """Build (and, with a GPU, run) a tiny model through every path the installed TensorRT offers."""
-    from trtdebug.selfcheck import selfcheck_command as run_selfcheck_command
+    from trtdebug.engines.tensorrt.selfcheck import selfcheck_command as run_selfcheck_command
 
     return run_selfcheck_command(flavors or ("tensorrt", "tensorrt-rtx"), console)
 

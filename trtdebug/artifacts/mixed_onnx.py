@@ -26,9 +26,9 @@ from __future__ import annotations
 import onnx
 from onnx import helper, numpy_helper
 
+from trtdebug.core.model import Model, subgraph_outer_inputs
+from trtdebug.core.precision import ONNX_TYPE, PrecisionPlan, is_eligible, precision_slots
 from trtdebug.errors import UserError
-from trtdebug.model import Model, subgraph_outer_inputs
-from trtdebug.precision import ONNX_TYPE, PrecisionPlan, is_eligible, precision_slots
 
 FLOAT_TYPES: tuple[int, ...] = (onnx.TensorProto.FLOAT, onnx.TensorProto.BFLOAT16,
                                 onnx.TensorProto.FLOAT16)  # most precise first

@@ -23,30 +23,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trtdebug.bans import BanList
+from trtdebug.core.bans import BanList
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
 from trtdebug.engines.base import BuildError, LayerInfo, Marking
-from trtdebug.engines.cuda_buffers import (
+from trtdebug.engines.tensorrt.cuda_buffers import (
     CudaRuntime,
     bf16_bits_to_float32,
     device_arena,
     float32_to_bf16_bits,
     fp8_e4m3_bits_to_float32,
 )
-from trtdebug.engines.tensorrt_tactics import (
-    TacticRecord,
-    enable_editable_cache,
-    force_unbanned_tactics,
-    make_algorithm_selector,
-    parse_profiling_log,
-    records_from_profiling,
-)
-from trtdebug.engines.trt_layers import (
+from trtdebug.engines.tensorrt.layers import (
     NodeResolver,
     layers_from_build_log,
     parse_inspector_json,
     to_layer_infos,
 )
-from trtdebug.engines.trt_network import (
+from trtdebug.engines.tensorrt.network import (
     PrecisionNotes,
     ShapeRange,
     add_profile,
@@ -60,10 +54,16 @@ from trtdebug.engines.trt_network import (
     parse_onnx,
     shape_ranges_for,
 )
-from trtdebug.engines.trt_support import Features, load_tensorrt, make_logger, quiet_deprecations
+from trtdebug.engines.tensorrt.support import Features, load_tensorrt, make_logger, quiet_deprecations
+from trtdebug.engines.tensorrt.tactics import (
+    TacticRecord,
+    enable_editable_cache,
+    force_unbanned_tactics,
+    make_algorithm_selector,
+    parse_profiling_log,
+    records_from_profiling,
+)
 from trtdebug.errors import UserError
-from trtdebug.model import Model
-from trtdebug.precision import PrecisionPlan
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -148,8 +148,8 @@ class TensorRTEngine:
     def network_layer_names(self, model: Model) -> dict[str, list[str]]:
         """ONNX node -> the TensorRT network layers the parser makes from it that can take a
         precision: the names trtexec --layerPrecisions and Polygraphy --layer-precisions need."""
-        from trtdebug.engines.trt_layers import network_layer_nodes
-        from trtdebug.engines.trt_network import can_take_precision
+        from trtdebug.engines.tensorrt.layers import network_layer_nodes
+        from trtdebug.engines.tensorrt.network import can_take_precision
 
         logger = make_logger(self.trt)
         builder = self.trt.Builder(logger)
@@ -322,7 +322,7 @@ class NetworkBuilder:
             return self.model.proto, False
         if self.plan.default == "fp32" and not self.plan.nodes:
             return self.model.proto, False
-        from trtdebug.precision_onnx import to_mixed_precision_onnx
+        from trtdebug.artifacts.mixed_onnx import to_mixed_precision_onnx
 
         return to_mixed_precision_onnx(self.model, self.plan), True
 
@@ -414,7 +414,7 @@ class NetworkBuilder:
         if not self.options.calibration_feeds and not self.options.calibration_cache:
             raise UserError("INT8 without Q/DQ nodes needs calibration data: pass calibration feeds or a "
                             "calibration cache, or give a Q/DQ (explicitly quantized) model")
-        from trtdebug.engines.trt_calibration import make_calibrator
+        from trtdebug.engines.tensorrt.calibration import make_calibrator
 
         calibrator = make_calibrator(self.trt, self.options.calibration_feeds, self.options.calibration_cache)
         with quiet_deprecations():

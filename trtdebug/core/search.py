@@ -31,10 +31,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from trtdebug.compare import CompareResult, Metrics, Verdict
+from trtdebug.core.metrics import CompareResult, Metrics, Verdict
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
 from trtdebug.engines.base import BuildError
-from trtdebug.model import Model
-from trtdebug.precision import PrecisionPlan
 
 STRATEGIES = ("ranked", "linear", "bisect")
 

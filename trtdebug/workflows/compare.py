@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from trtdebug.bans import BanList
-from trtdebug.compare import CompareResult, Tolerance, Verdict, check_outputs, compare
+from trtdebug.core.bans import BanList
+from trtdebug.core.metrics import CompareResult, Tolerance, Verdict, check_outputs, compare
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.reference import run_reference
 from trtdebug.engines.base import BuildError, Built, Engine, Marking
-from trtdebug.model import Model
-from trtdebug.precision import PrecisionPlan
-from trtdebug.reference import run_reference
 
 
 @dataclass

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trtdebug import __version__
-from trtdebug.analysis import Problem, run_compare
-from trtdebug.bans import BanEntry, BanList
-from trtdebug.compare import CompareResult, TensorReport, Verdict, check_outputs
+from trtdebug.core.bans import BanEntry, BanList
+from trtdebug.core.metrics import CompareResult, TensorReport, Verdict, check_outputs
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
 from trtdebug.engines.base import BuildError, Built, Engine, LayerInfo, Marking
 from trtdebug.errors import UserError
-from trtdebug.model import Model
-from trtdebug.precision import PrecisionPlan
+from trtdebug.workflows.compare import Problem, run_compare
 
 MAX_ROUNDS = 3  # bans can reveal errors hidden downstream; a few rounds catch chains of them
 
