@@ -23,7 +23,7 @@ from trtdebug.core.search import (
     ranked_search,
     target_builds,
 )
-from trtdebug.engines.base import BuildError
+from trtdebug.engines.base import BuildError, Capabilities
 from trtdebug.engines.emulator.engine import EmulatorEngine
 from trtdebug.errors import UserError
 from trtdebug.workflows.compare import evaluate_plan
@@ -294,7 +294,8 @@ def test_fallback_refuses_an_engine_that_does_not_build(tmp_path):
     session = _session(planted_chain(30, 1, seed=1).save(tmp_path / "chain.onnx"))
 
     class SavedResults:
-        name = "results"
+        name = "saved"
+        capabilities = Capabilities(rebuilds=False)
 
     session.engine = SavedResults()
     with pytest.raises(UserError, match="no precision plan changes"):

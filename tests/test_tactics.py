@@ -18,7 +18,7 @@ from trtdebug.core.inputs import generate_feeds, resolve_shapes
 from trtdebug.core.metrics import Tolerance
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
-from trtdebug.engines.base import BuildError, LayerInfo, Marking
+from trtdebug.engines.base import BuildError, Capabilities, LayerInfo, Marking
 from trtdebug.engines.emulator.engine import EmulatorEngine
 from trtdebug.errors import UserError
 from trtdebug.workflows.compare import Problem, evaluate_plan
@@ -126,7 +126,7 @@ class ScriptedEngine:
     order of preference; a tactic listed in `corrupts` scales the tensors it names by 1.5."""
 
     name = "scripted"
-    marking_is_exact = True  # so a compare is exactly one build
+    capabilities = Capabilities(exact_marking=True, tactics=True)  # so a compare is exactly one build
 
     def __init__(self, tactics: Mapping[str, list[str]], corrupts: Mapping[tuple[str, str], set[str]]):
         self.tactics = tactics

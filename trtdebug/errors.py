@@ -1,5 +1,25 @@
-"""The one exception type the CLI turns into a one-line message and exit code 2."""
+"""Error types and the exit codes the CLI maps them to (documented in the README).
+
+0  every final output within tolerance
+1  an accuracy problem was found
+2  bad usage or bad input (UserError): one line naming the problem and what to do
+3  internal error: a bug in trtdebug, please report it (TRTDEBUG_TRACEBACK=1 shows the traceback)
+4  the engine or the GPU runtime failed (EngineError): a crashed build, a CUDA error, out of GPU memory
+130 interrupted
+"""
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+EXIT_ENGINE = 4
+EXIT_INTERRUPTED = 130
 
 
 class UserError(Exception):
     """Bad input or bad usage: the message names the problem and what to do about it."""
+
+
+class EngineError(Exception):
+    """The engine or its runtime failed on input that is valid: a build that crashed, a CUDA error,
+    GPU memory exhausted. Not the user's fault, not a bug of trtdebug."""

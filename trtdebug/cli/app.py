@@ -169,9 +169,13 @@ def tactics_command(out_path: str | None, builds: int, **problem_args: Any) -> i
               help="Check only this TensorRT flavor (repeatable; default: both).")
 def selfcheck_command(flavors: tuple[str, ...]) -> int:
     """Build (and, with a GPU, run) a tiny model through every path the installed TensorRT offers."""
-    from trtdebug.engines.tensorrt.selfcheck import selfcheck_command as run_selfcheck_command
+    from trtdebug.cli.render.selfcheck import render_selfcheck
+    from trtdebug.engines.tensorrt.selfcheck import run_selfcheck, selfcheck_exit_code
 
-    return run_selfcheck_command(flavors or ("tensorrt", "tensorrt-rtx"), console)
+    chosen = flavors or ("tensorrt", "tensorrt-rtx")
+    checks = run_selfcheck(chosen)
+    render_selfcheck(checks, console)
+    return selfcheck_exit_code(checks, chosen)
 
 
 def _check_writable(path: str) -> None:

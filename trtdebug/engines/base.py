@@ -2,16 +2,23 @@
 
 An Engine builds a model under a PrecisionPlan (and optionally a tactic BanList) with some of
 its tensors exposed (Marking), and the Built result runs feeds and returns tensors keyed by their
-ONNX names. Everything above this seam (compare, search, tactics, report) is engine-agnostic.
+ONNX names. Everything above this seam (workflows, core) is engine-agnostic.
+
+What an engine can do beyond that is declared, not probed: `Engine.capabilities` says which of
+the optional protocols below the engine (or what it builds) implements, and `as_*` helpers turn a
+declared capability into the typed object. A test checks that every engine's declaration matches
+the methods it really has.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, get_args
 
 import numpy as np
+
+from trtdebug.errors import EngineError
 
 if TYPE_CHECKING:
     from trtdebug.core.bans import BanList
@@ -19,11 +26,12 @@ if TYPE_CHECKING:
     from trtdebug.core.precision import PrecisionPlan
 
 MarkMode = Literal["outputs", "debug", "unfused", "none"]
+MARK_MODES: tuple[str, ...] = tuple(m for m in get_args(MarkMode) if m != "none")  # what a user can ask for
 
 
-class BuildError(Exception):
-    """The engine could not be built with this plan or these bans (a search treats it as a failed
-    candidate, not as a crash)."""
+class BuildError(EngineError):
+    """The engine could not be built with this plan or these bans. A search treats it as a failed
+    candidate; anywhere else it ends the run as an engine failure."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,19 @@ class LayerInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@runtime_checkable
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do beyond build-and-run."""
+
+    rebuilds: bool = True  # a plan or ban list changes what it computes (False: saved results)
+    exact_marking: bool = False  # exposing tensors never changes what is computed
+    local_error: bool = False  # what it builds is a LocalErrorBuilt
+    serializes: bool = False  # what it builds is a SerializableBuilt (an engine file)
+    records_tactics_on_request: bool = False  # the engine is a TacticRecordingEngine
+    reseeds_tactics: bool = False  # the engine is a TacticReseedingEngine
+    tactics: bool = False  # its LayerInfo carries tactics and a ban list changes them
+
+
 class Built(Protocol):
     layers: list[LayerInfo]
     # What the build exposed, for the report: mode, marked/dropped tensors, notes.
@@ -64,9 +84,56 @@ class Built(Protocol):
         ...
 
 
+class LocalErrorBuilt(Built, Protocol):
+    def run_local(self, reference: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every layer fed with the reference's values of its inputs: its own error, isolated."""
+        ...
+
+
+class SerializableBuilt(Built, Protocol):
+    def serialize(self) -> bytes:
+        """The engine file of an unmarked build."""
+        ...
+
+
 class Engine(Protocol):
     name: str
+    capabilities: Capabilities
 
     def build(self, model: Model, plan: PrecisionPlan, bans: BanList | None = None,
               mark: Marking | None = None) -> Built:
         ...
+
+
+class TacticRecordingEngine(Engine, Protocol):
+    def recording_tactics(self) -> Engine:
+        """The same engine, recording each layer's tactic and alternatives."""
+        ...
+
+
+class TacticReseedingEngine(Engine, Protocol):
+    def with_tactic_seed(self, seed: int) -> Engine:
+        """The same engine autotuning with other noise: a repeated build that may pick other tactics."""
+        ...
+
+
+def as_local_error(engine: Engine, built: Built) -> LocalErrorBuilt | None:
+    return cast(LocalErrorBuilt, built) if engine.capabilities.local_error else None
+
+
+def as_serializable(engine: Engine, built: Built) -> SerializableBuilt | None:
+    return cast(SerializableBuilt, built) if engine.capabilities.serializes else None
+
+
+def tactic_recording(engine: Engine) -> Engine:
+    """The engine, set to record each layer's tactic and alternatives where that is optional."""
+    if engine.capabilities.records_tactics_on_request:
+        return cast(TacticRecordingEngine, engine).recording_tactics()
+    return engine
+
+
+def reseeded(engine: Engine, seed: int) -> Engine | None:
+    """The engine with other autotuning noise, or None where it cannot vary its tactics on purpose."""
+    if engine.capabilities.reseeds_tactics:
+        return cast(TacticReseedingEngine, engine).with_tactic_seed(seed)
+    return None

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from trtdebug.core.model import Model
-from trtdebug.engines.base import LayerInfo, Marking
+from trtdebug.engines.base import Capabilities, LayerInfo, Marking
 from trtdebug.errors import UserError
 
 
@@ -97,7 +97,7 @@ class ResultsEngine:
     the first), `iteration` an iteration (default 0)."""
 
     name = "results"
-    marking_is_exact = True  # nothing is rebuilt: the saved run is what it is
+    capabilities = Capabilities(rebuilds=False, exact_marking=True)  # the saved run is what it is
 
     def __init__(self, results: str | Path, runner: str | None = None, iteration: int = 0):
         self.path = Path(results)

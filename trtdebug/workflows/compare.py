@@ -17,7 +17,7 @@ from trtdebug.core.metrics import CompareResult, Tolerance, Verdict, check_outpu
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
 from trtdebug.core.reference import run_reference
-from trtdebug.engines.base import BuildError, Built, Engine, Marking
+from trtdebug.engines.base import BuildError, Built, Engine, Marking, as_local_error
 
 
 @dataclass
@@ -44,8 +44,8 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
                 mark: Marking | None = None) -> CompareResult:
     built = engine.build(problem.model, plan, bans, mark or Marking())
     candidate = built.run(problem.feeds)
-    run_local = getattr(built, "run_local", None)
-    local = run_local(problem.reference) if run_local else None
+    local_runner = as_local_error(engine, built)
+    local = local_runner.run_local(problem.reference) if local_runner else None
     result = compare(problem.model, problem.reference, candidate, problem.tolerance, local,
                      layer_map(built), engine.name, plan.default)
     result.layers = list(built.layers)
@@ -54,7 +54,7 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
     result.notes["plan"] = {"default": plan.default, "kept": plan.kept()}
     if bans:
         result.notes["bans"] = len(bans)
-    if not getattr(engine, "marking_is_exact", False):
+    if not engine.capabilities.exact_marking:
         result.notes["reproduction"] = _reproduction_check(problem, engine, plan, bans, result)
     result.range_violations = problem.model.fp16_range_violations()
     return result

@@ -41,7 +41,7 @@ from trtdebug.core.search import (
     rank_nodes,
     run_strategy,
 )
-from trtdebug.engines.base import BuildError, Engine, Marking
+from trtdebug.engines.base import BuildError, Engine, Marking, as_serializable
 from trtdebug.errors import UserError
 from trtdebug.workflows.compare import Problem, evaluate_plan, run_compare
 from trtdebug.workflows.problem import Session
@@ -90,7 +90,7 @@ def run_fallback(session: Session, out: str | Path, strategy: str = "ranked", re
         raise UserError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     problem, engine, base, bans = session.problem, session.engine, session.plan, session.bans
     model = problem.model
-    if engine.name == "results":
+    if not engine.capabilities.rebuilds:
         raise UserError("--engine results replays saved outputs, which no precision plan changes; run "
                         "fallback with an engine that builds: --engine emulator, tensorrt or tensorrt-rtx")
     if base.default not in FALLBACK_PRECISION:
@@ -201,7 +201,7 @@ def _ranking(journal: Journal, problem: Problem, engine: Engine, base: Precision
     # An exact-marking engine's compare run is the unmarked build of the empty kept set: its
     # verdict is that evaluation, so the search does not build it again.
     empty_set: Evaluation | None = None
-    if compare is not None and check is None and getattr(engine, "marking_is_exact", False):
+    if compare is not None and check is None and engine.capabilities.exact_marking:
         empty_set = Evaluation(frozenset(), compare.passed, str(compare.notes.get("verdict", "")), False,
                                "rank", time.perf_counter() - started)
     builds = 0 if empty_set is not None else (1 if compare is not None else 0)
@@ -274,10 +274,10 @@ def write_mixed_onnx(model: Model, plan: PrecisionPlan, path: Path) -> Path:
 def write_engine(engine: Engine, model: Model, plan: PrecisionPlan, bans: BanList | None, path: Path) -> bool:
     """Build without marking and save the engine, if this engine has a serialized form."""
     built = engine.build(model, plan, bans, Marking.final_outputs_only())
-    serialize = getattr(built, "serialize", None)
-    if not callable(serialize):
+    serializable = as_serializable(engine, built)
+    if serializable is None:
         return False
-    path.write_bytes(bytes(serialize()))
+    path.write_bytes(bytes(serializable.serialize()))
     return True
 
 

@@ -32,7 +32,7 @@ from trtdebug.core.bans import BanEntry, BanList
 from trtdebug.core.metrics import CompareResult, TensorReport, Verdict, check_outputs
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
-from trtdebug.engines.base import BuildError, Built, Engine, LayerInfo, Marking
+from trtdebug.engines.base import BuildError, Built, Engine, LayerInfo, Marking, reseeded, tactic_recording
 from trtdebug.errors import UserError
 from trtdebug.workflows.compare import Problem, run_compare
 
@@ -61,28 +61,19 @@ class CountingEngine:
         self.engine = engine
         self.tally = tally
         self.name = engine.name
+        self.capabilities = engine.capabilities
 
     def build(self, model: Model, plan: PrecisionPlan, bans: BanList | None = None,
               mark: Marking | None = None) -> Built:
         self.tally.builds += 1
         return self.engine.build(model, plan, bans, mark)
 
-    def __getattr__(self, attribute: str) -> Any:
-        return getattr(self.engine, attribute)
-
-
-def tactic_recording(engine: Engine) -> Engine:
-    """The engine, set to record each layer's tactic and alternatives where that is optional."""
-    hook = getattr(engine, "recording_tactics", None)
-    return hook() if callable(hook) else engine
 
 
 def repeated_engine(engine: CountingEngine, index: int) -> CountingEngine:
     """The engine for the index-th repeated build: reseeded where the engine supports it."""
-    reseed = getattr(engine.engine, "with_tactic_seed", None)
-    if index == 0 or reseed is None:
-        return engine
-    return CountingEngine(reseed(index), engine.tally)
+    other = reseeded(engine.engine, index) if index else None
+    return engine if other is None else CountingEngine(other, engine.tally)
 
 
 # -- recording and diffing builds ---------------------------------------------------------------
@@ -356,7 +347,7 @@ def _judge(suspect: Suspect, trial: Trial) -> tuple[bool, str]:
 def find_tactic_bans(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: BanList | None = None,
                      builds: int = 1, progress: Progress | None = None) -> TacticSearch:
     """The whole search (module docstring); `bans` are applied throughout and kept in the result."""
-    if engine.name == "results":
+    if not engine.capabilities.rebuilds:
         raise UserError("`trtdebug tactics` rebuilds the model; --engine results only replays captured "
                         "outputs: use --engine emulator or tensorrt")
     if builds < 1:

@@ -30,7 +30,7 @@ from onnx import helper, numpy_helper
 from trtdebug.core import onnxrt
 from trtdebug.core.model import Model
 from trtdebug.core.precision import DATA_MOVEMENT_OPS, ONNX_TYPE, PrecisionPlan, precision_rank, precision_slots
-from trtdebug.engines.base import BuildError, LayerInfo, Marking
+from trtdebug.engines.base import BuildError, Capabilities, LayerInfo, Marking
 from trtdebug.engines.emulator.tactics import Shape, ShapeOf, TacticChoice, TacticChooser, apply_variant, tensor_shapes
 from trtdebug.errors import UserError
 
@@ -307,7 +307,8 @@ class EmulatorEngine:
     """Emulates TensorRT FP16/BF16 builds on the CPU (see the module docstring)."""
 
     name = "emulator"
-    marking_is_exact = True  # exposing a tensor never changes what the emulator computes
+    # Exposing a tensor never changes what the emulator computes; its autotuner can be reseeded.
+    capabilities = Capabilities(exact_marking=True, local_error=True, reseeds_tactics=True, tactics=True)
 
     def __init__(self, tactic_seed: int | None = None) -> None:
         self._folded: dict[str, FoldedGraph] = {}

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from trtdebug.errors import UserError
+from trtdebug.errors import EngineError, UserError
 
 CUDA_PYTHON_HINT = ("cuda-python is not installed: pip install 'cuda-python>=12.6.1' (part of "
                     "`pip install trtdebug[tensorrt]` and `trtdebug[rtx]`)")
@@ -27,7 +27,7 @@ NO_DEVICE_ERRORS = {"cudaErrorInsufficientDriver", "cudaErrorNoDevice", "cudaErr
                     "cudaErrorCompatNotSupportedOnDevice", "cudaErrorSystemDriverMismatch"}
 
 
-class CudaError(UserError):
+class CudaError(EngineError):
     """A CUDA runtime call failed; the message names the call and the CUDA error."""
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from trtdebug.core.bans import BanList
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
-from trtdebug.engines.base import BuildError, LayerInfo, Marking
+from trtdebug.engines.base import BuildError, Capabilities, LayerInfo, Marking
 from trtdebug.engines.tensorrt.cuda_buffers import (
     CudaRuntime,
     bf16_bits_to_float32,
@@ -92,8 +92,6 @@ class TensorRTOptions:
 class TensorRTEngine:
     """`--engine tensorrt` / `--engine tensorrt-rtx`."""
 
-    marking_is_exact = False  # exposing tensors can change fusions and tactics
-
     def __init__(self, flavor: str = "tensorrt", **options: Any):
         try:
             self.options = TensorRTOptions(**options)
@@ -105,6 +103,9 @@ class TensorRTEngine:
         self.trt = load_tensorrt(flavor)
         self.features = Features.detect(self.trt)
         self.name = flavor
+        # Exposing tensors can change fusions and tactics; TensorRT-RTX has no tactic control.
+        self.capabilities = Capabilities(serializes=True, records_tactics_on_request=True,
+                                         tactics=not self.features.is_rtx)
         self._device: bool | None = None
 
     def recording_tactics(self) -> TensorRTEngine:

@@ -193,27 +193,3 @@ def selfcheck_exit_code(checks: Iterable[Check], flavors: Iterable[str] = ("tens
         return 1
     installed = [c for c in checks if c.name in set(flavors) and c.status == "ok"]
     return 0 if installed else 2
-
-
-def render_selfcheck(checks: Iterable[Check], console: Any) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    style = {"ok": "green", "failed": "bold red", "skipped": "yellow"}
-    table = Table(title="trtdebug selfcheck", show_lines=False)
-    for column in ("check", "status", "seconds", "detail"):
-        table.add_column(column, overflow="fold")
-    for check in checks:
-        table.add_row(escape(check.name), f"[{style[check.status]}]{check.status}[/]",
-                      f"{check.seconds:.2f}" if check.seconds else "", escape(check.detail))
-    console.print(table)
-
-
-def selfcheck_command(flavors: Iterable[str] = ("tensorrt", "tensorrt-rtx"), console: Any = None) -> int:
-    """What `trtdebug selfcheck` does: run every check, print the table, return the exit code."""
-    from rich.console import Console
-
-    flavors = tuple(flavors)
-    checks = run_selfcheck(flavors)
-    render_selfcheck(checks, console or Console(highlight=False))
-    return selfcheck_exit_code(checks, flavors)
