@@ -24,7 +24,7 @@ def test_overflow_fixture_fails_with_exit_1_and_names_the_node(planted_models, t
     assert run.returncode == 1, run.stderr
     assert f"Error first introduced at {truth.node}" in run.stdout
     data = json.loads(report.read_text())
-    assert data["format"] == "trtdebug.core.metrics-report" and data["passed"] is False
+    assert data["format"] == "trtdebug.compare-report" and data["passed"] is False
     assert data["first_introduced"] == truth.tensor
     entry = next(t for t in data["tensors"] if t["tensor"] == truth.tensor)
     assert entry["status"] == "introduced" and entry["defects"][0]["kind"] == "overflow"

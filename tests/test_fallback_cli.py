@@ -56,7 +56,7 @@ def test_fallback_writes_plan_artefact_and_report_and_build_reuses_the_plan(chai
     assert "prefix" in run.stderr and "-> pass" in run.stderr  # progress lines, one per build
 
     data = json.loads(plan.read_text())
-    assert data["format"] == "trtdebug.core.precision-plan"
+    assert data["format"] == "trtdebug.precision-plan"
     assert set(data["nodes"]) == set(planted.culprits) and set(data["nodes"].values()) == {"fp32"}
     provenance = data["provenance"]
     assert provenance["strategy"] == "ranked" and provenance["one_minimal"] is True

@@ -7,12 +7,12 @@ nodes the layer covers, so a ban survives a rebuild even when layer names change
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from trtdebug.core import files
 from trtdebug.errors import UserError
 
 BANS_FORMAT = "trtdebug.ban-list"
@@ -60,20 +60,16 @@ class BanList:
         return replace(self, entries=tuple(merged.values()))
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": BANS_FORMAT, "version": BANS_VERSION, "model_sha256": self.model_sha256,
-                "provenance": self.provenance,
-                "entries": [{**asdict(e), "onnx_nodes": list(e.onnx_nodes)} for e in self.entries]}
+        return files.versioned(BANS_FORMAT, BANS_VERSION, {
+            "model_sha256": self.model_sha256, "provenance": self.provenance,
+            "entries": [{**asdict(e), "onnx_nodes": list(e.onnx_nodes)} for e in self.entries]})
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        files.write_json(path, self.to_json())
 
     @classmethod
     def from_json(cls, data: Any, source: str = "ban list") -> BanList:
-        if not isinstance(data, dict) or data.get("format") != BANS_FORMAT:
-            raise UserError(f"{source} is not a trtdebug ban list (no \"format\": \"{BANS_FORMAT}\")")
-        if data.get("version") != BANS_VERSION:
-            raise UserError(f"{source} is ban-list version {data.get('version')}; this trtdebug reads "
-                            f"version {BANS_VERSION}")
+        data = files.check_versioned(data, BANS_FORMAT, BANS_VERSION, source, "ban list")
         entries = data.get("entries", [])
         if not isinstance(entries, list):
             raise UserError(f"{source}: \"entries\" must be a list of bans; regenerate it with `trtdebug tactics`")
@@ -83,13 +79,7 @@ class BanList:
     @classmethod
     def load(cls, path: str | Path, model_sha256: str | None = None) -> BanList:
         """Read a ban list; with `model_sha256`, refuse one made for another model (even an empty one)."""
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"ban list not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UserError(f"{path} is not valid JSON; pass a file written by `trtdebug tactics`") from None
+        data = files.read_json(path, "ban list", hint="pass a file written by `trtdebug tactics`")
         bans = cls.from_json(data, str(path))
         if model_sha256 is not None:
             bans.check_for(model_sha256, str(path))

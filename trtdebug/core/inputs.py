@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trtdebug.core import files
 from trtdebug.core.model import Model, TensorSpec
 from trtdebug.errors import UserError
 
@@ -105,14 +106,7 @@ def load_feeds(path: str | Path) -> Feeds:
     if not path.is_file():
         raise UserError(f"inputs file not found: {path}")
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                return {k: np.asarray(data[k]) for k in data.files}
-        except ValueError as exc:
-            message = f"{path} holds pickled objects ({exc}); save plain arrays with np.savez"
-            raise UserError(message) from None
-        except Exception as exc:
-            raise UserError(f"{path} is not a readable .npz file ({type(exc).__name__})") from None
+        return files.load_npz(path)
     if path.suffix == ".json":
         from polygraphy.json import load_json
 

@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from trtdebug.core import files
 from trtdebug.core.search import Evaluation
 from trtdebug.errors import UserError
 
-JOURNAL_FORMAT = "trtdebug.workflows.fallback-journal"
+JOURNAL_FORMAT = "trtdebug.fallback-journal"
 JOURNAL_VERSION = 1
 
 # Header keys, in the order a mismatch is reported, with how to name them to the user.
@@ -51,8 +52,8 @@ class Journal:
         else:
             self.path.write_bytes(b"")
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-            self._append({"type": "header", "format": JOURNAL_FORMAT, "version": JOURNAL_VERSION,
-                          "settings": self.settings})
+            self._append(files.versioned(JOURNAL_FORMAT, JOURNAL_VERSION,
+                                         {"type": "header", "settings": self.settings}))
             return
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
 
@@ -80,13 +81,9 @@ class Journal:
                 handle.truncate(valid_bytes)
         if not records:
             return False
-        header = records[0]
-        if header.get("type") != "header" or header.get("format") != JOURNAL_FORMAT:
-            raise UserError(f"{self.path} is not a trtdebug fallback journal; pass another --out "
-                            "or delete the file")
-        if header.get("version") != JOURNAL_VERSION:
-            raise UserError(f"{self.path} is journal version {header.get('version')}; this trtdebug "
-                            f"reads version {JOURNAL_VERSION}: rerun without --resume")
+        if records[0].get("type") != "header":
+            raise UserError(f"{self.path} is not a trtdebug fallback journal; pass another --out or delete it")
+        header = files.check_versioned(records[0], JOURNAL_FORMAT, JOURNAL_VERSION, str(self.path), "fallback journal")
         self._check_settings(header.get("settings") or {})
         for record in records[1:]:
             if record.get("type") == "evaluation":

@@ -12,7 +12,6 @@ stay as they are). Pure data-movement ops carry no precision of their own.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -21,6 +20,7 @@ from typing import Any
 
 import onnx
 
+from trtdebug.core import files
 from trtdebug.core.model import Model
 from trtdebug.errors import UserError
 
@@ -39,7 +39,7 @@ DATA_MOVEMENT_OPS = frozenset({
     "If", "Loop", "Scan", "QuantizeLinear", "DequantizeLinear", "Range", "Trilu", "OneHot",
 })
 
-PLAN_FORMAT = "trtdebug.core.precision-plan"
+PLAN_FORMAT = "trtdebug.precision-plan"
 PLAN_VERSION = 1
 
 
@@ -78,20 +78,16 @@ class PrecisionPlan:
     # -- persistence -----------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "model_sha256": self.model_sha256,
-                "default": self.default, "nodes": dict(sorted(self.nodes.items())),
-                "provenance": self.provenance}
+        return files.versioned(PLAN_FORMAT, PLAN_VERSION, {
+            "model_sha256": self.model_sha256, "default": self.default, "nodes": dict(sorted(self.nodes.items())),
+            "provenance": self.provenance})
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        files.write_json(path, self.to_json())
 
     @classmethod
     def from_json(cls, data: Any, source: str = "plan") -> PrecisionPlan:
-        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
-            raise UserError(f"{source} is not a trtdebug precision plan (no \"format\": \"{PLAN_FORMAT}\")")
-        if data.get("version") != PLAN_VERSION:
-            raise UserError(f"{source} is plan version {data.get('version')}; this trtdebug reads "
-                            f"version {PLAN_VERSION}")
+        data = files.check_versioned(data, PLAN_FORMAT, PLAN_VERSION, source, "precision plan")
         nodes = data.get("nodes", {})
         if not isinstance(nodes, dict):
             raise UserError(f"{source}: \"nodes\" must map node names to precisions")
@@ -100,14 +96,7 @@ class PrecisionPlan:
 
     @classmethod
     def load(cls, path: str | Path) -> PrecisionPlan:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"plan file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
-        return cls.from_json(data, str(path))
+        return cls.from_json(files.read_json(path, "plan file"), str(path))
 
     def check_for(self, model: Model, source: str = "the plan") -> None:
         """Refuse a plan made for another model: node names would silently mean nothing."""

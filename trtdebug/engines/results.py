@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from trtdebug.core import files
 from trtdebug.core.model import Model
 from trtdebug.engines.base import Capabilities, LayerInfo, Marking
 from trtdebug.errors import UserError
@@ -26,20 +27,10 @@ def load_results(path: str | Path, runner: str | None = None, iteration: int = 0
     if not path.is_file():
         raise UserError(f"results file not found: {path}")
     if path.suffix == ".npz":
-        return _load_npz(path), {"source": str(path), "format": "npz"}
+        return files.load_npz(path), {"source": str(path), "format": "npz"}
     if path.suffix == ".json":
         return _load_polygraphy(path, runner, iteration)
     raise UserError(f"unsupported results file {path.name}; use Polygraphy --save-outputs .json or .npz")
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: np.asarray(data[name]) for name in data.files}
-    except ValueError as exc:
-        raise UserError(f"{path} holds pickled objects ({exc}); save plain arrays with np.savez") from None
-    except Exception as exc:
-        raise UserError(f"{path} is not a readable .npz file ({type(exc).__name__})") from None
 
 
 def _load_polygraphy(path: Path, runner: str | None, iteration: int

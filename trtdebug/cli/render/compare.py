@@ -13,7 +13,7 @@ from rich.table import Table
 from trtdebug import __version__
 from trtdebug.core.metrics import CompareResult, Metrics, TensorReport
 
-REPORT_FORMAT = "trtdebug.core.metrics-report"
+REPORT_FORMAT = "trtdebug.compare-report"
 REPORT_VERSION = 1
 
 

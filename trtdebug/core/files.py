@@ -1,0 +1,96 @@
+"""Files trtdebug reads and writes, written once: versioned JSON documents (plans, ban lists,
+reports, journal headers), .npz tensor files, and atomic writes.
+
+Every output is written to a temporary file in its destination folder and renamed over the
+destination, so an interrupted or concurrent run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtdebug.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside `path`; renamed onto `path` when the block finishes without error."""
+    target = Path(path)
+    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix + ".tmp",
+                                     dir=target.parent if str(target.parent) else ".")
+    os.close(fd)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Write through `write(temporary_path)`, then rename onto `path`."""
+    with atomic_path(path) as temporary:
+        write(temporary)
+    return Path(path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    return write_atomic(path, lambda p: p.write_bytes(data))
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    return write_atomic(path, lambda p: p.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n"))
+
+
+def versioned(kind: str, version: int, body: Mapping[str, Any]) -> dict[str, Any]:
+    """A document that says what it is: {"format": kind, "version": version, ...body}."""
+    return {"format": kind, "version": version, **body}
+
+
+def check_versioned(data: Any, kind: str, version: int, source: str, what: str) -> dict[str, Any]:
+    """`data` if it is a `kind` document of `version`; otherwise one line saying what it is not."""
+    if not isinstance(data, dict) or data.get("format") != kind:
+        raise UserError(f"{source} is not a trtdebug {what} (no \"format\": \"{kind}\")")
+    if data.get("version") != version:
+        raise UserError(f"{source} is {what} version {data.get('version')}; this trtdebug reads version {version}")
+    return data
+
+
+def read_json(path: str | Path, what: str, hint: str = "") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        raise UserError(f"{path} is not valid JSON ({reason}){'; ' + hint if hint else ''}") from None
+
+
+def read_versioned(path: str | Path, kind: str, version: int, what: str, hint: str = "") -> dict[str, Any]:
+    return check_versioned(read_json(path, what, hint), kind, version, str(path), what)
+
+
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Arrays of an .npz file, pickle disabled."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {str(name): np.asarray(data[name]) for name in data.files}
+    except ValueError as exc:
+        raise UserError(f"{path} holds pickled objects ({exc}); save plain arrays with np.savez") from None
+    except Exception as exc:
+        raise UserError(f"{path} is not a readable .npz file ({type(exc).__name__})") from None
+
+
+def save_npz(path: str | Path, tensors: Mapping[str, np.ndarray]) -> Path:
+    arrays = {name: np.asarray(value) for name, value in tensors.items()}
+    return write_atomic(path, lambda p: np.savez(p, **arrays))  # type: ignore[arg-type]
