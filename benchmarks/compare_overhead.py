@@ -17,14 +17,16 @@ import time
 from rich.console import Console
 
 from fixtures.real_models import silero_vad
-from trtdebug.cli.render.compare import compare_to_json, render_compare
+from trtdebug.artifacts.compare_report import compare_to_json
+from trtdebug.cli.render.compare import render_compare
 from trtdebug.core.inputs import generate_feeds, parse_shape_overrides, parse_value_ranges, resolve_shapes
 from trtdebug.core.metrics import Tolerance
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
 from trtdebug.core.reference import Reference
 from trtdebug.engines.emulator.engine import EmulatorEngine
-from trtdebug.workflows.compare import Problem, run_compare
+from trtdebug.workflows.compare import run_compare
+from trtdebug.workflows.problem import Problem
 
 SHAPES = ["input:64x512", "state:2x64x128"]  # a batch of 64 chunks of 32 ms audio
 RANGES = ["sr:16000,16000"]

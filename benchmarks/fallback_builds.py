@@ -35,12 +35,12 @@ from trtdebug.core.search import (
     ranked_search,
     target_builds,
 )
-from trtdebug.workflows.compare import evaluate_plan
+from trtdebug.workflows.evaluate import evaluate_plan
 from trtdebug.workflows.fallback import run_fallback
-from trtdebug.workflows.problem import Session, open_session
+from trtdebug.workflows.problem import Case, ProblemSpec, prepare
 
 
-def _evaluator(session: Session) -> Evaluator:
+def _evaluator(session: Case) -> Evaluator:
     return Evaluator(kept_set_check(lambda plan: evaluate_plan(session.problem, session.engine, plan, None),
                                     session.plan, "fp32"))
 
@@ -62,10 +62,10 @@ def benchmark(n: int, k: int, folder: Path, linear_limit: int, seed: int) -> str
     path = planted.save(folder / f"chain_{n}_{k}.onnx")
     culprits = set(planted.culprits)
     started = time.perf_counter()
-    ranked = run_fallback(open_session(str(path)), folder / f"plan_{n}_{k}.json")
+    ranked = run_fallback(prepare(ProblemSpec(str(path))), folder / f"plan_{n}_{k}.json")
     ranked_seconds = time.perf_counter() - started
 
-    session = open_session(str(path))
+    session = prepare(ProblemSpec(str(path)))
     candidates = [node.name for node in session.problem.model.nodes]
     static_order = [s.node for s in rank_nodes(session.problem.model, candidates, None)]
     static, _ = _timed(lambda: ranked_search(static_order, candidates, _evaluator(session)))

@@ -62,7 +62,7 @@ def test_inputs_npz_and_polygraphy_json_are_used(planted_models, tmp_path):
     (["compare", "missing.onnx"], "model file not found"),
     (["compare", "{garbage}"], "is not a readable ONNX model"),
     (["compare", "{model}", "--input-shape", "nope:1x2"], "not a model input"),
-    (["compare", "{model}", "--input-shape", "input"], "bad --input-shape"),
+    (["compare", "{model}", "--input-shape", "input"], "Invalid value for '--input-shape'"),
     (["compare", "{model}", "--input-shape", "input:1x3x8"], "does not fit"),
     (["compare", "{model}", "--inputs", "{wrong_names}"], "'other', which is not a model input"),
     (["compare", "{model}", "--inputs", "{wrong_shape}"], "does not fit"),

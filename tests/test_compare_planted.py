@@ -9,7 +9,8 @@ from trtdebug.core.metrics import Tolerance
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
 from trtdebug.engines.emulator.engine import EmulatorEngine
-from trtdebug.workflows.compare import Problem, run_compare
+from trtdebug.workflows.compare import run_compare
+from trtdebug.workflows.problem import Problem
 
 
 def _compare(path, precision="fp16", plan=None):

@@ -12,11 +12,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fixtures import planted
-from trtdebug.artifacts.build_flags import command_line, polygraphy_args, trtexec_args, write_mixed_precision_onnx
-from trtdebug.artifacts.mixed_onnx import to_mixed_precision_onnx
+from trtdebug.artifacts.build_flags import command_line, polygraphy_args, trtexec_args
+from trtdebug.artifacts.mixed_onnx import write_mixed_onnx
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
 from trtdebug.core.reference import run_reference
+from trtdebug.core.typed_onnx import to_mixed_precision_onnx
 from trtdebug.engines.base import Marking
 from trtdebug.errors import UserError
 
@@ -216,7 +217,7 @@ def test_exported_onnx_builds_with_tensorrt_rtx(which: str, tmp_path: Path, over
 
     model, plan = ((overflow_model, ISLAND) if which == "island"
                    else (mixed_ops_model(), PrecisionPlan("fp16", {"mul": "fp32"})))
-    path = write_mixed_precision_onnx(model, plan, tmp_path / "mixed.onnx")
+    path = write_mixed_onnx(model, plan, tmp_path / "mixed.onnx")
     exported = Model.load(path)
     check_cast_rules(model, exported.proto)
     engine = TensorRTEngine("tensorrt-rtx", compute_capabilities=("SM89",))

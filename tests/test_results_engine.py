@@ -13,7 +13,7 @@ from polygraphy.comparator import RunResults
 from polygraphy.json import save_json
 
 from fixtures import planted
-from trtdebug.core.metrics import Tolerance, compare
+from trtdebug.core.metrics import Tolerance, compare_tensors
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
 from trtdebug.core.reference import run_reference
@@ -21,7 +21,8 @@ from trtdebug.engines import get_engine
 from trtdebug.engines.base import Marking
 from trtdebug.engines.results import ResultsEngine
 from trtdebug.errors import UserError
-from trtdebug.workflows.compare import Problem, run_compare
+from trtdebug.workflows.compare import run_compare
+from trtdebug.workflows.problem import Problem
 
 NHWC_TENSOR = "conv1"  # [1, 8, 16, 16] saved as [1, 16, 16, 8]
 ZERO_TENSOR = "conv2"
@@ -92,7 +93,7 @@ def test_compare_finds_both_planted_defects_at_their_layers(kind: str, request: 
                                                             reference: dict[str, np.ndarray]) -> None:
     path = request.getfixturevalue("polygraphy_file" if kind == "json" else "npz_file")
     values = ResultsEngine(results=path).build(model, PrecisionPlan("fp16"), None, Marking()).run(feeds)
-    result = compare(model, reference, values, Tolerance.for_precision("fp16"))
+    result = compare_tensors(model, reference, values, Tolerance.for_precision("fp16"))
     first = result.first_introduced
     assert first is not None and first.tensor == NHWC_TENSOR and first.node == "conv1"
     assert [d.kind for d in first.defects] == ["layout"]
@@ -107,8 +108,8 @@ def test_the_compare_workflow_takes_the_results_engine(model: Model, feeds: dict
     result = run_compare(Problem.prepare(model, feeds, Tolerance.for_precision("fp16")), engine,
                          PrecisionPlan("fp16"))
     assert [t.tensor for t in result.introduced] == [NHWC_TENSOR, ZERO_TENSOR]
-    assert result.notes["marking"]["runner"] == "trt-runner-N0"
-    assert "reproduction" not in result.notes  # nothing is rebuilt, so nothing to reproduce
+    assert result.marking["runner"] == "trt-runner-N0"
+    assert result.reproduction is None  # nothing is rebuilt, so nothing to reproduce
 
 
 def test_a_runner_can_be_chosen_by_name(model: Model, feeds: dict[str, np.ndarray], polygraphy_file: Path,

@@ -26,9 +26,9 @@ from trtdebug.core.search import (
 from trtdebug.engines.base import BuildError, Capabilities
 from trtdebug.engines.emulator.engine import EmulatorEngine
 from trtdebug.errors import UserError
-from trtdebug.workflows.compare import evaluate_plan
+from trtdebug.workflows.evaluate import evaluate_plan
 from trtdebug.workflows.fallback import run_fallback
-from trtdebug.workflows.problem import open_session
+from trtdebug.workflows.problem import ProblemSpec, prepare
 
 # -- the algorithms on a pass function we control -------------------------------------------------
 
@@ -125,7 +125,8 @@ def test_a_candidate_whose_build_fails_counts_as_failed_not_as_a_crash():
 
     def check(kept: frozenset[str]) -> Verdict:
         if nodes[3] in kept and nodes[4] not in kept:  # a precision boundary the builder rejects
-            raise BuildError("no implementation for layer node0003 in fp32 feeding fp16")
+            return Verdict(False, {}, "build failed: no implementation for layer node0003 in fp32 feeding fp16",
+                           build_failed=True)
         return Verdict({nodes[7]} <= kept, {})
 
     seen: list[Evaluation] = []
@@ -139,7 +140,7 @@ def test_a_candidate_whose_build_fails_counts_as_failed_not_as_a_crash():
 
 
 def _session(path: Path, **options):
-    return open_session(str(path), **options)
+    return prepare(ProblemSpec(str(path), **options))
 
 
 @pytest.mark.parametrize(("n", "k", "seed"), [(50, 1, 0), (50, 3, 1), (50, 8, 2), (200, 3, 3), (200, 8, 4)])

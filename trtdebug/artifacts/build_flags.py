@@ -18,12 +18,10 @@ import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import onnx
-
-from trtdebug.core.model import Model
 from trtdebug.core.precision import PRECISIONS, PrecisionPlan
 from trtdebug.errors import UserError
 
+FLAG_TOOLS = ("trtexec", "polygraphy")  # tools whose build flags a plan can be exported as
 TRTEXEC_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8"}
 POLYGRAPHY_PRECISION = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
 BUILD_FLAG = {"fp16": "--fp16", "bf16": "--bf16", "int8": "--int8"}
@@ -76,16 +74,3 @@ def command_line(program: str, model_path: str | Path, args: Sequence[str]) -> s
     if program == "trtexec":
         return shlex.join(["trtexec", f"--onnx={model_path}", *args])
     return shlex.join([*program.split(), str(model_path), *args])
-
-
-def write_mixed_precision_onnx(model: Model, plan: PrecisionPlan, path: str | Path) -> Path:
-    """The plan as a typed ONNX graph (for TensorRT 11.x, TensorRT-RTX, STRONGLY_TYPED builds)."""
-    from trtdebug.artifacts.mixed_onnx import to_mixed_precision_onnx
-
-    typed = to_mixed_precision_onnx(model, plan)
-    path = Path(path)
-    try:
-        onnx.save(typed, path)
-    except ValueError:  # beyond protobuf's 2 GiB: weights go to a file beside it
-        onnx.save(typed, path, save_as_external_data=True, location=path.name + ".data")
-    return path

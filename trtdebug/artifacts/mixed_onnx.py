@@ -1,259 +1,35 @@
-"""A PrecisionPlan applied to the ONNX graph itself: a typed mixed-precision model.
-
-Strongly typed builders (TensorRT 11.x, TensorRT-RTX, TensorRT 10.x with STRONGLY_TYPED) compute
-each layer in the types its tensors carry. So a plan becomes Cast nodes: every node computes in
-its planned precision, FP16 (or BF16) regions with FP32 islands, and a Cast sits wherever a
-tensor crosses from one precision to another.
-
-Rules:
-- A compute node (precision.is_eligible) reads and writes its *precision slots* (the float inputs
-  and outputs that share output 0's type, precision.precision_slots) in its planned type; other
-  float inputs (Resize scales, BatchNorm statistics in opset >= 15) keep their original type.
-- A data-movement node (Reshape, Concat, Gather, ...) has no precision of its own: its slot inputs
-  are unified to the most precise type they arrive in, and its slot outputs carry that type.
-- Anything else (Q/DQ, Cast's output, control flow, custom ops) reads its float inputs in their
-  original types, exactly as the model had them.
-- Node outputs keep their names (so engine tensors still match ONNX tensor names); only a graph
-  output computed in another type is renamed and Cast back, so graph I/O types never change.
-- Float initializers read in another type are converted once (a new initializer), not Cast.
-- One shared Cast per (tensor, type), created only when a consumer needs it (no orphans), always
-  from the tensor's producer value (never a Cast of a Cast), and a model Cast that only widens is
-  looked through instead of cast again.
-"""
+"""The mixed-precision ONNX file of a plan (core.typed_onnx builds the graph)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import onnx
-from onnx import helper, numpy_helper
 
-from trtdebug.core.model import Model, subgraph_outer_inputs
-from trtdebug.core.precision import ONNX_TYPE, PrecisionPlan, is_eligible, precision_slots
-from trtdebug.errors import UserError
+from trtdebug.core import files
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.typed_onnx import to_mixed_precision_onnx
 
-FLOAT_TYPES: tuple[int, ...] = (onnx.TensorProto.FLOAT, onnx.TensorProto.BFLOAT16,
-                                onnx.TensorProto.FLOAT16)  # most precise first
-TYPE_SUFFIX: dict[int, str] = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16",
-                               onnx.TensorProto.BFLOAT16: "bf16"}
-# Inputs of these ops are read as they are, whatever their type (Cast converts anything; Shape and
-# Size only read the shape).
-ANY_TYPE_INPUT_OPS = frozenset({"Cast", "Shape", "Size"})
-# Ops whose output type is not tied to their float inputs in a way the slots describe.
-FIXED_TYPE_OPS = frozenset({"Cast", "CastLike", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+# protobuf cannot serialize a message of 2 GiB or more; beyond it the weights go to a data file.
+PROTOBUF_LIMIT = 2**31 - 1
 
 
-def _more_precise(a: int, b: int) -> int:
-    return a if FLOAT_TYPES.index(a) <= FLOAT_TYPES.index(b) else b
-
-
-def _has_subgraphs(node: onnx.NodeProto) -> bool:
-    return any(a.HasField("g") or len(a.graphs) for a in node.attribute)
-
-
-class _TypedGraphWriter:
-    """Rewrites the graph node by node, tracking which name holds each tensor in which type."""
-
-    def __init__(self, model: Model):
-        self.model = model
-        self.graph = onnx.GraphProto()
-        self.graph.CopyFrom(model.proto.graph)
-        del self.graph.node[:]
-        del self.graph.value_info[:]  # types change; shape inference restores them
-        self.initializers = {i.name: i for i in self.graph.initializer}
-        self.used_names = {t for n in model.proto.graph.node for t in [*n.input, *n.output]}
-        self.used_names |= set(self.initializers) | {i.name for i in self.graph.input}
-        self.used_node_names = {n.name for n in model.proto.graph.node}
-        self.graph_outputs = {o.name for o in self.graph.output}
-        # tensor -> {onnx type: name of a tensor holding its value in that type}
-        self.available: dict[str, dict[int, str]] = {}
-        self.native: dict[str, str] = {}  # tensor -> the name of its value as produced
-        for name in [*self.initializers, *(i.name for i in self.graph.input)]:
-            self._produced(name, name, self.original_type(name))
-        self.producer_cast = {n.output[0]: n for n in model.nodes if n.op_type == "Cast" and n.output}
-
-    # -- bookkeeping --------------------------------------------------------------------------
-
-    def original_type(self, tensor: str) -> int:
-        dtype = self.model.dtype(tensor)
-        if tensor in self.initializers:
-            return self.initializers[tensor].data_type
-        return int(helper.np_dtype_to_tensor_dtype(dtype)) if dtype is not None else onnx.TensorProto.UNDEFINED
-
-    def is_float(self, tensor: str) -> bool:
-        return bool(tensor) and self.original_type(tensor) in FLOAT_TYPES
-
-    def current_type(self, tensor: str) -> int:
-        types = self.available.get(tensor)
-        if not types:
-            return self.original_type(tensor)
-        native = self.native[tensor]
-        return next(t for t, name in types.items() if name == native)
-
-    def _produced(self, tensor: str, name: str, elem_type: int) -> None:
-        self.available[tensor] = {elem_type: name}
-        self.native[tensor] = name
-
-    def fresh(self, base: str, taken: set[str]) -> str:
-        candidate, k = base, 1
-        while candidate in taken:
-            candidate = f"{base}_{k}"
-            k += 1
-        taken.add(candidate)
-        return candidate
-
-    # -- getting a tensor in a type -----------------------------------------------------------
-
-    def get(self, tensor: str, elem_type: int) -> str:
-        """Name of a tensor holding `tensor`'s value in `elem_type`, creating it on first use."""
-        types = self.available.setdefault(tensor, {})
-        if elem_type in types:
-            return types[elem_type]
-        source_cast = self.producer_cast.get(tensor)
-        if source_cast is not None and self._widening_free(source_cast, elem_type):
-            name = self.get(source_cast.input[0], elem_type)
-        elif tensor in self.initializers:
-            name = self._converted_initializer(tensor, elem_type)
-        else:
-            name = self._cast(self.native.get(tensor, tensor), tensor, elem_type)
-        types[elem_type] = name
-        return name
-
-    def _widening_free(self, cast: onnx.NodeProto, elem_type: int) -> bool:
-        """A model Cast x -> t to a type at least as precise as `elem_type` means t in `elem_type`
-        is x in `elem_type`: cast x directly instead of stacking a Cast on the Cast."""
-        to = next((a.i for a in cast.attribute if a.name == "to"), onnx.TensorProto.UNDEFINED)
-        source = cast.input[0]
-        return (to in FLOAT_TYPES and self.is_float(source) and elem_type in FLOAT_TYPES
-                and _more_precise(to, elem_type) == to)
-
-    def _cast(self, source: str, tensor: str, elem_type: int) -> str:
-        name = self.fresh(f"{tensor}__{TYPE_SUFFIX.get(elem_type, elem_type)}", self.used_names)
-        node_name = self.fresh(f"{name}__cast", self.used_node_names)
-        self.graph.node.append(helper.make_node("Cast", [source], [name], name=node_name, to=elem_type))
-        return name
-
-    def _converted_initializer(self, tensor: str, elem_type: int) -> str:
-        value = numpy_helper.to_array(self.initializers[tensor]).astype("float32")
-        name = self.fresh(f"{tensor}__{TYPE_SUFFIX[elem_type]}", self.used_names)
-        if elem_type == onnx.TensorProto.BFLOAT16:
-            converted = helper.make_tensor(name, elem_type, value.shape, value.reshape(-1).tolist())
-        else:
-            converted = numpy_helper.from_array(value.astype(helper.tensor_dtype_to_np_dtype(elem_type)), name)
-        self.graph.initializer.append(converted)
-        return name
-
-    # -- nodes --------------------------------------------------------------------------------
-
-    def add(self, node: onnx.NodeProto, precision: str | None) -> None:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        in_slots, out_slots = precision_slots(node, self.model.opset)
-        target = self._target_type(node, precision, in_slots)
-        slot_inputs = set(in_slots) if target is not None else set()
-        for i, tensor in enumerate(node.input):
-            if not self.is_float(tensor):
-                continue
-            if i in slot_inputs:
-                copy.input[i] = self.get(tensor, target)  # type: ignore[arg-type]
-            elif node.op_type in ANY_TYPE_INPUT_OPS:
-                copy.input[i] = self.native.get(tensor, tensor)
-            else:
-                copy.input[i] = self.get(tensor, self.original_type(tensor))
-        if _has_subgraphs(node):
-            self._retarget_outer_reads(copy)
-        slot_outputs = set(out_slots) if target is not None else set()
-        for i, tensor in enumerate(node.output):
-            if not tensor:
-                continue
-            elem_type = target if i in slot_outputs and self.is_float(tensor) else self.original_type(tensor)
-            name = tensor
-            if tensor in self.graph_outputs and elem_type != self.original_type(tensor):
-                name = self.fresh(f"{tensor}__{TYPE_SUFFIX[elem_type]}", self.used_names)  # type: ignore[index]
-                copy.output[i] = name
-            self._produced(tensor, name, elem_type)  # type: ignore[arg-type]
-        self.graph.node.append(copy)
-
-    def _target_type(self, node: onnx.NodeProto, precision: str | None, in_slots: tuple[int, ...]) -> int | None:
-        """The type a node's precision slots compute in, or None to keep the model's types."""
-        if node.op_type in FIXED_TYPE_OPS or _has_subgraphs(node):
-            return None
-        if precision is not None:
-            return ONNX_TYPE[precision]
-        arriving = [self.current_type(node.input[i]) for i in in_slots
-                    if i < len(node.input) and self.is_float(node.input[i])]
-        if not arriving:
-            return None
-        common = arriving[0]
-        for elem_type in arriving[1:]:
-            common = _more_precise(common, elem_type)
-        return common
-
-    def _retarget_outer_reads(self, node: onnx.NodeProto) -> None:
-        """Subgraphs read outer tensors by name: point them at the original-typed value."""
-        renames = {}
-        for tensor in subgraph_outer_inputs(node):
-            if self.is_float(tensor):
-                name = self.get(tensor, self.original_type(tensor))
-                if name != tensor:
-                    renames[tensor] = name
-        if renames:
-            for attr in node.attribute:
-                for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    _rename_reads(graph, renames)
-
-    def finish(self) -> None:
-        """Cast graph outputs computed in another type back under their own names; drop
-        initializers nobody reads any more."""
-        for output in self.graph.output:
-            tensor = output.name
-            if self.native.get(tensor, tensor) != tensor:
-                elem_type = self.original_type(tensor)
-                node_name = self.fresh(f"{tensor}__cast", self.used_node_names)
-                self.graph.node.append(helper.make_node("Cast", [self.native[tensor]], [tensor], name=node_name,
-                                                        to=elem_type))
-        read = {t for n in self.graph.node for t in n.input} | {o.name for o in self.graph.output}
-        for n in self.graph.node:
-            read |= subgraph_outer_inputs(n)
-        unused = [i for i in self.graph.initializer if i.name not in read]
-        for init in unused:
-            self.graph.initializer.remove(init)
-        unused_names = {i.name for i in unused}
-        for graph_input in [i for i in self.graph.input if i.name in unused_names]:
-            self.graph.input.remove(graph_input)
-
-
-def _rename_reads(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
-    """Rename reads of outer-scope tensors inside a subgraph (and its nested subgraphs), leaving
-    names the subgraph defines itself alone."""
-    defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
-    defined |= {o for n in graph.node for o in n.output}
-    active = {k: v for k, v in renames.items() if k not in defined}
-    if not active:
-        return
-    for node in graph.node:
-        for i, tensor in enumerate(node.input):
-            if tensor in active:
-                node.input[i] = active[tensor]
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                _rename_reads(sub, active)
-    for output in graph.output:
-        if output.name in active:  # subgraph outputs bind by position, so renaming them is safe
-            output.name = active[output.name]
-
-
-def to_mixed_precision_onnx(model: Model, plan: PrecisionPlan) -> onnx.ModelProto:
-    """The model with every compute node typed in its planned precision (see the module docstring)."""
-    if "int8" in (plan.default, *plan.nodes.values()):
-        raise UserError("a typed graph cannot express INT8 by a plan: strongly typed builds take INT8 from "
-                        "Q/DQ nodes in the model; quantize the model (Q/DQ) and use --precision fp16 or fp32")
-    writer = _TypedGraphWriter(model)
-    for node in model.nodes:
-        writer.add(node, plan.precision_of(node.name) if is_eligible(model, node) else None)
-    writer.finish()
-    typed = onnx.ModelProto()
-    typed.CopyFrom(model.proto)
-    typed.graph.CopyFrom(writer.graph)
-    try:
-        return onnx.shape_inference.infer_shapes(typed)
-    except Exception:
-        return typed  # custom ops or > 2 GiB: the graph is still valid, only less annotated
+def write_mixed_onnx(model: Model, plan: PrecisionPlan, path: str | Path) -> Path:
+    """The plan as a typed ONNX file (for TensorRT 11.x, TensorRT-RTX, STRONGLY_TYPED builds), written
+    atomically; beyond protobuf's 2 GiB limit, with its weights in NAME.onnx.data beside it."""
+    typed = to_mixed_precision_onnx(model, plan)
+    path = Path(path)
+    if typed.ByteSize() < PROTOBUF_LIMIT:
+        return files.write_atomic(path, lambda staged: onnx.save(typed, str(staged)))
+    data_name = f"{path.name}.data"
+    # Both files are staged in one folder beside the destination, then renamed into place.
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
+        staged = Path(folder) / path.name
+        onnx.save(typed, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=data_name)
+        os.replace(Path(folder) / data_name, path.parent / data_name)
+        os.replace(staged, path)
+    return path

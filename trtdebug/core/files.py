@@ -94,3 +94,35 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
 def save_npz(path: str | Path, tensors: Mapping[str, np.ndarray]) -> Path:
     arrays = {name: np.asarray(value) for name, value in tensors.items()}
     return write_atomic(path, lambda p: np.savez(p, **arrays))  # type: ignore[arg-type]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[str, str | Path | None]) -> None:
+    """Before any work: no output may be one of the inputs, nor a folder; missing output folders are
+    created, and folders that cannot be written are refused. Keys name the files to the user."""
+    given = {label: Path(p) for label, p in inputs.items() if p is not None}
+    wanted = {label: Path(p) for label, p in outputs.items() if p is not None}
+    for label, path in wanted.items():
+        clash = next((name for name, source in given.items() if _same_file(path, source)), None)
+        if clash is not None:
+            raise UserError(f"{label} {path} would overwrite the {clash}; write it elsewhere")
+        if path.is_dir():
+            raise UserError(f"{label} {path} is a folder; give a file name")
+        folder = path.parent if str(path.parent) else Path(".")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the folder of {label} {path}: {exc.strerror or exc}") from None
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"cannot write {label} {path}: folder {folder} is not writable")
+    seen: dict[Path, str] = {}
+    for label, path in wanted.items():
+        key = path.resolve()
+        if key in seen:
+            raise UserError(f"{label} and {seen[key]} are the same file {path}; give them different names")
+        seen[key] = label

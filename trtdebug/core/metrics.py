@@ -126,6 +126,21 @@ class TensorReport:
     precision: str = ""
 
 
+@dataclass(frozen=True)
+class Reproduction:
+    """Whether the marked build (tensors exposed) still shows the unmarked build's verdict."""
+
+    checked: bool
+    reason: str = ""  # why it could not be checked
+    unmarked_passed: bool | None = None
+    marked_passed: bool | None = None
+    unmarked_reason: str = ""
+
+    @property
+    def reproduces(self) -> bool | None:
+        return None if not self.checked else self.unmarked_passed == self.marked_passed
+
+
 @dataclass
 class CompareResult:
     model: str
@@ -134,7 +149,12 @@ class CompareResult:
     tolerance: Tolerance
     tensors: list[TensorReport]
     passed: bool
-    notes: dict[str, Any] = field(default_factory=dict)  # marking, reproduction check, folding
+    verdict: str = ""  # why the final outputs failed ("" when they passed)
+    marking: dict[str, Any] = field(default_factory=dict)  # what the engine exposed, in its own words
+    local_error: bool = False  # whether local (per-layer, reference-fed) error was computed
+    kept: list[str] = field(default_factory=list)  # nodes the plan keeps above the default precision
+    bans: int = 0  # tactic bans the build applied
+    reproduction: Reproduction | None = None  # None: the engine marks exactly, nothing to check
     layers: list[Any] = field(default_factory=list)  # LayerInfo of the build
     range_violations: list[Any] = field(default_factory=list)
 
@@ -167,14 +187,15 @@ def _badness(t: TensorReport) -> tuple[int, float, float]:
 
 @dataclass
 class Verdict:
-    """Whether final outputs meet tolerance; what a fallback search evaluates."""
+    """Whether final outputs pass (tolerance or a --check command); what every search evaluates."""
 
     passed: bool
     outputs: dict[str, Metrics]
     reason: str = ""
+    build_failed: bool = False  # the candidate could not be built at all
 
 
-def check_outputs(model: Model, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+def judge_outputs(model: Model, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
                   tolerance: Tolerance) -> Verdict:
     metrics: dict[str, Metrics] = {}
     failing = []
@@ -197,7 +218,7 @@ def check_outputs(model: Model, reference: Mapping[str, np.ndarray], candidate: 
     return Verdict(not failing, metrics, reason)
 
 
-def compare(model: Model, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+def compare_tensors(model: Model, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
             tolerance: Tolerance, local: Mapping[str, np.ndarray] | None = None,
             layer_of: Mapping[str, tuple[str, str]] | None = None, engine: str = "",
             precision: str = "") -> CompareResult:
@@ -229,9 +250,8 @@ def compare(model: Model, reference: Mapping[str, np.ndarray], candidate: Mappin
             if report.status != "ok":
                 tainted.add(tensor)
             reports.append(report)
-    verdict = check_outputs(model, reference, candidate, tolerance)
-    return CompareResult(model.name, engine, precision, tolerance, reports, verdict.passed,
-                         notes={"verdict": verdict.reason})
+    verdict = judge_outputs(model, reference, candidate, tolerance)
+    return CompareResult(model.name, engine, precision, tolerance, reports, verdict.passed, verdict.reason)
 
 
 def _classify(report: TensorReport, ref: np.ndarray, cand: np.ndarray, local: np.ndarray | None,

@@ -128,8 +128,10 @@ def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.
     return [nodes[i] for i in order]
 
 
-def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
+def _check_external_data(proto: onnx.ModelProto, folder: Path) -> list[Path]:
+    """The external data files the model reads; refused when outside its folder or missing."""
     root = folder.resolve()
+    found: list[Path] = []
     for tensor in _all_tensors(proto.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
@@ -141,6 +143,8 @@ def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
         if not target.is_file():
             raise UserError(f"external data file {location!r} for tensor {tensor.name!r} is missing; "
                             f"copy it into {folder}")
+        found.append(target)
+    return sorted(set(found))
 
 
 def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -158,8 +162,9 @@ def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
 class Model:
     """An ONNX model with unique node names, inferred shapes and a graph index."""
 
-    def __init__(self, proto: onnx.ModelProto, path: Path | None = None):
+    def __init__(self, proto: onnx.ModelProto, path: Path | None = None, data_files: list[Path] | None = None):
         self.path = path
+        self.data_files = data_files or []  # external data files read with the model
         self.proto = proto
         self.renamed_nodes = _make_node_names_unique(proto.graph)
         self._infer_shapes()
@@ -197,13 +202,13 @@ class Model:
                             "check the path or re-export the model") from None
         if not proto.graph.node and not proto.graph.output:
             raise UserError(f"{path} is not an ONNX model (no graph in it); check the path")
-        _check_external_data(proto, path.parent)
+        data_files = _check_external_data(proto, path.parent)
         try:
             onnx.load_external_data_for_model(proto, str(path.parent))
         except Exception as exc:
             raise UserError(f"cannot read external data of {path}: {exc}") from None
         _check_opset(proto, path)
-        return cls(proto, path)
+        return cls(proto, path, data_files)
 
     @classmethod
     def from_proto(cls, proto: onnx.ModelProto) -> Model:

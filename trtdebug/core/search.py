@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from trtdebug.core.metrics import CompareResult, Metrics, Verdict
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
-from trtdebug.engines.base import BuildError
 
 STRATEGIES = ("ranked", "linear", "bisect")
 
@@ -89,11 +88,8 @@ class Evaluator:
         if known is not None:
             return known
         started = time.perf_counter()
-        try:
-            verdict = self._check(key)
-        except BuildError as exc:  # a candidate that cannot be built is a failed candidate
-            verdict = Verdict(False, {}, f"build failed: {exc}")
-        evaluation = Evaluation(key, verdict.passed, verdict.reason, verdict.reason.startswith("build failed"),
+        verdict = self._check(key)
+        evaluation = Evaluation(key, verdict.passed, verdict.reason, verdict.build_failed,
                                 self.phase, time.perf_counter() - started, verdict=verdict)
         self._memo[key] = evaluation
         self.builds += 1

@@ -1,84 +1,137 @@
-"""Turn command-line choices into the objects every command works on: model, feeds and reference
-(a Problem), engine, precision plan and ban list. Validation errors surface here, once."""
+"""What every workflow works on, prepared once from typed choices.
+
+`ProblemSpec` holds a user's choices (model, inputs, precision, engine, tolerances, plan, bans);
+`prepare` validates them and returns a `Case`: the Problem (model, feeds, FP32 reference,
+tolerance), the engine under test, the precision plan and the ban list. Every validation error
+surfaces here, before any long work starts.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
 
 from trtdebug.core.bans import BanList
-from trtdebug.core.inputs import (
-    generate_feeds,
-    load_feeds,
-    parse_named_pair,
-    parse_shape_overrides,
-    parse_value_ranges,
-    resolve_shapes,
-    validate_feeds,
-)
+from trtdebug.core.files import check_outputs
+from trtdebug.core.inputs import generate_feeds, load_feeds, resolve_shapes, validate_feeds
 from trtdebug.core.metrics import Tolerance
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.reference import run_reference
 from trtdebug.engines import Engine, get_engine
 from trtdebug.errors import UserError
-from trtdebug.workflows.compare import Problem
+
+Shape = tuple[int, ...]
+DEFAULT_PRECISION = "fp16"
 
 
 @dataclass
-class Session:
+class Problem:
+    """A model, its feeds, their FP32 reference values, and the tolerance outputs are judged by."""
+
+    model: Model
+    feeds: dict[str, np.ndarray]
+    reference: dict[str, np.ndarray]
+    tolerance: Tolerance
+
+    @classmethod
+    def prepare(cls, model: Model, feeds: Mapping[str, np.ndarray], tolerance: Tolerance) -> Problem:
+        feeds = dict(feeds)
+        return cls(model, feeds, run_reference(model, feeds), tolerance)
+
+    def reference_outputs(self) -> dict[str, np.ndarray]:
+        return {o.name: self.reference[o.name] for o in self.model.outputs}
+
+
+@dataclass(frozen=True)
+class ProblemSpec:
+    """A user's choices, typed. `precision` None: the plan's default, or fp16 without a plan."""
+
+    model: str | Path
+    precision: str | None = None
+    engine: str = "emulator"
+    input_shapes: Mapping[str, Shape] = field(default_factory=dict)
+    input_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    inputs: str | Path | None = None
+    seed: int = 0
+    atol: float | None = None
+    rtol: float | None = None
+    output_tolerances: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    plan: str | Path | None = None
+    bans: str | Path | None = None
+    results: str | Path | None = None
+    obey: bool = False
+
+
+@dataclass
+class Case:
+    """Everything a workflow needs: the problem, the engine under test, the plan and the bans."""
+
     problem: Problem
     engine: Engine
     plan: PrecisionPlan
     bans: BanList | None
 
 
-def parse_output_tolerances(specs: tuple[str, ...]) -> dict[str, tuple[float, float]]:
-    tolerances = {}
-    for spec in specs:
-        name, atol, rtol = parse_named_pair(spec, "--output-tol", "NAME:ATOL,RTOL", "logits:1e-2,1e-3")
-        tolerances[name] = (atol, rtol)
-    return tolerances
-
-
-def load_plan(path: str | None, model: Model, precision: str) -> PrecisionPlan:
+def load_plan(path: str | Path | None, model: Model, precision: str | None) -> PrecisionPlan:
+    """The plan to build with: the file's (made for this model), or all nodes at `precision`."""
     if path is None:
-        return PrecisionPlan(default=precision).for_model(model)
+        return PrecisionPlan(default=precision or DEFAULT_PRECISION).for_model(model)
     plan = PrecisionPlan.load(path)
-    plan.check_for(model, source=path)
+    plan.check_for(model, source=str(path))
+    if precision is not None and precision != plan.default:
+        raise UserError(f"--precision {precision} contradicts {path}, whose default precision is "
+                        f"{plan.default}; leave --precision out to use the plan's")
     return plan
 
 
-def open_session(model: str, precision: str = "fp16", engine_name: str = "emulator",
-                 input_shapes: tuple[str, ...] = (), input_ranges: tuple[str, ...] = (),
-                 inputs_path: str | None = None, seed: int = 0, atol: float | None = None,
-                 rtol: float | None = None, output_tols: tuple[str, ...] = (), plan_path: str | None = None,
-                 bans_path: str | None = None, results_path: str | None = None, obey: bool = False) -> Session:
-    loaded = Model.load(model)
-    per_output = parse_output_tolerances(output_tols)
-    unknown = set(per_output) - {o.name for o in loaded.outputs}
+def load_bans(path: str | Path | None, model: Model) -> BanList | None:
+    return BanList.load(path, model_sha256=model.sha256) if path else None
+
+
+def prepare_feeds(model: Model, spec: ProblemSpec) -> dict[str, np.ndarray]:
+    if spec.inputs:
+        return validate_feeds(model, load_feeds(spec.inputs))
+    return generate_feeds(model, resolve_shapes(model, spec.input_shapes), spec.input_ranges, spec.seed)
+
+
+def input_files(spec: ProblemSpec, model: Model) -> dict[str, Path | str | None]:
+    """Every file the user gave, by the name the user knows it by."""
+    files: dict[str, Path | str | None] = {"model": spec.model}
+    files.update({f"model's external data {p.name}": p for p in model.data_files})
+    files.update({"--inputs file": spec.inputs, "--plan": spec.plan, "--bans": spec.bans, "--results": spec.results})
+    return files
+
+
+def prepare(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None = None) -> Case:
+    """Validate every choice and run the FP32 reference. `outputs` (label -> path) are the files the
+    workflow will write: checked against the inputs, and their folders created, before any work."""
+    model = Model.load(spec.model)
+    if outputs:
+        check_outputs(outputs, input_files(spec, model))
+    unknown = sorted(set(spec.output_tolerances) - {o.name for o in model.outputs})
     if unknown:
-        raise UserError(f"--output-tol names {sorted(unknown)[0]!r}, which is not a model output")
-    if inputs_path:
-        feeds = validate_feeds(loaded, load_feeds(inputs_path))
-    else:
-        shapes = resolve_shapes(loaded, parse_shape_overrides(input_shapes))
-        feeds = generate_feeds(loaded, shapes, parse_value_ranges(input_ranges), seed)
-    plan = load_plan(plan_path, loaded, precision)
-    bans = BanList.load(bans_path) if bans_path else None
-    if bans is not None:  # an empty ban list is falsy but still belongs to one model
-        bans.check_for(loaded.sha256, source=bans_path or "the ban list")
-    engine = _engine(engine_name, results_path, obey, {name: value.shape for name, value in feeds.items()})
-    tolerance = Tolerance.for_precision(plan.default, atol, rtol, per_output)
-    return Session(Problem.prepare(loaded, feeds, tolerance), engine, plan, bans)
+        raise UserError(f"--output-tol names {unknown[0]!r}, which is not a model output")
+    feeds = prepare_feeds(model, spec)
+    plan = load_plan(spec.plan, model, spec.precision)
+    bans = load_bans(spec.bans, model)
+    engine = open_engine(spec.engine, spec.results, spec.obey, {name: value.shape for name, value in feeds.items()})
+    tolerance = Tolerance.for_precision(plan.default, spec.atol, spec.rtol, spec.output_tolerances)
+    return Case(Problem.prepare(model, feeds, tolerance), engine, plan, bans)
 
 
-def _engine(name: str, results_path: str | None, obey: bool, input_shapes: dict[str, tuple[int, ...]]) -> Engine:
+def open_engine(name: str, results: str | Path | None = None, obey: bool = False,
+                input_shapes: Mapping[str, Shape] | None = None) -> Engine:
     if name == "results":
-        if not results_path:
+        if not results:
             raise UserError("--engine results needs --results FILE (Polygraphy --save-outputs JSON or .npz)")
-        return get_engine("results", results=results_path)
-    if results_path:
+        return get_engine("results", results=results)
+    if results:
         raise UserError("--results only applies to --engine results")
     if name in ("tensorrt", "tensorrt-rtx"):
         # The optimization profile is built around the shapes of the feeds actually used.
-        return get_engine(name, obey_constraints=obey, input_shapes=input_shapes)
+        return get_engine(name, obey_constraints=obey, input_shapes=dict(input_shapes or {}))
     return get_engine(name)

@@ -23,23 +23,25 @@ emulator); engines without it are simply built again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from trtdebug import __version__
 from trtdebug.core.bans import BanEntry, BanList
-from trtdebug.core.metrics import CompareResult, TensorReport, Verdict, check_outputs
+from trtdebug.core.metrics import CompareResult, TensorReport
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
 from trtdebug.engines.base import BuildError, Built, Engine, LayerInfo, Marking, reseeded, tactic_recording
 from trtdebug.errors import UserError
-from trtdebug.workflows.compare import Problem, run_compare
+from trtdebug.workflows.compare import run_compare
+from trtdebug.workflows.evaluate import evaluate_build
+from trtdebug.workflows.problem import Problem
+from trtdebug.workflows.progress import SILENT, Progress
 
 MAX_ROUNDS = 3  # bans can reveal errors hidden downstream; a few rounds catch chains of them
 
 LayerKey = tuple[str, ...]
-Progress = Callable[[str], None]
 
 
 def layer_key(layer: LayerInfo) -> LayerKey:
@@ -94,21 +96,12 @@ def record_builds(problem: Problem, engine: CountingEngine, plan: PrecisionPlan,
     records = []
     for index in range(count):
         repeat = repeated_engine(engine, index)
-        verdict, built = _verdict_and_build(problem, repeat, plan, bans)
-        layers = built.layers if built else []
+        evaluated = evaluate_build(problem, repeat, plan, bans)
+        verdict, layers = evaluated.verdict, evaluated.built.layers if evaluated.built else []
         records.append(BuildRecord(index, verdict.passed, verdict.reason,
                                    {layer_key(x): x.tactic for x in layers if x.tactic},
                                    {layer_key(x): x.name for x in layers}, repeat))
     return records
-
-
-def _verdict_and_build(problem: Problem, engine: Engine, plan: PrecisionPlan,
-                       bans: BanList | None) -> tuple[Verdict, Built | None]:
-    try:
-        built = engine.build(problem.model, plan, bans, Marking.final_outputs_only())
-    except BuildError as exc:
-        return Verdict(False, {}, f"build failed: {exc}"), None
-    return check_outputs(problem.model, problem.reference, built.run(problem.feeds), problem.tolerance), built
 
 
 @dataclass(frozen=True)
@@ -273,7 +266,7 @@ class _Search:
 
     def compare(self, bans: BanList, label: str) -> CompareResult:
         self.compares += 1
-        self.progress(f"compare {self.compares}: {label}")
+        self.progress.advance(f"compare {self.compares}: {label}")
         return run_compare(self.problem, self.engine, self.plan, bans if len(bans) else None)
 
     def with_bans(self, base: BanList, suspects: Sequence[Suspect]) -> BanList:
@@ -345,7 +338,7 @@ def _judge(suspect: Suspect, trial: Trial) -> tuple[bool, str]:
 
 
 def find_tactic_bans(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: BanList | None = None,
-                     builds: int = 1, progress: Progress | None = None) -> TacticSearch:
+                     builds: int = 1, progress: Progress = SILENT) -> TacticSearch:
     """The whole search (module docstring); `bans` are applied throughout and kept in the result."""
     if not engine.capabilities.rebuilds:
         raise UserError("`trtdebug tactics` rebuilds the model; --engine results only replays captured "
@@ -353,14 +346,16 @@ def find_tactic_bans(problem: Problem, engine: Engine, plan: PrecisionPlan, bans
     if builds < 1:
         raise UserError(f"--builds must be at least 1, not {builds}")
     tally = BuildTally()
-    search = _Search(problem, CountingEngine(tactic_recording(engine), tally), plan, bans,
-                     progress or (lambda _: None))
+    search = _Search(problem, CountingEngine(tactic_recording(engine), tally), plan, bans, progress)
+    progress.begin("searching tactics")
     records = record_builds(problem, search.engine, plan, bans, builds) if builds > 1 else []
     try:
         baseline, notes = _baseline(search, records)
         final, decisions, suspects, unbannable = _ban_rounds(search, baseline)
     except BuildError as exc:  # trials catch their own; this is the default build or the verification
-        raise UserError(f"a build the tactic search needs failed: {exc}") from None
+        raise BuildError(f"a build the tactic search needs failed: {exc}") from None
+    finally:
+        progress.end()
     found = search.given.extended([d.entry for d in decisions if d.kept])
     records_with_bans = (record_builds(problem, search.engine, plan, found, builds)
                          if records and len(found) > len(search.given) else [])

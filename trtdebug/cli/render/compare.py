@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from trtdebug import __version__
-from trtdebug.core.metrics import CompareResult, Metrics, TensorReport
+from trtdebug.core.metrics import CompareResult, TensorReport
 
 REPORT_FORMAT = "trtdebug.compare-report"
 REPORT_VERSION = 1
@@ -32,7 +28,7 @@ def verdict_line(result: CompareResult) -> str:
         return (f"[bold green]PASS[/] {result.model} on {result.engine} ({result.precision}): "
                 "all outputs within tolerance")
     return (f"[bold red]FAIL[/] {result.model} on {result.engine} ({result.precision}): "
-            f"{result.notes.get('verdict') or 'outputs out of tolerance'}")
+            f"{result.verdict or 'outputs out of tolerance'}")
 
 
 def describe_tensor(t: TensorReport) -> str:
@@ -64,7 +60,7 @@ def render_compare(result: CompareResult, console: Console, top: int = 10) -> No
                       "within per-layer tolerance.")
     worst = result.worst(top)
     if worst:
-        console.print(_worst_table(worst, result.notes.get("local_error", False)))
+        console.print(_worst_table(worst, result.local_error))
     _render_notes(result, console)
 
 
@@ -91,72 +87,14 @@ def _render_notes(result: CompareResult, console: Console) -> None:
     compared = len(result.tensors) - missing
     console.print(f"{compared} tensors compared" + (f", {missing} not exposed by the engine (fused)"
                                                      if missing else ""), style="dim")
-    repro = result.notes.get("reproduction")
-    if repro and repro.get("checked") and not repro.get("reproduces"):
+    repro = result.reproduction
+    if repro is not None and repro.checked and not repro.reproduces:
         console.print("[yellow]warning[/]: marking tensors changed the engine: the unmarked build "
-                      f"{'passes' if repro['unmarked_passed'] else 'fails'} but the marked one "
-                      f"{'passes' if repro['marked_passed'] else 'fails'}")
+                      f"{'passes' if repro.unmarked_passed else 'fails'} but the marked one "
+                      f"{'passes' if repro.marked_passed else 'fails'}")
+    elif repro is not None and not repro.checked:
+        console.print(f"[yellow]warning[/]: could not check that marking left the engine unchanged: {repro.reason}")
     risky = [v for v in result.range_violations if not v.folded_by_builder]
     if risky:
         names = ", ".join(v.tensor for v in risky[:3]) + (" ..." if len(risky) > 3 else "")
         console.print(f"[yellow]static check[/]: {len(risky)} constant(s) exceed the FP16 range: {names}")
-
-
-# -- JSON --------------------------------------------------------------------------------------
-
-def _metrics_json(m: Metrics | None) -> dict[str, Any] | None:
-    return None if m is None else m.to_json()
-
-
-def compare_to_json(result: CompareResult) -> dict[str, Any]:
-    first = result.first_introduced
-    return {
-        "format": REPORT_FORMAT,
-        "version": REPORT_VERSION,
-        "trtdebug": __version__,
-        "model": result.model,
-        "engine": result.engine,
-        "precision": result.precision,
-        "tolerance": {"atol": result.tolerance.atol, "rtol": result.tolerance.rtol,
-                      "per_output": {k: list(v) for k, v in result.tolerance.per_output.items()}},
-        "passed": result.passed,
-        "verdict": result.notes.get("verdict", ""),
-        "first_introduced": None if first is None else first.tensor,
-        "outputs": {t.tensor: _metrics_json(t.accumulated) for t in result.outputs},
-        "tensors": [_tensor_json(t) for t in result.tensors],
-        "layers": [_layer_json(layer) for layer in result.layers],
-        "range_violations": [{"tensor": v.tensor, "max_abs": v.max_abs, "consumers": list(v.consumers),
-                              "folded_by_builder": v.folded_by_builder} for v in result.range_violations],
-        "notes": _jsonable(result.notes),
-    }
-
-
-def _tensor_json(t: TensorReport) -> dict[str, Any]:
-    return {"tensor": t.tensor, "node": t.node, "op_type": t.op_type, "index": t.index,
-            "shape": list(t.shape), "is_output": t.is_output, "status": t.status, "layer": t.layer,
-            "precision": t.precision, "accumulated": _metrics_json(t.accumulated),
-            "local": _metrics_json(t.local),
-            "defects": [{"kind": d.kind, "message": d.message, "details": _jsonable(d.details)}
-                        for d in t.defects]}
-
-
-def _layer_json(layer: Any) -> dict[str, Any]:
-    return {"name": layer.name, "onnx_nodes": list(layer.onnx_nodes), "precision": layer.precision,
-            "tactic": layer.tactic, "op_type": layer.op_type, "outputs": list(layer.outputs),
-            "alternatives": list(layer.alternatives)}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
-
-
-def write_json(data: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")

@@ -323,7 +323,7 @@ class NetworkBuilder:
             return self.model.proto, False
         if self.plan.default == "fp32" and not self.plan.nodes:
             return self.model.proto, False
-        from trtdebug.artifacts.mixed_onnx import to_mixed_precision_onnx
+        from trtdebug.core.typed_onnx import to_mixed_precision_onnx
 
         return to_mixed_precision_onnx(self.model, self.plan), True
 

@@ -1,0 +1,38 @@
+"""`trtdebug build`: a saved plan as a mixed-precision ONNX model, an engine file, or build flags."""
+
+from __future__ import annotations
+
+import click
+
+from trtdebug.artifacts.build_flags import FLAG_TOOLS
+from trtdebug.cli import console
+from trtdebug.cli.options import BUILDING_ENGINE
+from trtdebug.errors import EXIT_OK, UserError
+
+
+@click.command("build")
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("--plan", "plan_path", type=click.Path(path_type=str), required=True,
+              help="Precision plan (from `trtdebug fallback`).")
+@click.option("--bans", "bans_path", type=click.Path(path_type=str), help="Tactic ban list to build with.")
+@click.option("--engine", "engine_name", type=BUILDING_ENGINE, default="emulator", show_default=True,
+              help="Engine that builds a non-ONNX --out.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=str),
+              help="NAME.onnx: the mixed-precision ONNX model; any other name: the serialized engine.")
+@click.option("--emit", "emit", type=click.Choice(list(FLAG_TOOLS)), multiple=True,
+              help="Print the command that builds the plan with this tool (TensorRT <= 10.x; repeatable).")
+@click.option("--obey", is_flag=True, help="With --emit: OBEY precision constraints instead of PREFER.")
+def build_command(model: str, plan_path: str, bans_path: str | None, engine_name: str, out_path: str | None,
+                  emit: tuple[str, ...], obey: bool) -> int:
+    """Apply a precision plan: write the mixed-precision ONNX model or the built engine, or print the
+    trtexec / Polygraphy command that builds it."""
+    from trtdebug.workflows.build import build_artifact
+
+    if out_path is None and not emit:
+        raise UserError("trtdebug build needs --out FILE (NAME.onnx or an engine file) or --emit trtexec|polygraphy")
+    outcome = build_artifact(model, plan_path, bans_path, engine_name, out_path, emit, obey)
+    for command in outcome.commands.values():
+        console.stdout.print(command, markup=False, soft_wrap=True)
+    if outcome.written is not None:
+        console.stdout.print(f"wrote {outcome.written}", markup=False)
+    return EXIT_OK

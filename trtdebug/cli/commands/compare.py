@@ -1,0 +1,48 @@
+"""`trtdebug compare`: every layer against onnxruntime FP32; where error starts and why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from trtdebug.cli import console
+from trtdebug.cli.options import problem_options, problem_spec
+from trtdebug.engines.base import MARK_MODES
+from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
+
+
+@click.command("compare")
+@problem_options
+@click.option("--mark", "mark_mode", type=click.Choice(list(MARK_MODES)), default="outputs",
+              show_default=True, help="How TensorRT exposes layer outputs.")
+@click.option("--chunk", "chunk_size", type=click.IntRange(min=1), help="Expose at most this many tensors per build.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Rows in the worst-layers table.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Write the full JSON report here.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Write the terminal report as HTML.")
+def compare_command(mark_mode: str, chunk_size: int | None, top: int, json_path: str | None,
+                    html_path: str | None, **problem_args: Any) -> int:
+    """Compare every layer of the engine against onnxruntime FP32 and say where error starts."""
+    from trtdebug.artifacts.compare_report import write_compare_report
+    from trtdebug.cli.progress import LineProgress
+    from trtdebug.cli.render.compare import render_compare
+    from trtdebug.engines.base import Marking
+    from trtdebug.workflows.compare import compare_case
+    from trtdebug.workflows.problem import prepare
+
+    case = prepare(problem_spec(**problem_args), outputs={"--json": json_path, "--html": html_path})
+    out = console.stdout
+    if html_path:
+        out.record = True
+    result = compare_case(case, Marking(mode=mark_mode, chunk_size=chunk_size),  # type: ignore[arg-type]
+                          progress=LineProgress(console.stderr, quiet=True))
+    render_compare(result, out, top=top)
+    if json_path:
+        write_compare_report(result, json_path)
+        out.print(f"JSON report: {json_path}", style="dim")
+    if html_path:
+        out.save_html(html_path)
+    return EXIT_OK if result.passed else EXIT_PROBLEM

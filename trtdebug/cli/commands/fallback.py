@@ -1,0 +1,41 @@
+"""`trtdebug fallback`: the fewest layers to keep in higher precision; plan, artefacts, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from trtdebug.cli import console
+from trtdebug.cli.options import problem_options, problem_spec
+from trtdebug.core.search import STRATEGIES
+from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
+
+
+@click.command("fallback")
+@problem_options
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Precision plan to write (default: MODEL.plan.json here); the journal, compare report "
+                   "and rebuilt artefact are written beside it.")
+@click.option("--strategy", type=click.Choice(list(STRATEGIES)), default="ranked",
+              show_default=True, help="ranked: minimal set; linear/bisect: Polygraphy's first-K-layers baselines.")
+@click.option("--resume", is_flag=True, help="Continue the search recorded in the plan's journal.")
+@click.option("--check", "check_command", metavar="CMD",
+              help="Pass criterion instead of tolerance: a shell command; {outputs} becomes an .npz of the "
+                   "engine outputs ({reference}: of the FP32 ones); exit 0 = pass.")
+def fallback_command(out_path: str | None, strategy: str, resume: bool, check_command: str | None,
+                     **problem_args: Any) -> int:
+    """Find the fewest layers to keep in higher precision so the outputs pass; save the plan."""
+    from trtdebug.cli.progress import LineProgress
+    from trtdebug.cli.render.fallback import render_fallback
+    from trtdebug.core.criterion import CheckCommand
+    from trtdebug.workflows.fallback import fallback_outputs, run_fallback
+    from trtdebug.workflows.problem import prepare
+
+    check = CheckCommand(check_command) if check_command is not None else None
+    out = Path(out_path or f"{Path(problem_args['model']).stem}.plan.json")
+    case = prepare(problem_spec(**problem_args), outputs=fallback_outputs(out))
+    outcome = run_fallback(case, out, strategy, resume, check, LineProgress(console.stderr))
+    render_fallback(outcome, console.stdout)
+    return EXIT_OK if outcome.found else EXIT_PROBLEM

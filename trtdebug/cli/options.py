@@ -1,0 +1,159 @@
+"""Option types and the options every command shares, built from the library's own constants.
+
+Every value is validated when it is parsed (finite numbers, ranges, LOW <= HIGH, dims >= 1), so a
+bad option is one line and exit 2 before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from trtdebug.core.precision import PRECISIONS
+from trtdebug.engines import ENGINE_NAMES
+
+if TYPE_CHECKING:
+    from trtdebug.workflows.problem import ProblemSpec
+
+Shape = tuple[int, ...]
+_DIMS = re.compile(r"^\d+(x\d+)*$")
+
+
+class FiniteFloat(click.ParamType):
+    """A finite float, at least `minimum`."""
+
+    name = "float"
+
+    def __init__(self, minimum: float = -math.inf):
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            number = value
+        else:
+            try:
+                number = float(value)
+            except ValueError:
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if number < self.minimum:
+            self.fail(f"{value!r} is below {self.minimum:g}", param, ctx)
+        return number
+
+
+def parse_dims(text: str) -> Shape:
+    """`1x3x224x224` -> (1, 3, 224, 224); an empty string is a scalar; every dim at least 1."""
+    if text == "":
+        return ()
+    if not _DIMS.match(text):
+        raise ValueError(text)
+    dims = tuple(int(d) for d in text.split("x"))
+    if any(d < 1 for d in dims):
+        raise ValueError(text)
+    return dims
+
+
+class InputShape(click.ParamType):
+    """NAME:DxDx... (names may contain ':'; the last one separates)."""
+
+    name = "NAME:DxDx..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, Shape]:
+        if isinstance(value, tuple):
+            return value
+        name, sep, dims = str(value).strip().rpartition(":")
+        try:
+            if not name or not sep:
+                raise ValueError(value)
+            return name, parse_dims(dims)
+        except ValueError:
+            self.fail(f"{value!r}: write it as NAME:DxDx... with every dimension at least 1, "
+                      "e.g. x:1x3x224x224", param, ctx)
+
+
+class NamedPair(click.ParamType):
+    """NAME:A,B with two finite numbers; `ordered` requires A <= B, `minimum` bounds both."""
+
+    def __init__(self, form: str, example: str, minimum: float = -math.inf, ordered: bool = False):
+        self.name = form
+        self.example = example
+        self.minimum = minimum
+        self.ordered = ordered
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> tuple[str, tuple[float, float]]:
+        if isinstance(value, tuple):
+            return value
+        name, _, numbers = str(value).rpartition(":")
+        try:
+            first, second = (float(v) for v in numbers.split(","))
+        except ValueError:
+            first = second = math.nan
+        if not name or not (math.isfinite(first) and math.isfinite(second)):
+            self.fail(f"{value!r}: write it as {self.name} with finite numbers, e.g. {self.example}", param, ctx)
+        if min(first, second) < self.minimum:
+            self.fail(f"{value!r}: values must be at least {self.minimum:g}, e.g. {self.example}", param, ctx)
+        if self.ordered and first > second:
+            self.fail(f"{value!r}: LOW must not exceed HIGH, e.g. {self.example}", param, ctx)
+        return name, (first, second)
+
+
+PRECISION = click.Choice(list(PRECISIONS))
+ENGINE = click.Choice(list(ENGINE_NAMES))
+BUILDING_ENGINE = click.Choice([e for e in ENGINE_NAMES if e != "results"])
+
+
+def problem_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every analysing command shares: the model, its inputs, precision, engine, tolerance."""
+    options = [
+        click.argument("model", type=click.Path(dir_okay=True, path_type=str)),
+        click.option("--precision", type=PRECISION, default=None,
+                     help="Precision of the build under test [default: fp16, or the --plan's]."),
+        click.option("--engine", "engine_name", type=ENGINE, default="emulator", show_default=True,
+                     help="Engine under test."),
+        click.option("--input-shape", "input_shapes", type=InputShape(), multiple=True,
+                     help="Shape of an input with dynamic dimensions, e.g. x:1x3x224x224 (repeatable)."),
+        click.option("--input-range", "input_ranges", multiple=True,
+                     type=NamedPair("NAME:LOW,HIGH", "x:-1,1", ordered=True),
+                     help="Value range of a generated input (default -1,1 for floats; repeatable)."),
+        click.option("--inputs", "inputs_path", type=click.Path(path_type=str),
+                     help="Input feeds: .npz or Polygraphy input JSON (default: seeded random)."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Seed of generated inputs."),
+        click.option("--atol", type=FiniteFloat(0.0), help="Absolute tolerance (default by precision, fp16: 1e-2)."),
+        click.option("--rtol", type=FiniteFloat(0.0), help="Relative tolerance (default by precision, fp16: 1e-2)."),
+        click.option("--output-tol", "output_tols", multiple=True,
+                     type=NamedPair("NAME:ATOL,RTOL", "logits:1e-2,1e-3", minimum=0.0),
+                     help="Tolerance for one output (repeatable)."),
+        click.option("--plan", "plan_path", type=click.Path(path_type=str),
+                     help="Precision plan (from `trtdebug fallback`) to build with."),
+        click.option("--bans", "bans_path", type=click.Path(path_type=str),
+                     help="Tactic ban list (from `trtdebug tactics`) to build with."),
+        click.option("--results", "results_path", type=click.Path(path_type=str),
+                     help="With --engine results: Polygraphy --save-outputs JSON or .npz of engine tensors."),
+        click.option("--obey", is_flag=True,
+                     help="TensorRT <= 10: OBEY precision constraints instead of PREFER."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def problem_spec(model: str, precision: str | None = None, engine_name: str = "emulator",
+                 input_shapes: tuple[tuple[str, Shape], ...] = (),
+                 input_ranges: tuple[tuple[str, tuple[float, float]], ...] = (), inputs_path: str | None = None,
+                 seed: int = 0, atol: float | None = None, rtol: float | None = None,
+                 output_tols: tuple[tuple[str, tuple[float, float]], ...] = (), plan_path: str | None = None,
+                 bans_path: str | None = None, results_path: str | None = None, obey: bool = False) -> ProblemSpec:
+    """The parsed shared options as the library's typed ProblemSpec."""
+    from trtdebug.workflows.problem import ProblemSpec  # onnxruntime loads only when a command runs
+
+    return ProblemSpec(model=model, precision=precision, engine=engine_name, input_shapes=dict(input_shapes),
+                       input_ranges=dict(input_ranges), inputs=inputs_path, seed=seed, atol=atol, rtol=rtol,
+                       output_tolerances=dict(output_tols), plan=plan_path, bans=bans_path,
+                       results=results_path, obey=obey)

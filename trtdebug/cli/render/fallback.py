@@ -1,0 +1,59 @@
+"""Terminal output of `trtdebug fallback`: the verdict, the kept nodes and why, what was written."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from trtdebug.workflows.fallback import FallbackOutcome
+
+
+def render_fallback(outcome: FallbackOutcome, console: Console) -> None:
+    result = outcome.search
+    n = len(outcome.candidates)
+    builds = f"{outcome.builds} builds" + (f" ({outcome.builds_this_run} in this run, the rest replayed from "
+                                             "the journal)" if outcome.resumed else "")
+    if result.kept is None:
+        console.print(f"[bold red]NO PLAN[/] {result.message}. The error does not come from reduced "
+                      "precision alone: check the inputs and the tolerance, or look for a bad kernel with "
+                      f"`trtdebug tactics`. ({result.strategy} search, {builds})")
+        for note in outcome.notes:
+            console.print(f"[yellow]note[/]: {note}")
+        console.print(f"journal: {outcome.journal}", style="dim")
+        return
+    kept = list(result.kept)
+    keep = outcome.keep_precision
+    if not kept:
+        console.print(f"[bold green]PASS[/] without any fallback: all {n} eligible nodes can stay in "
+                      f"reduced precision ({builds})")
+    else:
+        minimal = ", 1-minimal" if result.one_minimal else ""
+        console.print(f"[bold green]FOUND[/] keep {len(kept)} of {n} eligible nodes in {keep}{minimal} "
+                      f"({result.strategy} search, {builds})")
+        console.print(f"  {keep} share of the model: {outcome.flops_share:.1%} of FLOPs, "
+                      f"{outcome.params_share:.1%} of parameters")
+        if result.used_regions:
+            console.print("  the suspicion ranking needed most of the graph, so the search split graph "
+                          "regions instead", style="dim")
+        console.print(_kept_table(kept, outcome))
+    if outcome.compare is not None and not outcome.compare.passed:
+        console.print(f"[yellow]note[/]: by tolerance the plan still fails ({outcome.compare.verdict}); "
+                      "it passed the --check command", style="dim")
+    for note in outcome.notes:
+        console.print(f"[yellow]note[/]: {note}")
+    written = [("plan", outcome.plan_path), ("compare report", outcome.compare_path)]
+    written += [("artefact", path) for path in outcome.artifacts]
+    written.append(("journal", outcome.journal))
+    for label, path in written:
+        if path is not None:
+            console.print(f"{label}: {path}", style="dim")
+
+
+def _kept_table(kept: list[str], outcome: FallbackOutcome) -> Table:
+    table = Table(title=f"Nodes kept in {outcome.keep_precision}", title_justify="left")
+    for column in ("node", "op", "why it was suspected"):
+        table.add_column(column)
+    for node in kept:
+        why = outcome.reasons.get(node) or ["found by the search"]
+        table.add_row(node, outcome.op_types.get(node, ""), "; ".join(why))
+    return table

@@ -1,0 +1,79 @@
+"""The `build` workflow: a saved plan made concrete, as a mixed-precision ONNX model, an engine
+file, or the trtexec / Polygraphy flags that build it. `write_plan_artifacts` serves fallback too."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trtdebug.artifacts.build_flags import FLAG_TOOLS, command_line, polygraphy_args, trtexec_args
+from trtdebug.artifacts.engine_file import write_engine
+from trtdebug.artifacts.mixed_onnx import write_mixed_onnx
+from trtdebug.core.bans import BanList
+from trtdebug.core.files import check_outputs
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
+from trtdebug.engines.base import BuildError, Engine
+from trtdebug.errors import UserError
+from trtdebug.workflows.problem import load_bans, load_plan, open_engine
+
+
+@dataclass
+class BuildOutcome:
+    written: Path | None = None  # the ONNX model or engine file
+    commands: dict[str, str] = field(default_factory=dict)  # tool -> command line that builds the plan
+
+
+def write_plan_artifacts(engine: Engine, model: Model, plan: PrecisionPlan, bans: BanList | None,
+                         onnx_path: Path, engine_path: Path) -> tuple[list[Path], list[str]]:
+    """The plan made concrete: a mixed-precision ONNX model (what strongly typed builders and the
+    emulator take) and, where the engine can serialize what it built, the engine file."""
+    written: list[Path] = []
+    notes: list[str] = []
+    try:
+        written.append(write_mixed_onnx(model, plan, onnx_path))
+    except UserError as exc:
+        notes.append(f"mixed-precision ONNX not written: {exc}")
+    try:
+        if write_engine(engine, model, plan, bans, engine_path):
+            written.append(engine_path)
+    except BuildError as exc:
+        notes.append(f"engine not written: the build failed ({exc})")
+    return written, notes
+
+
+def build_artifact(model_path: str | Path, plan_path: str | Path, bans_path: str | Path | None = None,
+                   engine_name: str = "emulator", out: str | Path | None = None,
+                   emit: tuple[str, ...] = (), obey: bool = False) -> BuildOutcome:
+    """`trtdebug build`: the plan applied to its model. `out` NAME.onnx writes the mixed-precision ONNX
+    model, any other name the engine file; `emit` names tools whose build command to return."""
+    model = Model.load(model_path)
+    inputs: dict[str, str | Path | None] = {"model": model_path, "--plan": plan_path, "--bans": bans_path}
+    inputs.update({f"model's external data {p.name}": p for p in model.data_files})
+    written = {"--out": out, "--out's external data": f"{out}.data" if out and str(out).endswith(".onnx") else None}
+    check_outputs(written, inputs)
+    plan = load_plan(plan_path, model, None)
+    bans = load_bans(bans_path, model)
+    outcome = BuildOutcome()
+    for tool in emit:
+        if tool not in FLAG_TOOLS:
+            raise UserError(f"unknown --emit {tool!r}; choose one of {', '.join(FLAG_TOOLS)}")
+        args = trtexec_args(plan, obey=obey) if tool == "trtexec" else polygraphy_args(plan, obey=obey)
+        outcome.commands[tool] = command_line("trtexec" if tool == "trtexec" else "polygraphy convert",
+                                              model_path, args)
+    if out is None:
+        return outcome
+    path = Path(out)
+    if path.suffix == ".onnx":
+        outcome.written = write_mixed_onnx(model, plan, path)
+        return outcome
+    engine = open_engine(engine_name)
+    try:
+        serialized = write_engine(engine, model, plan, bans, path)
+    except BuildError as exc:
+        raise BuildError(f"the {engine_name} build with {plan_path} failed: {exc}") from None
+    if not serialized:
+        raise UserError(f"the {engine_name} engine has no serialized form; write the mixed-precision ONNX "
+                        "model instead: --out NAME.onnx")
+    outcome.written = path
+    return outcome

@@ -1,0 +1,43 @@
+"""The one evaluation path every search uses: build with the final outputs only, run, judge.
+
+A build that fails is a verdict (`build_failed`), not an exception: a search treats such a
+candidate as failed and goes on. The judge is the tolerance of the Problem, or the user's
+`--check` command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trtdebug.core.bans import BanList
+from trtdebug.core.criterion import CheckCommand
+from trtdebug.core.metrics import Verdict, judge_outputs
+from trtdebug.core.precision import PrecisionPlan
+from trtdebug.engines.base import BuildError, Built, Engine, Marking
+from trtdebug.workflows.problem import Problem
+
+
+@dataclass
+class Evaluated:
+    verdict: Verdict
+    built: Built | None  # None when the build failed
+
+
+def evaluate_build(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: BanList | None = None,
+                   check: CheckCommand | None = None) -> Evaluated:
+    try:
+        built = engine.build(problem.model, plan, bans, Marking.final_outputs_only())
+    except BuildError as exc:
+        return Evaluated(Verdict(False, {}, f"build failed: {exc}", build_failed=True), None)
+    produced = built.run(problem.feeds)
+    if check is not None:
+        reference = problem.reference_outputs()
+        verdict = check.verdict({name: produced[name] for name in reference if name in produced}, reference)
+    else:
+        verdict = judge_outputs(problem.model, problem.reference, produced, problem.tolerance)
+    return Evaluated(verdict, built)
+
+
+def evaluate_plan(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: BanList | None = None,
+                  check: CheckCommand | None = None) -> Verdict:
+    return evaluate_build(problem, engine, plan, bans, check).verdict
