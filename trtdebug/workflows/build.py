@@ -10,7 +10,7 @@ from trtdebug.artifacts.build_flags import FLAG_TOOLS, command_line, polygraphy_
 from trtdebug.artifacts.engine_file import write_engine
 from trtdebug.artifacts.mixed_onnx import write_mixed_onnx
 from trtdebug.core.bans import BanList
-from trtdebug.core.files import check_outputs
+from trtdebug.core.files import prepare_outputs
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
 from trtdebug.engines.base import BuildError, Engine
@@ -51,7 +51,7 @@ def build_artifact(model_path: str | Path, plan_path: str | Path, bans_path: str
     inputs: dict[str, str | Path | None] = {"model": model_path, "--plan": plan_path, "--bans": bans_path}
     inputs.update({f"model's external data {p.name}": p for p in model.data_files})
     written = {"--out": out, "--out's external data": f"{out}.data" if out and str(out).endswith(".onnx") else None}
-    check_outputs(written, inputs)
+    prepare_outputs(written, inputs)
     plan = load_plan(plan_path, model, None)
     bans = load_bans(bans_path, model)
     outcome = BuildOutcome()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from trtdebug.core.bans import BanList
-from trtdebug.core.files import check_outputs
+from trtdebug.core.files import prepare_outputs
 from trtdebug.core.inputs import generate_feeds, load_feeds, resolve_shapes, validate_feeds
 from trtdebug.core.metrics import Tolerance
 from trtdebug.core.model import Model
@@ -111,7 +111,7 @@ def prepare(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None =
     workflow will write: checked against the inputs, and their folders created, before any work."""
     model = Model.load(spec.model)
     if outputs:
-        check_outputs(outputs, input_files(spec, model))
+        prepare_outputs(outputs, input_files(spec, model))
     unknown = sorted(set(spec.output_tolerances) - {o.name for o in model.outputs})
     if unknown:
         raise UserError(f"--output-tol names {unknown[0]!r}, which is not a model output")

@@ -31,11 +31,6 @@ def verdict_line(result: CompareResult) -> str:
             f"{result.verdict or 'outputs out of tolerance'}")
 
 
-def describe_tensor(t: TensorReport) -> str:
-    kinds = ", ".join(d.kind for d in t.defects) or "error"
-    return f"{t.node} ({t.op_type}) -> {t.tensor}: {kinds}"
-
-
 def render_compare(result: CompareResult, console: Console, top: int = 10) -> None:
     tol = result.tolerance
     console.print(verdict_line(result))
