@@ -24,12 +24,9 @@ from trtdebug.core.reference import run_reference
 from trtdebug.engines.base import BuildError, Marking
 from trtdebug.engines.tensorrt import cuda_buffers
 from trtdebug.engines.tensorrt.cuda_buffers import CudaError, CudaRuntime, device_arena
-from trtdebug.engines.tensorrt.engine import (
-    HOST_TYPES,
-    TensorRTEngine,
-    bisect_markable,
-    host_input,
-)
+from trtdebug.engines.tensorrt.engine import TensorRTEngine
+from trtdebug.engines.tensorrt.marking import bisect_markable
+from trtdebug.engines.tensorrt.runner import HOST_TYPES, host_input
 from trtdebug.engines.tensorrt.support import Features, load_tensorrt
 from trtdebug.engines.tensorrt.tactics import parse_profiling_log
 from trtdebug.errors import UserError
@@ -544,7 +541,7 @@ def json_layers(layers: list) -> str:
 
 
 def test_oneline_layer_of_the_sample_and_its_tactic_record() -> None:
-    from trtdebug.engines.tensorrt.engine import attach_tactics
+    from trtdebug.engines.tensorrt.builder import attach_tactics
     from trtdebug.engines.tensorrt.layers import NodeResolver, parse_oneline_layers, to_layer_infos
     from trtdebug.engines.tensorrt.tactics import records_from_profiling
 
