@@ -89,15 +89,33 @@ def parse_onnx(trt_api: Any, network: trt.INetworkDefinition, logger: Any, proto
     return parser
 
 
+# protobuf cannot serialize a message of 2 GiB or more; such models go to TensorRT through a file
+# with external data. A module constant so that tests can lower it.
+PROTOBUF_LIMIT = (1 << 31) - 1
+
+
 def _parse(parser: Any, proto: onnx.ModelProto) -> bool:
-    try:
-        data = proto.SerializeToString()
-    except ValueError:  # over protobuf's 2 GiB: go through a file with external data
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "model.onnx"
-            onnx.save(proto, path, save_as_external_data=True, location="model.onnx.data")
-            return bool(parser.parse_from_file(str(path)))
-    return bool(parser.parse(data))
+    data: bytes | None = None
+    if proto.ByteSize() <= PROTOBUF_LIMIT:
+        try:
+            data = proto.SerializeToString()
+        except ValueError:  # over protobuf's limit after all
+            data = None
+    if data is not None:
+        return bool(parser.parse(data))
+    # Through a file, as Polygraphy's OnnxFromPath/NetworkFromOnnxPath do: parse_from_file lets the
+    # parser find external weights beside the model (tools/Polygraphy/polygraphy/backend/trt/loader.py).
+    # onnx.save(..., save_as_external_data=True) rewrites the tensors of the proto it is given
+    # (clears raw_data, points them at the file), so it gets a copy: the caller's model stays whole.
+    # The folder lives until parsing is done (the parser reads the external weights while parsing).
+    clone = onnx.ModelProto()
+    clone.CopyFrom(proto)
+    with tempfile.TemporaryDirectory(prefix="trtdebug-onnx-") as folder:
+        path = Path(folder) / "model.onnx"
+        onnx.save(clone, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location="model.onnx.data")
+        del clone
+        return bool(parser.parse_from_file(str(path)))
 
 
 # -- optimization profile ---------------------------------------------------------------------
