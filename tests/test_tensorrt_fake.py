@@ -31,14 +31,7 @@ from trtdebug.engines.tensorrt.support import Features, load_tensorrt
 from trtdebug.engines.tensorrt.tactics import parse_profiling_log
 from trtdebug.errors import UserError
 
-# Names Features.detect probes with hasattr: absent ones are how it tells versions apart.
-DETECTION_PROBES = {
-    ("tensorrt", "ComputeCapability"), ("BuilderFlag", "FP16"), ("BuilderFlag", "BF16"),
-    ("BuilderFlag", "EDITABLE_TIMING_CACHE"), ("tensorrt", "TimingCacheKey"), ("tensorrt", "IAlgorithmSelector"),
-    ("tensorrt", "IInt8EntropyCalibrator2"), ("tensorrt", "IDebugListener"), ("ILayer", "metadata"),
-    ("INetworkDefinition", "mark_debug"), ("INetworkDefinition", "mark_unfused_tensors_as_debug_tensors"),
-    ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"), ("NetworkDefinitionCreationFlag", "EXPLICIT_BATCH"),
-}
+DETECTION_PROBES = trt_fake.DETECTION_PROBES
 OLDER_TENSORRT = frozenset({  # what 8.6 lacks of the 10.13 API that trtdebug looks for
     ("INetworkDefinition", "mark_debug"), ("INetworkDefinition", "mark_unfused_tensors_as_debug_tensors"),
     ("tensorrt", "IDebugListener"), ("BuilderFlag", "EDITABLE_TIMING_CACHE"), ("tensorrt", "TimingCacheKey"),

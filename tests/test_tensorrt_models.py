@@ -55,3 +55,51 @@ def test_model_over_the_protobuf_limit_parses_through_a_file_and_stays_whole(
     second = engine.build(model, PrecisionPlan("fp16", {"mm": "fp32"}), None, Marking("none"))
     assert first.serialized and second.serialized
     assert model.proto.SerializeToString() == before
+
+
+def reshape_model() -> onnx.ModelProto:
+    """x[2,3,4] -> Reshape(x, shape) -> relu, with `shape` an int64 graph input: a shape tensor."""
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["reshaped"], name="reshape"),
+             helper.make_node("Relu", ["reshaped"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "shape_input",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4]),
+                               helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_shape_tensor_input_gets_its_values_in_the_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = Model.from_proto(reshape_model())
+    engine = TensorRTEngine("tensorrt-rtx", compute_capabilities=("SM89",),
+                            shape_input_values={"shape": np.array([6, 4], np.int64),
+                                                "x": np.zeros((2, 3, 4), np.float32)})
+    calls: list[tuple] = []
+    original = network.add_profile
+
+    def spy(builder, config, profile):  # type: ignore[no-untyped-def]
+        calls.append((dict(profile.shapes), dict(profile.values)))
+        return original(builder, config, profile)
+
+    monkeypatch.setattr("trtdebug.engines.tensorrt.builder.add_profile", spy)
+    built = engine.build(model, PrecisionPlan("fp16"), None, Marking("outputs"))
+    assert built.serialized
+    shapes, values = calls[-1]
+    assert values == {"shape": ((6, 4), (6, 4), (6, 4))}
+    assert shapes == {"x": ((2, 3, 4), (2, 3, 4), (2, 3, 4))}
+
+
+def test_shape_tensor_input_without_values_is_a_clear_error() -> None:
+    from trtdebug.errors import UserError
+
+    engine = TensorRTEngine("tensorrt-rtx", compute_capabilities=("SM89",))
+    with pytest.raises(UserError, match="'shape' is a shape tensor"):
+        engine.build(Model.from_proto(reshape_model()), PrecisionPlan("fp16"), None, Marking("none"))
+
+
+def test_shape_tensor_value_range_is_a_user_profile() -> None:
+    engine = TensorRTEngine("tensorrt-rtx", compute_capabilities=("SM89",),
+                            shape_ranges={"shape": ((2, 2), (6, 4), (12, 12))})
+    built = engine.build(Model.from_proto(reshape_model()), PrecisionPlan("fp32"), None, Marking("none"))
+    assert built.serialized

@@ -150,6 +150,16 @@ def rtx_dirs() -> dict[str, set[str]] | None:
     return dirs
 
 
+# Names Features.detect probes with hasattr: absent ones are how it tells versions apart.
+DETECTION_PROBES = {
+    ("tensorrt", "ComputeCapability"), ("BuilderFlag", "FP16"), ("BuilderFlag", "BF16"),
+    ("BuilderFlag", "EDITABLE_TIMING_CACHE"), ("tensorrt", "TimingCacheKey"), ("tensorrt", "IAlgorithmSelector"),
+    ("tensorrt", "IInt8EntropyCalibrator2"), ("tensorrt", "IDebugListener"), ("ILayer", "metadata"),
+    ("INetworkDefinition", "mark_debug"), ("INetworkDefinition", "mark_unfused_tensors_as_debug_tensors"),
+    ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"), ("NetworkDefinitionCreationFlag", "EXPLICIT_BATCH"),
+}
+
+
 class Recorder:
     """Checks names against the API, records what was used and what was missed."""
 
@@ -425,6 +435,7 @@ ONNX_LAYER_TYPES = {"Conv": "CONVOLUTION", "Relu": "ACTIVATION", "Sigmoid": "ACT
                     "Shape": "SHAPE", "Concat": "CONCATENATION", "GlobalAveragePool": "REDUCE",
                     "BatchNormalization": "SCALE", "Cast": "CAST", "Constant": "CONSTANT",
                     "MatMul": "MATRIX_MULTIPLY", "Identity": "IDENTITY"}
+SHAPE_VALUE_OPS = ("Reshape", "Expand", "Tile", "ConstantOfShape")
 COMPUTE_TYPES = ("CONVOLUTION", "MATRIX_MULTIPLY", "ELEMENTWISE", "ACTIVATION", "SCALE", "REDUCE")
 
 
@@ -481,9 +492,11 @@ class INetworkDefinition(Checked):
             shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim) if tt else ()
             return ITensor(name, dt(kind), shape, shape_tensor)
 
+        # A graph input whose values set a shape (Reshape's second input) is a shape tensor.
+        shape_inputs = {n.input[1] for n in proto.graph.node if n.op_type in SHAPE_VALUE_OPS and len(n.input) > 1}
         for graph_input in proto.graph.input:
             if graph_input.name not in initializers:
-                t = tensor(graph_input.name)
+                t = tensor(graph_input.name, shape_tensor=graph_input.name in shape_inputs)
                 t._input = True
                 self._inputs.append(t)
         for node in proto.graph.node:
@@ -536,10 +549,15 @@ class IOptimizationProfile(Checked):
 
     def __init__(self) -> None:
         self._shapes: dict[str, tuple[Any, Any, Any]] = {}
+        self._values: dict[str, tuple[Any, Any, Any]] = {}
 
     def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:
         recorder().call("IOptimizationProfile", "set_shape", input, tuple(min), tuple(opt), tuple(max))
         self._shapes[input] = (tuple(min), tuple(opt), tuple(max))
+
+    def set_shape_input(self, input: str, min: Any, opt: Any, max: Any) -> None:
+        recorder().call("IOptimizationProfile", "set_shape_input", input, tuple(min), tuple(opt), tuple(max))
+        self._values[input] = (tuple(min), tuple(opt), tuple(max))
 
 
 class TimingCacheKey(Checked):
@@ -652,6 +670,8 @@ class PlanInfo:
     unfused: bool
     layers: list[dict[str, Any]] = field(default_factory=list)
     host_outputs: set[str] = field(default_factory=set)  # shape tensors marked as outputs
+    shape_inputs: set[str] = field(default_factory=set)  # shape-tensor inputs (host memory)
+    data_dependent: set[str] = field(default_factory=set)  # outputs of shape -1 until run (NonZero)
 
 
 def tactic_table(index: int, name: str) -> list[tuple[str, str, float]]:
@@ -692,6 +712,11 @@ class Builder(Checked):
                 layer._precision is not None and layer.type == LayerType._members["ACTIVATION"]
                 and layer._precision == dt("FLOAT") for layer in network._layers):
             self._log("ERROR", "No implementation of layer obeys the requested constraints in strict mode")
+            return None
+        missing = [t.name for t in network._inputs if t._shape_tensor
+                   and not any(t.name in p._values for p in config._profiles)]
+        if missing:  # as TensorRT-RTX reports it (IBuilder::buildSerializedNetwork, Error Code 4)
+            self._log("ERROR", f"Optimization profile 0 is missing values for shape input tensor {missing[0]}.")
             return None
         if config._calibrator is not None:
             self._calibrate(config._calibrator, network)
@@ -765,7 +790,10 @@ class Builder(Checked):
             network._proto or onnx.ModelProto(),
             [(t.name, t.dtype.name) for t in network._outputs], [(t.name, t.dtype.name) for t in network._inputs],
             [t.name for layer in network._layers for t in layer._outputs if t._debug], network._unfused, layers,
-            {t.name for t in network._outputs if t.is_shape_tensor})
+            {t.name for t in network._outputs if t.is_shape_tensor},
+            {t.name for t in network._inputs if t._shape_tensor},
+            {t.name for t in network._outputs if any(d < 0 for d in t._shape)}
+            if all(d >= 0 for t in network._inputs for d in t._shape) else set())
         return plan
 
 
@@ -848,9 +876,12 @@ class ICudaEngine(Checked):
     def get_tensor_dtype(self, name: str) -> EnumValue:
         return dt(self._entry(name)[1])
 
+    def is_shape_inference_io(self, name: str) -> bool:
+        return name in self._info.shape_inputs or name in self._info.host_outputs
+
     def get_tensor_location(self, name: str) -> EnumValue:
-        # Shape-tensor outputs live on the host, as in TensorRT.
-        on_host = name in self._info.host_outputs
+        # Shape-tensor inputs and outputs live on the host, as in TensorRT.
+        on_host = name in self._info.host_outputs or name in self._info.shape_inputs
         return TensorLocation._members["HOST" if on_host else "DEVICE"]
 
     def create_execution_context(self) -> IExecutionContext:
@@ -868,6 +899,7 @@ class IExecutionContext(Checked):
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._addresses: dict[str, int] = {}
         self._listener: Any = None
+        self._allocators: dict[str, Any] = {}
         self._all_debug = False
         self._unfused = False
 
@@ -893,7 +925,13 @@ class IExecutionContext(Checked):
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         if name in self._shapes:
             return self._shapes[name]
+        if name in self._engine._info.data_dependent:  # known only after the run, as in TensorRT
+            return tuple(-1 for _ in self._values()[name].shape)
         return tuple(self._values()[name].shape)
+
+    def set_output_allocator(self, name: str, output_allocator: Any) -> bool:
+        self._allocators[name] = output_allocator
+        return True
 
     def set_debug_listener(self, listener: Any) -> bool:
         self._listener = listener
@@ -910,6 +948,14 @@ class IExecutionContext(Checked):
         values = self._values()
         for name, kind in self._engine._info.outputs:
             array = np.ascontiguousarray(values[name].astype(NUMPY_TYPES[kind]))
+            if name in self._engine._info.data_dependent:  # TensorRT: reallocate, write, notify_shape
+                allocator = self._allocators.get(name)
+                if allocator is None or name in self._addresses:
+                    return False  # TensorRT: an output of unknown shape needs an IOutputAllocator
+                pointer = allocator.reallocate_output(name, 0, array.nbytes, 256)
+                ctypes.memmove(pointer, array.ctypes.data, array.nbytes)
+                allocator.notify_shape(name, array.shape)
+                continue
             ctypes.memmove(self._addresses[name], array.ctypes.data, array.nbytes)
         if self._listener is not None:
             names = list(self._engine._info.debug) if self._all_debug else []

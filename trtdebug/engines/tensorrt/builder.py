@@ -134,7 +134,8 @@ class NetworkBuilder:
         config = builder.create_builder_config()
         self._configure(config)
         profile = add_profile(builder, config, shape_ranges_for(network, self.options.input_shapes,
-                                                               self.options.shape_ranges))
+                                                               self.options.shape_ranges,
+                                                               self.options.shape_input_values))
         if mode in ("outputs", "debug"):
             mark(network, marked, mode)
         elif mode == "unfused":

@@ -42,7 +42,10 @@ class TensorRTOptions:
     obey_constraints: bool = False  # OBEY_PRECISION_CONSTRAINTS instead of PREFER (weak typing)
     typing: str = "auto"  # auto: weak typing where the API has it, else strong
     input_shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)  # optimization profile
-    shape_ranges: Mapping[str, ShapeRange] = field(default_factory=dict)  # name -> (min, opt, max)
+    # name -> (min, opt, max): shapes of execution inputs, *values* of shape-tensor inputs
+    shape_ranges: Mapping[str, ShapeRange] = field(default_factory=dict)
+    # values of shape-tensor inputs (the feeds: any array per name; other inputs' entries are ignored)
+    shape_input_values: Mapping[str, Any] = field(default_factory=dict)
     tf32: bool = False  # FP32 layers in FP32 unless asked: TF32 would blur FP32 fallback layers
     compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets, e.g. ("SM89",) or ("CURRENT",)
     record_tactics: bool = False  # attach tactic choices and alternatives to the layers

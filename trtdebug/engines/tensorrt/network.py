@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import onnx
 
 from trtdebug.core.precision import PRECISIONS, PrecisionPlan
@@ -120,28 +121,66 @@ def _parse(parser: Any, proto: onnx.ModelProto) -> bool:
 
 # -- optimization profile ---------------------------------------------------------------------
 
+@dataclass
+class Profile:
+    """One optimization profile: min/opt/max *shapes* of execution inputs (`set_shape`) and
+    min/opt/max *values* of shape-tensor inputs (`set_shape_input`)."""
+
+    shapes: dict[str, ShapeRange] = field(default_factory=dict)
+    values: dict[str, ShapeRange] = field(default_factory=dict)
+
+
 def shape_ranges_for(network: trt.INetworkDefinition, input_shapes: Mapping[str, Sequence[int]],
-                     shape_ranges: Mapping[str, ShapeRange]) -> dict[str, ShapeRange]:
-    """min/opt/max per network input: a given range, else the given shape, else the static shape."""
-    ranges: dict[str, ShapeRange] = {}
+                     shape_ranges: Mapping[str, ShapeRange],
+                     shape_values: Mapping[str, Any] | None = None) -> Profile:
+    """The profile of a network: per execution input a given range, else the given shape, else the
+    static shape; per shape-tensor input (whose *values* set shapes in the network, e.g. a Reshape's
+    target fed by a graph input) a given range of values, else the values given (the feed)."""
+    profile = Profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         name = tensor.name
         static = dims_tuple(tensor.shape)
+        if tensor.is_shape_tensor:
+            profile.values[name] = _value_range(name, static, shape_ranges, shape_values or {})
+            continue
         if name in shape_ranges:
             low, opt, high = (tuple(int(d) for d in s) for s in shape_ranges[name])
-            ranges[name] = (low, opt, high)
+            profile.shapes[name] = (low, opt, high)
         elif name in input_shapes:
             shape = tuple(int(d) for d in input_shapes[name])
-            ranges[name] = (shape, shape, shape)
+            profile.shapes[name] = (shape, shape, shape)
         elif all(d >= 0 for d in static):
-            ranges[name] = (static, static, static)
+            profile.shapes[name] = (static, static, static)
         else:
             dims = "x".join(str(d) if d >= 0 else "N" for d in static)
             raise UserError(f"input {name!r} has dynamic shape {list(static)}; give one with "
                             f"--input-shape {name}:{dims}")
-        _check_range(name, static, ranges[name])
-    return ranges
+        _check_range(name, static, profile.shapes[name])
+    return profile
+
+
+def _value_range(name: str, static: Shape, shape_ranges: Mapping[str, ShapeRange],
+                 shape_values: Mapping[str, Any]) -> ShapeRange:
+    """min/opt/max values of a shape-tensor input (TensorRT: "Optimization profile 0 is missing
+    values for shape input tensor" without them). Its own shape must be static (0-D or 1-D)."""
+    if any(d < 0 for d in static):
+        raise UserError(f"shape-tensor input {name!r} has a dynamic shape {list(static)}; trtdebug needs it static")
+    count = int(np.prod(static, dtype=np.int64)) if static else 1
+    if name in shape_ranges:
+        low, opt, high = (tuple(int(v) for v in np.asarray(s).reshape(-1)) for s in shape_ranges[name])
+    elif name in shape_values:
+        values = tuple(int(v) for v in np.asarray(shape_values[name]).reshape(-1))
+        low = opt = high = values
+    else:
+        raise UserError(f"input {name!r} is a shape tensor (its values set shapes inside the network): "
+                        "the optimization profile needs its values; give them with --inputs")
+    if not len(low) == len(opt) == len(high) == count:
+        raise UserError(f"shape-tensor input {name!r} holds {count} values; got {[list(low), list(opt), list(high)]}")
+    if not all(lo <= op <= hi for lo, op, hi in zip(low, opt, high, strict=True)):
+        raise UserError(f"values {[list(low), list(opt), list(high)]} of shape-tensor input {name!r} need "
+                        "min <= opt <= max")
+    return low, opt, high
 
 
 def _check_range(name: str, static: Shape, shape_range: ShapeRange) -> None:
@@ -154,10 +193,14 @@ def _check_range(name: str, static: Shape, shape_range: ShapeRange) -> None:
                             f"the model's shape {list(static)} (need min <= opt <= max and fixed dims kept)")
 
 
-def add_profile(builder: trt.Builder, config: trt.IBuilderConfig, ranges: Mapping[str, ShapeRange]) -> Any:
+def add_profile(builder: trt.Builder, config: trt.IBuilderConfig, ranges: Profile) -> Any:
+    """The profile on `config`. Shape-tensor inputs get set_shape_input (values), not set_shape, as
+    Polygraphy's Profile.to_trt does (tools/Polygraphy/polygraphy/backend/trt/profile.py)."""
     profile = builder.create_optimization_profile()
-    for name, (low, opt, high) in ranges.items():
+    for name, (low, opt, high) in ranges.shapes.items():
         profile.set_shape(name, as_dims(low), as_dims(opt), as_dims(high))
+    for name, (low, opt, high) in ranges.values.items():
+        profile.set_shape_input(name, list(low), list(opt), list(high))
     config.add_optimization_profile(profile)
     return profile
 

@@ -25,7 +25,7 @@ from trtdebug.engines.tensorrt.cuda_buffers import (
     float32_to_bf16_bits,
     fp8_e4m3_bits_to_float32,
 )
-from trtdebug.engines.tensorrt.network import dims_tuple
+from trtdebug.engines.tensorrt.network import as_dims, dims_tuple
 from trtdebug.engines.tensorrt.support import make_logger
 from trtdebug.errors import UserError
 
@@ -103,10 +103,42 @@ def make_debug_listener(trt_api: Any, cuda: CudaRuntime) -> Any:
     return Collector()
 
 
+def make_output_allocator(trt_api: Any, arena: Any) -> Any:
+    """An IOutputAllocator for outputs whose shape is known only after the run (NonZero, NMS and
+    what follows them): TensorRT asks for memory of the size it needs, then reports the shape. As
+    Polygraphy's runner does (tools/Polygraphy/polygraphy/backend/trt/runner.py, OutputAllocator);
+    only `reallocate_output` is given: the bindings fall back to it where TensorRT calls
+    reallocateOutputAsync (python/src/infer/pyCore.cpp, PyOutputAllocator)."""
+
+    class DeviceOutputs(trt_api.IOutputAllocator):  # type: ignore[name-defined,misc]
+        def __init__(self) -> None:
+            trt_api.IOutputAllocator.__init__(self)  # required by pybind11 trampolines
+            self.memory: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+            self.shapes: dict[str, tuple[int, ...]] = {}
+            self.errors: list[str] = []
+
+        def reallocate_output(self, tensor_name: str, memory: int, size: int, alignment: int) -> int:
+            try:
+                known = self.memory.get(str(tensor_name))
+                if known is not None and known[1] >= int(size):
+                    return known[0]
+                pointer = int(arena.alloc(max(int(size), 1)))  # cudaMalloc: 256-byte aligned
+                self.memory[str(tensor_name)] = (pointer, int(size))
+                return pointer
+            except Exception as exc:  # TensorRT prints and swallows exceptions from here
+                self.errors.append(f"{tensor_name}: {exc}")
+                return 0
+
+        def notify_shape(self, tensor_name: str, shape: Any) -> None:
+            self.shapes[str(tensor_name)] = tuple(int(shape[i]) for i in range(len(shape)))
+
+    return DeviceOutputs()
+
+
 def run_engine(trt_api: Any, engine: trt.ICudaEngine, feeds: Mapping[str, np.ndarray], cuda: CudaRuntime,
                mode: str) -> tuple[dict[str, np.ndarray], list[str]]:
     """Run once: set shapes and addresses, copy in, execute_async_v3, copy out. Returns the I/O
-    and debug tensors by engine name, and the debug listener's errors."""
+    and debug tensors by engine name, and the debug listener's and output allocator's errors."""
     context = engine.create_execution_context()
     if context is None:
         raise UserError("TensorRT could not create an execution context (out of GPU memory?)")
@@ -116,29 +148,33 @@ def run_engine(trt_api: Any, engine: trt.ICudaEngine, feeds: Mapping[str, np.nda
     missing = [n for n in inputs if n not in feeds]
     if missing:
         raise UserError(f"no feed for engine input {missing[0]!r}")
+    errors: list[str] = []
     with device_arena(cuda) as arena:
         host_resident: list[np.ndarray] = []  # host-located tensors TensorRT reads in place
         for name in inputs:
             host = host_input(name, feeds[name], host_type(trt_api, engine.get_tensor_dtype(name)))
-            if not context.set_input_shape(name, host.shape):
+            if not context.set_input_shape(name, as_dims(host.shape)):
                 raise UserError(f"input {name!r} shape {list(host.shape)} is outside the engine's optimization "
                                 "profile; rebuild with a shape range that covers it")
-            if _on_host(trt_api, engine, name):
+            if _input_on_host(trt_api, engine, name):
                 host_resident.append(host)
                 context.set_tensor_address(name, host.ctypes.data)
             else:
                 context.set_tensor_address(name, arena.upload(host))
-        outputs = {name: _bind_output(trt_api, engine, context, arena, name) for name in names if name not in inputs}
+        allocator = make_output_allocator(trt_api, arena)  # for data-dependent output shapes only
+        outputs = {name: _bind_output(trt_api, engine, context, arena, name, allocator)
+                   for name in names if name not in inputs}
         if not context.execute_async_v3(arena.stream_handle):
             raise UserError("TensorRT failed to execute the engine (execute_async_v3 returned False)")
-        fetched = {name: (binding.fetch(arena), binding.spec) for name, binding in outputs.items()}
+        arena.synchronize()  # the allocator's shapes are final once the run is done
+        fetched = {name: (binding.fetch(arena, allocator, name), binding.spec) for name, binding in outputs.items()}
         arena.synchronize()
+        errors.extend(f"output allocator: {e}" for e in allocator.errors)
     results = {name: spec.decode(host) if spec.decode else host for name, (host, spec) in fetched.items()}
-    errors: list[str] = []
     if listener is not None:
         for name, value in listener.tensors.items():
             results.setdefault(name, value)
-        errors = listener.errors
+        errors = listener.errors + errors
     return results, errors
 
 
@@ -159,26 +195,49 @@ def _on_host(trt_api: Any, engine: trt.ICudaEngine, name: str) -> bool:
     return bool(engine.get_tensor_location(name) == trt_api.TensorLocation.HOST)
 
 
+def _input_on_host(trt_api: Any, engine: trt.ICudaEngine, name: str) -> bool:
+    """Shape-tensor inputs are given as host memory: Polygraphy's runner tests
+    `engine.is_shape_inference_io(name)` and passes the host array's pointer."""
+    return bool(engine.is_shape_inference_io(name)) or _on_host(trt_api, engine, name)
+
+
 @dataclass
 class OutputBinding:
     spec: HostType
     shape: tuple[int, ...]
     pointer: int = 0  # device memory, or
-    host: np.ndarray | None = None  # host memory TensorRT writes in place
+    host: np.ndarray | None = None  # host memory TensorRT writes in place, or
+    allocated: bool = False  # memory TensorRT asks the output allocator for (data-dependent shape)
 
-    def fetch(self, arena: Any) -> np.ndarray:
+    def fetch(self, arena: Any, allocator: Any, name: str = "") -> np.ndarray:
         if self.host is not None:
             return self.host
+        if self.allocated:
+            return _fetch_allocated(arena, allocator, name, self.spec)
         return arena.download(self.pointer, self.shape, self.spec.dtype)
 
 
+def _fetch_allocated(arena: Any, allocator: Any, name: str, spec: HostType) -> np.ndarray:
+    shape = allocator.shapes.get(name)
+    if shape is None:
+        raise UserError(f"TensorRT reported no shape for the data-dependent output {name!r}")
+    if int(np.prod(shape, dtype=np.int64)) == 0:
+        return np.empty(shape, dtype=spec.dtype)
+    pointer, size = allocator.memory.get(name, (0, 0))
+    if not pointer or size < int(np.prod(shape, dtype=np.int64)) * spec.dtype.itemsize:
+        raise UserError(f"TensorRT wrote the data-dependent output {name!r} to no memory trtdebug allocated")
+    return arena.download(pointer, shape, spec.dtype)
+
+
 def _bind_output(trt_api: Any, engine: trt.ICudaEngine, context: trt.IExecutionContext, arena: Any,
-                 name: str) -> OutputBinding:
+                 name: str, allocator: Any) -> OutputBinding:
     shape = dims_tuple(context.get_tensor_shape(name))
-    if any(d < 0 for d in shape):
-        raise UserError(f"output {name!r} has a data-dependent shape {list(shape)}, which trtdebug cannot "
-                        "allocate ahead of time")
     spec = host_type(trt_api, engine.get_tensor_dtype(name))
+    if any(d < 0 for d in shape):  # known only after the run: TensorRT asks the allocator for memory
+        if not context.set_output_allocator(name, allocator):
+            raise UserError(f"TensorRT refused an output allocator for {name!r}, whose shape {list(shape)} "
+                            "depends on the data")
+        return OutputBinding(spec, shape, allocated=True)
     if _on_host(trt_api, engine, name):
         binding = OutputBinding(spec, shape, host=np.empty(shape, dtype=spec.dtype))
         assert binding.host is not None
