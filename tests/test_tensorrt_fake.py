@@ -166,6 +166,22 @@ def test_weak_typing_constrains_planned_layers_with_prefer(fake: trt_fake.Record
     assert built.marking_notes["typing"] == "weak"
 
 
+def test_fp32_default_with_fp16_layers_holds_every_other_layer_to_fp32(fake: trt_fake.Recorder,
+                                                                       overflow_model: Model) -> None:
+    """BuilderFlag.FP16 lets every layer use FP16: only the planned layer may, the rest are held to FP32."""
+    plan = PrecisionPlan("fp32", {"conv_amplify": "fp16"})
+    built = TensorRTEngine("tensorrt").build(overflow_model, plan, None, Marking("none"))
+    flags = [a[0] for a in fake.called("IBuilderConfig", "set_flag")]
+    assert "FP16" in flags and "PREFER_PRECISION_CONSTRAINTS" in flags
+    constrained = dict((name, value.name) for name, value in fake.called("ILayer", "precision"))
+    assert constrained.pop("conv_amplify") == "HALF"
+    compute = {layer.name for layer in overflow_model.nodes if layer.op_type not in ("Flatten", "Constant")}
+    assert set(constrained) >= (compute - {"conv_amplify"}) | {"logits_0"}
+    assert set(constrained.values()) == {"FLOAT"}
+    assert "flatten" not in constrained  # a shuffle takes no precision
+    assert built.marking_notes["precision"]["others_held_to"] == "fp32"
+
+
 def test_empty_plan_sets_only_the_builder_flag(fake: trt_fake.Recorder, overflow_model: Model) -> None:
     TensorRTEngine("tensorrt").build(overflow_model, PrecisionPlan("fp16"), None, Marking("none"))
     assert [a[0] for a in fake.called("IBuilderConfig", "set_flag")] == ["FP16"]

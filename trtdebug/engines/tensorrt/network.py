@@ -274,10 +274,11 @@ class PrecisionNotes:
     constraints: str = ""  # prefer | obey | "" (none needed)
     constrained: list[str] = field(default_factory=list)  # network layers given a precision
     skipped: list[str] = field(default_factory=list)  # planned, but cannot take a float precision
+    held_to: str = ""  # every layer the plan does not name is constrained to this precision
 
     def to_json(self) -> dict[str, Any]:
         return {"flags": self.flags, "constraints": self.constraints, "constrained_layers": self.constrained,
-                "skipped_layers": self.skipped}
+                "skipped_layers": self.skipped, "others_held_to": self.held_to}
 
 
 def builder_precision_flags(features: Features, plan: PrecisionPlan) -> list[str]:
@@ -300,15 +301,32 @@ def can_take_precision(trt_api: Any, layer: trt.ILayer) -> bool:
     return True
 
 
+def held_to_default(plan: PrecisionPlan) -> str | None:
+    """The precision every layer the plan does not name must be held to, or None.
+
+    A builder flag lets *every* layer use its precision (BuilderFlag.FP16: "enable FP16 layer
+    selection, with FP32 fallback"). A plan whose default is FP32 but names FP16 layers sets FP16,
+    so the builder may run any unnamed layer in FP16 too; the same for FP16 plans with BF16 layers.
+    Such plans hold every other layer to the default. An INT8 default keeps TensorRT's choice
+    (INT8 with fallback): holding every layer to INT8 could not build."""
+    used = {plan.default, *plan.nodes.values()}
+    if plan.default == "int8" or not any(p != plan.default and p in PRECISION_FLAG for p in used):
+        return None
+    return plan.default
+
+
 def apply_weak_typing(trt_api: Any, network: trt.INetworkDefinition, config: trt.IBuilderConfig,
                       features: Features, plan: PrecisionPlan, resolver: NodeResolver,
                       obey: bool) -> PrecisionNotes:
     """Builder flags for the plan's precisions, and per-layer constraints for the nodes it names.
 
-    Only the plan's overrides are constrained: the default precision is what the builder flag
-    asks for, as in a plain `trtexec --fp16` build, so an empty plan reproduces the user's engine.
+    When the flags match the default (an FP16 plan with FP32 layers), only the plan's overrides are
+    constrained, as in a plain `trtexec --fp16` build, so an empty plan reproduces the user's
+    engine. When a flag enables a precision beyond the default (an FP32 plan with FP16 layers),
+    every other layer that can take a precision is held to the default (see held_to_default).
     """
     notes = PrecisionNotes(flags=builder_precision_flags(features, plan))
+    others = held_to_default(plan)
     with quiet_deprecations():
         for flag in notes.flags:
             config.set_flag(getattr(trt_api.BuilderFlag, flag))
@@ -319,19 +337,23 @@ def apply_weak_typing(trt_api: Any, network: trt.INetworkDefinition, config: trt
             metadata = str(layer.metadata) if features.layer_metadata else ""
             nodes = network_layer_nodes(metadata, layer.name, resolver)
             precisions = [plan.nodes[n] for n in nodes if n in plan.nodes]
-            if not precisions:
+            if not precisions and others is None:
                 continue
             if not can_take_precision(trt_api, layer):
-                notes.skipped.append(layer.name)
+                if precisions:
+                    notes.skipped.append(layer.name)
                 continue
             # A layer built from several planned nodes computes in the most precise of them.
-            precision = min(precisions, key=PRECISIONS.index)
+            precision = min(precisions, key=PRECISIONS.index) if precisions else others
+            assert precision is not None
             _constrain(trt_api, layer, precision)
             notes.constrained.append(layer.name)
         if notes.constrained:
             constraint = "OBEY_PRECISION_CONSTRAINTS" if obey else "PREFER_PRECISION_CONSTRAINTS"
             config.set_flag(getattr(trt_api.BuilderFlag, constraint))
             notes.constraints = "obey" if obey else "prefer"
+        if others is not None:
+            notes.held_to = others
     return notes
 
 
