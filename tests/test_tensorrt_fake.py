@@ -355,17 +355,35 @@ def test_editable_timing_cache_forces_the_next_best_tactic(rtx_checked: trt_fake
     second = engine.build(overflow_model, plan, BanList((ban,)), Marking("none"))
     assert rtx_checked.timing_cache_updates == [(key, int(conv.alternatives[0], 16), 1.0)]
     conv2 = next(layer for layer in second.layers if layer.onnx_nodes == ("conv_amplify",))
-    assert conv2.tactic == conv.alternatives[0] and conv2.extra["forced_from"] == conv.tactic
-    assert conv2.extra["kernel"] == conv.extra["kernels"][conv.alternatives[0]]  # the engine uses it
+    assert conv2.extra["cache_tactic"] == conv.alternatives[0]
+    assert conv2.extra["forced_from"] == conv.extra["cache_tactic"]
+    # The reported tactic is the engine's own kernel (inspector), as sampleEditableTimingCache checks it.
+    assert conv2.tactic == conv2.extra["kernel"] == conv.extra["kernels"][conv.alternatives[0]]
+    assert "note" not in conv2.extra
+
+
+def test_timing_cache_edit_the_engine_ignores_is_reported(rtx_checked: trt_fake.Recorder,
+                                                          overflow_model: Model) -> None:
+    engine = TensorRTEngine("tensorrt", record_tactics=True)
+    first = engine.build(overflow_model, PrecisionPlan("fp16"), None, Marking("none"))
+    conv = next(layer for layer in first.layers if layer.onnx_nodes == ("conv_amplify",))
+    rtx_checked.ignore_cache_edits = True  # TensorRT re-times and keeps its kernel
+    ban = BanEntry(layer=conv.extra["tactic_layer"], tactic=conv.tactic, cache_key=conv.extra["cache_key"])
+    second = engine.build(overflow_model, PrecisionPlan("fp16"), BanList((ban,)), Marking("none"))
+    conv2 = next(layer for layer in second.layers if layer.onnx_nodes == ("conv_amplify",))
+    assert conv2.tactic == conv.tactic  # the engine's kernel, not the hash written into the cache
+    assert "TensorRT ignored the edit" in conv2.extra["note"]
 
 
 def test_timing_cache_ban_by_kernel_name(rtx_checked: trt_fake.Recorder, overflow_model: Model) -> None:
     engine = TensorRTEngine("tensorrt", record_tactics=True)
     first = engine.build(overflow_model, PrecisionPlan("fp16"), None, Marking("none"))
     conv = next(layer for layer in first.layers if layer.onnx_nodes == ("conv_amplify",))
-    ban = BanEntry(layer=conv.extra["tactic_layer"], tactic=conv.extra["kernels"][conv.tactic])
+    ban = BanEntry(layer=conv.extra["tactic_layer"], tactic=conv.extra["kernels"][conv.extra["cache_tactic"]])
     second = engine.build(overflow_model, PrecisionPlan("fp16"), BanList((ban,)), Marking("none"))
-    assert next(la for la in second.layers if la.onnx_nodes == ("conv_amplify",)).tactic == conv.alternatives[0]
+    conv2 = next(la for la in second.layers if la.onnx_nodes == ("conv_amplify",))
+    assert conv2.extra["cache_tactic"] == conv.alternatives[0]
+    assert conv2.tactic == conv.extra["kernels"][conv.alternatives[0]]
 
 
 # -- running (fake cuda-python: device memory is host memory) ---------------------------------------------
@@ -561,7 +579,9 @@ def test_oneline_layer_of_the_sample_and_its_tactic_record() -> None:
     assert layer.outputs == ("__myln_k_arg__bb1_4",)
     records = records_from_profiling(parse_profiling_log(README_LOG.splitlines()))
     attach_tactics([layer], records, lambda name: resolver.from_name(name)[0])
-    assert layer.tactic == "0x665ded9abbf88" and layer.alternatives == ("0x393e4ef8ad243",)
+    # The layer's tactic is the kernel the engine reports; the cache entry is kept beside it.
+    assert layer.tactic == layer.extra["kernel"] and layer.extra["cache_tactic"] == "0x665ded9abbf88"
+    assert layer.alternatives == ("0x393e4ef8ad243",)
     assert layer.extra["cache_key"] == "0x1814870c44ff0f8574df6e3dda04cbd7"
     assert layer.extra["kernel"].startswith("sm80_xmma_gemm_f32f32_tf32f32_f32_nn_n_tilesize32x32x64_stage3")
 
@@ -579,8 +599,26 @@ def test_selfcheck_tries_every_path_of_tensorrt_10(fake: trt_fake.Recorder, cuda
     assert [c.name for c in checks] == ["cuda-python", "tensorrt", *expected]
     assert all(c.status == "ok" for c in checks), [c for c in checks if c.status != "ok"]
     assert "ran, final output within" in by_name["tensorrt: weak typing, --mark outputs"].detail
-    assert by_name["tensorrt: tactics via timing-cache"].detail.startswith("banned 0x")
+    assert "engine kernel sm80_kernel_" in by_name["tensorrt: tactics via timing-cache"].detail
     assert selfcheck_exit_code(checks, ("tensorrt",)) == 0
+
+
+def test_selfcheck_fails_when_the_engine_ignores_a_ban(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart) -> None:
+    from trtdebug.engines.tensorrt.selfcheck import run_selfcheck, selfcheck_exit_code
+
+    fake.ignore_cache_edits = True
+    checks = {c.name: c for c in run_selfcheck(("tensorrt",))}
+    check = checks["tensorrt: tactics via timing-cache"]
+    assert check.status == "failed" and "still uses kernel" in check.detail
+    assert selfcheck_exit_code(checks.values(), ("tensorrt",)) == 1
+
+
+def test_selfcheck_fails_when_no_tactic_was_recorded(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart) -> None:
+    from trtdebug.engines.tensorrt.selfcheck import run_selfcheck
+
+    fake.log_autotuning = False  # a TensorRT whose verbose log has no autotuning tables
+    check = {c.name: c for c in run_selfcheck(("tensorrt",))}["tensorrt: tactics via timing-cache"]
+    assert check.status == "failed" and "no tactic was recorded" in check.detail
 
 
 def test_selfcheck_reports_a_broken_path(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart) -> None:

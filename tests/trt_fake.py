@@ -176,6 +176,8 @@ class Recorder:
         self.fail_when_marked: set[str] = set()  # builds fail while any of these is marked
         self.builds = 0
         self.timing_cache_updates: list[tuple[str, int, float]] = []
+        self.ignore_cache_edits = False  # the builder re-times edited entries and keeps its fastest kernel
+        self.log_autotuning = True  # verbose "Autotuning op" tables in the build log
 
     def allows(self, owner: str, name: str) -> bool:
         if (owner, name) in self.missing or not self.api.has(owner, name):
@@ -753,7 +755,11 @@ class Builder(Checked):
                 key = f"0x{(0xabc0 + i):032x}"
                 table = tactic_table(i, layer.name)
                 cached = config._cache._entries.get(key)
-                if cached is None:
+                if cached is not None and recorder().ignore_cache_edits:
+                    cached = None  # TensorRT ignores the edit: times again, picks the fastest
+                if cached is None and not recorder().log_autotuning:
+                    config._cache._entries[key] = TimingCacheValue(int(table[0][0], 16), table[0][2])
+                elif cached is None:
                     self._log("VERBOSE", f"Autotuning op {layer.name}(key: {key}):")
                     self._log("VERBOSE", "Sorted table of all evaluated tactics:")
                     self._log("VERBOSE", "tactic_id, cost(in ms), cost/fastest_cost, prediction_correlation, "

@@ -255,7 +255,14 @@ def _serialize(builder: trt.Builder, network: trt.INetworkDefinition, config: tr
 def attach_tactics(layers: list[LayerInfo], records: Sequence[TacticRecord],
                    nodes_of: Callable[[str], tuple[str, ...]]) -> None:
     """Put each recorded tactic on the engine layer it belongs to: same name, a Myelin layer named
-    after the op ("matMul1" -> "matMul1_myl0_0", as the sample matches them), or the same nodes."""
+    after the op ("matMul1" -> "matMul1_myl0_0", as the sample matches them), or the same nodes.
+
+    `extra["kernel"]` is always the kernel the *engine* reports (inspector or build-log TacticName).
+    For the editable timing cache the layer's tactic is that kernel too: the cache entry trtdebug
+    wrote is only a request, and NVIDIA's sampleEditableTimingCache checks the engine's own
+    TacticName after an edit (samples/sampleEditableTimingCache/sampleEditableTimingCache.cpp).
+    A request the engine did not follow is noted. For the algorithm selector, the tactic is the one
+    report_algorithms says TensorRT chose (the engine's own report of its choice)."""
     for record in records:
         nodes = nodes_of(record.layer)
         layer = (next((lay for lay in layers if lay.name == record.layer), None)
@@ -263,11 +270,20 @@ def attach_tactics(layers: list[LayerInfo], records: Sequence[TacticRecord],
                  or next((lay for lay in layers if nodes and lay.onnx_nodes == nodes), None))
         if layer is None:
             continue
-        if layer.tactic:
-            layer.extra["kernel"] = layer.tactic
-        layer.tactic = record.chosen
+        kernel = layer.tactic  # what the engine reports for this layer, if anything
+        if kernel:
+            layer.extra["kernel"] = kernel
         layer.alternatives = record.alternatives
         layer.extra["tactic_layer"] = record.layer
+        if record.cache_key is not None:  # editable timing cache
+            layer.extra["cache_tactic"] = record.chosen
+            wanted = record.kernels.get(record.chosen, "")
+            if kernel and wanted and kernel != wanted:
+                record.note = (f"the engine uses {kernel}, not {wanted} written in the timing cache"
+                               + (" (TensorRT ignored the edit)" if record.forced_from else ""))
+            layer.tactic = kernel or record.chosen
+        else:
+            layer.tactic = record.chosen
         for key in ("cache_key", "forced_from", "note"):
             if getattr(record, key):
                 layer.extra[key] = getattr(record, key)
