@@ -103,3 +103,15 @@ def test_shape_tensor_value_range_is_a_user_profile() -> None:
                             shape_ranges={"shape": ((2, 2), (6, 4), (12, 12))})
     built = engine.build(Model.from_proto(reshape_model()), PrecisionPlan("fp32"), None, Marking("none"))
     assert built.serialized
+
+
+def test_user_shape_range_builds_one_engine_for_every_batch() -> None:
+    from trtdebug.engines.tensorrt.selfcheck import tiny_model
+
+    proto = tiny_model()
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    ranges = {"input": ((1, 3, 8, 8), (2, 3, 8, 8), (8, 3, 8, 8))}
+    engine = TensorRTEngine("tensorrt-rtx", compute_capabilities=("SM89",), shape_ranges=ranges)
+    built = engine.build(Model.from_proto(proto), PrecisionPlan("fp16"), None, Marking("none"))
+    assert built.serialize()

@@ -96,3 +96,31 @@ def test_zero_sized_data_dependent_output(fake: trt_fake.Recorder, cudart: trt_f
     built = TensorRTEngine("tensorrt").build(nonzero_model(), PrecisionPlan("fp32"), None, Marking("none"))
     values = built.run({"x": np.zeros((3, 4), np.float32)})
     assert values["y"].shape == (2, 0)
+
+
+def test_user_shape_ranges_shape_every_build_and_the_saved_engine(fake: trt_fake.Recorder) -> None:
+    """TensorRTEngine(shape_ranges={name: (min, opt, max)}): the one profile of every build (marked
+    chunks included) and of the serialized engine, instead of min = opt = max = the feed's shape."""
+    from fixtures import planted
+
+    proto = planted.clean()[0]
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    model = Model.from_proto(proto)
+    ranges = {"input": ((1, 3, 16, 16), (2, 3, 16, 16), (8, 3, 16, 16))}
+    engine = TensorRTEngine("tensorrt", shape_ranges=ranges, input_shapes={"input": (2, 3, 16, 16)})
+    engine.build(model, PrecisionPlan("fp16"), None, Marking("outputs", chunk_size=2))
+    profiles = fake.called("IOptimizationProfile", "set_shape")
+    assert profiles and all(p == ("input", *ranges["input"]) for p in profiles)
+    saved = engine.build(model, PrecisionPlan("fp16"), None, Marking("none")).serialize()
+    runtime = sys.modules["tensorrt"].Runtime(None)
+    deserialized = runtime.deserialize_cuda_engine(saved)
+    assert [tuple(s) for s in deserialized.get_tensor_profile_shape("input", 0)] == list(ranges["input"])
+
+
+def test_shape_range_outside_the_model_is_refused(fake: trt_fake.Recorder) -> None:
+    from fixtures import planted
+
+    model = Model.from_proto(planted.clean()[0])  # static [1, 3, 16, 16]
+    engine = TensorRTEngine("tensorrt", shape_ranges={"input": ((1, 3, 16, 16), (2, 3, 16, 16), (4, 3, 16, 16))})
+    with pytest.raises(UserError, match="does not fit the model's shape"):
+        engine.build(model, PrecisionPlan("fp16"), None, Marking("none"))

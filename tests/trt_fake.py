@@ -674,6 +674,7 @@ class PlanInfo:
     host_outputs: set[str] = field(default_factory=set)  # shape tensors marked as outputs
     shape_inputs: set[str] = field(default_factory=set)  # shape-tensor inputs (host memory)
     data_dependent: set[str] = field(default_factory=set)  # outputs of shape -1 until run (NonZero)
+    profile: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)  # profile 0: min/opt/max shapes
 
 
 def tactic_table(index: int, name: str) -> list[tuple[str, str, float]]:
@@ -799,7 +800,8 @@ class Builder(Checked):
             {t.name for t in network._outputs if t.is_shape_tensor},
             {t.name for t in network._inputs if t._shape_tensor},
             {t.name for t in network._outputs if any(d < 0 for d in t._shape)}
-            if all(d >= 0 for t in network._inputs for d in t._shape) else set())
+            if all(d >= 0 for t in network._inputs for d in t._shape) else set(),
+            dict(config._profiles[0]._shapes) if config._profiles else {})
         return plan
 
 
@@ -881,6 +883,10 @@ class ICudaEngine(Checked):
 
     def get_tensor_dtype(self, name: str) -> EnumValue:
         return dt(self._entry(name)[1])
+
+    def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
+        assert profile_index == 0, "the fake's engines have one profile"
+        return list(self._info.profile[name])
 
     def is_shape_inference_io(self, name: str) -> bool:
         return name in self._info.shape_inputs or name in self._info.host_outputs
