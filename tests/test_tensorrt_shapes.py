@@ -124,3 +124,16 @@ def test_shape_range_outside_the_model_is_refused(fake: trt_fake.Recorder) -> No
     engine = TensorRTEngine("tensorrt", shape_ranges={"input": ((1, 3, 16, 16), (2, 3, 16, 16), (4, 3, 16, 16))})
     with pytest.raises(UserError, match="does not fit the model's shape"):
         engine.build(model, PrecisionPlan("fp16"), None, Marking("none"))
+
+
+def test_chunked_marking_holds_one_engine_at_a_time(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart) -> None:
+    from fixtures import planted
+
+    model = Model.from_proto(planted.overflow()[0])
+    built = TensorRTEngine("tensorrt").build(model, PrecisionPlan("fp16"), None, Marking("outputs", chunk_size=2))
+    assert built.marking_notes["chunks"] > 2 and built.marking_notes["layer_info"] == "engine inspector"
+    assert fake.most_live_engines == 1 and len(fake.live_engines) == 0  # inspected, then released
+    feeds = {"input": np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    built.run(feeds)
+    built.run(feeds)
+    assert fake.most_live_engines == 1 and len(fake.live_engines) == 0

@@ -20,6 +20,7 @@ import ctypes
 import json
 import os
 import re
+import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -176,6 +177,8 @@ class Recorder:
         self.fail_when_marked: set[str] = set()  # builds fail while any of these is marked
         self.builds = 0
         self.timing_cache_updates: list[tuple[str, int, float]] = []
+        self.live_engines: weakref.WeakSet[Any] = weakref.WeakSet()  # deserialized, not yet released
+        self.most_live_engines = 0
         self.ignore_cache_edits = False  # the builder re-times edited entries and keeps its fastest kernel
         self.log_autotuning = True  # verbose "Autotuning op" tables in the build log
 
@@ -849,7 +852,12 @@ class Runtime(Checked):
 
     def deserialize_cuda_engine(self, serialized_engine: bytes) -> ICudaEngine | None:
         info = recorder().plans.get(bytes(serialized_engine))
-        return ICudaEngine(info) if info is not None else None
+        if info is None:
+            return None
+        engine, rec = ICudaEngine(info), recorder()
+        rec.live_engines.add(engine)
+        rec.most_live_engines = max(rec.most_live_engines, len(rec.live_engines))
+        return engine
 
 
 class EngineInspector(Checked):

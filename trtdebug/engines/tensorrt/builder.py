@@ -61,8 +61,6 @@ class BuildResult:
     layer_source: str = ""
     records: list[TacticRecord] = field(default_factory=list)
     precision: PrecisionNotes = field(default_factory=PrecisionNotes)
-    engine: Any = None  # deserialized engine (kept with its runtime) when a GPU is present
-    runtime: Any = None
 
     def failure(self) -> str:
         reason = self.errors[-1] if self.errors else "build_serialized_network returned nothing"
@@ -222,18 +220,22 @@ class NetworkBuilder:
         return _serialize(builder, network, config, logger), []
 
     def _describe_layers(self, result: BuildResult, logger: Any) -> None:
-        """Engine layers from the inspector's JSON (needs a GPU to deserialize), else the build log."""
+        """Engine layers from the inspector's JSON (needs a GPU to deserialize), else the build log.
+        The deserialized engine is released right away: a marked build has one engine per chunk,
+        and keeping them all would hold GPU memory for every chunk (TensorRTBuilt loads each
+        again when it runs, one at a time)."""
         assert result.serialized is not None
         layers = []
         if self.engine.device_available():
             runtime = self.trt.Runtime(logger)
             engine = runtime.deserialize_cuda_engine(result.serialized)
             if engine is not None:
-                result.engine, result.runtime = engine, runtime
                 inspector = engine.create_engine_inspector()
                 text = inspector.get_engine_information(self.trt.LayerInformationFormat.JSON)
+                del inspector, engine  # before the runtime that made it
                 layers = parse_inspector_json(text)
                 result.layer_source = "engine inspector"
+            del runtime
         if not layers:
             layers = layers_from_build_log(logger.lines())
             result.layer_source = "build log" if layers else "unavailable"

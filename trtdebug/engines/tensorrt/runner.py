@@ -261,10 +261,9 @@ class TensorRTBuilt:
         self.marking_notes = notes
         self.layers = _merged_layers(chunks)
         self.onnx_tensors = set(model.producer) | {o.name for o in model.outputs}
-        self._runtimes: list[Any] = []  # a runtime must outlive the engines it deserialized
-        if len(chunks) > 1:  # keep GPU memory bounded: deserialize one chunk at a time when running
-            for chunk in chunks:
-                chunk.result.engine = chunk.result.runtime = None
+        # One chunk: its engine stays loaded between runs. Several: each is loaded, run and
+        # released in turn, so GPU memory holds one chunk's engine at a time.
+        self._loaded: tuple[Any, Any] | None = None  # (runtime, engine); the runtime outlives the engine
 
     @property
     def serialized(self) -> list[bytes]:
@@ -282,8 +281,15 @@ class TensorRTBuilt:
         merged: dict[str, np.ndarray] = {}
         unmapped: set[str] = set()
         for chunk in self.chunks:
-            engine = chunk.result.engine or self._deserialize(chunk.result)
-            values, errors = run_engine(self.trt, engine, feeds, cuda, self.mode)
+            if len(self.chunks) == 1:
+                self._loaded = self._loaded or self._deserialize(chunk.result)
+                values, errors = run_engine(self.trt, self._loaded[1], feeds, cuda, self.mode)
+            else:
+                runtime, engine = self._deserialize(chunk.result)
+                try:
+                    values, errors = run_engine(self.trt, engine, feeds, cuda, self.mode)
+                finally:
+                    del engine, runtime  # the context went with run_engine; the engine before its runtime
             if errors:
                 self.marking_notes.setdefault("debug_errors", []).extend(errors[:10])
             for name, value in values.items():
@@ -298,7 +304,7 @@ class TensorRTBuilt:
             self.marking_notes["marked"] = sorted(n for n in merged if n not in {o.name for o in self.model.outputs})
         return merged
 
-    def _deserialize(self, result: BuildResult) -> Any:
+    def _deserialize(self, result: BuildResult) -> tuple[Any, Any]:
         assert result.serialized is not None
         logger = make_logger(self.trt)
         runtime = self.trt.Runtime(logger)
@@ -306,8 +312,7 @@ class TensorRTBuilt:
         if engine is None:
             reason = (logger.errors() or ["deserialize_cuda_engine returned nothing"])[-1].splitlines()[0]
             raise UserError(f"cannot load the engine on this machine: {reason}")
-        self._runtimes.append(runtime)
-        return engine
+        return runtime, engine
 
 
 def _merged_layers(chunks: Sequence[Chunk]) -> list[LayerInfo]:
