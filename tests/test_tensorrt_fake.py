@@ -32,11 +32,7 @@ from trtdebug.engines.tensorrt.tactics import parse_profiling_log
 from trtdebug.errors import UserError
 
 DETECTION_PROBES = trt_fake.DETECTION_PROBES
-OLDER_TENSORRT = frozenset({  # what 8.6 lacks of the 10.13 API that trtdebug looks for
-    ("INetworkDefinition", "mark_debug"), ("INetworkDefinition", "mark_unfused_tensors_as_debug_tensors"),
-    ("tensorrt", "IDebugListener"), ("BuilderFlag", "EDITABLE_TIMING_CACHE"), ("tensorrt", "TimingCacheKey"),
-    ("ILayer", "metadata"), ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"), ("BuilderFlag", "BF16"),
-})
+OLDER_TENSORRT = trt_fake.TENSORRT_8_6_LACKS  # what 8.6 lacks of the 10.13 API
 
 
 @pytest.fixture
@@ -113,11 +109,29 @@ def test_features_of_an_older_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
     assert features.weak_typing and features.algorithm_selector and features.calibrators
     assert features.need_explicit_batch  # the 8.x ONNX parser needs EXPLICIT_BATCH
     assert not (features.debug_tensors or features.unfused_debug or features.editable_timing_cache
-                or features.layer_metadata or features.strong_flag)
+                or features.strong_flag or features.bf16_flag)
+    assert features.layer_metadata  # 8.6 has ILayer.metadata
     assert features.marking_modes() == ("none", "outputs")
     engine = TensorRTEngine("tensorrt")
     with pytest.raises(UserError, match="--mark debug needs a newer TensorRT"):
         engine.build(Model.from_proto(planted.clean()[0]), PrecisionPlan("fp16"), None, Marking("debug"))
+    with pytest.raises(UserError, match="no BF16 builder flag"):
+        engine.build(Model.from_proto(planted.clean()[0]), PrecisionPlan("bf16"), None, Marking("none"))
+
+
+def test_tensorrt_8_6_builds_and_runs_int64_models_as_int32(monkeypatch: pytest.MonkeyPatch,
+                                                           cudart: trt_fake.FakeCudart) -> None:
+    module, recorder = trt_fake.activate(missing=OLDER_TENSORRT)
+    module.__version__ = "8.6.1"  # type: ignore[misc]
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    proto = shape_model().proto
+    proto.graph.output.append(helper.make_tensor_value_info("shape", TensorProto.INT64, [2]))
+    plan = PrecisionPlan("fp16", {"relu": "fp32"})
+    built = TensorRTEngine("tensorrt").build(Model.from_proto(proto), plan, None, Marking("outputs"))
+    assert ("ILayer", "metadata") in recorder.used  # layers mapped by metadata, as on 8.6
+    values = built.run({"x": np.ones((2, 3), np.float32)})
+    assert values["shape"].dtype == np.int32 and list(values["shape"]) == [2, 3]
+    assert recorder.misses <= DETECTION_PROBES
 
 
 def test_features_of_the_strongly_typed_api(rtx_checked: trt_fake.Recorder) -> None:

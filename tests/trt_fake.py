@@ -158,7 +158,19 @@ DETECTION_PROBES = {
     ("tensorrt", "IInt8EntropyCalibrator2"), ("tensorrt", "IDebugListener"), ("ILayer", "metadata"),
     ("INetworkDefinition", "mark_debug"), ("INetworkDefinition", "mark_unfused_tensors_as_debug_tensors"),
     ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"), ("NetworkDefinitionCreationFlag", "EXPLICIT_BATCH"),
+    ("DataType", "INT64"), ("DataType", "BF16"),  # host types are looked up by name
 }
+
+
+# The real TensorRT 8.6 surface, against 10.13 (NVIDIA/TensorRT v8.6.1: python/src/infer/pyGraph.cpp,
+# pyCore.cpp, pyFoundationalTypes.cpp): no debug tensors, editable timing cache, strong typing,
+# BF16 or INT64; but ILayer.metadata exists (pyGraph.cpp: def_property("metadata", ...)).
+TENSORRT_8_6_LACKS = frozenset({
+    ("INetworkDefinition", "mark_debug"), ("INetworkDefinition", "mark_unfused_tensors_as_debug_tensors"),
+    ("tensorrt", "IDebugListener"), ("BuilderFlag", "EDITABLE_TIMING_CACHE"), ("tensorrt", "TimingCacheKey"),
+    ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"), ("BuilderFlag", "BF16"), ("DataType", "BF16"),
+    ("DataType", "INT64"),
+})
 
 
 class Recorder:
@@ -494,6 +506,8 @@ class INetworkDefinition(Checked):
         def tensor(name: str, shape_tensor: bool = False) -> ITensor:
             tt = types.get(name)
             kind = ONNX_TO_DATATYPE.get(tt.elem_type, "FLOAT") if tt else "FLOAT"
+            if kind == "INT64" and not recorder().allows("DataType", "INT64"):
+                kind = "INT32"  # TensorRT 8.6 has no INT64: its parser casts INT64 to INT32
             shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim) if tt else ()
             return ITensor(name, dt(kind), shape, shape_tensor)
 
