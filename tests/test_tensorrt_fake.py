@@ -635,6 +635,23 @@ def test_selfcheck_fails_when_no_tactic_was_recorded(fake: trt_fake.Recorder, cu
     assert check.status == "failed" and "no tactic was recorded" in check.detail
 
 
+def test_selfcheck_report_names_versions_and_gpu(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart) -> None:
+    from rich.console import Console
+
+    from trtdebug.cli.render.selfcheck import render_selfcheck
+    from trtdebug.engines.tensorrt.selfcheck import Check, environment
+
+    checks = [Check("tensorrt", "ok", "tensorrt 10.13.0.35"), Check("tensorrt-rtx", "skipped", "not installed")]
+    info = environment(checks)
+    assert info["tensorrt"] == "tensorrt 10.13.0.35" and info["tensorrt-rtx"] == "not installed"
+    assert info["gpu"] == "Fake GPU H200" and info["compute capability"] == "9.0"
+    assert info["CUDA driver"] == "12.8" and info["CUDA runtime"] == "12.6"
+    console = Console(record=True, width=200)
+    render_selfcheck(checks, console)
+    text = console.export_text()
+    assert "compute capability: 9.0" in text and "trtdebug selfcheck" in text and "tensorrt 10.13.0.35" in text
+
+
 def test_selfcheck_reports_a_broken_path(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart) -> None:
     from trtdebug.engines.tensorrt.selfcheck import run_selfcheck, selfcheck_exit_code
 

@@ -1114,6 +1114,18 @@ class FakeCudart:
     def cudaGetDeviceCount(self) -> tuple[int, int]:  # noqa: N802
         return (0, 1)
 
+    def cudaGetDeviceProperties(self, device: int) -> tuple[int, Any]:  # noqa: N802
+        class Props:
+            name = b"Fake GPU H200"
+            major, minor = 9, 0
+        return (0, Props())
+
+    def cudaDriverGetVersion(self) -> tuple[int, int]:  # noqa: N802
+        return (0, 12080)
+
+    def cudaRuntimeGetVersion(self) -> tuple[int, int]:  # noqa: N802
+        return (0, 12060)
+
     def cudaMemGetInfo(self) -> tuple[int, int, int]:  # noqa: N802
         used = sum(ctypes.sizeof(b) for b in self.buffers.values())
         return (0, self.limit - used, self.limit)

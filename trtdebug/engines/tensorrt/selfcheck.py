@@ -201,6 +201,38 @@ def _tactic_check(probe: _Probe, engine: Any, runs: bool) -> str:
     return f"banned {target.tactic} of {target.name!r}: engine kernel {before} -> {after}"
 
 
+def environment(checks: Iterable[Check] = ()) -> dict[str, str]:
+    """The header of a selfcheck report: versions and the GPU, each where it can be found."""
+    import platform
+
+    from trtdebug import __version__ as trtdebug_version
+
+    info = {"trtdebug": str(trtdebug_version), "python": platform.python_version(), "os": platform.platform()}
+    for check in checks:  # "tensorrt" / "tensorrt-rtx" rows carry "<module> <version>"
+        if check.name in ("tensorrt", "tensorrt-rtx"):
+            info[check.name] = check.detail if check.status == "ok" else "not installed"
+    try:
+        from trtdebug.engines.tensorrt.cuda_buffers import CudaRuntime
+
+        runtime = CudaRuntime()
+        info["cuda-python"] = _cuda_python_version()
+        info.update(runtime.device_description(0) if runtime.device_count() else {"gpu": "none visible"})
+    except Exception as exc:  # no cuda-python, no driver, no GPU: say so, never fail the report
+        info.setdefault("gpu", f"unavailable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+    return info
+
+
+def _cuda_python_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package in ("cuda-bindings", "cuda-python"):
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
+
+
 def selfcheck_exit_code(checks: Iterable[Check], flavors: Iterable[str] = ("tensorrt", "tensorrt-rtx")) -> int:
     """0: every path tried works; 1: a path failed; 2: no TensorRT of any flavor is installed."""
     checks = list(checks)
