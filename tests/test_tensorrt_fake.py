@@ -350,7 +350,7 @@ Writing the best tactic (0x665ded9abbf88) to cache"""
 def test_profiling_log_parses_like_the_sample() -> None:
     """The log excerpt of NVIDIA's sampleEditableTimingCache README."""
     table = parse_profiling_log(README_LOG.splitlines())
-    record = table["matMul1"]
+    (record,) = [r for r in table.values() if r.op == "matMul1"]
     assert record.key == "0x1814870c44ff0f8574df6e3dda04cbd7" and record.selected == "0x665ded9abbf88"
     assert [h for h, _ in record.tactics] == ["0x665ded9abbf88", "0x393e4ef8ad243"]
     assert record.tactics[1][1].endswith("tilesize64x32x64_stage4")
@@ -387,6 +387,44 @@ def test_timing_cache_edit_the_engine_ignores_is_reported(rtx_checked: trt_fake.
     conv2 = next(layer for layer in second.layers if layer.onnx_nodes == ("conv_amplify",))
     assert conv2.tactic == conv.tactic  # the engine's kernel, not the hash written into the cache
     assert "TensorRT ignored the edit" in conv2.extra["note"]
+
+
+def test_a_ban_reaches_every_cache_key_of_an_op() -> None:
+    """Weak typing autotunes one op under several keys (FP32 and FP16 formats): every key whose
+    chosen tactic is banned is rewritten, not only the last one logged."""
+    from trtdebug.engines.tensorrt.tactics import force_unbanned_tactics, records_from_profiling
+
+    def block(key: str, first: str, second: str) -> list[str]:
+        return [f"Autotuning op conv1(key: {key}):",
+                "tactic_id, cost(in ms), cost/fastest_cost, prediction_correlation, kernel_name, tactic_hash, x",
+                f"0, 0.1, 1.0, 0.5, kernel_{first}, {first},", f"1, 0.2, 2.0, 0.5, kernel_{second}, {second},",
+                f"The selected tactic is (tactic hash, cost(in ms)):{first}, 0.1"]
+
+    keys = [f"0x{1:032x}", f"0x{2:032x}"]
+    records = records_from_profiling(parse_profiling_log([*block(keys[0], "0xa", "0xb"),
+                                                          *block(keys[1], "0xa", "0xc")]))
+    assert [r.cache_key for r in records] == keys
+
+    class Cache:
+        updates: list[tuple[str, int]] = []
+
+        def update(self, key: object, value: object) -> bool:
+            self.updates.append((str(key), value.tacticHash))  # type: ignore[attr-defined]
+            return True
+
+    class Api:
+        class TimingCacheKey:
+            @staticmethod
+            def parse(text: str) -> str:
+                return text
+
+        class TimingCacheValue:
+            def __init__(self, tactic: int, ms: float):
+                self.tacticHash = tactic
+
+    bans = BanList((BanEntry(layer="conv1", tactic="0xa"),))
+    assert force_unbanned_tactics(Api, Cache(), records, bans, lambda name: ())
+    assert Cache.updates == [(keys[0], 0xB), (keys[1], 0xC)]
 
 
 def test_timing_cache_ban_by_kernel_name(rtx_checked: trt_fake.Recorder, overflow_model: Model) -> None:
