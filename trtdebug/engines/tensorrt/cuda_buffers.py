@@ -78,6 +78,21 @@ class CudaRuntime:
         free, _total = self.check(self.cudart.cudaMemGetInfo(), "cudaMemGetInfo")
         return int(free)
 
+    def device_description(self, device: int = 0) -> dict[str, str]:
+        """GPU name, compute capability, driver and runtime CUDA versions (cudaGetDeviceProperties,
+        cudaDriverGetVersion, cudaRuntimeGetVersion; versions are 1000 * major + 10 * minor)."""
+
+        def version(value: Any) -> str:
+            number = int(value)
+            return f"{number // 1000}.{(number % 1000) // 10}"
+
+        props = self.check(self.cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+        name = props.name
+        name = name.decode(errors="replace").rstrip("\x00") if isinstance(name, bytes) else str(name)
+        return {"gpu": name, "compute capability": f"{int(props.major)}.{int(props.minor)}",
+                "CUDA driver": version(self.check(self.cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")),
+                "CUDA runtime": version(self.check(self.cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion"))}
+
     # -- memory and streams -------------------------------------------------------------------
 
     def malloc(self, nbytes: int) -> int:
