@@ -20,8 +20,8 @@ import numpy as np
 
 from trtdebug.errors import EngineError, UserError
 
-CUDA_PYTHON_HINT = ("cuda-python is not installed: pip install 'cuda-python>=12.6.1' (part of "
-                    "`pip install trtdebug[tensorrt]` and `trtdebug[rtx]`)")
+CUDA_PYTHON_HINT = ("cuda-python is not installed: pip install 'trtdebug[tensorrt-cu12]' for a CUDA 12 driver "
+                    "or 'trtdebug[tensorrt-cu13]' for CUDA 13")
 # Errors that mean "there is no usable GPU here" rather than "this call failed".
 NO_DEVICE_ERRORS = {"cudaErrorInsufficientDriver", "cudaErrorNoDevice", "cudaErrorInitializationError",
                     "cudaErrorCompatNotSupportedOnDevice", "cudaErrorSystemDriverMismatch"}
