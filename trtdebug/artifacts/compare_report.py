@@ -29,6 +29,7 @@ def compare_to_json(result: CompareResult) -> dict[str, Any]:
                       "per_output": {k: list(v) for k, v in result.tolerance.per_output.items()}},
         "passed": result.passed,
         "verdict": result.verdict,
+        "check": result.check or None,
         "first_introduced": first,
         "culprits": [{"tensor": c.tensor, "node": c.node, "op_type": c.op_type,
                       "creates_nonfinite": c.creates_nonfinite, "explained": c.explained, "reason": c.reason}

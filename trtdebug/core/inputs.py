@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from trtdebug.core.model import Model, TensorSpec
 from trtdebug.errors import UserError
 
 Shape = tuple[int, ...]
+# Generated values per dtype kind (floats: [low, high); integers and bools: both ends inclusive).
+DEFAULT_RANGES: dict[str, tuple[float, float]] = {"f": (-1.0, 1.0), "i": (0, 7), "u": (0, 7), "b": (0, 1)}
 Feeds = dict[str, np.ndarray]
 
 def resolve_shapes(model: Model, overrides: Mapping[str, Shape]) -> dict[str, Shape]:
@@ -38,7 +41,8 @@ def resolve_shapes(model: Model, overrides: Mapping[str, Shape]) -> dict[str, Sh
 
 def generate_feeds(model: Model, shapes: Mapping[str, Shape],
                    ranges: Mapping[str, tuple[float, float]] | None = None, seed: int = 0) -> Feeds:
-    """Seeded random inputs: floats uniform in [-1, 1], integers in [0, 8), bools balanced."""
+    """Seeded random inputs. Defaults per dtype: floats uniform in [-1, 1), integers uniform in [0, 7],
+    bools 0 or 1. A range given for an integer or bool input is inclusive at both ends: (1, 1) is all ones."""
     ranges = ranges or {}
     unknown = set(ranges) - {s.name for s in model.inputs}
     if unknown:
@@ -48,13 +52,17 @@ def generate_feeds(model: Model, shapes: Mapping[str, Shape],
     for spec in model.inputs:
         shape = shapes[spec.name]
         dtype = spec.dtype or np.dtype(np.float32)
-        low, high = ranges.get(spec.name, (-1.0, 1.0) if dtype.kind == "f" else (0, 8))
+        low, high = ranges.get(spec.name, DEFAULT_RANGES.get(dtype.kind, (0, 7)))
         if dtype.kind == "f":
             feeds[spec.name] = rng.uniform(low, high, size=shape).astype(dtype)
-        elif dtype.kind == "b":
-            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
-        elif dtype.kind in "iu":
-            feeds[spec.name] = rng.integers(int(low), max(int(high), int(low) + 1), size=shape).astype(dtype)
+        elif dtype.kind in "biu":
+            first, last = math.ceil(low), math.floor(high)
+            kind_low, kind_high = (0, 1) if dtype.kind == "b" else (np.iinfo(dtype).min, np.iinfo(dtype).max)
+            if first > last or first < kind_low or last > kind_high:
+                raise UserError(f"--input-range {spec.name}:{low:g},{high:g} holds no {dtype} value between "
+                                f"{kind_low} and {kind_high}; give whole numbers, e.g. --input-range "
+                                f"{spec.name}:{max(kind_low, 0)},{min(kind_high, 1)}")
+            feeds[spec.name] = rng.integers(first, last, size=shape, endpoint=True).astype(dtype)
         else:
             raise UserError(f"cannot generate values for input {spec.name!r} of type {dtype}; "
                             "pass them with --inputs feeds.npz")
@@ -101,6 +109,10 @@ def validate_feeds(model: Model, feeds: Mapping[str, np.ndarray]) -> Feeds:
                 raise UserError(f"input {name!r} has dtype {value.dtype}, but the model wants {spec.dtype}")
             value = value.astype(spec.dtype)
         _check_shape_compatible(spec, value.shape, "inputs file")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+            raise UserError(f"input {name!r} in the inputs file holds {bad} NaN/inf value(s) of {value.size}; "
+                            "no verdict can be trusted on them: give finite inputs")
         checked[name] = value
     return checked
 

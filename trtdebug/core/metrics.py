@@ -169,6 +169,7 @@ class CompareResult:
     tensors: list[TensorReport]
     passed: bool
     verdict: str = ""  # why the final outputs failed ("" when they passed)
+    check: str = ""  # the --check command that judged the outputs instead of the tolerance
     marking: dict[str, Any] = field(default_factory=dict)  # what the engine exposed, in its own words
     local_error: bool = False  # whether local (per-layer, reference-fed) error was computed
     kept: list[str] = field(default_factory=list)  # nodes the plan keeps above the default precision

@@ -13,6 +13,7 @@ import numpy as np
 
 from trtdebug.core.attribution import find_culprits
 from trtdebug.core.bans import BanList
+from trtdebug.core.criterion import CheckCommand
 from trtdebug.core.metrics import CompareResult, Culprit, Reproduction, compare_tensors
 from trtdebug.core.precision import PrecisionPlan, eligible_nodes
 from trtdebug.engines.base import Built, Engine, Marking, as_local_error, as_substituting
@@ -27,7 +28,9 @@ def layer_map(built: Built) -> dict[str, tuple[str, str]]:
 
 
 def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: BanList | None = None,
-                mark: Marking | None = None, progress: Progress = SILENT) -> CompareResult:
+                mark: Marking | None = None, progress: Progress = SILENT,
+                check: CheckCommand | None = None) -> CompareResult:
+    """Where the build is wrong. With `check`, the verdict is the user's command's (as in fallback)."""
     progress.begin(f"building on {engine.name} with layer outputs exposed")
     built = engine.build(problem.model, plan, bans, mark or Marking())
     progress.advance("built")
@@ -38,6 +41,10 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
     progress.end()
     result = compare_tensors(problem.model, problem.reference, candidate, problem.tolerance, local,
                              layer_map(built), engine.name, plan.default)
+    if check is not None:
+        verdict = check.verdict({o: candidate[o] for o in problem.reference_outputs() if o in candidate},
+                                problem.reference_outputs())
+        result.passed, result.verdict, result.check = verdict.passed, verdict.reason, check.template
     result.layers = list(built.layers)
     result.marking = dict(built.marking_notes)
     result.local_error = local is not None
@@ -45,7 +52,7 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
     result.bans = len(bans) if bans else 0
     if not engine.capabilities.exact_marking:
         progress.begin("checking that the unmarked build shows the same verdict")
-        result.reproduction = _reproduction_check(problem, engine, plan, bans, result)
+        result.reproduction = _reproduction_check(problem, engine, plan, bans, result, check)
         progress.end()
     result.range_violations = problem.model.fp16_range_violations()
     if not result.passed:
@@ -67,15 +74,16 @@ def _culprits(problem: Problem, engine: Engine, plan: PrecisionPlan, built: Buil
                          problem.tolerance, run, outputs if substituting else None)
 
 
-def compare_case(case: Case, mark: Marking | None = None, progress: Progress = SILENT) -> CompareResult:
-    return run_compare(case.problem, case.engine, case.plan, case.bans, mark, progress)
+def compare_case(case: Case, mark: Marking | None = None, progress: Progress = SILENT,
+                 check: CheckCommand | None = None) -> CompareResult:
+    return run_compare(case.problem, case.engine, case.plan, case.bans, mark, progress, check)
 
 
 def _reproduction_check(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: BanList | None,
-                        marked: CompareResult) -> Reproduction:
+                        marked: CompareResult, check: CheckCommand | None = None) -> Reproduction:
     """Marking can change fusions and tactics; say whether the marked build still shows the
     unmarked build's verdict on the final outputs."""
-    unmarked = evaluate_plan(problem, engine, plan, bans)
+    unmarked = evaluate_plan(problem, engine, plan, bans, check)
     if unmarked.build_failed:
         return Reproduction(False, reason=f"unmarked {unmarked.reason}")
     return Reproduction(True, unmarked_passed=unmarked.passed, marked_passed=marked.passed,

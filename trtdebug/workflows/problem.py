@@ -16,11 +16,11 @@ import numpy as np
 
 from trtdebug.core.bans import BanList
 from trtdebug.core.files import prepare_outputs
-from trtdebug.core.inputs import generate_feeds, load_feeds, resolve_shapes, validate_feeds
+from trtdebug.core.inputs import DEFAULT_RANGES, generate_feeds, load_feeds, resolve_shapes, validate_feeds
 from trtdebug.core.metrics import Tolerance
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.reference import run_reference
+from trtdebug.core.reference import first_nonfinite, inputs_upstream, run_reference
 from trtdebug.engines import Engine, get_engine
 from trtdebug.errors import UserError
 
@@ -121,7 +121,37 @@ def prepare(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None =
     bans = load_bans(spec.bans, model)
     engine = open_engine(spec.engine, spec.results, spec.obey, feeds, spec.input_profiles)
     tolerance = Tolerance.for_precision(plan.default, spec.atol, spec.rtol, spec.output_tolerances)
-    return Case(Problem.prepare(model, feeds, tolerance), engine, plan, bans)
+    problem = Problem.prepare(model, feeds, tolerance)
+    refuse_nonfinite_reference(problem, spec)
+    return Case(problem, engine, plan, bans)
+
+
+def refuse_nonfinite_reference(problem: Problem, spec: ProblemSpec) -> None:
+    """No verdict means anything against a reference that is not finite: name where it went non-finite and
+    which generated inputs likely caused it."""
+    model, reference = problem.model, problem.reference
+    bad_outputs = [o.name for o in model.outputs if np.asarray(reference[o.name]).dtype.kind == "f"
+                   and not np.isfinite(reference[o.name]).all()]
+    if not bad_outputs:
+        return
+    where = first_nonfinite(model, reference)
+    first = f"; it first goes non-finite at {where[1]!r} (node {where[0]!r})" if where else ""
+    upstream = inputs_upstream(model, where[1]) if where else [s.name for s in model.inputs]
+    if spec.inputs:
+        advice = f"check the values in {spec.inputs}"
+    else:
+        hints = [_range_hint(name, problem.feeds[name], spec) for name in upstream]
+        advice = ("the generated inputs are likely out of the model's domain: give realistic values, e.g. "
+                  + " ".join(h for h in hints if h) + " (or --inputs feeds.npz)") if any(hints) else \
+            "give realistic inputs with --inputs feeds.npz"
+    raise UserError(f"the FP32 reference itself is not finite (output {bad_outputs[0]!r}){first}: {advice}")
+
+
+def _range_hint(name: str, value: np.ndarray, spec: ProblemSpec) -> str:
+    low, high = spec.input_ranges.get(name, DEFAULT_RANGES.get(value.dtype.kind, (0, 7)))
+    if value.dtype.kind in "iub":
+        return f"--input-range {name}:0,1" if (low, high) != (0, 1) else f"--input-range {name}:1,1"
+    return f"--input-range {name}:0,1" if (low, high) != (0.0, 1.0) else ""
 
 
 def open_engine(name: str, results: str | Path | None = None, obey: bool = False,

@@ -21,24 +21,29 @@ from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
               help="Rows in the worst-layers table.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str),
               help="Write the full JSON report here.")
+@click.option("--check", "check_command", metavar="CMD",
+              help="Pass criterion instead of tolerance, as in fallback: a shell command; {outputs} becomes an .npz "
+                   "of the engine outputs ({reference}: of the FP32 ones); exit 0 = pass.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
               help="Write the terminal report as HTML.")
 def compare_command(mark_mode: str, chunk_size: int | None, top: int, json_path: str | None,
-                    html_path: str | None, **problem_args: Any) -> int:
+                    check_command: str | None, html_path: str | None, **problem_args: Any) -> int:
     """Compare every layer of the engine against onnxruntime FP32 and say where error starts."""
     from trtdebug.artifacts.compare_report import write_compare_report
     from trtdebug.cli.progress import LineProgress
     from trtdebug.cli.render.compare import render_compare
+    from trtdebug.core.criterion import CheckCommand
     from trtdebug.engines.base import Marking
     from trtdebug.workflows.compare import compare_case
     from trtdebug.workflows.problem import prepare
 
+    check = CheckCommand(check_command) if check_command is not None else None
     case = prepare(problem_spec(**problem_args), outputs={"--json": json_path, "--html": html_path})
     out = console.stdout
     if html_path:
         out.record = True
     result = compare_case(case, Marking(mode=mark_mode, chunk_size=chunk_size),  # type: ignore[arg-type]
-                          progress=LineProgress(console.stderr, quiet=True))
+                          progress=LineProgress(console.stderr, quiet=True), check=check)
     render_compare(result, out, top=top)
     if json_path:
         write_compare_report(result, json_path)

@@ -27,7 +27,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def verdict_line(result: CompareResult) -> str:
     if result.passed:
         return (f"[bold green]PASS[/] {result.model} on {result.engine} ({result.precision}): "
-                "all outputs within tolerance")
+                + ("the outputs pass the --check command" if result.check else "all outputs within tolerance"))
     return (f"[bold red]FAIL[/] {result.model} on {result.engine} ({result.precision}): "
             f"{result.verdict or 'outputs out of tolerance'}")
 
@@ -35,8 +35,11 @@ def verdict_line(result: CompareResult) -> str:
 def render_compare(result: CompareResult, console: Console, top: int = 10) -> None:
     tol = result.tolerance
     console.print(verdict_line(result))
-    console.print(f"  tolerance atol={tol.atol:g} rtol={tol.rtol:g} (intermediate tensors: atol relative "
-                  "to each tensor's max |x|)", style="dim")
+    if result.check:
+        console.print(f"  pass criterion: --check {escape(result.check)}", style="dim")
+    else:
+        console.print(f"  tolerance atol={tol.atol:g} rtol={tol.rtol:g} (intermediate tensors: atol relative "
+                      "to each tensor's max |x|)", style="dim")
     if not result.passed:
         _render_culprits(result, console)
     worst = result.worst(top)
