@@ -157,6 +157,7 @@ class CompareResult:
     reproduction: Reproduction | None = None  # None: the engine marks exactly, nothing to check
     layers: list[Any] = field(default_factory=list)  # LayerInfo of the build
     range_violations: list[Any] = field(default_factory=list)
+    histograms: dict[str, Any] = field(default_factory=dict)  # culprit tensor -> core.histogram.ValueHistogram
 
     @property
     def outputs(self) -> list[TensorReport]:

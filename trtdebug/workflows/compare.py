@@ -8,6 +8,7 @@ compares builds with it. Whether final outputs are good enough is `workflows.eva
 from __future__ import annotations
 
 from trtdebug.core.bans import BanList
+from trtdebug.core.histogram import culprit_histograms
 from trtdebug.core.metrics import CompareResult, Reproduction, compare_tensors
 from trtdebug.core.precision import PrecisionPlan
 from trtdebug.engines.base import Built, Engine, Marking, as_local_error
@@ -43,6 +44,7 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
         result.reproduction = _reproduction_check(problem, engine, plan, bans, result)
         progress.end()
     result.range_violations = problem.model.fp16_range_violations()
+    result.histograms = culprit_histograms([t.tensor for t in result.introduced], problem.reference, candidate)
     return result
 
 
