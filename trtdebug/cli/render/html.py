@@ -167,7 +167,8 @@ def error_figure(result: CompareResult, kept: Sequence[str] = (), title: str = "
             hovertext=[f"<b>{html.escape(t.node)}</b> ({html.escape(t.op_type)}) kept" for t in shown],
             hoverinfo="text"))
     figure.add_hline(y=result.tolerance.atol, line_dash="dash", line_color="#888",
-                     annotation_text=f"atol {result.tolerance.atol:g} (× max |ref|)", annotation_position="bottom right")
+                     annotation_text=f"atol {result.tolerance.atol:g} (× max |ref|)",
+                     annotation_position="bottom right")
     figure.add_hline(y=ceiling, line_dash="dot", line_color="#d62728", annotation_text="inf / NaN",
                      annotation_position="top left")
     figure.update_layout(
