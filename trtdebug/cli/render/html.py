@@ -114,10 +114,14 @@ def _category(t: TensorReport) -> str:
 
 
 def _hover(t: TensorReport, m: Metrics, which: str) -> str:
-    defects = ", ".join(d.kind for d in t.defects) or "-"
-    return (f"<b>{html.escape(t.node)}</b> ({html.escape(t.op_type)})<br>tensor {html.escape(t.tensor)} #{t.index}"
-            f"<br>{t.status}, {defects}<br>{which}: max abs {_fmt(m.max_abs)}, max rel {_fmt(m.max_rel)}"
-            f"<br>SNR {_fmt(m.snr_db)} dB, {m.frac_outside:.2%} out of tol")
+    # Kept short: a 10,000-tensor model carries two of these per tensor.
+    if which == "local":
+        return f"<b>{html.escape(t.node)}</b> alone: max abs {_fmt(m.max_abs)}, SNR {_fmt(m.snr_db)} dB"
+    defects = ", ".join(d.kind for d in t.defects)
+    tensor = "" if t.tensor == t.node else f" → {html.escape(t.tensor)}"
+    return (f"<b>{html.escape(t.node)}</b>{tensor} ({html.escape(t.op_type)}) #{t.index}<br>{t.status}"
+            f"{' ' + defects if defects else ''}: max abs {_fmt(m.max_abs)}, max rel {_fmt(m.max_rel)}, "
+            f"SNR {_fmt(m.snr_db)} dB, {m.frac_outside:.2%} out of tol")
 
 
 def error_figure(result: CompareResult, kept: Sequence[str] = (), title: str = "") -> go.Figure:
