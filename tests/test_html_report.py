@@ -51,7 +51,7 @@ def test_compare_html_is_self_contained_and_holds_every_tensor(overflow_report, 
     assert [row[1] for row in table["rows"]] == [t["tensor"] for t in report["tensors"]]
     culprit = next(row for row in table["rows"] if row[2] == truth.node)
     assert culprit[4] == "introduced" and truth.kind in culprit[5]
-    assert f"Error first introduced at <span class='fail'>{truth.node}</span>" in page
+    assert f"Culprit: <span class='fail'>{truth.node}</span>" in page
     assert f"{truth.node} → {truth.tensor}: |values|" in page  # the culprit's value histogram
     assert "FP16 max 65504" in page
 
@@ -81,7 +81,8 @@ def test_html_output_is_checked_before_work(planted_models, tmp_path):
     assert len(run.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it: apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it: apt-get install "
+                                               "chromium)")
 def test_report_renders_in_headless_chromium_without_errors(overflow_report, planted_models, tmp_path):
     html_path, _ = overflow_report
     _, truth = planted_models["overflow"]

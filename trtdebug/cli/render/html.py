@@ -152,7 +152,9 @@ def error_figure(result: CompareResult, kept: Sequence[str] = (), title: str = "
             name="local error (layer alone)", marker={"symbol": "circle-open", "color": "#444", "size": 9},
             hovertext=[_hover(t, t.local, "local") for t in local if t.local], hoverinfo="text",
             legendgroup="local", legendgrouptitle_text="fed the FP32 reference"))
-    culprits = [t for t in result.introduced if t.accumulated is not None]
+    headline = [c.tensor for c in result.culprits]
+    culprits = sorted((t for t in result.introduced if t.accumulated is not None),
+                      key=lambda t: headline.index(t.tensor) if t.tensor in headline else len(headline))
     if culprits:
         figure.add_trace(go.Scatter(
             x=[t.index for t in culprits], y=[y_of(t.accumulated) for t in culprits if t.accumulated],
@@ -369,17 +371,19 @@ def _summary_section(result: CompareResult) -> str:
     lines = [_verdict_html(result),
              f"tolerance atol={result.tolerance.atol:g} rtol={result.tolerance.rtol:g}; intermediate tensors: "
              "atol relative to each tensor's max |reference|"]
-    first = result.first_introduced
-    if first is not None:
-        lines.append(f"<b>Error first introduced at <span class='fail'>{html.escape(first.node)}</span></b> "
-                     f"({html.escape(first.op_type)}), tensor {html.escape(first.tensor)}")
-        lines += [f"{html.escape(d.kind)}: {html.escape(d.message)}" for d in first.defects]
-        others = len(result.introduced) - 1
-        if others > 0:
-            names = ", ".join(html.escape(t.node) for t in result.introduced[1:6])
-            lines.append(f"{others} more layer(s) introduce error of their own: {names}"
-                         + (" ..." if others > 5 else ""))
-    elif not result.passed:
+    for number, culprit in enumerate(result.culprits):
+        report = result.tensor(culprit.tensor)
+        share = "" if culprit.explained is None else (
+            f" <span class='dim'>(its reference value removes {culprit.explained:.0%} of the output error)</span>")
+        lines.append(f"<b>{'Culprit' if number == 0 else 'Also'}: <span class='fail'>{html.escape(culprit.node)}"
+                     f"</span></b> ({html.escape(culprit.op_type)}), tensor {html.escape(culprit.tensor)}{share}")
+        lines += [f"&nbsp;&nbsp;{html.escape(d.kind)}: {html.escape(d.message)}" for d in report.defects]
+    others = [t for t in result.introduced if t.tensor not in {c.tensor for c in result.culprits}]
+    if others:
+        names = ", ".join(html.escape(t.node) for t in others[:5])
+        lines.append(f"{len(others)} more layer(s) introduce smaller errors of their own: {names}"
+                     + (" ..." if len(others) > 5 else ""))
+    if not result.passed and not result.culprits:
         lines.append("No single layer introduces the error: it accumulates across layers within per-layer tolerance.")
     missing = sum(1 for t in result.tensors if t.status == "missing")
     lines.append(f"{len(result.tensors) - missing} tensors compared"
