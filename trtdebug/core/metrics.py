@@ -180,6 +180,7 @@ class CompareResult:
     output_tolerances: dict[str, tuple[float, float]] = field(default_factory=dict)  # (atol, rtol) per output
     layers: list[Any] = field(default_factory=list)  # LayerInfo of the build
     range_violations: list[Any] = field(default_factory=list)
+    histograms: dict[str, Any] = field(default_factory=dict)  # culprit tensor -> core.histogram.ValueHistogram
 
     @property
     def outputs(self) -> list[TensorReport]:

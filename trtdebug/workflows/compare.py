@@ -14,6 +14,7 @@ import numpy as np
 from trtdebug.core.attribution import find_culprits
 from trtdebug.core.bans import BanList
 from trtdebug.core.criterion import CheckCommand
+from trtdebug.core.histogram import culprit_histograms
 from trtdebug.core.metrics import CompareResult, Culprit, Reproduction, compare_tensors
 from trtdebug.core.precision import PrecisionPlan, eligible_nodes
 from trtdebug.engines.base import Built, Engine, Marking, as_local_error, as_substituting
@@ -59,6 +60,8 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
         progress.begin("finding the culprits")
         result.culprits, result.culprits_explain = _culprits(problem, engine, plan, built, candidate, result)
         progress.end()
+    culprits = dict.fromkeys([c.tensor for c in result.culprits] + [t.tensor for t in result.introduced])
+    result.histograms = culprit_histograms(culprits, problem.reference, candidate)
     return result
 
 

@@ -69,6 +69,8 @@ class FallbackOutcome:
     op_types: Mapping[str, str] = field(default_factory=dict)
     flops_share: float = 0.0
     params_share: float = 0.0
+    ranking_compare: CompareResult | None = None  # the base plan's compare that ranked suspects (this run)
+    history: list[Evaluation] = field(default_factory=list)  # every evaluation, journal order
 
     @property
     def found(self) -> bool:
@@ -115,14 +117,17 @@ def run_fallback(case: Case, out: str | Path, strategy: str = "ranked", resume: 
         listeners: list[Callable[[Evaluation], None]] = [lambda e: journal.record_evaluation(e, next(counter)),
                                                          lambda e: progress.advance(describe_evaluation(e))]
         known = list(journal.evaluations)
+        history = list(known)
+        listeners.append(history.append)
         ranking: list[str] = candidates
         reasons: dict[str, Any] = {}
         ranking_builds = ranked_now = 0
+        ranking_compare: CompareResult | None = None
         try:
             if strategy == "ranked":
                 progress.begin("ranking suspects (one compare run)")
-                ranking, reasons, ranking_builds, ranked_now = _ranking(journal, problem, engine, base, bans,
-                                                                        candidates, check, known, listeners)
+                ranking, reasons, ranking_builds, ranked_now, ranking_compare = _ranking(
+                    journal, problem, engine, base, bans, candidates, check, known, listeners, progress)
                 progress.end()
             evaluate = lambda plan: evaluate_plan(problem, engine, plan, bans, check)  # noqa: E731
             evaluator = Evaluator(kept_set_check(evaluate, base, keep), known, listeners)
@@ -136,14 +141,14 @@ def run_fallback(case: Case, out: str | Path, strategy: str = "ranked", resume: 
         search=result, candidates=candidates, keep_precision=keep,
         builds=ranking_builds + evaluator.evaluations, builds_this_run=evaluator.builds + ranked_now,
         journal=journal.path, resumed=journal.resumed, reasons=reasons,
-        op_types={n.name: n.op_type for n in model.nodes})
+        op_types={n.name: n.op_type for n in model.nodes}, ranking_compare=ranking_compare, history=history)
     if resume and not journal.resumed:
         outcome.notes.append(f"nothing to resume in {journal.path}; this was a new search")
     elif earlier_journal and not resume:
         outcome.notes.append(f"replaced the journal of an earlier search at {journal.path} (--resume continues one)")
     if result.kept is not None:
         progress.begin("writing the plan, a compare report and the artefacts")
-        _write_outputs(outcome, case, plan_path, strategy, check)
+        _write_outputs(outcome, case, plan_path, strategy, check, progress)
         progress.end()
     return outcome
 
@@ -181,17 +186,18 @@ def _json_sha256(data: Any) -> str:
 
 def _ranking(journal: Journal, problem: Problem, engine: Engine, base: PrecisionPlan, bans: BanList | None,
              candidates: list[str], check: CheckCommand | None, known: list[Evaluation],
-             listeners: list[Callable[[Evaluation], None]]) -> tuple[list[str], dict[str, Any], int, int]:
+             listeners: list[Callable[[Evaluation], None]], progress: Progress = SILENT
+             ) -> tuple[list[str], dict[str, Any], int, int, CompareResult | None]:
     """The suspicion ranking, from the journal or from one compare run (journaled at once).
 
     Returns (order, reasons, builds the ranking costs beyond the evaluations it recorded, builds
-    made now)."""
+    made now, the compare run when one was made now)."""
     if journal.ranking is not None and sorted(journal.ranking["order"]) == sorted(candidates):
         return (list(journal.ranking["order"]), dict(journal.ranking.get("reasons", {})),
-                int(journal.ranking.get("builds", 1)), 0)
+                int(journal.ranking.get("builds", 1)), 0, None)
     started = time.perf_counter()
     try:
-        compare: CompareResult | None = run_compare(problem, engine, base, bans, Marking())
+        compare: CompareResult | None = run_compare(problem, engine, base, bans, Marking(), progress)
     except BuildError:
         compare = None  # rank by static signals only
     suspicions = rank_nodes(problem.model, candidates, compare)
@@ -209,11 +215,11 @@ def _ranking(journal: Journal, problem: Problem, engine: Engine, base: Precision
         known.append(empty_set)
         for listener in listeners:
             listener(empty_set)
-    return order, reasons, builds, 1 if compare is not None else 0
+    return order, reasons, builds, 1 if compare is not None else 0, compare
 
 
 def _write_outputs(outcome: FallbackOutcome, case: Case, plan_path: Path, strategy: str,
-                   check: CheckCommand | None) -> None:
+                   check: CheckCommand | None, progress: Progress = SILENT) -> None:
     problem, engine, bans = case.problem, case.engine, case.bans
     model = problem.model
     result = outcome.search
@@ -233,7 +239,7 @@ def _write_outputs(outcome: FallbackOutcome, case: Case, plan_path: Path, strate
     plan.save(plan_path)
     outcome.plan, outcome.plan_path = plan, plan_path
     paths = output_paths(plan_path)
-    outcome.compare = run_compare(problem, engine, plan, bans, Marking())
+    outcome.compare = run_compare(problem, engine, plan, bans, Marking(), progress)
     outcome.compare_path = write_compare_report(outcome.compare, paths["compare"])
     outcome.artifacts, notes = write_plan_artifacts(engine, model, plan, bans, paths["onnx"], paths["engine"])
     outcome.notes.extend(notes)

@@ -267,7 +267,8 @@ class _Search:
     def compare(self, bans: BanList, label: str) -> CompareResult:
         self.compares += 1
         self.progress.advance(f"compare {self.compares}: {label}")
-        return run_compare(self.problem, self.engine, self.plan, bans if len(bans) else None)
+        return run_compare(self.problem, self.engine, self.plan, bans if len(bans) else None,
+                           progress=self.progress)
 
     def with_bans(self, base: BanList, suspects: Sequence[Suspect]) -> BanList:
         return base.extended([s.ban(self.engine.name) for s in suspects])

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from trtdebug.cli import console
 from trtdebug.cli.options import problem_options, problem_spec
+from trtdebug.cli.progress import quiet_option
 from trtdebug.engines.base import MARK_MODES
 from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
+
+if TYPE_CHECKING:
+    from trtdebug.core.metrics import CompareResult
 
 
 @click.command("compare")
@@ -25,12 +29,14 @@ from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
               help="Pass criterion instead of tolerance, as in fallback: a shell command; {outputs} becomes an .npz "
                    "of the engine outputs ({reference}: of the FP32 ones); exit 0 = pass.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
-              help="Write the terminal report as HTML.")
+              help="Write a self-contained HTML report: error plot, every tensor, culprits' value histograms.")
+@quiet_option
 def compare_command(mark_mode: str, chunk_size: int | None, top: int, json_path: str | None,
-                    check_command: str | None, html_path: str | None, **problem_args: Any) -> int:
+                    check_command: str | None, html_path: str | None, quiet: bool, **problem_args: Any) -> int:
     """Compare every layer of the engine against onnxruntime FP32 and say where error starts."""
     from trtdebug.artifacts.compare_report import write_compare_report
-    from trtdebug.cli.progress import LineProgress
+    from trtdebug.cli.interrupt import run_interruptible
+    from trtdebug.cli.progress import progress_for, stop_display
     from trtdebug.cli.render.compare import render_compare
     from trtdebug.core.criterion import CheckCommand
     from trtdebug.engines.base import Marking
@@ -38,16 +44,25 @@ def compare_command(mark_mode: str, chunk_size: int | None, top: int, json_path:
     from trtdebug.workflows.problem import prepare
 
     check = CheckCommand(check_command) if check_command is not None else None
-    case = prepare(problem_spec(**problem_args), outputs={"--json": json_path, "--html": html_path})
+    spec = problem_spec(**problem_args)
+    progress = progress_for(console.stderr, quiet)
+
+    def work() -> CompareResult:
+        progress.begin("loading the model and running the FP32 reference (onnxruntime)")
+        case = prepare(spec, outputs={"--json": json_path, "--html": html_path})
+        progress.end()
+        return compare_case(case, Marking(mode=mark_mode, chunk_size=chunk_size),  # type: ignore[arg-type]
+                            progress=progress, check=check)
+
+    result = run_interruptible(work, before_exit=lambda: stop_display(progress))
     out = console.stdout
-    if html_path:
-        out.record = True
-    result = compare_case(case, Marking(mode=mark_mode, chunk_size=chunk_size),  # type: ignore[arg-type]
-                          progress=LineProgress(console.stderr, quiet=True), check=check)
     render_compare(result, out, top=top)
     if json_path:
         write_compare_report(result, json_path)
         out.print(f"JSON report: {json_path}", style="dim")
     if html_path:
-        out.save_html(html_path)
+        from trtdebug.cli.render.html import write_compare_html
+
+        write_compare_html(result, html_path)
+        out.print(f"HTML report: {html_path}", style="dim")
     return EXIT_OK if result.passed else EXIT_PROBLEM

@@ -9,6 +9,7 @@ import click
 
 from trtdebug.cli import console
 from trtdebug.cli.options import problem_options, problem_spec
+from trtdebug.cli.progress import quiet_option
 from trtdebug.core.search import STRATEGIES
 from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
 
@@ -24,18 +25,41 @@ from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
 @click.option("--check", "check_command", metavar="CMD",
               help="Pass criterion instead of tolerance: a shell command; {outputs} becomes an .npz of the "
                    "engine outputs ({reference}: of the FP32 ones); exit 0 = pass.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Write a self-contained HTML report: kept nodes on the error plot, the search's progression.")
+@quiet_option
 def fallback_command(out_path: str | None, strategy: str, resume: bool, check_command: str | None,
-                     **problem_args: Any) -> int:
+                     html_path: str | None, quiet: bool, **problem_args: Any) -> int:
     """Find the fewest layers to keep in higher precision so the outputs pass; save the plan."""
-    from trtdebug.cli.progress import LineProgress
+    from trtdebug.cli.interrupt import run_interruptible
+    from trtdebug.cli.progress import progress_for, stop_display
     from trtdebug.cli.render.fallback import render_fallback
     from trtdebug.core.criterion import CheckCommand
-    from trtdebug.workflows.fallback import fallback_outputs, run_fallback
+    from trtdebug.workflows.fallback import FallbackOutcome, fallback_outputs, output_paths, run_fallback
     from trtdebug.workflows.problem import prepare
 
     check = CheckCommand(check_command) if check_command is not None else None
     out = Path(out_path or f"{Path(problem_args['model']).stem}.plan.json")
-    case = prepare(problem_spec(**problem_args), outputs=fallback_outputs(out))
-    outcome = run_fallback(case, out, strategy, resume, check, LineProgress(console.stderr))
+    spec = problem_spec(**problem_args)
+    progress = progress_for(console.stderr, quiet)
+
+    def work() -> FallbackOutcome:
+        progress.begin("loading the model and running the FP32 reference (onnxruntime)")
+        case = prepare(spec, outputs={**fallback_outputs(out), "--html": html_path})
+        progress.end()
+        return run_fallback(case, out, strategy, resume, check, progress)
+
+    def interrupted() -> str:
+        journal = output_paths(out)["journal"]
+        if not journal.is_file():
+            return "interrupted before the search started; nothing was written"
+        return f"interrupted; the journal {journal} keeps every finished build: rerun with --resume to continue"
+
+    outcome = run_interruptible(work, interrupted, before_exit=lambda: stop_display(progress))
     render_fallback(outcome, console.stdout)
+    if html_path:
+        from trtdebug.cli.render.html import write_fallback_html
+
+        write_fallback_html(outcome, html_path)
+        console.stdout.print(f"HTML report: {html_path}", style="dim")
     return EXIT_OK if outcome.found else EXIT_PROBLEM

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from trtdebug.core.metrics import CompareResult, TensorReport
 
@@ -44,8 +46,31 @@ def render_compare(result: CompareResult, console: Console, top: int = 10) -> No
         _render_culprits(result, console)
     worst = result.worst(top)
     if worst:
-        console.print(_worst_table(worst, result.local_error))
+        console.print(_worst_layers(worst, result.local_error, console.width))
     _render_notes(result, console)
+
+
+def _worst_layers(rows: list[TensorReport], with_local: bool, width: int) -> RenderableType:
+    """A table where it fits; on a narrower terminal (80 columns), two lines per layer: its full
+    name first, its numbers below, so no name is ever cut down to `conv…`."""
+    table = _worst_table(rows, with_local)
+    if Measurement.get(Console(width=10_000), Console(width=10_000).options, table).maximum <= width:
+        return table
+    lines = [Text("Worst layers", style="italic")]
+    for t in rows:
+        m = t.accumulated
+        assert m is not None
+        head = Text(f"{t.index:>4}  ", style="dim")
+        head.append(t.node, style="bold red" if t.status == "introduced" else "bold")
+        head.append(f" ({t.op_type}) {t.status}")
+        if t.defects:
+            head.append(" " + ", ".join(d.kind for d in t.defects), style="yellow")
+        numbers = (f"      max abs {_fmt(m.max_abs)}  max rel {_fmt(m.max_rel)}  SNR {_fmt(m.snr_db)} dB  "
+                   f"{m.frac_outside:.1%} out of tol")
+        if with_local:
+            numbers += f"  local SNR {_fmt(t.local.snr_db) if t.local else '-'} dB"
+        lines += [head, Text(numbers, style="dim")]
+    return Group(*lines)
 
 
 def _render_culprits(result: CompareResult, console: Console) -> None:
@@ -80,9 +105,10 @@ def _render_culprits(result: CompareResult, console: Console) -> None:
 def _worst_table(rows: list[TensorReport], with_local: bool) -> Table:
     table = Table(title="Worst layers", title_justify="left", show_lines=False)
     for column in ("#", "node", "op", "status", "defect", "max abs", "max rel", "SNR dB", "out of tol"):
-        table.add_column(column, justify="right" if column in ("#", "max abs", "max rel", "SNR dB") else "left")
+        table.add_column(column, justify="right" if column in ("#", "max abs", "max rel", "SNR dB") else "left",
+                         no_wrap=True)
     if with_local:
-        table.add_column("local SNR dB", justify="right")
+        table.add_column("local SNR dB", justify="right", no_wrap=True)
     for t in rows:
         m = t.accumulated
         assert m is not None

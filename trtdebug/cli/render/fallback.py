@@ -52,7 +52,7 @@ def render_fallback(outcome: FallbackOutcome, console: Console) -> None:
 def _kept_table(kept: list[str], outcome: FallbackOutcome) -> Table:
     table = Table(title=f"Nodes kept in {outcome.keep_precision}", title_justify="left")
     for column in ("node", "op", "why it was suspected"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a name cut to `conv…` identifies no layer
     for node in kept:
         why = outcome.reasons.get(node) or ["found by the search"]
         table.add_row(node, outcome.op_types.get(node, ""), "; ".join(why))

@@ -42,7 +42,7 @@ def render_tactics(search: TacticSearch, console: Console, top: int = 5) -> None
 def _ranking_table(ranking: list[TacticRank], builds: int) -> Table:
     table = Table(title=f"Tactics in failing builds ({builds} builds recorded)", title_justify="left")
     for column in ("layer", "tactic", "failing builds", "passing builds"):
-        table.add_column(column, justify="right" if column.endswith("builds") else "left")
+        table.add_column(column, justify="right" if column.endswith("builds") else "left", overflow="fold")
     for rank in ranking:
         table.add_row(rank.layer, rank.tactic, str(rank.bad_builds), str(rank.good_builds),
                       style="red" if rank.bad_only else None)
@@ -52,7 +52,7 @@ def _ranking_table(ranking: list[TacticRank], builds: int) -> Table:
 def _suspects_table(search: TacticSearch) -> Table:
     table = Table(title="Layers that introduce error", title_justify="left")
     for column in ("layer", "op", "tactic", "alternatives", "tensor", "error"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # names wrap, never cut
     for suspect in [*search.suspects, *search.unbannable]:
         layer, first = suspect.layer, suspect.tensors[0]
         error = _error(first.accumulated.to_json()) if first.accumulated else "-"
@@ -64,7 +64,7 @@ def _suspects_table(search: TacticSearch) -> Table:
 def _decisions_table(decisions: list[BanDecision]) -> Table:
     table = Table(title="Bans", title_justify="left")
     for column in ("", "layer", "banned tactic", "then", "error before", "error after", "why"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # names wrap, never cut
     for d in decisions:
         evidence = d.entry.evidence
         table.add_row("[green]kept[/]" if d.kept else "[red]rejected[/]", d.entry.layer, d.entry.tactic,

@@ -1,0 +1,83 @@
+"""Ctrl-C is answered within a second even while a long native build runs, with exit 130 and one line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fixtures.chain_models import planted_chain
+from trtdebug.core.journal import journal_path
+
+RAN = " ran\n"  # the progress line after the marked run; the local-error session setup follows
+
+
+def _start(*args: object) -> tuple[subprocess.Popen[str], list[str]]:
+    process = subprocess.Popen([sys.executable, "-m", "trtdebug", *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    assert process.stderr is not None
+    stream = process.stderr
+
+    def read() -> None:
+        for line in stream:
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return process, lines
+
+
+def _interrupt_during_build(process: subprocess.Popen[str], lines: list[str]) -> float:
+    """SIGINT two seconds into the local-error session's setup, one native onnxruntime call of
+    about 20 s on this graph; the seconds until the process exited."""
+    deadline = time.monotonic() + 180
+    while not any(line.endswith(RAN) for line in lines):
+        assert process.poll() is None, "".join(lines)
+        assert time.monotonic() < deadline, "the marked run never finished"
+        time.sleep(0.02)
+    time.sleep(2.0)
+    assert process.poll() is None, "the build ended before it could be interrupted"
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=30)
+    return time.monotonic() - sent
+
+
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # The emulator's local-error session on this graph takes ~20 s of native onnxruntime setup,
+    # where Python cannot see SIGINT: without the worker thread, Ctrl-C would wait for it.
+    return planted_chain(10000, 4, seed=5).save(tmp_path_factory.mktemp("slow") / "chain10000.onnx")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_long_compare_build_exits_130_within_a_second(slow_model, tmp_path):
+    report = tmp_path / "report.json"
+    process, lines = _start("compare", slow_model, "--json", report)
+    waited = _interrupt_during_build(process, lines)
+    time.sleep(0.2)  # the reader thread drains what is left
+    assert process.returncode == 130, "".join(lines)
+    assert waited < 1.0, f"took {waited:.2f}s to answer Ctrl-C"
+    assert lines[-1].strip() == "trtdebug: interrupted"
+    assert not report.exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_fallback_ranking_build_says_how_to_resume_and_keeps_the_journal(slow_model, tmp_path):
+    plan = tmp_path / "plan.json"
+    process, lines = _start("fallback", slow_model, "--out", plan)
+    waited = _interrupt_during_build(process, lines)
+    time.sleep(0.2)
+    assert process.returncode == 130, "".join(lines)
+    assert waited < 1.0, f"took {waited:.2f}s to answer Ctrl-C"
+    last = lines[-1].strip()
+    assert last.startswith("trtdebug: interrupted; the journal") and "rerun with --resume" in last
+    records = [json.loads(line) for line in journal_path(plan).read_text().splitlines()]
+    assert records[0]["type"] == "header"  # a valid journal that --resume accepts
+    assert not plan.exists()
