@@ -24,18 +24,32 @@ from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
 @click.option("--check", "check_command", metavar="CMD",
               help="Pass criterion instead of tolerance: a shell command; {outputs} becomes an .npz of the "
                    "engine outputs ({reference}: of the FP32 ones); exit 0 = pass.")
+@click.option("--jobs", default="1", show_default=True, metavar="N|ray",
+              help="Candidates evaluated at once: N worker processes (one per GPU where several are visible), "
+                   "or 'ray' for one Ray task per candidate on a cluster. The plan is the same as with 1.")
+@click.option("--ray-address", metavar="ADDRESS",
+              help="Ray cluster to submit evaluations to (implies --jobs ray unless --jobs N sets the count).")
 def fallback_command(out_path: str | None, strategy: str, resume: bool, check_command: str | None,
-                     **problem_args: Any) -> int:
+                     jobs: str, ray_address: str | None, **problem_args: Any) -> int:
     """Find the fewest layers to keep in higher precision so the outputs pass; save the plan."""
     from trtdebug.cli.progress import LineProgress
     from trtdebug.cli.render.fallback import render_fallback
     from trtdebug.core.criterion import CheckCommand
     from trtdebug.workflows.fallback import fallback_outputs, run_fallback
+    from trtdebug.workflows.parallel import open_judge
     from trtdebug.workflows.problem import prepare
 
     check = CheckCommand(check_command) if check_command is not None else None
     out = Path(out_path or f"{Path(problem_args['model']).stem}.plan.json")
-    case = prepare(problem_spec(**problem_args), outputs=fallback_outputs(out))
-    outcome = run_fallback(case, out, strategy, resume, check, LineProgress(console.stderr))
+    if jobs != "ray" and not (jobs.isdigit() and int(jobs) >= 1):
+        raise click.BadParameter(f"{jobs!r} is neither a positive count nor 'ray'", param_hint="--jobs")
+    spec = problem_spec(**problem_args)
+    case = prepare(spec, outputs=fallback_outputs(out))
+    judge = open_judge(spec, case, jobs if jobs == "ray" else int(jobs), check, ray_address)
+    try:
+        outcome = run_fallback(case, out, strategy, resume, check, LineProgress(console.stderr), judge)
+    finally:
+        if judge is not None:
+            judge.close()
     render_fallback(outcome, console.stdout)
     return EXIT_OK if outcome.found else EXIT_PROBLEM
