@@ -26,14 +26,16 @@ import tempfile
 import time
 from pathlib import Path
 
+Shapes = dict[str, list[int]]
+Ranges = dict[str, list[float]]
 # name -> (model source, input shapes, input ranges)
-CASES: dict[str, tuple[str, list[str], list[str]]] = {
-    "chain100": ("chain:100", [], []),
-    "chain1000": ("chain:1000", [], []),
-    "chain10000": ("chain:10000", [], []),
-    "silero": ("silero", ["input:64x512", "state:2x64x128"], ["sr:16000,16000"]),  # 64 chunks of 32 ms
-    "rec": ("rec", ["x:8x3x48x320"], ["x:-1,1"]),
-    "det": ("det", ["x:4x3x640x640"], ["x:-1,1"]),
+CASES: dict[str, tuple[str, Shapes, Ranges]] = {
+    "chain100": ("chain:100", {}, {}),
+    "chain1000": ("chain:1000", {}, {}),
+    "chain10000": ("chain:10000", {}, {}),
+    "silero": ("silero", {"input": [64, 512], "state": [2, 64, 128]}, {"sr": [16000, 16000]}),  # 64 x 32 ms
+    "rec": ("rec", {"input1": [16, 1, 64, 160]}, {"input1": [-1, 1]}),  # ddddocr conv + BiLSTM recognizer
+    "det": ("det", {"x": [4, 3, 640, 640]}, {"x": [-1, 1]}),  # PP-OCRv4 DBNet text detector
 }
 
 
@@ -48,20 +50,21 @@ def model_path(source: str, folder: Path) -> str:
         if not path.is_file():
             planted_chain(n, 3, seed=n).save(path)
         return str(path)
-    return str({"silero": real_models.silero_vad, "det": real_models.ppocr_detector,
-                "rec": real_models.ppocr_recognizer}[source]())
+    return str({"silero": real_models.silero_vad, "det": real_models.text_detector,
+                "rec": real_models.text_recognizer}[source]())
 
 
-def _problem(path: str, shapes: list[str], ranges: list[str]):  # type: ignore[no-untyped-def]
-    from trtdebug.core.inputs import generate_feeds, parse_shape_overrides, parse_value_ranges, resolve_shapes
+def _problem(path: str, shapes: Shapes, ranges: Ranges):  # type: ignore[no-untyped-def]
+    from trtdebug.core.inputs import generate_feeds, resolve_shapes
     from trtdebug.core.model import Model
 
     model = Model.load(path)
-    feeds = generate_feeds(model, resolve_shapes(model, parse_shape_overrides(shapes)), parse_value_ranges(ranges))
+    feeds = generate_feeds(model, resolve_shapes(model, {k: tuple(v) for k, v in shapes.items()}),
+                           {k: (float(v[0]), float(v[1])) for k, v in ranges.items()})
     return model, feeds
 
 
-def measure_once(kind: str, path: str, shapes: list[str], ranges: list[str]) -> dict[str, float]:
+def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges) -> dict[str, float]:
     """In this process: one measurement of `kind`; seconds and peak RSS in MiB."""
     import trtdebug.workflows.compare  # noqa: F401  imports are not what is measured
     from trtdebug.core.precision import PrecisionPlan
@@ -96,7 +99,7 @@ def measure_once(kind: str, path: str, shapes: list[str], ranges: list[str]) -> 
     return {"seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def measure(kind: str, path: str, shapes: list[str], ranges: list[str]) -> dict[str, float]:
+def measure(kind: str, path: str, shapes: Shapes, ranges: Ranges) -> dict[str, float]:
     run = subprocess.run([sys.executable, "-m", "benchmarks.compare_overhead", "--one", kind, path,
                           json.dumps(shapes), json.dumps(ranges)], capture_output=True, text=True, check=True)
     return json.loads(run.stdout.strip().splitlines()[-1])

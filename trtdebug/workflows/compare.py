@@ -7,10 +7,15 @@ compares builds with it. Whether final outputs are good enough is `workflows.eva
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
+
+from trtdebug.core.attribution import find_culprits
 from trtdebug.core.bans import BanList
-from trtdebug.core.metrics import CompareResult, Reproduction, compare_tensors
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.engines.base import Built, Engine, Marking, as_local_error
+from trtdebug.core.metrics import CompareResult, Culprit, Reproduction, compare_tensors
+from trtdebug.core.precision import PrecisionPlan, eligible_nodes
+from trtdebug.engines.base import Built, Engine, Marking, as_local_error, as_substituting
 from trtdebug.workflows.evaluate import evaluate_plan
 from trtdebug.workflows.problem import Case, Problem
 from trtdebug.workflows.progress import SILENT, Progress
@@ -43,7 +48,23 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
         result.reproduction = _reproduction_check(problem, engine, plan, bans, result)
         progress.end()
     result.range_violations = problem.model.fp16_range_violations()
+    if not result.passed:
+        progress.begin("finding the culprits")
+        result.culprits, result.culprits_explain = _culprits(problem, engine, plan, built, candidate, result)
+        progress.end()
     return result
+
+
+def _culprits(problem: Problem, engine: Engine, plan: PrecisionPlan, built: Built,
+              candidate: Mapping[str, np.ndarray], result: CompareResult) -> tuple[list[Culprit], float | None]:
+    """What explains the failure (core.attribution), measured where the engine can substitute tensors."""
+    model = problem.model
+    keepable = {n for n in eligible_nodes(model) if plan.precision_of(n) == plan.default}
+    substituting = as_substituting(engine, built)
+    outputs = {o.name: candidate[o.name] for o in model.outputs if o.name in candidate}
+    run = (lambda replacements: substituting.run_substituted(problem.feeds, replacements)) if substituting else None
+    return find_culprits(model, result.tensors, keepable or set(model.node_by_name), problem.reference,
+                         problem.tolerance, run, outputs if substituting else None)
 
 
 def compare_case(case: Case, mark: Marking | None = None, progress: Progress = SILENT) -> CompareResult:
