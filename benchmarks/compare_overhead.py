@@ -34,7 +34,7 @@ CASES: dict[str, tuple[str, Shapes, Ranges]] = {
     "chain1000": ("chain:1000", {}, {}),
     "chain10000": ("chain:10000", {}, {}),
     "silero": ("silero", {"input": [64, 512], "state": [2, 64, 128]}, {"sr": [16000, 16000]}),  # 64 x 32 ms
-    "rec": ("rec", {"input1": [16, 1, 64, 160]}, {"input1": [-1, 1]}),  # ddddocr conv + BiLSTM recognizer
+    "rec": ("rec", {"input1": [1, 1, 64, 1024]}, {"input1": [-1, 1]}),  # ddddocr conv + BiLSTM recognizer
     "det": ("det", {"x": [4, 3, 640, 640]}, {"x": [-1, 1]}),  # PP-OCRv4 DBNet text detector
 }
 
@@ -66,10 +66,16 @@ def _problem(path: str, shapes: Shapes, ranges: Ranges):  # type: ignore[no-unty
 
 def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges) -> dict[str, float]:
     """In this process: one measurement of `kind`; seconds and peak RSS in MiB."""
-    import trtdebug.workflows.compare  # noqa: F401  imports are not what is measured
+    from rich.console import Console  # imports are not what is measured
+
+    from trtdebug.artifacts.compare_report import compare_to_json
+    from trtdebug.cli.render.compare import render_compare
+    from trtdebug.core.metrics import Tolerance
     from trtdebug.core.precision import PrecisionPlan
     from trtdebug.core.reference import Reference
     from trtdebug.engines.emulator.engine import EmulatorEngine
+    from trtdebug.workflows.compare import run_compare
+    from trtdebug.workflows.problem import Problem
 
     start = time.perf_counter()
     if kind == "exposed":
@@ -82,14 +88,6 @@ def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges) -> dict[s
         built.run(feeds)
         built.run_local(reference)
     else:
-        from rich.console import Console
-
-        from trtdebug.artifacts.compare_report import compare_to_json
-        from trtdebug.cli.render.compare import render_compare
-        from trtdebug.core.metrics import Tolerance
-        from trtdebug.workflows.compare import run_compare
-        from trtdebug.workflows.problem import Problem
-
         model, feeds = _problem(path, shapes, ranges)
         problem = Problem.prepare(model, feeds, Tolerance.for_precision("fp16"))
         result = run_compare(problem, EmulatorEngine(), PrecisionPlan("fp16"))
