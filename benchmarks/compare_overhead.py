@@ -1,76 +1,136 @@
-"""Overhead of `compare` over the model runs it needs, on a real model (Silero VAD from PyPI).
+"""Overhead of `compare` over the model runs it needs: time and peak memory, on generated graphs of
+100, 1,000 and 10,000 nodes and on real models from PyPI (run by hand, not in CI).
 
-    python -m benchmarks.compare_overhead [--repeat 5]
+    python -m benchmarks.compare_overhead [--repeat 3] [--models silero det rec chain100 ...]
 
-Prints compare's wall time (load, feeds, reference, build, run, local error, metrics, report)
-divided by the time of the runs alone (reference session + run, emulator build + run, local-error
-run). Target: at most 1.15.
+Every measurement runs in a fresh process (peak memory is that process's peak resident set):
+
+- exposed: one onnxruntime FP32 run with every intermediate tensor exposed (the reference alone);
+- runs: what compare cannot avoid: that reference run, the emulator build and run, the local-error run;
+- compare: compare end to end (load, feeds, reference, build, run, local error, metrics, report).
+
+Printed ratios: compare / runs (time; target <= 1.15 on Silero VAD, flat with size), and compare /
+exposed (time, target <= 3; peak memory, target <= 1.5 on the detector at batch 4, 640x640).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-from rich.console import Console
-
-from fixtures.real_models import silero_vad
-from trtdebug.artifacts.compare_report import compare_to_json
-from trtdebug.cli.render.compare import render_compare
-from trtdebug.core.inputs import generate_feeds, resolve_shapes
-from trtdebug.core.metrics import Tolerance
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.reference import Reference
-from trtdebug.engines.emulator.engine import EmulatorEngine
-from trtdebug.workflows.compare import run_compare
-from trtdebug.workflows.problem import Problem
-
-SHAPES = {"input": (64, 512), "state": (2, 64, 128)}  # a batch of 64 chunks of 32 ms audio
-RANGES = {"sr": (16000.0, 16000.0)}
+Shapes = dict[str, list[int]]
+Ranges = dict[str, list[float]]
+# name -> (model source, input shapes, input ranges)
+CASES: dict[str, tuple[str, Shapes, Ranges]] = {
+    "chain100": ("chain:100", {}, {}),
+    "chain1000": ("chain:1000", {}, {}),
+    "chain10000": ("chain:10000", {}, {}),
+    "silero": ("silero", {"input": [64, 512], "state": [2, 64, 128]}, {"sr": [16000, 16000]}),  # 64 x 32 ms
+    "rec": ("rec", {"input1": [1, 1, 64, 1024]}, {"input1": [-1, 1]}),  # ddddocr conv + BiLSTM recognizer
+    "det": ("det", {"x": [4, 3, 640, 640]}, {"x": [-1, 1]}),  # PP-OCRv4 DBNet text detector
+}
 
 
-def _feeds(model: Model) -> dict:
-    return generate_feeds(model, resolve_shapes(model, SHAPES), RANGES)
+def model_path(source: str, folder: Path) -> str:
+    from fixtures import real_models
+
+    if source.startswith("chain:"):
+        from fixtures.chain_models import planted_chain
+
+        n = int(source.split(":")[1])
+        path = folder / f"chain{n}.onnx"
+        if not path.is_file():
+            planted_chain(n, 3, seed=n).save(path)
+        return str(path)
+    return str({"silero": real_models.silero_vad, "det": real_models.text_detector,
+                "rec": real_models.text_recognizer}[source]())
 
 
-def time_runs_only(path: str) -> float:
+def _problem(path: str, shapes: Shapes, ranges: Ranges):  # type: ignore[no-untyped-def]
+    from trtdebug.core.inputs import generate_feeds, resolve_shapes
+    from trtdebug.core.model import Model
+
     model = Model.load(path)
-    feeds = _feeds(model)
-    start = time.perf_counter()
-    reference = Reference(model).run(feeds)
-    built = EmulatorEngine().build(model, PrecisionPlan("fp16"))
-    built.run(feeds)
-    built.run_local(reference)
-    return time.perf_counter() - start
+    feeds = generate_feeds(model, resolve_shapes(model, {k: tuple(v) for k, v in shapes.items()}),
+                           {k: (float(v[0]), float(v[1])) for k, v in ranges.items()})
+    return model, feeds
 
 
-def time_compare(path: str) -> float:
+def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges) -> dict[str, float]:
+    """In this process: one measurement of `kind`; seconds and peak RSS in MiB."""
+    from rich.console import Console  # imports are not what is measured
+
+    from trtdebug.artifacts.compare_report import compare_to_json
+    from trtdebug.cli.render.compare import render_compare
+    from trtdebug.core.metrics import Tolerance
+    from trtdebug.core.precision import PrecisionPlan
+    from trtdebug.core.reference import Reference
+    from trtdebug.engines.emulator.engine import EmulatorEngine
+    from trtdebug.workflows.compare import run_compare
+    from trtdebug.workflows.problem import Problem
+
     start = time.perf_counter()
-    model = Model.load(path)
-    problem = Problem.prepare(model, _feeds(model), Tolerance.for_precision("fp16"))
-    result = run_compare(problem, EmulatorEngine(), PrecisionPlan("fp16"))
-    render_compare(result, Console(file=io.StringIO(), width=160))
-    compare_to_json(result)
-    return time.perf_counter() - start
+    if kind == "exposed":
+        model, feeds = _problem(path, shapes, ranges)
+        Reference(model).run(feeds)
+    elif kind == "runs":
+        model, feeds = _problem(path, shapes, ranges)
+        reference = Reference(model).run(feeds)
+        built = EmulatorEngine().build(model, PrecisionPlan("fp16"))
+        built.run(feeds)
+        built.run_local(reference)
+    else:
+        model, feeds = _problem(path, shapes, ranges)
+        problem = Problem.prepare(model, feeds, Tolerance.for_precision("fp16"))
+        result = run_compare(problem, EmulatorEngine(), PrecisionPlan("fp16"))
+        render_compare(result, Console(file=io.StringIO(), width=160))
+        compare_to_json(result)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def measure(kind: str, path: str, shapes: Shapes, ranges: Ranges) -> dict[str, float]:
+    run = subprocess.run([sys.executable, "-m", "benchmarks.compare_overhead", "--one", kind, path,
+                          json.dumps(shapes), json.dumps(ranges)], capture_output=True, text=True, check=True)
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    path = str(silero_vad())
-    time_compare(path)  # warm caches (imports, onnxruntime kernels registry)
-    runs = [time_runs_only(path) for _ in range(args.repeat)]
-    totals = [time_compare(path) for _ in range(args.repeat)]
-    runs_median, total_median = statistics.median(runs), statistics.median(totals)
-    print(f"model: {path}")
-    print(f"runs only (reference + emulator build/run + local run): {runs_median * 1000:.1f} ms (median of "
-          f"{args.repeat})")
-    print(f"compare end to end:                                    {total_median * 1000:.1f} ms")
-    print(f"ratio: {total_median / runs_median:.3f} (target <= 1.15)")
+    if args.one:
+        kind, path, shapes, ranges = args.one
+        print(json.dumps(measure_once(kind, path, json.loads(shapes), json.loads(ranges))))
+        return
+    print("time: median of --repeat fresh processes; memory: peak resident set of the process (MiB)")
+    print(f"{'model':<11} {'nodes':>6} | {'exposed':>14} | {'runs':>14} | {'compare':>14} | "
+          f"{'t/runs':>6} {'t/exp':>6} {'m/runs':>6} {'m/exp':>6}")
+    with tempfile.TemporaryDirectory(prefix="trtdebug-bench-") as folder:
+        for name in args.models:
+            source, shapes, ranges = CASES[name]
+            path = model_path(source, Path(folder))
+            from trtdebug.core.model import Model
+
+            nodes = len(Model.load(path).nodes)
+            results = {}
+            for kind in ("exposed", "runs", "compare"):
+                samples = [measure(kind, path, shapes, ranges) for _ in range(args.repeat)]
+                results[kind] = (statistics.median(s["seconds"] for s in samples),
+                                 statistics.median(s["peak_mib"] for s in samples))
+            (te, me), (tr, mr), (tc, mc) = results["exposed"], results["runs"], results["compare"]
+            print(f"{name:<11} {nodes:>6} | {te:6.2f}s {me:5.0f}M | {tr:6.2f}s {mr:5.0f}M | {tc:6.2f}s {mc:5.0f}M | "
+                  f"{tc / tr:6.2f} {tc / te:6.2f} {mc / mr:6.2f} {mc / me:6.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,11 @@ build); where it is not, the delta-debugging step still guarantees 1-minimality 
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from trtdebug.core.metrics import CompareResult, Metrics, Verdict
@@ -51,6 +53,8 @@ FRAGILE_OPS = frozenset({
 REGION_THRESHOLD = 0.5
 
 Kept = frozenset[str]
+# Answers several kept sets at once: each one's verdict and the seconds its evaluation took.
+BatchCheck = Callable[[Sequence[Kept]], list[tuple[Verdict, float]]]
 
 
 @dataclass(frozen=True)
@@ -69,16 +73,25 @@ class Evaluation:
 
 class Evaluator:
     """Memoized pass/fail of kept sets; every new evaluation is handed to the listeners (the
-    journal, progress output) before the search sees its result."""
+    journal, progress output) before the search sees its result.
+
+    `check_many` answers several kept sets at once (worker processes, a Ray cluster) and returns,
+    for each, its verdict and the seconds its evaluation took; with `jobs` above 1, `run_strategy`
+    asks it for up to `jobs` kept sets per round (see `speculate`). `rounds` counts the batches
+    that built something: the sequential rounds a search took."""
 
     def __init__(self, check: Callable[[Kept], Verdict], known: Iterable[Evaluation] = (),
-                 listeners: Sequence[Callable[[Evaluation], None]] = ()):
+                 listeners: Sequence[Callable[[Evaluation], None]] = (),
+                 check_many: BatchCheck | None = None, jobs: int = 1):
         self._check = check
+        self._check_many = check_many
+        self.jobs = max(1, int(jobs))
         self._memo: dict[Kept, Evaluation] = {}
         for evaluation in known:
             self._memo.setdefault(evaluation.kept, evaluation)
         self.replayed = len(self._memo)
         self.builds = 0  # evaluations built in this run
+        self.rounds = 0  # batches of evaluations built in this run, one after the other
         self.phase = ""
         self.listeners = list(listeners)
 
@@ -87,15 +100,27 @@ class Evaluator:
         known = self._memo.get(key)
         if known is not None:
             return known
-        started = time.perf_counter()
-        verdict = self._check(key)
-        evaluation = Evaluation(key, verdict.passed, verdict.reason, verdict.build_failed,
-                                self.phase, time.perf_counter() - started, verdict=verdict)
-        self._memo[key] = evaluation
-        self.builds += 1
-        for listener in self.listeners:
-            listener(evaluation)
-        return evaluation
+        return self.evaluate_many([(key, self.phase)])[0]
+
+    def evaluate_many(self, questions: Sequence[tuple[Kept, str]]) -> list[Evaluation]:
+        """Evaluate (kept set, phase) pairs in one round; listeners hear of them in this order."""
+        todo: dict[Kept, str] = {}
+        for key, phase in questions:
+            if key not in self._memo:
+                todo.setdefault(key, phase)
+        if todo:
+            self.rounds += 1
+            keys = list(todo)
+            answers = self._check_many(keys) if self._check_many is not None else [_timed_check(self._check, k)
+                                                                                   for k in keys]
+            for key, (verdict, seconds) in zip(keys, answers, strict=True):
+                evaluation = Evaluation(key, verdict.passed, verdict.reason, verdict.build_failed,
+                                        todo[key], seconds, verdict=verdict)
+                self._memo[key] = evaluation
+                self.builds += 1
+                for listener in self.listeners:
+                    listener(evaluation)
+        return [self._memo[key] for key, _ in questions]
 
     def passes(self, kept: Iterable[str]) -> bool:
         return self.evaluate(kept).passed
@@ -107,6 +132,115 @@ class Evaluator:
     def evaluations(self) -> int:
         """Distinct kept sets evaluated, in this run and in the runs it resumes."""
         return len(self._memo)
+
+    def pass_probability(self, kept: Kept, phase: str, assumed: Mapping[Kept, bool]) -> float:
+        """How likely `kept` is to pass, for choosing what to evaluate ahead: a known (or assumed)
+        passing subset or failing superset says so if passing is monotone; otherwise the share of
+        passes among this phase's evaluations so far."""
+        answers = [(e.kept, e.passed) for e in self._memo.values()] + list(assumed.items())
+        passing = [other for other, passed in answers if passed]
+        if passing:  # every needed node lies in each passing set, so in their intersection
+            needed_within = frozenset.intersection(*passing)
+            if needed_within <= kept:
+                return MONOTONE_CONFIDENCE
+            if any(not passed and kept & needed_within <= other for other, passed in answers):
+                return 1.0 - MONOTONE_CONFIDENCE
+        elif any(not passed and kept <= other for other, passed in answers):
+            return 1.0 - MONOTONE_CONFIDENCE
+        in_phase = [e.passed for e in self._memo.values() if e.phase == phase]
+        return (sum(in_phase) + 1) / (len(in_phase) + 2)
+
+
+def _timed_check(check: Callable[[Kept], Verdict], kept: Kept) -> tuple[Verdict, float]:
+    started = time.perf_counter()
+    verdict = check(kept)
+    return verdict, time.perf_counter() - started
+
+
+# -- parallel rounds --------------------------------------------------------------------------------
+#
+# The strategies ask one question at a time. With several workers, `speculate` runs a strategy
+# unchanged over the answers known so far; where it reaches a question nobody has answered, it
+# looks ahead: it replays the strategy under assumed answers (pass, then fail) to find the
+# questions it would ask next, and evaluates the most likely ones together, as one round. The
+# search is then replayed over the real answers, so it returns exactly what the sequential search
+# returns; speculative evaluations on branches not taken cost builds but never change the answer.
+
+MONOTONE_CONFIDENCE = 0.95
+# A look-ahead question is evaluated only if the search reaches it with at least this probability.
+MIN_SPECULATION = 0.45
+
+
+class _Unanswered(Exception):
+    def __init__(self, kept: Kept, phase: str):
+        super().__init__(f"{len(kept)} nodes kept")
+        self.kept, self.phase = kept, phase
+
+
+class _Replay(Evaluator):
+    """An Evaluator over known and assumed answers that stops at the first unanswered question."""
+
+    def __init__(self, real: Evaluator, assumed: Mapping[Kept, bool]):
+        self._memo = real._memo
+        self._assumed = assumed
+        self._check = real._check
+        self._check_many = None
+        self.jobs = 1
+        self.replayed = real.replayed
+        self.builds = real.builds
+        self.rounds = real.rounds
+        self.phase = ""
+        self.listeners = []
+
+    def evaluate(self, kept: Iterable[str]) -> Evaluation:
+        key = frozenset(kept)
+        known = self._memo.get(key)
+        if known is not None:
+            return known
+        if key in self._assumed:
+            return Evaluation(key, self._assumed[key], phase=self.phase)
+        raise _Unanswered(key, self.phase)
+
+
+def speculate(search: Callable[[Evaluator], SearchResult], ev: Evaluator,
+              min_probability: float | None = None) -> SearchResult:
+    """Run `search` with up to `ev.jobs` evaluations per round; the same result as `search(ev)`."""
+    if min_probability is None:
+        min_probability = MIN_SPECULATION
+    if ev.jobs <= 1:
+        return search(ev)
+    while True:
+        try:
+            return search(_Replay(ev, {}))
+        except _Unanswered as first:
+            ev.evaluate_many(_lookahead(search, ev, first, min_probability))
+
+
+def _lookahead(search: Callable[[Evaluator], SearchResult], ev: Evaluator, first: _Unanswered,
+               min_probability: float) -> list[tuple[Kept, str]]:
+    """The next question and the likeliest questions after it, best first, `ev.jobs` at most."""
+    chosen: dict[Kept, str] = {first.kept: first.phase}
+    frontier: list[tuple[float, int, dict[Kept, bool]]] = []
+    order = itertools.count()
+
+    def branch(assumed: dict[Kept, bool], question: _Unanswered, reach: float) -> None:
+        p = ev.pass_probability(question.kept, question.phase, assumed)
+        for answer, likelihood in ((True, p), (False, 1.0 - p)):
+            if reach * likelihood >= min_probability:
+                heapq.heappush(frontier, (-reach * likelihood, next(order), {**assumed, question.kept: answer}))
+
+    branch({}, first, 1.0)
+    replays = 0
+    while frontier and len(chosen) < ev.jobs and replays < 8 * ev.jobs:
+        negative_reach, _, assumed = heapq.heappop(frontier)
+        replays += 1
+        try:
+            search(_Replay(ev, assumed))
+            continue  # the search ends on this branch
+        except _Unanswered as question:
+            chosen.setdefault(question.kept, question.phase)
+            branch(assumed, question, -negative_reach)
+    return list(chosen.items())
 
 
 def plan_keeping(base: PrecisionPlan, kept: Iterable[str], keep_precision: str) -> PrecisionPlan:
@@ -300,12 +434,13 @@ def bisect_search(topological: Sequence[str], ev: Evaluator) -> SearchResult:
 
 def run_strategy(strategy: str, ranking: Sequence[str], topological: Sequence[str],
                  ev: Evaluator) -> SearchResult:
+    """Run a strategy; with `ev.jobs` above 1, several evaluations per round (same result)."""
     if strategy == "ranked":
-        return ranked_search(ranking, topological, ev)
+        return speculate(lambda e: ranked_search(ranking, topological, e), ev)
     if strategy == "linear":
-        return linear_search(topological, ev)
+        return speculate(lambda e: linear_search(topological, e), ev)
     if strategy == "bisect":
-        return bisect_search(topological, ev)
+        return speculate(lambda e: bisect_search(topological, e), ev)
     raise ValueError(f"unknown strategy {strategy!r}")
 
 

@@ -43,6 +43,7 @@ from trtdebug.errors import UserError
 from trtdebug.workflows.build import write_plan_artifacts
 from trtdebug.workflows.compare import run_compare
 from trtdebug.workflows.evaluate import evaluate_plan
+from trtdebug.workflows.parallel import Judge
 from trtdebug.workflows.problem import Case, Problem
 from trtdebug.workflows.progress import SILENT, Progress
 
@@ -58,6 +59,7 @@ class FallbackOutcome:
     builds: int  # engine builds the search took, over every run of this journal
     builds_this_run: int
     journal: Path
+    rounds_this_run: int
     resumed: bool
     plan: PrecisionPlan | None = None
     plan_path: Path | None = None
@@ -94,7 +96,10 @@ def fallback_outputs(plan_path: Path) -> dict[str, Path]:
 
 
 def run_fallback(case: Case, out: str | Path, strategy: str = "ranked", resume: bool = False,
-                 check: CheckCommand | None = None, progress: Progress = SILENT) -> FallbackOutcome:
+                 check: CheckCommand | None = None, progress: Progress = SILENT,
+                 judge: Judge | None = None) -> FallbackOutcome:
+    """`judge` (workflows.parallel) evaluates each search round's candidates at once, in worker
+    processes or on Ray; the plan is the one the sequential search finds."""
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     problem, engine, base, bans = case.problem, case.engine, case.plan, case.bans
@@ -130,8 +135,12 @@ def run_fallback(case: Case, out: str | Path, strategy: str = "ranked", resume: 
                     journal, problem, engine, base, bans, candidates, check, known, listeners, progress)
                 progress.end()
             evaluate = lambda plan: evaluate_plan(problem, engine, plan, bans, check)  # noqa: E731
-            evaluator = Evaluator(kept_set_check(evaluate, base, keep), known, listeners)
-            progress.begin(f"{strategy} search over {len(candidates)} candidate nodes")
+            check_many = None if judge is None else (
+                lambda sets: judge.judge([plan_keeping(base, kept, keep) for kept in sets]))
+            evaluator = Evaluator(kept_set_check(evaluate, base, keep), known, listeners, check_many,
+                                  judge.jobs if judge is not None else 1)
+            jobs = f", {judge.jobs} at a time" if judge is not None else ""
+            progress.begin(f"{strategy} search over {len(candidates)} candidate nodes{jobs}")
             result = run_strategy(strategy, ranking, candidates, evaluator)
             progress.end()
         except KeyboardInterrupt:
@@ -140,8 +149,9 @@ def run_fallback(case: Case, out: str | Path, strategy: str = "ranked", resume: 
     outcome = FallbackOutcome(
         search=result, candidates=candidates, keep_precision=keep,
         builds=ranking_builds + evaluator.evaluations, builds_this_run=evaluator.builds + ranked_now,
-        journal=journal.path, resumed=journal.resumed, reasons=reasons,
-        op_types={n.name: n.op_type for n in model.nodes}, ranking_compare=ranking_compare, history=history)
+        journal=journal.path, rounds_this_run=evaluator.rounds + ranked_now, resumed=journal.resumed,
+        reasons=reasons, op_types={n.name: n.op_type for n in model.nodes}, ranking_compare=ranking_compare,
+        history=history)
     if resume and not journal.resumed:
         outcome.notes.append(f"nothing to resume in {journal.path}; this was a new search")
     elif earlier_journal and not resume:

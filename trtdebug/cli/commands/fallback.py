@@ -27,19 +27,28 @@ from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
                    "engine outputs ({reference}: of the FP32 ones); exit 0 = pass.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
               help="Write a self-contained HTML report: kept nodes on the error plot, the search's progression.")
+@click.option("--jobs", default="1", show_default=True, metavar="N|ray",
+              help="Candidates evaluated at once: N worker processes (one per GPU where several are visible), "
+                   "or 'ray' for one Ray task per candidate on a cluster. The plan is the same as with 1.")
+@click.option("--ray-address", metavar="ADDRESS",
+              help="Ray cluster to submit evaluations to (implies --jobs ray unless --jobs N sets the count).")
 @quiet_option
 def fallback_command(out_path: str | None, strategy: str, resume: bool, check_command: str | None,
-                     html_path: str | None, quiet: bool, **problem_args: Any) -> int:
+                     html_path: str | None, jobs: str, ray_address: str | None, quiet: bool,
+                     **problem_args: Any) -> int:
     """Find the fewest layers to keep in higher precision so the outputs pass; save the plan."""
     from trtdebug.cli.interrupt import run_interruptible
     from trtdebug.cli.progress import progress_for, stop_display
     from trtdebug.cli.render.fallback import render_fallback
     from trtdebug.core.criterion import CheckCommand
     from trtdebug.workflows.fallback import FallbackOutcome, fallback_outputs, output_paths, run_fallback
+    from trtdebug.workflows.parallel import open_judge
     from trtdebug.workflows.problem import prepare
 
     check = CheckCommand(check_command) if check_command is not None else None
     out = Path(out_path or f"{Path(problem_args['model']).stem}.plan.json")
+    if jobs != "ray" and not (jobs.isdigit() and int(jobs) >= 1):
+        raise click.BadParameter(f"{jobs!r} is neither a positive count nor 'ray'", param_hint="--jobs")
     spec = problem_spec(**problem_args)
     progress = progress_for(console.stderr, quiet)
 
@@ -47,7 +56,12 @@ def fallback_command(out_path: str | None, strategy: str, resume: bool, check_co
         progress.begin("loading the model and running the FP32 reference (onnxruntime)")
         case = prepare(spec, outputs={**fallback_outputs(out), "--html": html_path})
         progress.end()
-        return run_fallback(case, out, strategy, resume, check, progress)
+        judge = open_judge(spec, case, jobs if jobs == "ray" else int(jobs), check, ray_address)
+        try:
+            return run_fallback(case, out, strategy, resume, check, progress, judge)
+        finally:
+            if judge is not None:
+                judge.close()
 
     def interrupted() -> str:
         journal = output_paths(out)["journal"]

@@ -1,0 +1,189 @@
+"""Judge several candidate plans at once: worker processes on this machine, or tasks on Ray.
+
+A fallback search round (core.search.speculate) hands a batch of precision plans to a `Judge`;
+each plan is built and judged through the one evaluation path (workflows.evaluate) by a worker
+that prepared the problem itself, once, from the user's ProblemSpec: engines are not picklable in
+general, and a TensorRT worker must own its GPU. Only the parent process sees the answers, so the
+journal stays the single record of the search.
+
+- `ProcessJudge`: `jobs` worker processes (spawned, not forked: CUDA and onnxruntime's thread
+  pools do not survive a fork). With several GPUs visible, worker i sees only GPU i mod count
+  (CUDA_VISIBLE_DEVICES), so N jobs on N GPUs build N engines at once.
+- `RayJudge` (`pip install trtdebug[ray]`): one Ray actor per job, placed by Ray on any host of
+  the cluster (one GPU each for TensorRT engines); each call builds and judges one candidate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Protocol
+
+from trtdebug.core.criterion import CheckCommand
+from trtdebug.core.metrics import Verdict
+from trtdebug.core.precision import PrecisionPlan
+from trtdebug.errors import UserError
+from trtdebug.workflows.problem import Case, ProblemSpec, prepare
+
+GPU_ENGINES = ("tensorrt", "tensorrt-rtx")
+
+
+class Judge(Protocol):
+    jobs: int
+
+    def judge(self, plans: Sequence[PrecisionPlan]) -> list[tuple[Verdict, float]]:
+        """Each plan's verdict and the seconds its build and judgement took, in order."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Worker:
+    """Prepares the problem once; then builds and judges one plan per call."""
+
+    def __init__(self, spec: ProblemSpec, check_template: str | None = None, device: str | None = None):
+        if device is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = device
+        self.case: Case = prepare(spec)
+        self.check = CheckCommand(check_template) if check_template is not None else None
+
+    def fingerprint(self) -> str:
+        return problem_fingerprint(self.case)
+
+    def judge(self, plan: PrecisionPlan) -> tuple[Verdict, float]:
+        from trtdebug.workflows.evaluate import evaluate_plan
+
+        started = time.perf_counter()
+        verdict = evaluate_plan(self.case.problem, self.case.engine, plan, self.case.bans, self.check)
+        return verdict, time.perf_counter() - started
+
+
+def problem_fingerprint(case: Case) -> str:
+    """Model, feeds and plan default: a worker that prepared something else must not judge."""
+    digest = hashlib.sha256(case.problem.model.sha256.encode())
+    for name in sorted(case.problem.feeds):
+        digest.update(name.encode())
+        digest.update(case.problem.feeds[name].tobytes())
+    digest.update(case.plan.default.encode())
+    return digest.hexdigest()
+
+
+def visible_gpus(engine: str) -> list[str]:
+    """The GPUs workers are spread over: none for CPU engines."""
+    if engine not in GPU_ENGINES:
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(listing.stdout.splitlines()) if line.startswith("GPU ")]
+
+
+# -- worker processes ------------------------------------------------------------------------------
+
+_WORKER: Worker | None = None
+
+
+def _start_worker(spec: ProblemSpec, check_template: str | None, devices: Any) -> None:
+    global _WORKER
+    device = devices.get() if devices is not None else None
+    if device is None:  # CPU engines: the workers share the cores instead of all taking all of them
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _WORKER = Worker(spec, check_template, device)
+
+
+def _fingerprint() -> str:
+    assert _WORKER is not None
+    return _WORKER.fingerprint()
+
+
+def _judge(plan: PrecisionPlan) -> tuple[Verdict, float]:
+    assert _WORKER is not None
+    return _WORKER.judge(plan)
+
+
+class ProcessJudge:
+    def __init__(self, spec: ProblemSpec, jobs: int, expected: str, check: CheckCommand | None = None):
+        self.jobs = jobs
+        context = multiprocessing.get_context("spawn")
+        gpus = visible_gpus(spec.engine)
+        devices = None
+        if gpus:
+            devices = context.Queue()
+            for i in range(jobs):
+                devices.put(gpus[i % len(gpus)])
+        self._pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                                         initargs=(spec, check.template if check else None, devices))
+        if self._pool.submit(_fingerprint).result() != expected:
+            self.close()
+            raise UserError("a --jobs worker prepared other inputs than this process (a non-deterministic "
+                            "--inputs source?); rerun with --jobs 1")
+
+    def judge(self, plans: Sequence[PrecisionPlan]) -> list[tuple[Verdict, float]]:
+        return list(self._pool.map(_judge, plans))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# -- Ray -------------------------------------------------------------------------------------------
+
+class RayJudge:
+    """One actor per job on a Ray cluster (`address` None: the one RAY_ADDRESS names, or a new local
+    one). Every host must see the model and input files at the same paths."""
+
+    def __init__(self, spec: ProblemSpec, jobs: int, expected: str, check: CheckCommand | None = None,
+                 address: str | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise UserError("--jobs ray needs Ray: pip install 'trtdebug[ray]'") from None
+        self._ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        if jobs <= 0:
+            jobs = max(1, int(ray.cluster_resources().get("GPU" if spec.engine in GPU_ENGINES else "CPU", 1)))
+        self.jobs = jobs
+        options: dict[str, Any] = {"num_gpus": 1} if spec.engine in GPU_ENGINES else {"num_cpus": 1}
+        actor = ray.remote(**options)(Worker)
+        template = check.template if check else None
+        self._actors: list[Any] = [actor.remote(spec, template) for _ in range(jobs)]  # type: ignore[attr-defined]
+        prints = ray.get([a.fingerprint.remote() for a in self._actors])
+        if any(p != expected for p in prints):
+            self.close()
+            raise UserError("a Ray worker prepared other inputs than this process: every host must see the "
+                            "same model and --inputs files at the same paths")
+
+    def judge(self, plans: Sequence[PrecisionPlan]) -> list[tuple[Verdict, float]]:
+        from ray.util import ActorPool
+
+        pool = ActorPool(self._actors)
+        return list(pool.map(lambda actor, plan: actor.judge.remote(plan), list(plans)))
+
+    def close(self) -> None:
+        for actor in self._actors:
+            self._ray.kill(actor)
+        self._actors = []
+
+
+def open_judge(spec: ProblemSpec, case: Case, jobs: int | str, check: CheckCommand | None = None,
+               ray_address: str | None = None) -> Judge | None:
+    """The judge for `--jobs` (a count, or "ray"), or None to judge in this process."""
+    expected = problem_fingerprint(case)
+    if jobs == "ray" or ray_address is not None:  # --ray-address alone: one job per GPU (CPU) of the cluster
+        return RayJudge(spec, 0 if jobs in ("ray", 1) else int(jobs), expected, check, ray_address)
+    count = int(jobs)
+    if count <= 1:
+        return None
+    return ProcessJudge(spec, count, expected, check)
