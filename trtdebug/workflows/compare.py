@@ -8,8 +8,10 @@ compares builds with it. Whether final outputs are good enough is `workflows.eva
 from __future__ import annotations
 
 from trtdebug.core.bans import BanList
+from trtdebug.core.int8_findings import annotate_int8
 from trtdebug.core.metrics import CompareResult, Reproduction, compare_tensors
 from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.quantization import QuantizedModel
 from trtdebug.engines.base import Built, Engine, Marking, as_local_error
 from trtdebug.workflows.evaluate import evaluate_plan
 from trtdebug.workflows.problem import Case, Problem
@@ -43,6 +45,8 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
         result.reproduction = _reproduction_check(problem, engine, plan, bans, result)
         progress.end()
     result.range_violations = problem.model.fp16_range_violations()
+    if isinstance(problem.model, QuantizedModel):  # which quantized tensors clip or flush, and where
+        annotate_int8(result, problem.model, plan, problem.reference)
     return result
 
 
