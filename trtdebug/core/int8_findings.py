@@ -9,7 +9,7 @@ tensor gets the matching defect, so a report names the tensor where a bad scale 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,10 @@ import numpy as np
 from trtdebug.core.detect import Defect, detect_coarse_scale, detect_saturation, quantization_stats
 from trtdebug.core.metrics import CompareResult
 from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.quantization import QuantizedModel, removal_for_plan
+from trtdebug.core.quantization import QuantizedModel, QuantParams, removal_for_plan
+from trtdebug.core.search import Suspicion
+
+EXPLAINED_BY_INT8 = ("precision", "underflow", "all_zero")
 
 
 def _db(value: float) -> float | None:
@@ -43,7 +46,7 @@ def annotate_int8(result: CompareResult, model: QuantizedModel, plan: PrecisionP
             "accumulated_sqnr_db": _db(report.accumulated.snr_db) if report.accumulated else None}
         if report.status in ("ok", "missing"):
             continue
-        absorber = absorbing_reader(model, report.tensor, stats.clip_low, stats.clip_high)
+        absorber = absorbing_reader(model, report.tensor, np.asarray(reference[report.tensor]), pair.params)
         if absorber and stats.clipped_share:
             # Quantizers often take a following ReLU/Clip's range (onnxruntime does): what the
             # quantizer clips, the reader would clip the same way, so nothing the network computes
@@ -55,7 +58,8 @@ def annotate_int8(result: CompareResult, model: QuantizedModel, plan: PrecisionP
         for defect in found:
             defect.details.update(pair=pair.quantize, local_sqnr_db=findings[report.tensor]["local_sqnr_db"],
                                   accumulated_sqnr_db=findings[report.tensor]["accumulated_sqnr_db"])
-        report.defects = found + [d for d in report.defects if d.kind != "precision" or not found]
+        # An INT8 defect explains the generic ones (FP16 underflow, all zeros, rounding) it causes.
+        report.defects = found + [d for d in report.defects if not found or d.kind not in EXPLAINED_BY_INT8]
     result.marking.setdefault("int8", {})["tensors"] = findings
 
 
@@ -83,14 +87,79 @@ def _clip_bounds(model: QuantizedModel, node_name: str) -> tuple[float, float] |
     return bounds[0], bounds[1]
 
 
-def absorbing_reader(model: QuantizedModel, tensor: str, low: float, high: float) -> str:
-    """The ReLU/Clip reading `tensor` that clips at least as much as its quantization does, when it
-    is the tensor's only reader (clipping by the quantizer then changes nothing); else ""."""
+def absorbing_reader(model: QuantizedModel, tensor: str, ref: np.ndarray, params: QuantParams) -> str:
+    """The ReLU/Clip that is the only reader of `tensor` and clips the reference's values to what
+    it would make of the quantizer's clipped values (the clipping then changes nothing); else ""."""
     readers = model.consumers.get(tensor, [])
     if len(readers) != 1 or tensor in {o.name for o in model.outputs}:
         return ""
     bounds = _clip_bounds(model, readers[0])
     if bounds is None:
         return ""
-    slack = 1e-3 * max(abs(low), abs(high))  # the grid's last step may stop just short of the bound
-    return readers[0] if low <= bounds[0] + slack and high >= bounds[1] - slack else ""
+    low, high = params.clip_range(ref.ndim)
+    ref64 = ref.astype(np.float64)
+    step = float(np.max(params.scale))
+    after_quantizer = np.clip(np.clip(ref64, low, high), *bounds)
+    return readers[0] if np.allclose(after_quantizer, np.clip(ref64, *bounds), rtol=0, atol=step) else ""
+
+
+# -- INT8 fallback: which pairs (explicit) or layers (implicit) to take out of INT8 first -----------
+
+def fallback_candidates(model: QuantizedModel, base: PrecisionPlan) -> list[str]:
+    """What an INT8 fallback chooses from, in graph order: the Q/DQ pairs of a Q/DQ model, or the
+    INT8 layers of an implicitly quantized one; only those the base plan leaves in INT8."""
+    if model.implicit:
+        return [n for n in model.int8_layers() if base.precision_of(n) == "int8"]
+    order = model.qdq.node_index
+    return sorted((p for p in model.pairs if base.precision_of(p) == "int8"), key=order)
+
+
+def pair_readers_in_float(model: QuantizedModel, names: Iterable[str]) -> list[str]:
+    """The float-counterpart layers whose INT8 inputs the named pairs (or layers) are."""
+    chosen = set(names)
+    layers = {n for n in chosen if n in model.node_by_name}
+    for node, pairs in model.pair_readers.items():
+        if node in model.node_by_name and any(p.quantize in chosen for p in pairs):
+            layers.add(node)
+    return sorted(layers, key=model.node_index)
+
+
+def rank_int8(model: QuantizedModel, candidates: Sequence[str], compare: CompareResult | None) -> list[Suspicion]:
+    """Candidates from most to least suspicious: a pair (or a layer reading it) whose tensor has an
+    INT8 defect first, then those whose quantized tensor is wrong on its own, ordered by how wrong."""
+    reports = {t.tensor: t for t in compare.tensors} if compare else {}
+    position = {name: i for i, name in enumerate(candidates)}
+    suspicions = []
+    for name in candidates:
+        pairs = [model.pairs[name]] if name in model.pairs else model.pair_readers.get(name, [])
+        tier, severity, reasons = 0, (0.0, 0.0), []
+        for pair in pairs:
+            report = reports.get(pair.source)
+            if report is None:
+                continue
+            kinds = [d.kind for d in report.defects if d.kind in ("saturation", "coarse_scale")]
+            metrics = report.local or report.accumulated
+            if kinds:
+                tier = max(tier, 3)
+                reasons.append(f"{', '.join(kinds)} at {pair.source}")
+            elif report.status == "introduced" and metrics is not None and metrics.bad:
+                tier = max(tier, 2)
+                reasons.append(f"{pair.source} wrong on its own ({metrics.frac_outside:.0%} out of tolerance)")
+            if metrics is not None:
+                severity = max(severity, (metrics.frac_outside, _noise(metrics.snr_db)))
+        suspicions.append(Suspicion(name, tier, severity, tuple(reasons)))
+    return sorted(suspicions, key=lambda s: (-s.tier, -s.severity[0], -s.severity[1], position[s.node]))
+
+
+def _noise(snr_db: float) -> float:
+    return 0.0 if snr_db == math.inf else (math.inf if snr_db == -math.inf else 10 ** (-snr_db / 10))
+
+
+def int8_provenance(model: QuantizedModel, kept: Iterable[str]) -> dict[str, Any]:
+    """What an INT8 plan takes out of INT8, in words a reader of the plan file can check."""
+    kept = list(kept)
+    if model.implicit:
+        return {"mode": "implicit", "layers_out_of_int8": kept, "calibration": model.calibration}
+    return {"mode": "explicit (Q/DQ)",
+            "removed_qdq_pairs": [{"quantize": p, "tensor": model.pairs[p].source,
+                                   "dequantize": list(model.pairs[p].dequantize)} for p in kept if p in model.pairs]}
