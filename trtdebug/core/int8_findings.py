@@ -60,6 +60,13 @@ def annotate_int8(result: CompareResult, model: QuantizedModel, plan: PrecisionP
                                   accumulated_sqnr_db=findings[report.tensor]["accumulated_sqnr_db"])
         # An INT8 defect explains the generic ones (FP16 underflow, all zeros, rounding) it causes.
         report.defects = found + [d for d in report.defects if not found or d.kind not in EXPLAINED_BY_INT8]
+    for spec in model.inputs:  # graph inputs have no report of their own, but may be quantized
+        pair = model.pair_of_tensor.get(spec.name)
+        if pair is not None and pair.quantize not in gone and spec.name in reference:
+            stats = quantization_stats(np.asarray(reference[spec.name]), pair.params)
+            findings[spec.name] = {"pair": pair.quantize, "scale": pair.params.describe(), "graph_input": True,
+                                   "clipped_share": stats.clipped_share, "zeroed_share": stats.zeroed_share,
+                                   "quantization_sqnr_db": _db(stats.sqnr_db)}
     result.marking.setdefault("int8", {})["tensors"] = findings
 
 
