@@ -19,7 +19,7 @@ from rich.console import Console
 from fixtures.real_models import silero_vad
 from trtdebug.artifacts.compare_report import compare_to_json
 from trtdebug.cli.render.compare import render_compare
-from trtdebug.core.inputs import generate_feeds, parse_shape_overrides, parse_value_ranges, resolve_shapes
+from trtdebug.core.inputs import generate_feeds, resolve_shapes
 from trtdebug.core.metrics import Tolerance
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
@@ -28,12 +28,12 @@ from trtdebug.engines.emulator.engine import EmulatorEngine
 from trtdebug.workflows.compare import run_compare
 from trtdebug.workflows.problem import Problem
 
-SHAPES = ["input:64x512", "state:2x64x128"]  # a batch of 64 chunks of 32 ms audio
-RANGES = ["sr:16000,16000"]
+SHAPES = {"input": (64, 512), "state": (2, 64, 128)}  # a batch of 64 chunks of 32 ms audio
+RANGES = {"sr": (16000.0, 16000.0)}
 
 
 def _feeds(model: Model) -> dict:
-    return generate_feeds(model, resolve_shapes(model, parse_shape_overrides(SHAPES)), parse_value_ranges(RANGES))
+    return generate_feeds(model, resolve_shapes(model, SHAPES), RANGES)
 
 
 def time_runs_only(path: str) -> float:

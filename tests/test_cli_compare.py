@@ -22,7 +22,7 @@ def test_overflow_fixture_fails_with_exit_1_and_names_the_node(planted_models, t
     report = tmp_path / "report.json"
     run = trtdebug("compare", path, "--json", report)
     assert run.returncode == 1, run.stderr
-    assert f"Error first introduced at {truth.node}" in run.stdout
+    assert f"Culprit: {truth.node} (" in run.stdout
     data = json.loads(report.read_text())
     assert data["format"] == "trtdebug.compare-report" and data["passed"] is False
     assert data["first_introduced"] == truth.tensor

@@ -51,7 +51,45 @@ def test_trtexec_flags_for_a_plan() -> None:
     assert trtexec_layer_spec(output_types.split("=", 1)[1]) == expected
     assert "--precisionConstraints=obey" in trtexec_args(ISLAND, obey=True)
     assert trtexec_args(PrecisionPlan("fp16")) == ["--fp16"]  # nothing to constrain
-    assert trtexec_args(PrecisionPlan("fp32", {"conv1": "fp16"}))[0] == "--fp16"
+    # --fp16 lets every layer run in FP16: an FP32-default plan holds every other layer to FP32.
+    args = trtexec_args(PrecisionPlan("fp32", {"conv1": "fp16"}))
+    assert args[:2] == ["--fp16", "--precisionConstraints=prefer"]
+    assert args[2] == "--layerPrecisions=*:fp32,conv1:fp16" and args[3] == "--layerOutputTypes=*:fp32,conv1:fp16"
+    assert trtexec_layer_spec(args[2].split("=", 1)[1]) == {"*": "fp32", "conv1": "fp16"}
+
+
+def test_fp32_default_plan_lists_every_layer_for_polygraphy() -> None:
+    plan = PrecisionPlan("fp32", {"conv1": "fp16"})
+    layers = {"conv1": ["conv1"], "conv2": ["conv2"], "logits": ["logits", "logits_0"]}
+    args = polygraphy_args(plan, layers)
+    assert args[:4] == ["--fp16", "--precision-constraints", "prefer", "--layer-precisions"]
+    assert args[4:] == ["conv1:float16", "conv2:float32", "logits:float32", "logits_0:float32"]
+    with pytest.raises(UserError, match="Polygraphy has no wildcard"):
+        polygraphy_args(plan)
+    assert polygraphy_args(PrecisionPlan("fp16", {"conv1": "fp32"}), layers)[-1] == "conv1:float32"
+
+
+def test_flags_a_target_version_lacks_are_refused() -> None:
+    with pytest.raises(UserError, match="TensorRT 8.6 has no bf16"):
+        trtexec_args(PrecisionPlan("bf16"), target_version="8.6")
+    assert trtexec_args(PrecisionPlan("bf16"), target_version="10.13") == ["--bf16"]
+    for plan in (PrecisionPlan("fp16"), PrecisionPlan("fp32", {"conv1": "fp16"})):
+        with pytest.raises(UserError, match="TensorRT 11 .* mixed-precision ONNX"):
+            trtexec_args(plan, target_version="11")
+        with pytest.raises(UserError, match="TensorRT 11"):
+            polygraphy_args(plan, target_version="11.1")
+    assert trtexec_args(PrecisionPlan("fp32"), target_version="11") == []
+    with pytest.raises(UserError, match="unknown TensorRT target version"):
+        trtexec_args(PrecisionPlan("fp16"), target_version="9")
+
+
+def test_int8_needs_calibration_or_qdq() -> None:
+    with pytest.raises(UserError, match="placeholder dynamic ranges"):
+        trtexec_args(PrecisionPlan("int8"))
+    assert trtexec_args(PrecisionPlan("int8"), calibration_cache="calib.cache") == ["--int8", "--calib=calib.cache"]
+    assert trtexec_args(PrecisionPlan("int8"), qdq=True) == ["--int8"]
+    assert polygraphy_args(PrecisionPlan("int8"), calibration_cache="c.cache") == [
+        "--int8", "--calibration-cache", "c.cache"]
 
 
 def test_trtexec_flags_use_network_layer_names_and_refuse_commas() -> None:
@@ -61,6 +99,8 @@ def test_trtexec_flags_use_network_layer_names_and_refuse_commas() -> None:
     assert spec == {"/model/conv:0": "fp32", "logits": "fp32", "logits_0": "fp32"}
     with pytest.raises(UserError, match="comma in its name"):
         trtexec_args(PrecisionPlan("fp16", {"a,b": "fp32"}))
+    with pytest.raises(UserError, match="quote in its name"):
+        trtexec_args(PrecisionPlan("fp16", {"it's": "fp32"}))
 
 
 def test_command_line_is_shell_quoted() -> None:
@@ -89,6 +129,10 @@ def test_polygraphy_parses_the_flags_itself(tool: str, tmp_path: Path) -> None:
         "/blocks.0/attn/MatMul:0": "trt.float32", "conv2": "trt.float32"}
     assert polygraphy.arg_groups[TrtConfigArgs].precision_constraints == "obey"
     assert args.fp16
+    # INT8 with a calibration cache, as Polygraphy reads it.
+    args = parser.parse_args([str(model_path), *polygraphy_args(PrecisionPlan("int8"), calibration_cache="c.cache"),
+                              *extra])
+    assert args.int8 and args.calibration_cache == "c.cache"
 
 
 # -- mixed-precision ONNX ------------------------------------------------------------------------------

@@ -24,29 +24,15 @@ from trtdebug.core.reference import run_reference
 from trtdebug.engines.base import BuildError, Marking
 from trtdebug.engines.tensorrt import cuda_buffers
 from trtdebug.engines.tensorrt.cuda_buffers import CudaError, CudaRuntime, device_arena
-from trtdebug.engines.tensorrt.engine import (
-    HOST_TYPES,
-    TensorRTEngine,
-    bisect_markable,
-    host_input,
-)
+from trtdebug.engines.tensorrt.engine import TensorRTEngine
+from trtdebug.engines.tensorrt.marking import bisect_markable
+from trtdebug.engines.tensorrt.runner import HOST_TYPES, host_input
 from trtdebug.engines.tensorrt.support import Features, load_tensorrt
 from trtdebug.engines.tensorrt.tactics import parse_profiling_log
 from trtdebug.errors import UserError
 
-# Names Features.detect probes with hasattr: absent ones are how it tells versions apart.
-DETECTION_PROBES = {
-    ("tensorrt", "ComputeCapability"), ("BuilderFlag", "FP16"), ("BuilderFlag", "BF16"),
-    ("BuilderFlag", "EDITABLE_TIMING_CACHE"), ("tensorrt", "TimingCacheKey"), ("tensorrt", "IAlgorithmSelector"),
-    ("tensorrt", "IInt8EntropyCalibrator2"), ("tensorrt", "IDebugListener"), ("ILayer", "metadata"),
-    ("INetworkDefinition", "mark_debug"), ("INetworkDefinition", "mark_unfused_tensors_as_debug_tensors"),
-    ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"), ("NetworkDefinitionCreationFlag", "EXPLICIT_BATCH"),
-}
-OLDER_TENSORRT = frozenset({  # what 8.6 lacks of the 10.13 API that trtdebug looks for
-    ("INetworkDefinition", "mark_debug"), ("INetworkDefinition", "mark_unfused_tensors_as_debug_tensors"),
-    ("tensorrt", "IDebugListener"), ("BuilderFlag", "EDITABLE_TIMING_CACHE"), ("tensorrt", "TimingCacheKey"),
-    ("ILayer", "metadata"), ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"), ("BuilderFlag", "BF16"),
-})
+DETECTION_PROBES = trt_fake.DETECTION_PROBES
+OLDER_TENSORRT = trt_fake.TENSORRT_8_6_LACKS  # what 8.6 lacks of the 10.13 API
 
 
 @pytest.fixture
@@ -123,11 +109,29 @@ def test_features_of_an_older_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
     assert features.weak_typing and features.algorithm_selector and features.calibrators
     assert features.need_explicit_batch  # the 8.x ONNX parser needs EXPLICIT_BATCH
     assert not (features.debug_tensors or features.unfused_debug or features.editable_timing_cache
-                or features.layer_metadata or features.strong_flag)
+                or features.strong_flag or features.bf16_flag)
+    assert features.layer_metadata  # 8.6 has ILayer.metadata
     assert features.marking_modes() == ("none", "outputs")
     engine = TensorRTEngine("tensorrt")
     with pytest.raises(UserError, match="--mark debug needs a newer TensorRT"):
         engine.build(Model.from_proto(planted.clean()[0]), PrecisionPlan("fp16"), None, Marking("debug"))
+    with pytest.raises(UserError, match="no BF16 builder flag"):
+        engine.build(Model.from_proto(planted.clean()[0]), PrecisionPlan("bf16"), None, Marking("none"))
+
+
+def test_tensorrt_8_6_builds_and_runs_int64_models_as_int32(monkeypatch: pytest.MonkeyPatch,
+                                                           cudart: trt_fake.FakeCudart) -> None:
+    module, recorder = trt_fake.activate(missing=OLDER_TENSORRT)
+    module.__version__ = "8.6.1"  # type: ignore[misc]
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    proto = shape_model().proto
+    proto.graph.output.append(helper.make_tensor_value_info("shape", TensorProto.INT64, [2]))
+    plan = PrecisionPlan("fp16", {"relu": "fp32"})
+    built = TensorRTEngine("tensorrt").build(Model.from_proto(proto), plan, None, Marking("outputs"))
+    assert ("ILayer", "metadata") in recorder.used  # layers mapped by metadata, as on 8.6
+    values = built.run({"x": np.ones((2, 3), np.float32)})
+    assert values["shape"].dtype == np.int32 and list(values["shape"]) == [2, 3]
+    assert recorder.misses <= DETECTION_PROBES
 
 
 def test_features_of_the_strongly_typed_api(rtx_checked: trt_fake.Recorder) -> None:
@@ -174,6 +178,22 @@ def test_weak_typing_constrains_planned_layers_with_prefer(fake: trt_fake.Record
     assert [(name, value.name) for name, value in fake.called("ITensor", "dtype")] == [("logits", "FLOAT")]
     assert built.marking_notes["precision"]["skipped_layers"] == ["flatten"]  # a shuffle takes no precision
     assert built.marking_notes["typing"] == "weak"
+
+
+def test_fp32_default_with_fp16_layers_holds_every_other_layer_to_fp32(fake: trt_fake.Recorder,
+                                                                       overflow_model: Model) -> None:
+    """BuilderFlag.FP16 lets every layer use FP16: only the planned layer may, the rest are held to FP32."""
+    plan = PrecisionPlan("fp32", {"conv_amplify": "fp16"})
+    built = TensorRTEngine("tensorrt").build(overflow_model, plan, None, Marking("none"))
+    flags = [a[0] for a in fake.called("IBuilderConfig", "set_flag")]
+    assert "FP16" in flags and "PREFER_PRECISION_CONSTRAINTS" in flags
+    constrained = dict((name, value.name) for name, value in fake.called("ILayer", "precision"))
+    assert constrained.pop("conv_amplify") == "HALF"
+    compute = {layer.name for layer in overflow_model.nodes if layer.op_type not in ("Flatten", "Constant")}
+    assert set(constrained) >= (compute - {"conv_amplify"}) | {"logits_0"}
+    assert set(constrained.values()) == {"FLOAT"}
+    assert "flatten" not in constrained  # a shuffle takes no precision
+    assert built.marking_notes["precision"]["others_held_to"] == "fp32"
 
 
 def test_empty_plan_sets_only_the_builder_flag(fake: trt_fake.Recorder, overflow_model: Model) -> None:
@@ -330,7 +350,7 @@ Writing the best tactic (0x665ded9abbf88) to cache"""
 def test_profiling_log_parses_like_the_sample() -> None:
     """The log excerpt of NVIDIA's sampleEditableTimingCache README."""
     table = parse_profiling_log(README_LOG.splitlines())
-    record = table["matMul1"]
+    (record,) = [r for r in table.values() if r.op == "matMul1"]
     assert record.key == "0x1814870c44ff0f8574df6e3dda04cbd7" and record.selected == "0x665ded9abbf88"
     assert [h for h, _ in record.tactics] == ["0x665ded9abbf88", "0x393e4ef8ad243"]
     assert record.tactics[1][1].endswith("tilesize64x32x64_stage4")
@@ -349,17 +369,73 @@ def test_editable_timing_cache_forces_the_next_best_tactic(rtx_checked: trt_fake
     second = engine.build(overflow_model, plan, BanList((ban,)), Marking("none"))
     assert rtx_checked.timing_cache_updates == [(key, int(conv.alternatives[0], 16), 1.0)]
     conv2 = next(layer for layer in second.layers if layer.onnx_nodes == ("conv_amplify",))
-    assert conv2.tactic == conv.alternatives[0] and conv2.extra["forced_from"] == conv.tactic
-    assert conv2.extra["kernel"] == conv.extra["kernels"][conv.alternatives[0]]  # the engine uses it
+    assert conv2.extra["cache_tactic"] == conv.alternatives[0]
+    assert conv2.extra["forced_from"] == conv.extra["cache_tactic"]
+    # The reported tactic is the engine's own kernel (inspector), as sampleEditableTimingCache checks it.
+    assert conv2.tactic == conv2.extra["kernel"] == conv.extra["kernels"][conv.alternatives[0]]
+    assert "note" not in conv2.extra
+
+
+def test_timing_cache_edit_the_engine_ignores_is_reported(rtx_checked: trt_fake.Recorder,
+                                                          overflow_model: Model) -> None:
+    engine = TensorRTEngine("tensorrt", record_tactics=True)
+    first = engine.build(overflow_model, PrecisionPlan("fp16"), None, Marking("none"))
+    conv = next(layer for layer in first.layers if layer.onnx_nodes == ("conv_amplify",))
+    rtx_checked.ignore_cache_edits = True  # TensorRT re-times and keeps its kernel
+    ban = BanEntry(layer=conv.extra["tactic_layer"], tactic=conv.tactic, cache_key=conv.extra["cache_key"])
+    second = engine.build(overflow_model, PrecisionPlan("fp16"), BanList((ban,)), Marking("none"))
+    conv2 = next(layer for layer in second.layers if layer.onnx_nodes == ("conv_amplify",))
+    assert conv2.tactic == conv.tactic  # the engine's kernel, not the hash written into the cache
+    assert "TensorRT ignored the edit" in conv2.extra["note"]
+
+
+def test_a_ban_reaches_every_cache_key_of_an_op() -> None:
+    """Weak typing autotunes one op under several keys (FP32 and FP16 formats): every key whose
+    chosen tactic is banned is rewritten, not only the last one logged."""
+    from trtdebug.engines.tensorrt.tactics import force_unbanned_tactics, records_from_profiling
+
+    def block(key: str, first: str, second: str) -> list[str]:
+        return [f"Autotuning op conv1(key: {key}):",
+                "tactic_id, cost(in ms), cost/fastest_cost, prediction_correlation, kernel_name, tactic_hash, x",
+                f"0, 0.1, 1.0, 0.5, kernel_{first}, {first},", f"1, 0.2, 2.0, 0.5, kernel_{second}, {second},",
+                f"The selected tactic is (tactic hash, cost(in ms)):{first}, 0.1"]
+
+    keys = [f"0x{1:032x}", f"0x{2:032x}"]
+    records = records_from_profiling(parse_profiling_log([*block(keys[0], "0xa", "0xb"),
+                                                          *block(keys[1], "0xa", "0xc")]))
+    assert [r.cache_key for r in records] == keys
+
+    class Cache:
+        updates: list[tuple[str, int]] = []
+
+        def update(self, key: object, value: object) -> bool:
+            self.updates.append((str(key), value.tacticHash))  # type: ignore[attr-defined]
+            return True
+
+    class Api:
+        class TimingCacheKey:
+            @staticmethod
+            def parse(text: str) -> str:
+                return text
+
+        class TimingCacheValue:
+            def __init__(self, tactic: int, ms: float):
+                self.tacticHash = tactic
+
+    bans = BanList((BanEntry(layer="conv1", tactic="0xa"),))
+    assert force_unbanned_tactics(Api, Cache(), records, bans, lambda name: ())
+    assert Cache.updates == [(keys[0], 0xB), (keys[1], 0xC)]
 
 
 def test_timing_cache_ban_by_kernel_name(rtx_checked: trt_fake.Recorder, overflow_model: Model) -> None:
     engine = TensorRTEngine("tensorrt", record_tactics=True)
     first = engine.build(overflow_model, PrecisionPlan("fp16"), None, Marking("none"))
     conv = next(layer for layer in first.layers if layer.onnx_nodes == ("conv_amplify",))
-    ban = BanEntry(layer=conv.extra["tactic_layer"], tactic=conv.extra["kernels"][conv.tactic])
+    ban = BanEntry(layer=conv.extra["tactic_layer"], tactic=conv.extra["kernels"][conv.extra["cache_tactic"]])
     second = engine.build(overflow_model, PrecisionPlan("fp16"), BanList((ban,)), Marking("none"))
-    assert next(la for la in second.layers if la.onnx_nodes == ("conv_amplify",)).tactic == conv.alternatives[0]
+    conv2 = next(la for la in second.layers if la.onnx_nodes == ("conv_amplify",))
+    assert conv2.extra["cache_tactic"] == conv.alternatives[0]
+    assert conv2.tactic == conv.extra["kernels"][conv.alternatives[0]]
 
 
 # -- running (fake cuda-python: device memory is host memory) ---------------------------------------------
@@ -544,7 +620,7 @@ def json_layers(layers: list) -> str:
 
 
 def test_oneline_layer_of_the_sample_and_its_tactic_record() -> None:
-    from trtdebug.engines.tensorrt.engine import attach_tactics
+    from trtdebug.engines.tensorrt.builder import attach_tactics
     from trtdebug.engines.tensorrt.layers import NodeResolver, parse_oneline_layers, to_layer_infos
     from trtdebug.engines.tensorrt.tactics import records_from_profiling
 
@@ -555,7 +631,9 @@ def test_oneline_layer_of_the_sample_and_its_tactic_record() -> None:
     assert layer.outputs == ("__myln_k_arg__bb1_4",)
     records = records_from_profiling(parse_profiling_log(README_LOG.splitlines()))
     attach_tactics([layer], records, lambda name: resolver.from_name(name)[0])
-    assert layer.tactic == "0x665ded9abbf88" and layer.alternatives == ("0x393e4ef8ad243",)
+    # The layer's tactic is the kernel the engine reports; the cache entry is kept beside it.
+    assert layer.tactic == layer.extra["kernel"] and layer.extra["cache_tactic"] == "0x665ded9abbf88"
+    assert layer.alternatives == ("0x393e4ef8ad243",)
     assert layer.extra["cache_key"] == "0x1814870c44ff0f8574df6e3dda04cbd7"
     assert layer.extra["kernel"].startswith("sm80_xmma_gemm_f32f32_tf32f32_f32_nn_n_tilesize32x32x64_stage3")
 
@@ -573,8 +651,43 @@ def test_selfcheck_tries_every_path_of_tensorrt_10(fake: trt_fake.Recorder, cuda
     assert [c.name for c in checks] == ["cuda-python", "tensorrt", *expected]
     assert all(c.status == "ok" for c in checks), [c for c in checks if c.status != "ok"]
     assert "ran, final output within" in by_name["tensorrt: weak typing, --mark outputs"].detail
-    assert by_name["tensorrt: tactics via timing-cache"].detail.startswith("banned 0x")
+    assert "engine kernel sm80_kernel_" in by_name["tensorrt: tactics via timing-cache"].detail
     assert selfcheck_exit_code(checks, ("tensorrt",)) == 0
+
+
+def test_selfcheck_fails_when_the_engine_ignores_a_ban(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart) -> None:
+    from trtdebug.engines.tensorrt.selfcheck import run_selfcheck, selfcheck_exit_code
+
+    fake.ignore_cache_edits = True
+    checks = {c.name: c for c in run_selfcheck(("tensorrt",))}
+    check = checks["tensorrt: tactics via timing-cache"]
+    assert check.status == "failed" and "still uses kernel" in check.detail
+    assert selfcheck_exit_code(checks.values(), ("tensorrt",)) == 1
+
+
+def test_selfcheck_fails_when_no_tactic_was_recorded(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart) -> None:
+    from trtdebug.engines.tensorrt.selfcheck import run_selfcheck
+
+    fake.log_autotuning = False  # a TensorRT whose verbose log has no autotuning tables
+    check = {c.name: c for c in run_selfcheck(("tensorrt",))}["tensorrt: tactics via timing-cache"]
+    assert check.status == "failed" and "no tactic was recorded" in check.detail
+
+
+def test_selfcheck_report_names_versions_and_gpu(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart) -> None:
+    from rich.console import Console
+
+    from trtdebug.cli.render.selfcheck import render_selfcheck
+    from trtdebug.engines.tensorrt.selfcheck import Check, environment
+
+    checks = [Check("tensorrt", "ok", "tensorrt 10.13.0.35"), Check("tensorrt-rtx", "skipped", "not installed")]
+    info = environment(checks)
+    assert info["tensorrt"] == "tensorrt 10.13.0.35" and info["tensorrt-rtx"] == "not installed"
+    assert info["gpu"] == "Fake GPU H200" and info["compute capability"] == "9.0"
+    assert info["CUDA driver"] == "12.8" and info["CUDA runtime"] == "12.6"
+    console = Console(record=True, width=200)
+    render_selfcheck(checks, console)
+    text = console.export_text()
+    assert "compute capability: 9.0" in text and "trtdebug selfcheck" in text and "tensorrt 10.13.0.35" in text
 
 
 def test_selfcheck_reports_a_broken_path(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart) -> None:

@@ -20,6 +20,7 @@ import ctypes
 import json
 import os
 import re
+import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -150,6 +151,28 @@ def rtx_dirs() -> dict[str, set[str]] | None:
     return dirs
 
 
+# Names Features.detect probes with hasattr: absent ones are how it tells versions apart.
+DETECTION_PROBES = {
+    ("tensorrt", "ComputeCapability"), ("BuilderFlag", "FP16"), ("BuilderFlag", "BF16"),
+    ("BuilderFlag", "EDITABLE_TIMING_CACHE"), ("tensorrt", "TimingCacheKey"), ("tensorrt", "IAlgorithmSelector"),
+    ("tensorrt", "IInt8EntropyCalibrator2"), ("tensorrt", "IDebugListener"), ("ILayer", "metadata"),
+    ("INetworkDefinition", "mark_debug"), ("INetworkDefinition", "mark_unfused_tensors_as_debug_tensors"),
+    ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"), ("NetworkDefinitionCreationFlag", "EXPLICIT_BATCH"),
+    ("DataType", "INT64"), ("DataType", "BF16"),  # host types are looked up by name
+}
+
+
+# The real TensorRT 8.6 surface, against 10.13 (NVIDIA/TensorRT v8.6.1: python/src/infer/pyGraph.cpp,
+# pyCore.cpp, pyFoundationalTypes.cpp): no debug tensors, editable timing cache, strong typing,
+# BF16 or INT64; but ILayer.metadata exists (pyGraph.cpp: def_property("metadata", ...)).
+TENSORRT_8_6_LACKS = frozenset({
+    ("INetworkDefinition", "mark_debug"), ("INetworkDefinition", "mark_unfused_tensors_as_debug_tensors"),
+    ("tensorrt", "IDebugListener"), ("BuilderFlag", "EDITABLE_TIMING_CACHE"), ("tensorrt", "TimingCacheKey"),
+    ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"), ("BuilderFlag", "BF16"), ("DataType", "BF16"),
+    ("DataType", "INT64"),
+})
+
+
 class Recorder:
     """Checks names against the API, records what was used and what was missed."""
 
@@ -166,6 +189,10 @@ class Recorder:
         self.fail_when_marked: set[str] = set()  # builds fail while any of these is marked
         self.builds = 0
         self.timing_cache_updates: list[tuple[str, int, float]] = []
+        self.live_engines: weakref.WeakSet[Any] = weakref.WeakSet()  # deserialized, not yet released
+        self.most_live_engines = 0
+        self.ignore_cache_edits = False  # the builder re-times edited entries and keeps its fastest kernel
+        self.log_autotuning = True  # verbose "Autotuning op" tables in the build log
 
     def allows(self, owner: str, name: str) -> bool:
         if (owner, name) in self.missing or not self.api.has(owner, name):
@@ -425,6 +452,7 @@ ONNX_LAYER_TYPES = {"Conv": "CONVOLUTION", "Relu": "ACTIVATION", "Sigmoid": "ACT
                     "Shape": "SHAPE", "Concat": "CONCATENATION", "GlobalAveragePool": "REDUCE",
                     "BatchNormalization": "SCALE", "Cast": "CAST", "Constant": "CONSTANT",
                     "MatMul": "MATRIX_MULTIPLY", "Identity": "IDENTITY"}
+SHAPE_VALUE_OPS = ("Reshape", "Expand", "Tile", "ConstantOfShape")
 COMPUTE_TYPES = ("CONVOLUTION", "MATRIX_MULTIPLY", "ELEMENTWISE", "ACTIVATION", "SCALE", "REDUCE")
 
 
@@ -478,12 +506,16 @@ class INetworkDefinition(Checked):
         def tensor(name: str, shape_tensor: bool = False) -> ITensor:
             tt = types.get(name)
             kind = ONNX_TO_DATATYPE.get(tt.elem_type, "FLOAT") if tt else "FLOAT"
+            if kind == "INT64" and not recorder().allows("DataType", "INT64"):
+                kind = "INT32"  # TensorRT 8.6 has no INT64: its parser casts INT64 to INT32
             shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim) if tt else ()
             return ITensor(name, dt(kind), shape, shape_tensor)
 
+        # A graph input whose values set a shape (Reshape's second input) is a shape tensor.
+        shape_inputs = {n.input[1] for n in proto.graph.node if n.op_type in SHAPE_VALUE_OPS and len(n.input) > 1}
         for graph_input in proto.graph.input:
             if graph_input.name not in initializers:
-                t = tensor(graph_input.name)
+                t = tensor(graph_input.name, shape_tensor=graph_input.name in shape_inputs)
                 t._input = True
                 self._inputs.append(t)
         for node in proto.graph.node:
@@ -536,10 +568,15 @@ class IOptimizationProfile(Checked):
 
     def __init__(self) -> None:
         self._shapes: dict[str, tuple[Any, Any, Any]] = {}
+        self._values: dict[str, tuple[Any, Any, Any]] = {}
 
     def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:
         recorder().call("IOptimizationProfile", "set_shape", input, tuple(min), tuple(opt), tuple(max))
         self._shapes[input] = (tuple(min), tuple(opt), tuple(max))
+
+    def set_shape_input(self, input: str, min: Any, opt: Any, max: Any) -> None:
+        recorder().call("IOptimizationProfile", "set_shape_input", input, tuple(min), tuple(opt), tuple(max))
+        self._values[input] = (tuple(min), tuple(opt), tuple(max))
 
 
 class TimingCacheKey(Checked):
@@ -652,6 +689,9 @@ class PlanInfo:
     unfused: bool
     layers: list[dict[str, Any]] = field(default_factory=list)
     host_outputs: set[str] = field(default_factory=set)  # shape tensors marked as outputs
+    shape_inputs: set[str] = field(default_factory=set)  # shape-tensor inputs (host memory)
+    data_dependent: set[str] = field(default_factory=set)  # outputs of shape -1 until run (NonZero)
+    profile: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)  # profile 0: min/opt/max shapes
 
 
 def tactic_table(index: int, name: str) -> list[tuple[str, str, float]]:
@@ -693,6 +733,11 @@ class Builder(Checked):
                 and layer._precision == dt("FLOAT") for layer in network._layers):
             self._log("ERROR", "No implementation of layer obeys the requested constraints in strict mode")
             return None
+        missing = [t.name for t in network._inputs if t._shape_tensor
+                   and not any(t.name in p._values for p in config._profiles)]
+        if missing:  # as TensorRT-RTX reports it (IBuilder::buildSerializedNetwork, Error Code 4)
+            self._log("ERROR", f"Optimization profile 0 is missing values for shape input tensor {missing[0]}.")
+            return None
         if config._calibrator is not None:
             self._calibrate(config._calibrator, network)
         chosen = self._choose_tactics(network, config)
@@ -728,7 +773,11 @@ class Builder(Checked):
                 key = f"0x{(0xabc0 + i):032x}"
                 table = tactic_table(i, layer.name)
                 cached = config._cache._entries.get(key)
-                if cached is None:
+                if cached is not None and recorder().ignore_cache_edits:
+                    cached = None  # TensorRT ignores the edit: times again, picks the fastest
+                if cached is None and not recorder().log_autotuning:
+                    config._cache._entries[key] = TimingCacheValue(int(table[0][0], 16), table[0][2])
+                elif cached is None:
                     self._log("VERBOSE", f"Autotuning op {layer.name}(key: {key}):")
                     self._log("VERBOSE", "Sorted table of all evaluated tactics:")
                     self._log("VERBOSE", "tactic_id, cost(in ms), cost/fastest_cost, prediction_correlation, "
@@ -765,7 +814,11 @@ class Builder(Checked):
             network._proto or onnx.ModelProto(),
             [(t.name, t.dtype.name) for t in network._outputs], [(t.name, t.dtype.name) for t in network._inputs],
             [t.name for layer in network._layers for t in layer._outputs if t._debug], network._unfused, layers,
-            {t.name for t in network._outputs if t.is_shape_tensor})
+            {t.name for t in network._outputs if t.is_shape_tensor},
+            {t.name for t in network._inputs if t._shape_tensor},
+            {t.name for t in network._outputs if any(d < 0 for d in t._shape)}
+            if all(d >= 0 for t in network._inputs for d in t._shape) else set(),
+            dict(config._profiles[0]._shapes) if config._profiles else {})
         return plan
 
 
@@ -813,7 +866,12 @@ class Runtime(Checked):
 
     def deserialize_cuda_engine(self, serialized_engine: bytes) -> ICudaEngine | None:
         info = recorder().plans.get(bytes(serialized_engine))
-        return ICudaEngine(info) if info is not None else None
+        if info is None:
+            return None
+        engine, rec = ICudaEngine(info), recorder()
+        rec.live_engines.add(engine)
+        rec.most_live_engines = max(rec.most_live_engines, len(rec.live_engines))
+        return engine
 
 
 class EngineInspector(Checked):
@@ -848,9 +906,16 @@ class ICudaEngine(Checked):
     def get_tensor_dtype(self, name: str) -> EnumValue:
         return dt(self._entry(name)[1])
 
+    def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
+        assert profile_index == 0, "the fake's engines have one profile"
+        return list(self._info.profile[name])
+
+    def is_shape_inference_io(self, name: str) -> bool:
+        return name in self._info.shape_inputs or name in self._info.host_outputs
+
     def get_tensor_location(self, name: str) -> EnumValue:
-        # Shape-tensor outputs live on the host, as in TensorRT.
-        on_host = name in self._info.host_outputs
+        # Shape-tensor inputs and outputs live on the host, as in TensorRT.
+        on_host = name in self._info.host_outputs or name in self._info.shape_inputs
         return TensorLocation._members["HOST" if on_host else "DEVICE"]
 
     def create_execution_context(self) -> IExecutionContext:
@@ -868,6 +933,7 @@ class IExecutionContext(Checked):
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._addresses: dict[str, int] = {}
         self._listener: Any = None
+        self._allocators: dict[str, Any] = {}
         self._all_debug = False
         self._unfused = False
 
@@ -893,7 +959,13 @@ class IExecutionContext(Checked):
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         if name in self._shapes:
             return self._shapes[name]
+        if name in self._engine._info.data_dependent:  # known only after the run, as in TensorRT
+            return tuple(-1 for _ in self._values()[name].shape)
         return tuple(self._values()[name].shape)
+
+    def set_output_allocator(self, name: str, output_allocator: Any) -> bool:
+        self._allocators[name] = output_allocator
+        return True
 
     def set_debug_listener(self, listener: Any) -> bool:
         self._listener = listener
@@ -910,6 +982,14 @@ class IExecutionContext(Checked):
         values = self._values()
         for name, kind in self._engine._info.outputs:
             array = np.ascontiguousarray(values[name].astype(NUMPY_TYPES[kind]))
+            if name in self._engine._info.data_dependent:  # TensorRT: reallocate, write, notify_shape
+                allocator = self._allocators.get(name)
+                if allocator is None or name in self._addresses:
+                    return False  # TensorRT: an output of unknown shape needs an IOutputAllocator
+                pointer = allocator.reallocate_output(name, 0, array.nbytes, 256)
+                ctypes.memmove(pointer, array.ctypes.data, array.nbytes)
+                allocator.notify_shape(name, array.shape)
+                continue
             ctypes.memmove(self._addresses[name], array.ctypes.data, array.nbytes)
         if self._listener is not None:
             names = list(self._engine._info.debug) if self._all_debug else []
@@ -1033,6 +1113,18 @@ class FakeCudart:
 
     def cudaGetDeviceCount(self) -> tuple[int, int]:  # noqa: N802
         return (0, 1)
+
+    def cudaGetDeviceProperties(self, device: int) -> tuple[int, Any]:  # noqa: N802
+        class Props:
+            name = b"Fake GPU H200"
+            major, minor = 9, 0
+        return (0, Props())
+
+    def cudaDriverGetVersion(self) -> tuple[int, int]:  # noqa: N802
+        return (0, 12080)
+
+    def cudaRuntimeGetVersion(self) -> tuple[int, int]:  # noqa: N802
+        return (0, 12060)
 
     def cudaMemGetInfo(self) -> tuple[int, int, int]:  # noqa: N802
         used = sum(ctypes.sizeof(b) for b in self.buffers.values())

@@ -5,11 +5,23 @@ and helper layers otherwise (a Gemm's bias add becomes "gemm_0"), so pass `layer
 network layer names, from TensorRTEngine.network_layer_names) for an exact list; without it the
 ONNX node names are used, which covers each node's main layer.
 
-trtexec (TensorRT <= 10.x):
+trtexec (TensorRT 8.6 / 10.x; option names from samples/common/sampleOptions.cpp, release/8.6 and
+release/10.13):
     --fp16 --precisionConstraints=prefer --layerPrecisions=a:fp32,b:fp32 --layerOutputTypes=a:fp32,b:fp32
 Polygraphy (`polygraphy convert` / `polygraphy run`; it has no per-layer output types):
     --fp16 --precision-constraints prefer --layer-precisions a:float32 b:float32
-TensorRT 11.x and TensorRT-RTX have no such flags: build the mixed-precision ONNX file instead.
+
+A builder flag (--fp16) lets *every* layer run in that precision. So a plan whose default is FP32
+(or FP16 with BF16 layers) also constrains every other layer to the default: trtexec's `*:fp32`
+entry (exact names win over `*`, and layers on integers or shape tensors are skipped: setLayerPrecisions
+in samples/common/sampleEngines.cpp), Polygraphy one entry per network layer (it has no wildcard, so
+`layer_names` is required there).
+
+trtexec of TensorRT 11.x has none of these flags (no --fp16/--bf16/--int8, --precisionConstraints,
+--layerPrecisions, --layerOutputTypes: networks are strongly typed), and 8.6 has no --bf16: flags a
+target version lacks are refused (`target_version`); for 11.x and TensorRT-RTX write the
+mixed-precision ONNX file instead. --int8 without calibration makes trtexec use placeholder dynamic
+ranges, so it needs a calibration cache (--calib / --calibration-cache) or a Q/DQ model.
 """
 
 from __future__ import annotations
@@ -25,11 +37,50 @@ FLAG_TOOLS = ("trtexec", "polygraphy")  # tools whose build flags a plan can be 
 TRTEXEC_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8"}
 POLYGRAPHY_PRECISION = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
 BUILD_FLAG = {"fp16": "--fp16", "bf16": "--bf16", "int8": "--int8"}
+TARGET_VERSIONS = ("8.6", "10", "11")
+# What each target's trtexec lacks (sampleOptions.cpp per branch): 8.6 has no BF16 (no --bf16, and
+# DataType has no BF16); 11.x dropped every weak-typing option.
+LACKS = {"8.6": frozenset({"bf16"}), "10": frozenset(), "11": frozenset({"fp16", "bf16", "int8", "layers"})}
 
 
-def _precision_flags(plan: PrecisionPlan) -> list[str]:
+def _target(target_version: str) -> str:
+    version = str(target_version).strip()
+    for known in TARGET_VERSIONS:
+        if version == known or version.startswith(known + "."):
+            return known
+    if version.split(".")[0] == "8":
+        raise UserError(f"TensorRT {version}: trtdebug writes flags for 8.6, 10.x and 11.x only")
+    raise UserError(f"unknown TensorRT target version {target_version!r}; use one of {', '.join(TARGET_VERSIONS)}")
+
+
+def _reduced(plan: PrecisionPlan) -> list[str]:
     used = {plan.default, *plan.nodes.values()}
-    return [BUILD_FLAG[p] for p in PRECISIONS if p in used and p in BUILD_FLAG]
+    return [p for p in PRECISIONS if p in used and p in BUILD_FLAG]
+
+
+def _check(plan: PrecisionPlan, target: str, calibration_cache: str | None, qdq: bool) -> list[str]:
+    """The builder flags the plan needs, refusing what the target lacks."""
+    reduced = _reduced(plan)
+    lacking = [p for p in reduced if p in LACKS[target]]
+    if target == "11" and (reduced or plan.nodes):
+        raise UserError("TensorRT 11 trtexec/Polygraphy have no precision flags (networks are strongly typed): "
+                        "export the plan as a mixed-precision ONNX file instead")
+    if lacking:
+        raise UserError(f"TensorRT {target} has no {lacking[0]} builder precision; use another precision")
+    if "int8" in reduced and not qdq and not calibration_cache:
+        raise UserError("--int8 without calibration data makes trtexec use placeholder dynamic ranges: give a "
+                        "calibration cache, or export a Q/DQ (explicitly quantized) model")
+    return [BUILD_FLAG[p] for p in reduced]
+
+
+def _constrain_others(plan: PrecisionPlan) -> str | None:
+    """The precision every layer the plan does not name must be held to, or None. A builder flag for
+    a precision other than the default lets unnamed layers use it: an FP32-default plan with FP16
+    layers would otherwise let the builder run any layer in FP16. INT8 plans keep TensorRT's choice
+    (--int8 alone is an INT8 build with FP32 fallback; holding every layer to INT8 cannot build)."""
+    if plan.default == "int8":
+        return None
+    return plan.default if any(p != plan.default for p in _reduced(plan)) else None
 
 
 def _layer_precisions(plan: PrecisionPlan, layer_names: Mapping[str, Sequence[str]] | None) -> list[tuple[str, str]]:
@@ -42,26 +93,48 @@ def _layer_precisions(plan: PrecisionPlan, layer_names: Mapping[str, Sequence[st
 
 
 def trtexec_args(plan: PrecisionPlan, layer_names: Mapping[str, Sequence[str]] | None = None,
-                 obey: bool = False) -> list[str]:
-    """trtexec arguments that build with the plan (weak typing, TensorRT <= 10.x)."""
-    args = _precision_flags(plan)
+                 obey: bool = False, target_version: str = "10", calibration_cache: str | None = None,
+                 qdq: bool = False) -> list[str]:
+    """trtexec arguments that build with the plan (weak typing, TensorRT 8.6 / 10.x)."""
+    args = _check(plan, _target(target_version), calibration_cache, qdq)
+    if "--int8" in args and calibration_cache:
+        args.append(f"--calib={calibration_cache}")
     pairs = _layer_precisions(plan, layer_names)
+    others = _constrain_others(plan)
+    if others is not None:
+        pairs = [("*", others), *pairs]
     if not pairs:
         return args
-    bad = next((name for name, _ in pairs if "," in name), None)
-    if bad is not None:
-        raise UserError(f"layer {bad!r} has a comma in its name, which trtexec's --layerPrecisions cannot "
-                        "express; use the Polygraphy flags or the mixed-precision ONNX export")
+    for name, _ in pairs:
+        # trtexec splits the list at every ',' first and treats "'" as quoting (sampleOptions.cpp
+        # getLayerPrecisions, splitNameAndValue): neither can be in a name. ':' can (last ':' splits).
+        bad = next((c for c in (",", "'") if c in name), None)
+        if bad is not None:
+            raise UserError(f"layer {name!r} has a {'comma' if bad == ',' else 'quote'} in its name, which "
+                            "trtexec's --layerPrecisions cannot express; use the Polygraphy flags or the "
+                            "mixed-precision ONNX export")
+        if name == "*" and (name, others) != pairs[0]:
+            raise UserError("a layer named '*' is trtexec's wildcard; use the Polygraphy flags instead")
     spec = ",".join(f"{name}:{TRTEXEC_PRECISION[p]}" for name, p in pairs)
     return [*args, f"--precisionConstraints={'obey' if obey else 'prefer'}", f"--layerPrecisions={spec}",
             f"--layerOutputTypes={spec}"]
 
 
 def polygraphy_args(plan: PrecisionPlan, layer_names: Mapping[str, Sequence[str]] | None = None,
-                    obey: bool = False) -> list[str]:
-    """`polygraphy convert|run --trt` arguments that build with the plan (TensorRT <= 10.x)."""
-    args = _precision_flags(plan)
+                    obey: bool = False, target_version: str = "10", calibration_cache: str | None = None,
+                    qdq: bool = False) -> list[str]:
+    """`polygraphy convert|run --trt` arguments that build with the plan (TensorRT 8.6 / 10.x)."""
+    args = _check(plan, _target(target_version), calibration_cache, qdq)
+    if "--int8" in args and calibration_cache:
+        args += ["--calibration-cache", calibration_cache]
     pairs = _layer_precisions(plan, layer_names)
+    others = _constrain_others(plan)
+    if others is not None:
+        if layer_names is None:
+            raise UserError(f"this plan must hold every other layer to {others}, and Polygraphy has no wildcard: "
+                            "pass the network's layer names (TensorRTEngine.network_layer_names)")
+        planned = {name for name, _ in pairs}
+        pairs += [(name, others) for names in layer_names.values() for name in names if name not in planned]
     if not pairs:
         return args
     # Polygraphy splits each value at its last ':', so names may contain ':' themselves.

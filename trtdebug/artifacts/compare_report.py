@@ -19,7 +19,7 @@ def _metrics_json(m: Metrics | None) -> dict[str, Any] | None:
 
 
 def compare_to_json(result: CompareResult) -> dict[str, Any]:
-    first = result.first_introduced
+    first = result.culprits[0].tensor if result.culprits else None
     return files.versioned(REPORT_FORMAT, REPORT_VERSION, {
         "trtdebug": __version__,
         "model": result.model,
@@ -29,8 +29,12 @@ def compare_to_json(result: CompareResult) -> dict[str, Any]:
                       "per_output": {k: list(v) for k, v in result.tolerance.per_output.items()}},
         "passed": result.passed,
         "verdict": result.verdict,
-        "first_introduced": None if first is None else first.tensor,
-        "outputs": {t.tensor: _metrics_json(t.accumulated) for t in result.outputs},
+        "first_introduced": first,
+        "culprits": [{"tensor": c.tensor, "node": c.node, "op_type": c.op_type,
+                      "creates_nonfinite": c.creates_nonfinite, "explained": c.explained, "reason": c.reason}
+                     for c in result.culprits],
+        "culprits_explain": result.culprits_explain,
+        "outputs": {t.tensor: _output_json(t, result) for t in result.outputs},
         "tensors": [_tensor_json(t) for t in result.tensors],
         "layers": [_layer_json(layer) for layer in result.layers],
         "range_violations": [{"tensor": v.tensor, "max_abs": v.max_abs, "consumers": list(v.consumers),
@@ -50,10 +54,17 @@ def _reproduction_json(result: CompareResult) -> dict[str, Any] | None:
             "unmarked_reason": repro.unmarked_reason}
 
 
+def _output_json(t: TensorReport, result: CompareResult) -> dict[str, Any]:
+    """An output judged exactly as the verdict judges it, with the tolerance used."""
+    atol, rtol = result.output_tolerances.get(t.tensor, (result.tolerance.atol, result.tolerance.rtol))
+    return {"passed": t.status in ("ok", "absorbed"), "atol": atol, "rtol": rtol,
+            "metrics": _metrics_json(t.accumulated)}
+
+
 def _tensor_json(t: TensorReport) -> dict[str, Any]:
     return {"tensor": t.tensor, "node": t.node, "op_type": t.op_type, "index": t.index,
             "shape": list(t.shape), "is_output": t.is_output, "status": t.status, "layer": t.layer,
-            "precision": t.precision, "accumulated": _metrics_json(t.accumulated),
+            "precision": t.precision, "fidelity": t.fidelity, "accumulated": _metrics_json(t.accumulated),
             "local": _metrics_json(t.local),
             "defects": [{"kind": d.kind, "message": d.message, "details": _jsonable(d.details)}
                         for d in t.defects]}

@@ -59,21 +59,33 @@ def parse_dims(text: str) -> Shape:
 
 
 class InputShape(click.ParamType):
-    """NAME:DxDx... (names may contain ':'; the last one separates)."""
+    """NAME:DxDx..., or NAME:MIN,OPT,MAX (each DxDx...) for an engine's optimization profile; names may
+    contain ':' (the last one separates). Returns (name, (min, opt, max)); a single shape is all three."""
 
-    name = "NAME:DxDx..."
+    name = "NAME:DxDx...|NAME:MIN,OPT,MAX"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, Shape]:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> tuple[str, tuple[Shape, Shape, Shape]]:
         if isinstance(value, tuple):
             return value
-        name, sep, dims = str(value).strip().rpartition(":")
+        name, sep, spec = str(value).strip().rpartition(":")
         try:
             if not name or not sep:
                 raise ValueError(value)
-            return name, parse_dims(dims)
+            parts = [parse_dims(p) for p in spec.split(",")]
         except ValueError:
-            self.fail(f"{value!r}: write it as NAME:DxDx... with every dimension at least 1, "
-                      "e.g. x:1x3x224x224", param, ctx)
+            self.fail(f"{value!r}: write it as NAME:DxDx... (or NAME:MIN,OPT,MAX) with every dimension at "
+                      "least 1, e.g. x:1x3x224x224 or x:1x3x224x224,4x3x224x224,8x3x224x224", param, ctx)
+        if len(parts) == 1:
+            return name, (parts[0], parts[0], parts[0])
+        if len(parts) != 3:
+            self.fail(f"{value!r}: a profile has three shapes, MIN,OPT,MAX", param, ctx)
+        low, opt, high = parts
+        if not len(low) == len(opt) == len(high) or not all(
+                a <= b <= c for a, b, c in zip(low, opt, high, strict=True)):
+            self.fail(f"{value!r}: MIN, OPT and MAX need the same rank and MIN <= OPT <= MAX in every "
+                      "dimension", param, ctx)
+        return name, (low, opt, high)
 
 
 class NamedPair(click.ParamType):
@@ -128,7 +140,8 @@ def problem_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--engine", "engine_name", type=ENGINE, default="emulator", show_default=True,
                      help="Engine under test."),
         click.option("--input-shape", "input_shapes", type=InputShape(), multiple=True,
-                     help="Shape of an input with dynamic dimensions, e.g. x:1x3x224x224 (repeatable)."),
+                     help="Shape of an input with dynamic dimensions, e.g. x:1x3x224x224; NAME:MIN,OPT,MAX gives "
+                          "TensorRT builds a profile (inputs are generated at OPT). Repeatable."),
         click.option("--input-range", "input_ranges", multiple=True,
                      type=NamedPair("NAME:LOW,HIGH", "x:-1,1", ordered=True),
                      help="Value range of a generated input (default -1,1 for floats; repeatable)."),
@@ -157,7 +170,7 @@ def problem_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def problem_spec(model: str, precision: str | None = None, engine_name: str = "emulator",
-                 input_shapes: tuple[tuple[str, Shape], ...] = (),
+                 input_shapes: tuple[tuple[str, tuple[Shape, Shape, Shape]], ...] = (),
                  input_ranges: tuple[tuple[str, tuple[float, float]], ...] = (), inputs_path: str | None = None,
                  seed: int = 0, atol: float | None = None, rtol: float | None = None,
                  output_tols: tuple[tuple[str, tuple[float, float]], ...] = (), plan_path: str | None = None,
@@ -166,7 +179,9 @@ def problem_spec(model: str, precision: str | None = None, engine_name: str = "e
     """The parsed shared options as the library's typed ProblemSpec."""
     from trtdebug.workflows.problem import ProblemSpec  # onnxruntime loads only when a command runs
 
-    return ProblemSpec(model=model, precision=precision, engine=engine_name, input_shapes=dict(input_shapes),
+    profiles = {name: shapes for name, shapes in input_shapes if len(set(shapes)) > 1}
+    return ProblemSpec(model=model, precision=precision, engine=engine_name,
+                       input_shapes={name: shapes[1] for name, shapes in input_shapes}, input_profiles=profiles,
                        input_ranges=dict(input_ranges), inputs=inputs_path, seed=seed, atol=atol, rtol=rtol,
                        output_tolerances=dict(output_tols), plan=plan_path, bans=bans_path,
                        results=results_path, obey=obey, calib_inputs=tuple(calib_inputs), calib_method=calib_method)

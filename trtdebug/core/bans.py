@@ -69,7 +69,7 @@ class BanList:
 
     @classmethod
     def from_json(cls, data: Any, source: str = "ban list") -> BanList:
-        data = files.check_versioned(data, BANS_FORMAT, BANS_VERSION, source, "ban list")
+        data = files.require_format(data, BANS_FORMAT, BANS_VERSION, source, "ban list")
         entries = data.get("entries", [])
         if not isinstance(entries, list):
             raise UserError(f"{source}: \"entries\" must be a list of bans; regenerate it with `trtdebug tactics`")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trtdebug.core import files
 from trtdebug.core.metrics import Verdict
 from trtdebug.errors import UserError
 
@@ -32,11 +33,11 @@ class CheckCommand:
     def verdict(self, outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> Verdict:
         with tempfile.TemporaryDirectory(prefix="trtdebug-check-") as folder:
             outputs_path = Path(folder) / "outputs.npz"
-            _save_npz(outputs_path, outputs)
+            files.save_npz(outputs_path, outputs)
             command = self.template.replace(OUTPUTS_FIELD, shlex.quote(str(outputs_path)))
             if REFERENCE_FIELD in command:
                 reference_path = Path(folder) / "reference.npz"
-                _save_npz(reference_path, reference)
+                files.save_npz(reference_path, reference)
                 command = command.replace(REFERENCE_FIELD, shlex.quote(str(reference_path)))
             done = subprocess.run(command, shell=True, capture_output=True, text=True, check=False)
         if done.returncode == 0:
@@ -50,8 +51,3 @@ class CheckCommand:
         if not verdict.passed:
             raise UserError(f"--check fails on the FP32 reference outputs themselves ({verdict.reason}); "
                             "fix the command or its threshold")
-
-
-def _save_npz(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
-    arrays = {name: np.asarray(value) for name, value in tensors.items()}
-    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub reserves the allow_pickle keyword

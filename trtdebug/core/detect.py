@@ -53,8 +53,9 @@ def detect_layout(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) -
 
 
 def detect(ref: np.ndarray, cand: np.ndarray, outside: np.ndarray, precision: str,
-           atol: float, rtol: float) -> list[Defect]:
-    """Defects of a tensor already known to be out of tolerance (`outside` marks the elements)."""
+           atol: float, rtol: float, inputs_nonfinite: bool = False) -> list[Defect]:
+    """Defects of a tensor already known to be out of tolerance (`outside` marks the elements).
+    `inputs_nonfinite`: an input of its node was already inf/NaN in the candidate."""
     defects: list[Defect] = []
     layout = detect_layout(ref, cand, atol, rtol)
     if layout:
@@ -69,13 +70,19 @@ def detect(ref: np.ndarray, cand: np.ndarray, outside: np.ndarray, precision: st
     ref_max = float(np.abs(ref64[ref_finite]).max()) if ref_finite.any() else 0.0
     beyond_fp16 = int(np.count_nonzero(np.abs(ref64[ref_finite]) > FP16_MAX))
     reduced = precision in ("fp16", "")
-    if became_inf.any() or (reduced and beyond_fp16):
-        defects.append(Defect(
-            "overflow",
-            f"FP16 overflow: reference reaches {ref_max:.4g} (FP16 max 65504); "
-            f"{int(became_inf.sum())} elements became inf",
-            {"reference_max_abs": ref_max, "elements_inf": int(became_inf.sum()),
-             "reference_elements_beyond_fp16": beyond_fp16}))
+    details = {"reference_max_abs": ref_max, "elements_inf": int(became_inf.sum()),
+               "reference_elements_beyond_fp16": beyond_fp16, "input_already_nonfinite": inputs_nonfinite}
+    if beyond_fp16 and reduced:
+        defects.append(Defect("overflow", f"FP16 overflow: this tensor reaches {ref_max:.4g} in the reference "
+                                          f"(FP16 max 65504); {int(became_inf.sum())} elements became inf", details))
+    elif became_inf.any() and inputs_nonfinite:
+        defects.append(Defect("overflow", f"{int(became_inf.sum())} elements became inf because an input was "
+                                          f"already inf (this tensor's reference stays within {ref_max:.4g})",
+                              details))
+    elif became_inf.any():
+        defects.append(Defect("overflow", f"{int(became_inf.sum())} elements became inf although this tensor's "
+                                          f"reference stays within {ref_max:.4g}: the layer overflowed FP16 "
+                                          "inside (e.g. a sum of squares or an exponent)", details))
     if became_nan.any():
         defects.append(Defect("nan", f"{int(became_nan.sum())} elements became NaN where the reference is "
                                      "finite", {"elements_nan": int(became_nan.sum())}))

@@ -29,10 +29,17 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(temporary)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(temporary, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -55,7 +62,7 @@ def versioned(kind: str, version: int, body: Mapping[str, Any]) -> dict[str, Any
     return {"format": kind, "version": version, **body}
 
 
-def check_versioned(data: Any, kind: str, version: int, source: str, what: str) -> dict[str, Any]:
+def require_format(data: Any, kind: str, version: int, source: str, what: str) -> dict[str, Any]:
     """`data` if it is a `kind` document of `version`; otherwise one line saying what it is not."""
     if not isinstance(data, dict) or data.get("format") != kind:
         raise UserError(f"{source} is not a trtdebug {what} (no \"format\": \"{kind}\")")
@@ -75,10 +82,6 @@ def read_json(path: str | Path, what: str, hint: str = "") -> Any:
         raise UserError(f"{path} is not valid JSON ({reason}){'; ' + hint if hint else ''}") from None
 
 
-def read_versioned(path: str | Path, kind: str, version: int, what: str, hint: str = "") -> dict[str, Any]:
-    return check_versioned(read_json(path, what, hint), kind, version, str(path), what)
-
-
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     """Arrays of an .npz file, pickle disabled."""
     path = Path(path)
@@ -93,7 +96,12 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
 
 def save_npz(path: str | Path, tensors: Mapping[str, np.ndarray]) -> Path:
     arrays = {name: np.asarray(value) for name, value in tensors.items()}
-    return write_atomic(path, lambda p: np.savez(p, **arrays))  # type: ignore[arg-type]
+
+    def write(staged: Path) -> None:
+        with open(staged, "wb") as handle:  # a file object: np.savez would append .npz to a path
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
+
+    return write_atomic(path, write)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -102,7 +110,7 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def check_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[str, str | Path | None]) -> None:
+def prepare_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[str, str | Path | None]) -> None:
     """Before any work: no output may be one of the inputs, nor a folder; missing output folders are
     created, and folders that cannot be written are refused. Keys name the files to the user."""
     given = {label: Path(p) for label, p in inputs.items() if p is not None}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,44 +13,6 @@ from trtdebug.errors import UserError
 
 Shape = tuple[int, ...]
 Feeds = dict[str, np.ndarray]
-
-_SHAPE_RE = re.compile(r"^(?P<name>.+):(?P<dims>\d+(x\d+)*)?$")
-
-
-def parse_shape_overrides(specs: tuple[str, ...] | list[str]) -> dict[str, Shape]:
-    """Parse `name:1x3x224x224` options (an empty dims part means a scalar)."""
-    shapes: dict[str, Shape] = {}
-    for spec in specs:
-        match = _SHAPE_RE.match(spec.strip())
-        if not match:
-            raise UserError(f"bad --input-shape {spec!r}; write it as NAME:DIMxDIM..., e.g. x:1x3x224x224")
-        dims = match["dims"]
-        shapes[match["name"]] = tuple(int(d) for d in dims.split("x")) if dims else ()
-    return shapes
-
-
-def parse_named_pair(spec: str, option: str, form: str, example: str) -> tuple[str, float, float]:
-    """Parse one `NAME:A,B` option value (names may contain ':'; the last one separates)."""
-    name, _, values = spec.rpartition(":")
-    try:
-        first, second = (float(v) for v in values.split(","))
-    except ValueError:
-        raise UserError(f"bad {option} {spec!r}; write it as {form}, e.g. {example}") from None
-    if not name:
-        raise UserError(f"bad {option} {spec!r}; write it as {form}, e.g. {example}")
-    return name, first, second
-
-
-def parse_value_ranges(specs: tuple[str, ...] | list[str]) -> dict[str, tuple[float, float]]:
-    """Parse `name:low,high` options for generated inputs."""
-    ranges = {}
-    for spec in specs:
-        name, low, high = parse_named_pair(spec, "--input-range", "NAME:LOW,HIGH", "x:-1,1")
-        if low > high:
-            raise UserError(f"bad --input-range {spec!r}; write it as NAME:LOW,HIGH with LOW <= HIGH")
-        ranges[name] = (low, high)
-    return ranges
-
 
 def resolve_shapes(model: Model, overrides: Mapping[str, Shape]) -> dict[str, Shape]:
     """The concrete shape of every model input; dynamic dimensions must be given by the user."""

@@ -83,7 +83,7 @@ class Journal:
             return False
         if records[0].get("type") != "header":
             raise UserError(f"{self.path} is not a trtdebug fallback journal; pass another --out or delete it")
-        header = files.check_versioned(records[0], JOURNAL_FORMAT, JOURNAL_VERSION, str(self.path), "fallback journal")
+        header = files.require_format(records[0], JOURNAL_FORMAT, JOURNAL_VERSION, str(self.path), "fallback journal")
         self._check_settings(header.get("settings") or {})
         for record in records[1:]:
             if record.get("type") == "evaluation":

@@ -87,7 +87,7 @@ class PrecisionPlan:
 
     @classmethod
     def from_json(cls, data: Any, source: str = "plan") -> PrecisionPlan:
-        data = files.check_versioned(data, PLAN_FORMAT, PLAN_VERSION, source, "precision plan")
+        data = files.require_format(data, PLAN_FORMAT, PLAN_VERSION, source, "precision plan")
         nodes = data.get("nodes", {})
         if not isinstance(nodes, dict):
             raise UserError(f"{source}: \"nodes\" must map node names to precisions")

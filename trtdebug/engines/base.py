@@ -68,6 +68,7 @@ class Capabilities:
     rebuilds: bool = True  # a plan or ban list changes what it computes (False: saved results)
     exact_marking: bool = False  # exposing tensors never changes what is computed
     local_error: bool = False  # what it builds is a LocalErrorBuilt
+    substitution: bool = False  # what it builds is a SubstitutingBuilt (culprits are measured, not guessed)
     serializes: bool = False  # what it builds is a SerializableBuilt (an engine file)
     records_tactics_on_request: bool = False  # the engine is a TacticRecordingEngine
     reseeds_tactics: bool = False  # the engine is a TacticReseedingEngine
@@ -87,6 +88,14 @@ class Built(Protocol):
 class LocalErrorBuilt(Built, Protocol):
     def run_local(self, reference: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every layer fed with the reference's values of its inputs: its own error, isolated."""
+        ...
+
+
+class SubstitutingBuilt(Built, Protocol):
+    def run_substituted(self, feeds: Mapping[str, np.ndarray],
+                        replacements: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run with the given tensors replaced by these values (downstream layers read them as they would
+        read the engine's own); returns the final outputs."""
         ...
 
 
@@ -119,6 +128,10 @@ class TacticReseedingEngine(Engine, Protocol):
 
 def as_local_error(engine: Engine, built: Built) -> LocalErrorBuilt | None:
     return cast(LocalErrorBuilt, built) if engine.capabilities.local_error else None
+
+
+def as_substituting(engine: Engine, built: Built) -> SubstitutingBuilt | None:
+    return cast(SubstitutingBuilt, built) if engine.capabilities.substitution else None
 
 
 def as_serializable(engine: Engine, built: Built) -> SerializableBuilt | None:

@@ -11,13 +11,13 @@ from trtdebug.artifacts.engine_file import write_engine
 from trtdebug.artifacts.mixed_onnx import write_mixed_onnx
 from trtdebug.core import files
 from trtdebug.core.bans import BanList
-from trtdebug.core.files import check_outputs
+from trtdebug.core.files import prepare_outputs
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
 from trtdebug.core.quantization import QuantizedModel, qdq_for_plan
 from trtdebug.engines.base import BuildError, Engine
 from trtdebug.errors import UserError
-from trtdebug.workflows.problem import load_bans, load_plan, open_engine
+from trtdebug.workflows.problem import ProblemSpec, load_bans, load_plan, open_engine, prepare_feeds
 
 
 @dataclass
@@ -48,23 +48,40 @@ def write_plan_artifacts(engine: Engine, model: Model, plan: PrecisionPlan, bans
     return written, notes
 
 
+@dataclass(frozen=True)
+class EmitOptions:
+    """How to export the build flags: the TensorRT version they are for, INT8 calibration."""
+
+    obey: bool = False
+    target_version: str = "10"
+    calibration_cache: str | None = None
+    qdq: bool = False
+
+
 def build_artifact(model_path: str | Path, plan_path: str | Path, bans_path: str | Path | None = None,
                    engine_name: str = "emulator", out: str | Path | None = None,
-                   emit: tuple[str, ...] = (), obey: bool = False) -> BuildOutcome:
+                   emit: tuple[str, ...] = (), emit_options: EmitOptions | None = None,
+                   inputs: ProblemSpec | None = None) -> BuildOutcome:
     """`trtdebug build`: the plan applied to its model. `out` NAME.onnx writes the mixed-precision ONNX
-    model, any other name the engine file; `emit` names tools whose build command to return."""
+    model, any other name the engine file (its optimization profile from `inputs`: shapes, MIN/OPT/MAX
+    profiles and shape-tensor values); `emit` names tools whose build command to return."""
     model = Model.load(model_path)
-    inputs: dict[str, str | Path | None] = {"model": model_path, "--plan": plan_path, "--bans": bans_path}
-    inputs.update({f"model's external data {p.name}": p for p in model.data_files})
+    spec = inputs or ProblemSpec(model_path)
+    options = emit_options or EmitOptions()
+    given: dict[str, str | Path | None] = {"model": model_path, "--plan": plan_path, "--bans": bans_path,
+                                           "--inputs": spec.inputs}
+    given.update({f"model's external data {p.name}": p for p in model.data_files})
     written = {"--out": out, "--out's external data": f"{out}.data" if out and str(out).endswith(".onnx") else None}
-    check_outputs(written, inputs)
+    prepare_outputs(written, given)
     plan = load_plan(plan_path, model, None)
     bans = load_bans(bans_path, model)
     outcome = BuildOutcome()
     for tool in emit:
         if tool not in FLAG_TOOLS:
             raise UserError(f"unknown --emit {tool!r}; choose one of {', '.join(FLAG_TOOLS)}")
-        args = trtexec_args(plan, obey=obey) if tool == "trtexec" else polygraphy_args(plan, obey=obey)
+        make_args = trtexec_args if tool == "trtexec" else polygraphy_args
+        args = make_args(plan, obey=options.obey, target_version=options.target_version,
+                         calibration_cache=options.calibration_cache, qdq=options.qdq)
         outcome.commands[tool] = command_line("trtexec" if tool == "trtexec" else "polygraphy convert",
                                               model_path, args)
     if out is None:
@@ -73,7 +90,7 @@ def build_artifact(model_path: str | Path, plan_path: str | Path, bans_path: str
     if path.suffix == ".onnx":
         outcome.written = write_mixed_onnx(model, plan, path)
         return outcome
-    engine = open_engine(engine_name)
+    engine = open_engine(engine_name, obey=options.obey, feeds=prepare_feeds(model, spec), profiles=spec.input_profiles)
     try:
         serialized = write_engine(engine, model, plan, bans, path)
     except BuildError as exc:

@@ -7,12 +7,17 @@ compares builds with it. Whether final outputs are good enough is `workflows.eva
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
+
+from trtdebug.core.attribution import find_culprits
 from trtdebug.core.bans import BanList
 from trtdebug.core.int8_findings import annotate_int8
-from trtdebug.core.metrics import CompareResult, Reproduction, compare_tensors
-from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.metrics import CompareResult, Culprit, Reproduction, compare_tensors
+from trtdebug.core.precision import PrecisionPlan, eligible_nodes
 from trtdebug.core.quantization import QuantizedModel
-from trtdebug.engines.base import Built, Engine, Marking, as_local_error
+from trtdebug.engines.base import Built, Engine, Marking, as_local_error, as_substituting
 from trtdebug.workflows.evaluate import evaluate_plan
 from trtdebug.workflows.problem import Case, Problem
 from trtdebug.workflows.progress import SILENT, Progress
@@ -47,7 +52,23 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
     result.range_violations = problem.model.fp16_range_violations()
     if isinstance(problem.model, QuantizedModel):  # which quantized tensors clip or flush, and where
         annotate_int8(result, problem.model, plan, problem.reference)
+    if not result.passed:
+        progress.begin("finding the culprits")
+        result.culprits, result.culprits_explain = _culprits(problem, engine, plan, built, candidate, result)
+        progress.end()
     return result
+
+
+def _culprits(problem: Problem, engine: Engine, plan: PrecisionPlan, built: Built,
+              candidate: Mapping[str, np.ndarray], result: CompareResult) -> tuple[list[Culprit], float | None]:
+    """What explains the failure (core.attribution), measured where the engine can substitute tensors."""
+    model = problem.model
+    keepable = {n for n in eligible_nodes(model) if plan.precision_of(n) == plan.default}
+    substituting = as_substituting(engine, built)
+    outputs = {o.name: candidate[o.name] for o in model.outputs if o.name in candidate}
+    run = (lambda replacements: substituting.run_substituted(problem.feeds, replacements)) if substituting else None
+    return find_culprits(model, result.tensors, keepable or set(model.node_by_name), problem.reference,
+                         problem.tolerance, run, outputs if substituting else None)
 
 
 def compare_case(case: Case, mark: Marking | None = None, progress: Progress = SILENT) -> CompareResult:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from trtdebug.core.bans import BanList
-from trtdebug.core.files import check_outputs
+from trtdebug.core.files import prepare_outputs
 from trtdebug.core.inputs import generate_feeds, load_feeds, resolve_shapes, validate_feeds
 from trtdebug.core.metrics import Tolerance
 from trtdebug.core.model import Model
@@ -54,7 +54,8 @@ class ProblemSpec:
     model: str | Path
     precision: str | None = None
     engine: str = "emulator"
-    input_shapes: Mapping[str, Shape] = field(default_factory=dict)
+    input_shapes: Mapping[str, Shape] = field(default_factory=dict)  # the shapes run; OPT of a profile
+    input_profiles: Mapping[str, tuple[Shape, Shape, Shape]] = field(default_factory=dict)  # MIN, OPT, MAX
     input_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     inputs: str | Path | None = None
     seed: int = 0
@@ -114,7 +115,7 @@ def prepare(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None =
     workflow will write: checked against the inputs, and their folders created, before any work."""
     model = Model.load(spec.model)
     if outputs:
-        check_outputs(outputs, input_files(spec, model))
+        prepare_outputs(outputs, input_files(spec, model))
     unknown = sorted(set(spec.output_tolerances) - {o.name for o in model.outputs})
     if unknown:
         raise UserError(f"--output-tol names {unknown[0]!r}, which is not a model output")
@@ -123,13 +124,16 @@ def prepare(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None =
                        spec.engine)
     plan = load_plan(spec.plan, model, spec.precision)
     bans = load_bans(spec.bans, model)
-    engine = open_engine(spec.engine, spec.results, spec.obey, {name: value.shape for name, value in feeds.items()})
+    engine = open_engine(spec.engine, spec.results, spec.obey, feeds, spec.input_profiles)
     tolerance = Tolerance.for_precision(plan.default, spec.atol, spec.rtol, spec.output_tolerances)
     return Case(Problem.prepare(model, feeds, tolerance), engine, plan, bans)
 
 
 def open_engine(name: str, results: str | Path | None = None, obey: bool = False,
-                input_shapes: Mapping[str, Shape] | None = None) -> Engine:
+                feeds: Mapping[str, np.ndarray] | None = None,
+                profiles: Mapping[str, tuple[Shape, Shape, Shape]] | None = None) -> Engine:
+    """The engine by name. TensorRT builds get an optimization profile around the feeds' shapes, or the
+    user's MIN/OPT/MAX profiles, and the values of shape-tensor inputs from the feeds."""
     if name == "results":
         if not results:
             raise UserError("--engine results needs --results FILE (Polygraphy --save-outputs JSON or .npz)")
@@ -137,6 +141,12 @@ def open_engine(name: str, results: str | Path | None = None, obey: bool = False
     if results:
         raise UserError("--results only applies to --engine results")
     if name in ("tensorrt", "tensorrt-rtx"):
-        # The optimization profile is built around the shapes of the feeds actually used.
-        return get_engine(name, obey_constraints=obey, input_shapes=dict(input_shapes or {}))
+        feeds = feeds or {}
+        # Small integer tensors may be shape-tensor inputs; the engine ignores those that are not.
+        shape_values = {n: v for n, v in feeds.items() if v.dtype.kind in "iu" and v.ndim <= 1}
+        return get_engine(name, obey_constraints=obey, input_shapes={n: v.shape for n, v in feeds.items()},
+                          shape_ranges=dict(profiles or {}), shape_input_values=shape_values)
+    if profiles:
+        raise UserError(f"--input-shape NAME:MIN,OPT,MAX sets a TensorRT optimization profile; the {name} "
+                        "engine runs one shape: give NAME:DxDx...")
     return get_engine(name)

@@ -170,7 +170,7 @@ def run_quantize(model_path: str | Path, out: str | Path, calibration: Calibrati
     inputs.update({f"model's external data {p.name}": p for p in model.data_files})
     if calibration.inputs:
         inputs.update({f"--calib-inputs file {p.name}": p for p in calibration_files(calibration.inputs)})
-    files.check_outputs({"--out": out}, inputs)
+    files.prepare_outputs({"--out": out}, inputs)
     shapes = resolve_shapes(model, input_shapes or {}) if not calibration.inputs else {}
     batches = calibration_batches(model, calibration, shapes, input_ranges)
     proto, old_opset = quantize_proto(model, batches, calibration.method)

@@ -6,7 +6,7 @@ import click
 
 from trtdebug.artifacts.build_flags import FLAG_TOOLS
 from trtdebug.cli import console
-from trtdebug.cli.options import BUILDING_ENGINE
+from trtdebug.cli.options import BUILDING_ENGINE, InputShape, problem_spec
 from trtdebug.errors import EXIT_OK, UserError
 
 
@@ -21,16 +21,29 @@ from trtdebug.errors import EXIT_OK, UserError
               help="NAME.onnx: the mixed-precision ONNX model; any other name: the serialized engine.")
 @click.option("--emit", "emit", type=click.Choice(list(FLAG_TOOLS)), multiple=True,
               help="Print the command that builds the plan with this tool (TensorRT <= 10.x; repeatable).")
-@click.option("--obey", is_flag=True, help="With --emit: OBEY precision constraints instead of PREFER.")
+@click.option("--obey", is_flag=True, help="OBEY precision constraints instead of PREFER (TensorRT <= 10).")
+@click.option("--target-version", type=click.Choice(["8.6", "10", "11"]), default="10", show_default=True,
+              help="With --emit: the TensorRT version the flags are for (11 has no precision flags).")
+@click.option("--calib-cache", "calibration_cache", type=click.Path(dir_okay=False, path_type=str),
+              help="With --emit and an INT8 plan: the calibration cache the build reads.")
+@click.option("--qdq", is_flag=True, help="With --emit and an INT8 plan: the model is quantized (Q/DQ nodes).")
+@click.option("--input-shape", "input_shapes", type=InputShape(), multiple=True,
+              help="Engine files: NAME:DxDx... or NAME:MIN,OPT,MAX, the optimization profile (repeatable).")
+@click.option("--inputs", "inputs_path", type=click.Path(path_type=str),
+              help="Engine files: feeds (.npz or Polygraphy JSON) whose shapes and shape-tensor values the "
+                   "profile uses.")
 def build_command(model: str, plan_path: str, bans_path: str | None, engine_name: str, out_path: str | None,
-                  emit: tuple[str, ...], obey: bool) -> int:
+                  emit: tuple[str, ...], obey: bool, target_version: str, calibration_cache: str | None,
+                  qdq: bool, input_shapes: tuple, inputs_path: str | None) -> int:
     """Apply a precision plan: write the mixed-precision ONNX model or the built engine, or print the
     trtexec / Polygraphy command that builds it."""
-    from trtdebug.workflows.build import build_artifact
+    from trtdebug.workflows.build import EmitOptions, build_artifact
 
     if out_path is None and not emit:
         raise UserError("trtdebug build needs --out FILE (NAME.onnx or an engine file) or --emit trtexec|polygraphy")
-    outcome = build_artifact(model, plan_path, bans_path, engine_name, out_path, emit, obey)
+    spec = problem_spec(model, input_shapes=input_shapes, inputs_path=inputs_path)
+    outcome = build_artifact(model, plan_path, bans_path, engine_name, out_path, emit,
+                             EmitOptions(obey, target_version, calibration_cache, qdq), spec)
     for command in outcome.commands.values():
         console.stdout.print(command, markup=False, soft_wrap=True)
     if outcome.written is not None:

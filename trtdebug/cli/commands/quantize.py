@@ -31,7 +31,7 @@ def _options(func):  # type: ignore[no-untyped-def]
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the first generated batch.")
 def quantize_command(model: str, out_path: str | None, calib_inputs: tuple[str, ...], calib_method: str,
-                     calib_batches: int, input_shapes: tuple[tuple[str, tuple[int, ...]], ...],
+                     calib_batches: int, input_shapes: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...],
                      input_ranges: tuple[tuple[str, tuple[float, float]], ...], seed: int) -> int:
     """Quantize MODEL to INT8 Q/DQ (explicit quantization, what TensorRT builds): symmetric INT8
     activations, per-channel weights, calibrated with onnxruntime.quantization."""
@@ -39,7 +39,8 @@ def quantize_command(model: str, out_path: str | None, calib_inputs: tuple[str, 
 
     out = out_path or str(Path(model).with_suffix(".qdq.onnx"))
     outcome = run_quantize(model, out, Calibration(tuple(calib_inputs), calib_method, calib_batches, seed),
-                           dict(input_shapes), dict(input_ranges))
+                           {name: profile[1] for name, profile in input_shapes},  # a profile's OPT shape
+                           dict(input_ranges))
     for note in outcome.notes:
         console.stderr.print(f"note: {note}", style="dim", markup=False)
     console.stdout.print(f"wrote {outcome.path}: {outcome.pairs} Q/DQ pairs ({outcome.activation_pairs} on "

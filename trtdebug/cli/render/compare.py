@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from trtdebug.core.metrics import CompareResult, TensorReport
@@ -31,37 +32,46 @@ def verdict_line(result: CompareResult) -> str:
             f"{result.verdict or 'outputs out of tolerance'}")
 
 
-def describe_tensor(t: TensorReport) -> str:
-    kinds = ", ".join(d.kind for d in t.defects) or "error"
-    return f"{t.node} ({t.op_type}) -> {t.tensor}: {kinds}"
-
-
 def render_compare(result: CompareResult, console: Console, top: int = 10) -> None:
     tol = result.tolerance
     console.print(verdict_line(result))
     console.print(f"  tolerance atol={tol.atol:g} rtol={tol.rtol:g} (intermediate tensors: atol relative "
                   "to each tensor's max |x|)", style="dim")
-    first = result.first_introduced
-    if first is not None:
-        console.print(f"[bold]Error first introduced at[/] [cyan]{first.node}[/] ({first.op_type}), "
-                      f"tensor [cyan]{first.tensor}[/]" + (f", layer {first.layer}" if first.layer else ""))
-        for defect in first.defects:
-            console.print(f"  [yellow]{defect.kind}[/]: {defect.message}")
-        if first.accumulated:
-            m = first.accumulated
-            console.print(f"  max abs err {_fmt(m.max_abs)}, max rel err {_fmt(m.max_rel)}, "
-                          f"SNR {_fmt(m.snr_db)} dB, {m.frac_outside:.1%} of elements out of tolerance",
-                          style="dim")
-        others = len(result.introduced) - 1
-        if others > 0:
-            console.print(f"  {others} more layer(s) introduce error of their own; see the table", style="dim")
-    elif not result.passed:
-        console.print("No single layer introduces the error: it accumulates across layers "
-                      "within per-layer tolerance.")
+    if not result.passed:
+        _render_culprits(result, console)
     worst = result.worst(top)
     if worst:
         console.print(_worst_table(worst, result.local_error))
     _render_notes(result, console)
+
+
+def _render_culprits(result: CompareResult, console: Console) -> None:
+    if not result.culprits:
+        console.print("No single layer introduces the error: it accumulates across layers within per-layer "
+                      "tolerance (see the table).")
+        return
+    for number, culprit in enumerate(result.culprits):
+        report = result.tensor(culprit.tensor)
+        label = "[bold]Culprit[/]" if number == 0 else "[bold]Also[/]"
+        layer = f", layer {escape(report.layer)}" if report.layer and report.layer != report.node else ""
+        share = "" if culprit.explained is None or (culprit.creates_nonfinite and culprit.explained < 0.005) else (
+            f" [dim](its reference value removes {culprit.explained:.0%} of the output error)[/]")
+        console.print(f"{label}: [cyan]{escape(culprit.node)}[/] ({culprit.op_type}), tensor "
+                      f"[cyan]{escape(culprit.tensor)}[/]{layer}{share}")
+        for defect in report.defects:
+            console.print(f"  [yellow]{defect.kind}[/]: {escape(defect.message)}")
+        if number == 0 and report.accumulated:
+            m = report.accumulated
+            console.print(f"  max abs err {_fmt(m.max_abs)}, max rel err {_fmt(m.max_rel)}, "
+                          f"SNR {_fmt(m.snr_db)} dB, {m.frac_outside:.1%} of elements out of tolerance",
+                          style="dim")
+    if result.culprits_explain is not None:
+        what = "it" if len(result.culprits) == 1 else f"these {len(result.culprits)} tensors"
+        console.print(f"  with {what} at reference values the outputs lose {result.culprits_explain:.0%} of "
+                      "their error", style="dim")
+    others = len([t for t in result.introduced if t.tensor not in {c.tensor for c in result.culprits}])
+    if others:
+        console.print(f"  {others} more layer(s) introduce smaller errors of their own; see the table", style="dim")
 
 
 def _worst_table(rows: list[TensorReport], with_local: bool) -> Table:

@@ -35,6 +35,7 @@ from trtdebug.engines.base import BuildError, Built, Capabilities, LayerInfo, Ma
 from trtdebug.engines.emulator.tactics import Shape, ShapeOf, TacticChoice, TacticChooser, apply_variant, tensor_shapes
 from trtdebug.errors import UserError
 
+SUBSTITUTE_PREFIX = "substitute::"  # graph inputs that replace a layer output in run_substituted
 REF_PREFIX = "ref::"  # graph inputs of the local-error graph carry reference values
 
 
@@ -263,6 +264,33 @@ class EmulatorBuilt:
         feeds = {name: reference[tensor] for name, tensor in feeds_from.items()}
         return onnxrt.run(session, feeds)
 
+    def run_substituted(self, feeds: Mapping[str, np.ndarray],
+                        replacements: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The emulated build with some layer outputs replaced: their consumers (and their rounding
+        casts) read the given values instead. Returns the final outputs."""
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        graph = proto.graph
+        renamed = {t: SUBSTITUTE_PREFIX + t for t in replacements}
+        for node in graph.node:
+            for i, t in enumerate(node.input):
+                if t in renamed:
+                    node.input[i] = renamed[t]
+        for tensor, name in renamed.items():
+            value = np.asarray(replacements[tensor])
+            graph.input.append(helper.make_tensor_value_info(
+                name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)))
+        outputs = [o.name for o in self.model.outputs]
+        kept = [o for o in graph.output if o.name not in renamed]
+        del graph.output[:]
+        graph.output.extend(kept)
+        values: dict[str, np.ndarray] = {}
+        if kept:
+            values = onnxrt.run(onnxrt.session(proto), {**feeds, **{renamed[t]: np.asarray(v)
+                                                                     for t, v in replacements.items()}})
+        values.update({o: np.asarray(replacements[o]) for o in outputs if o in renamed})
+        return values
+
     def _build_local(self) -> tuple[Any, dict[str, str]]:
         """The folded graph with every layer's non-constant inputs cut loose into graph inputs."""
         initializers = {i.name for i in self.folded.proto.graph.initializer}
@@ -309,7 +337,8 @@ class EmulatorEngine:
 
     name = "emulator"
     # Exposing a tensor never changes what the emulator computes; its autotuner can be reseeded.
-    capabilities = Capabilities(exact_marking=True, local_error=True, reseeds_tactics=True, tactics=True)
+    capabilities = Capabilities(exact_marking=True, local_error=True, substitution=True, reseeds_tactics=True,
+                                tactics=True)
 
     def __init__(self, tactic_seed: int | None = None) -> None:
         self._folded: dict[str, FoldedGraph] = {}

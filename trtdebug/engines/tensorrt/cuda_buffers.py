@@ -20,8 +20,8 @@ import numpy as np
 
 from trtdebug.errors import EngineError, UserError
 
-CUDA_PYTHON_HINT = ("cuda-python is not installed: pip install 'cuda-python>=12.6.1' (part of "
-                    "`pip install trtdebug[tensorrt]` and `trtdebug[rtx]`)")
+CUDA_PYTHON_HINT = ("cuda-python is not installed: pip install 'trtdebug[tensorrt-cu12]' for a CUDA 12 driver "
+                    "or 'trtdebug[tensorrt-cu13]' for CUDA 13")
 # Errors that mean "there is no usable GPU here" rather than "this call failed".
 NO_DEVICE_ERRORS = {"cudaErrorInsufficientDriver", "cudaErrorNoDevice", "cudaErrorInitializationError",
                     "cudaErrorCompatNotSupportedOnDevice", "cudaErrorSystemDriverMismatch"}
@@ -77,6 +77,21 @@ class CudaRuntime:
     def free_memory(self) -> int:
         free, _total = self.check(self.cudart.cudaMemGetInfo(), "cudaMemGetInfo")
         return int(free)
+
+    def device_description(self, device: int = 0) -> dict[str, str]:
+        """GPU name, compute capability, driver and runtime CUDA versions (cudaGetDeviceProperties,
+        cudaDriverGetVersion, cudaRuntimeGetVersion; versions are 1000 * major + 10 * minor)."""
+
+        def version(value: Any) -> str:
+            number = int(value)
+            return f"{number // 1000}.{(number % 1000) // 10}"
+
+        props = self.check(self.cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+        name = props.name
+        name = name.decode(errors="replace").rstrip("\x00") if isinstance(name, bytes) else str(name)
+        return {"gpu": name, "compute capability": f"{int(props.major)}.{int(props.minor)}",
+                "CUDA driver": version(self.check(self.cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")),
+                "CUDA runtime": version(self.check(self.cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion"))}
 
     # -- memory and streams -------------------------------------------------------------------
 

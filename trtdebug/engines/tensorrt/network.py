@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import onnx
 
 from trtdebug.core.precision import PRECISIONS, PrecisionPlan
@@ -89,41 +90,97 @@ def parse_onnx(trt_api: Any, network: trt.INetworkDefinition, logger: Any, proto
     return parser
 
 
+# protobuf cannot serialize a message of 2 GiB or more; such models go to TensorRT through a file
+# with external data. A module constant so that tests can lower it.
+PROTOBUF_LIMIT = (1 << 31) - 1
+
+
 def _parse(parser: Any, proto: onnx.ModelProto) -> bool:
-    try:
-        data = proto.SerializeToString()
-    except ValueError:  # over protobuf's 2 GiB: go through a file with external data
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "model.onnx"
-            onnx.save(proto, path, save_as_external_data=True, location="model.onnx.data")
-            return bool(parser.parse_from_file(str(path)))
-    return bool(parser.parse(data))
+    data: bytes | None = None
+    if proto.ByteSize() <= PROTOBUF_LIMIT:
+        try:
+            data = proto.SerializeToString()
+        except ValueError:  # over protobuf's limit after all
+            data = None
+    if data is not None:
+        return bool(parser.parse(data))
+    # Through a file, as Polygraphy's OnnxFromPath/NetworkFromOnnxPath do: parse_from_file lets the
+    # parser find external weights beside the model (tools/Polygraphy/polygraphy/backend/trt/loader.py).
+    # onnx.save(..., save_as_external_data=True) rewrites the tensors of the proto it is given
+    # (clears raw_data, points them at the file), so it gets a copy: the caller's model stays whole.
+    # The folder lives until parsing is done (the parser reads the external weights while parsing).
+    clone = onnx.ModelProto()
+    clone.CopyFrom(proto)
+    with tempfile.TemporaryDirectory(prefix="trtdebug-onnx-") as folder:
+        path = Path(folder) / "model.onnx"
+        onnx.save(clone, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location="model.onnx.data")
+        del clone
+        return bool(parser.parse_from_file(str(path)))
 
 
 # -- optimization profile ---------------------------------------------------------------------
 
+@dataclass
+class Profile:
+    """One optimization profile: min/opt/max *shapes* of execution inputs (`set_shape`) and
+    min/opt/max *values* of shape-tensor inputs (`set_shape_input`)."""
+
+    shapes: dict[str, ShapeRange] = field(default_factory=dict)
+    values: dict[str, ShapeRange] = field(default_factory=dict)
+
+
 def shape_ranges_for(network: trt.INetworkDefinition, input_shapes: Mapping[str, Sequence[int]],
-                     shape_ranges: Mapping[str, ShapeRange]) -> dict[str, ShapeRange]:
-    """min/opt/max per network input: a given range, else the given shape, else the static shape."""
-    ranges: dict[str, ShapeRange] = {}
+                     shape_ranges: Mapping[str, ShapeRange],
+                     shape_values: Mapping[str, Any] | None = None) -> Profile:
+    """The profile of a network: per execution input a given range, else the given shape, else the
+    static shape; per shape-tensor input (whose *values* set shapes in the network, e.g. a Reshape's
+    target fed by a graph input) a given range of values, else the values given (the feed)."""
+    profile = Profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         name = tensor.name
         static = dims_tuple(tensor.shape)
+        if tensor.is_shape_tensor:
+            profile.values[name] = _value_range(name, static, shape_ranges, shape_values or {})
+            continue
         if name in shape_ranges:
             low, opt, high = (tuple(int(d) for d in s) for s in shape_ranges[name])
-            ranges[name] = (low, opt, high)
+            profile.shapes[name] = (low, opt, high)
         elif name in input_shapes:
             shape = tuple(int(d) for d in input_shapes[name])
-            ranges[name] = (shape, shape, shape)
+            profile.shapes[name] = (shape, shape, shape)
         elif all(d >= 0 for d in static):
-            ranges[name] = (static, static, static)
+            profile.shapes[name] = (static, static, static)
         else:
             dims = "x".join(str(d) if d >= 0 else "N" for d in static)
             raise UserError(f"input {name!r} has dynamic shape {list(static)}; give one with "
                             f"--input-shape {name}:{dims}")
-        _check_range(name, static, ranges[name])
-    return ranges
+        _check_range(name, static, profile.shapes[name])
+    return profile
+
+
+def _value_range(name: str, static: Shape, shape_ranges: Mapping[str, ShapeRange],
+                 shape_values: Mapping[str, Any]) -> ShapeRange:
+    """min/opt/max values of a shape-tensor input (TensorRT: "Optimization profile 0 is missing
+    values for shape input tensor" without them). Its own shape must be static (0-D or 1-D)."""
+    if any(d < 0 for d in static):
+        raise UserError(f"shape-tensor input {name!r} has a dynamic shape {list(static)}; trtdebug needs it static")
+    count = int(np.prod(static, dtype=np.int64)) if static else 1
+    if name in shape_ranges:
+        low, opt, high = (tuple(int(v) for v in np.asarray(s).reshape(-1)) for s in shape_ranges[name])
+    elif name in shape_values:
+        values = tuple(int(v) for v in np.asarray(shape_values[name]).reshape(-1))
+        low = opt = high = values
+    else:
+        raise UserError(f"input {name!r} is a shape tensor (its values set shapes inside the network): "
+                        "the optimization profile needs its values; give them with --inputs")
+    if not len(low) == len(opt) == len(high) == count:
+        raise UserError(f"shape-tensor input {name!r} holds {count} values; got {[list(low), list(opt), list(high)]}")
+    if not all(lo <= op <= hi for lo, op, hi in zip(low, opt, high, strict=True)):
+        raise UserError(f"values {[list(low), list(opt), list(high)]} of shape-tensor input {name!r} need "
+                        "min <= opt <= max")
+    return low, opt, high
 
 
 def _check_range(name: str, static: Shape, shape_range: ShapeRange) -> None:
@@ -136,10 +193,14 @@ def _check_range(name: str, static: Shape, shape_range: ShapeRange) -> None:
                             f"the model's shape {list(static)} (need min <= opt <= max and fixed dims kept)")
 
 
-def add_profile(builder: trt.Builder, config: trt.IBuilderConfig, ranges: Mapping[str, ShapeRange]) -> Any:
+def add_profile(builder: trt.Builder, config: trt.IBuilderConfig, ranges: Profile) -> Any:
+    """The profile on `config`. Shape-tensor inputs get set_shape_input (values), not set_shape, as
+    Polygraphy's Profile.to_trt does (tools/Polygraphy/polygraphy/backend/trt/profile.py)."""
     profile = builder.create_optimization_profile()
-    for name, (low, opt, high) in ranges.items():
+    for name, (low, opt, high) in ranges.shapes.items():
         profile.set_shape(name, as_dims(low), as_dims(opt), as_dims(high))
+    for name, (low, opt, high) in ranges.values.items():
+        profile.set_shape_input(name, list(low), list(opt), list(high))
     config.add_optimization_profile(profile)
     return profile
 
@@ -213,10 +274,11 @@ class PrecisionNotes:
     constraints: str = ""  # prefer | obey | "" (none needed)
     constrained: list[str] = field(default_factory=list)  # network layers given a precision
     skipped: list[str] = field(default_factory=list)  # planned, but cannot take a float precision
+    held_to: str = ""  # every layer the plan does not name is constrained to this precision
 
     def to_json(self) -> dict[str, Any]:
         return {"flags": self.flags, "constraints": self.constraints, "constrained_layers": self.constrained,
-                "skipped_layers": self.skipped}
+                "skipped_layers": self.skipped, "others_held_to": self.held_to}
 
 
 def builder_precision_flags(features: Features, plan: PrecisionPlan) -> list[str]:
@@ -239,15 +301,32 @@ def can_take_precision(trt_api: Any, layer: trt.ILayer) -> bool:
     return True
 
 
+def held_to_default(plan: PrecisionPlan) -> str | None:
+    """The precision every layer the plan does not name must be held to, or None.
+
+    A builder flag lets *every* layer use its precision (BuilderFlag.FP16: "enable FP16 layer
+    selection, with FP32 fallback"). A plan whose default is FP32 but names FP16 layers sets FP16,
+    so the builder may run any unnamed layer in FP16 too; the same for FP16 plans with BF16 layers.
+    Such plans hold every other layer to the default. An INT8 default keeps TensorRT's choice
+    (INT8 with fallback): holding every layer to INT8 could not build."""
+    used = {plan.default, *plan.nodes.values()}
+    if plan.default == "int8" or not any(p != plan.default and p in PRECISION_FLAG for p in used):
+        return None
+    return plan.default
+
+
 def apply_weak_typing(trt_api: Any, network: trt.INetworkDefinition, config: trt.IBuilderConfig,
                       features: Features, plan: PrecisionPlan, resolver: NodeResolver,
                       obey: bool) -> PrecisionNotes:
     """Builder flags for the plan's precisions, and per-layer constraints for the nodes it names.
 
-    Only the plan's overrides are constrained: the default precision is what the builder flag
-    asks for, as in a plain `trtexec --fp16` build, so an empty plan reproduces the user's engine.
+    When the flags match the default (an FP16 plan with FP32 layers), only the plan's overrides are
+    constrained, as in a plain `trtexec --fp16` build, so an empty plan reproduces the user's
+    engine. When a flag enables a precision beyond the default (an FP32 plan with FP16 layers),
+    every other layer that can take a precision is held to the default (see held_to_default).
     """
     notes = PrecisionNotes(flags=builder_precision_flags(features, plan))
+    others = held_to_default(plan)
     with quiet_deprecations():
         for flag in notes.flags:
             config.set_flag(getattr(trt_api.BuilderFlag, flag))
@@ -258,19 +337,23 @@ def apply_weak_typing(trt_api: Any, network: trt.INetworkDefinition, config: trt
             metadata = str(layer.metadata) if features.layer_metadata else ""
             nodes = network_layer_nodes(metadata, layer.name, resolver)
             precisions = [plan.nodes[n] for n in nodes if n in plan.nodes]
-            if not precisions:
+            if not precisions and others is None:
                 continue
             if not can_take_precision(trt_api, layer):
-                notes.skipped.append(layer.name)
+                if precisions:
+                    notes.skipped.append(layer.name)
                 continue
             # A layer built from several planned nodes computes in the most precise of them.
-            precision = min(precisions, key=PRECISIONS.index)
+            precision = min(precisions, key=PRECISIONS.index) if precisions else others
+            assert precision is not None
             _constrain(trt_api, layer, precision)
             notes.constrained.append(layer.name)
         if notes.constrained:
             constraint = "OBEY_PRECISION_CONSTRAINTS" if obey else "PREFER_PRECISION_CONSTRAINTS"
             config.set_flag(getattr(trt_api.BuilderFlag, constraint))
             notes.constraints = "obey" if obey else "prefer"
+        if others is not None:
+            notes.held_to = others
     return notes
 
 

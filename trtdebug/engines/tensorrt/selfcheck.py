@@ -169,21 +169,68 @@ def _build_summary(probe: _Probe, engine: Any, plan: PrecisionPlan, marking: Mar
     return probe.build_and_run(engine, plan, marking, runs)[1]
 
 
+def engine_kernel(layer: Any) -> str:
+    """The kernel the engine itself reports for a layer (inspector / build-log TacticName)."""
+    return str(layer.extra.get("kernel") or "")
+
+
 def _tactic_check(probe: _Probe, engine: Any, runs: bool) -> str:
-    """Record tactics, ban one layer's choice, rebuild: the ban must hold and the build succeed."""
+    """Record tactics, ban one layer's choice, rebuild. Proven only if the engine reports a kernel
+    for that layer before and after and they differ (as NVIDIA's sampleEditableTimingCache checks):
+    the same kernel, no recorded tactic, or no reported kernel is a failure."""
     plan = PrecisionPlan("fp16")
     built, _ = probe.build_and_run(engine, plan, Marking("none"), runs)
-    with_alternatives = [layer for layer in built.layers if layer.alternatives]
-    if not with_alternatives:
-        return f"recorded {sum(1 for la in built.layers if la.tactic)} tactics; no layer had alternatives to ban"
-    target = with_alternatives[0]
+    recorded = [layer for layer in built.layers if layer.tactic and layer.extra.get("tactic_layer")]
+    if not recorded:
+        raise UserError("no tactic was recorded: the ban path cannot be checked")
+    candidates = [layer for layer in recorded if layer.alternatives and engine_kernel(layer)]
+    if not candidates:
+        raise UserError(f"recorded {len(recorded)} tactics, but no layer had both alternatives and a kernel "
+                        "reported by the engine: the ban cannot be proven")
+    target = candidates[0]
+    before = engine_kernel(target)
     ban = BanEntry(layer=str(target.extra.get("tactic_layer", target.name)), tactic=target.tactic,
                    onnx_nodes=target.onnx_nodes, cache_key=target.extra.get("cache_key"), engine=engine.name)
     rebuilt, _ = probe.build_and_run(engine, plan, Marking("none"), runs, BanList((ban,)))
-    after = next((la for la in rebuilt.layers if la.onnx_nodes == target.onnx_nodes), None)
-    if after is not None and after.tactic == target.tactic:
-        raise UserError(f"banned tactic {target.tactic} of {target.name!r} was used again")
-    return f"banned {target.tactic} of {target.name!r}; rebuilt with {after.tactic if after else 'another layer'}"
+    after_layer = next((la for la in rebuilt.layers if la.onnx_nodes == target.onnx_nodes), None)
+    after = engine_kernel(after_layer) if after_layer is not None else ""
+    if not after:
+        raise UserError(f"after banning {target.tactic} of {target.name!r} the engine reports no kernel for it")
+    if after == before:
+        raise UserError(f"banned {target.tactic} of {target.name!r}, but the engine still uses kernel {before}")
+    return f"banned {target.tactic} of {target.name!r}: engine kernel {before} -> {after}"
+
+
+def environment(checks: Iterable[Check] = ()) -> dict[str, str]:
+    """The header of a selfcheck report: versions and the GPU, each where it can be found."""
+    import platform
+
+    from trtdebug import __version__ as trtdebug_version
+
+    info = {"trtdebug": str(trtdebug_version), "python": platform.python_version(), "os": platform.platform()}
+    for check in checks:  # "tensorrt" / "tensorrt-rtx" rows carry "<module> <version>"
+        if check.name in ("tensorrt", "tensorrt-rtx"):
+            info[check.name] = check.detail if check.status == "ok" else "not installed"
+    try:
+        from trtdebug.engines.tensorrt.cuda_buffers import CudaRuntime
+
+        runtime = CudaRuntime()
+        info["cuda-python"] = _cuda_python_version()
+        info.update(runtime.device_description(0) if runtime.device_count() else {"gpu": "none visible"})
+    except Exception as exc:  # no cuda-python, no driver, no GPU: say so, never fail the report
+        info.setdefault("gpu", f"unavailable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+    return info
+
+
+def _cuda_python_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package in ("cuda-bindings", "cuda-python"):
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 def selfcheck_exit_code(checks: Iterable[Check], flavors: Iterable[str] = ("tensorrt", "tensorrt-rtx")) -> int:

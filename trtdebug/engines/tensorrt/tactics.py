@@ -137,7 +137,7 @@ _SELECTION = "(tactic hash, cost(in ms)):"
 def parse_profiling_log(messages: Iterable[str]) -> dict[str, ProfilingRecord]:
     """The state machine of sampleEditableTimingCache's ProfilingLogger: 'Autotuning op X(key: K)',
     then the tactic table header, its rows, and 'The selected tactic is (tactic hash, cost(in
-    ms)):H, ...'. Messages may hold several lines; each line is one step."""
+    ms)):H, ...'. Messages may hold several lines; each line is one step. Keyed by cache key."""
     table: dict[str, ProfilingRecord] = {}
     state = "key"
     record: ProfilingRecord | None = None
@@ -163,7 +163,9 @@ def parse_profiling_log(messages: Iterable[str]) -> dict[str, ProfilingRecord]:
                         state, resolved = "selection", False
                 elif state == "selection" and _SELECTION in line and record is not None:
                     record.selected = line.split(_SELECTION, 1)[1].split(",", 1)[0].strip()
-                    table[record.op] = record
+                    # By cache key: one op may be autotuned under several keys (weak typing times
+                    # it in FP32 and FP16), and a ban must reach every one of them.
+                    table[record.key] = record
                     record, state = None, "key"
     return table
 

@@ -1,0 +1,93 @@
+"""Optimization profiles from the command line: NAME:MIN,OPT,MAX reaches the TensorRT builds and the
+saved engine; engines that run one shape refuse it; bad profiles are one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from trtdebug.core.precision import PrecisionPlan
+
+
+def trtdebug(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "trtdebug", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.fixture
+def dynamic_batch_model(tmp_path: Path) -> Path:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+                               helper.make_node("Relu", ["c"], ["y"], name="relu")], "dyn", [x], [y], [w])
+    path = tmp_path / "dyn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    from trtdebug.core.model import Model
+
+    PrecisionPlan("fp16").for_model(Model.load(path)).save(tmp_path / "plan.json")
+    return path
+
+
+def test_profile_reaches_the_tensorrt_engine_options(dynamic_batch_model: Path) -> None:
+    from trtdebug.cli.options import problem_spec
+    from trtdebug.workflows.problem import open_engine, prepare_feeds
+
+    pytest.importorskip("tensorrt_rtx_bindings")
+    shapes = (("x", ((1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))),)
+    spec = problem_spec(str(dynamic_batch_model), engine_name="tensorrt-rtx", input_shapes=shapes)
+    from trtdebug.core.model import Model
+
+    feeds = prepare_feeds(Model.load(dynamic_batch_model), spec)
+    assert feeds["x"].shape == (2, 3, 8, 8)  # inputs are generated at OPT
+    engine = open_engine("tensorrt-rtx", feeds=feeds, profiles=spec.input_profiles)
+    assert engine.options.shape_ranges == {"x": ((1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))}  # type: ignore[attr-defined]
+
+
+@pytest.mark.rtx
+def test_build_saves_an_engine_with_the_users_profile(dynamic_batch_model: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorrt_rtx_bindings")
+    run = trtdebug("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--engine", "tensorrt-rtx",
+                   "--input-shape", "x:1x3x8x8,2x3x8x8,4x3x8x8", "--out", tmp_path / "out" / "dyn.engine")
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "out" / "dyn.engine").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(("shape", "message"), [
+    ("x:1x3x8x8,2x3x8x8", "a profile has three shapes"),
+    ("x:4x3x8x8,2x3x8x8,1x3x8x8", "MIN <= OPT <= MAX"),
+    ("x:1x3x8,2x3x8x8,4x3x8x8", "same rank"),
+    ("x:0x3x8x8", "at least 1"),
+])
+def test_bad_profiles_are_one_line_errors(dynamic_batch_model: Path, shape: str, message: str) -> None:
+    run = trtdebug("compare", dynamic_batch_model, "--input-shape", shape)
+    assert run.returncode == 2 and message in run.stderr and run.stderr.count("\n") == 1, run.stderr
+
+
+def test_the_emulator_refuses_a_profile(dynamic_batch_model: Path) -> None:
+    run = trtdebug("compare", dynamic_batch_model, "--input-shape", "x:1x3x8x8,2x3x8x8,4x3x8x8")
+    assert run.returncode == 2 and "optimization profile" in run.stderr and "NAME:DxDx" in run.stderr
+
+
+def test_emit_prints_commands_and_refuses_what_the_target_version_lacks(dynamic_batch_model: Path,
+                                                                        tmp_path: Path) -> None:
+    run = trtdebug("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--emit", "trtexec",
+                   "--emit", "polygraphy")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [f"trtexec --onnx={dynamic_batch_model} --fp16",
+                                       f"polygraphy convert {dynamic_batch_model} --fp16"]
+    eleven = trtdebug("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--emit", "trtexec",
+                      "--target-version", "11")
+    assert eleven.returncode == 2 and "mixed-precision ONNX" in eleven.stderr
+
+
+def test_outputs_get_the_usual_file_permissions(dynamic_batch_model: Path, tmp_path: Path) -> None:
+    run = trtdebug("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--out", tmp_path / "m.onnx")
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "m.onnx").stat().st_mode & 0o044  # readable by others, like any file the user writes
