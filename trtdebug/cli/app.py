@@ -12,6 +12,7 @@ from trtdebug import __version__
 from trtdebug.cli.commands.build import build_command
 from trtdebug.cli.commands.compare import compare_command
 from trtdebug.cli.commands.fallback import fallback_command
+from trtdebug.cli.commands.quantize import quantize_command
 from trtdebug.cli.commands.selfcheck import selfcheck_command
 from trtdebug.cli.commands.tactics import tactics_command
 from trtdebug.errors import (
@@ -33,7 +34,8 @@ def cli() -> None:
     """Find where a reduced-precision TensorRT engine goes wrong, and fix it."""
 
 
-for command in (compare_command, fallback_command, tactics_command, build_command, selfcheck_command):
+for command in (compare_command, fallback_command, tactics_command, build_command, quantize_command,
+                selfcheck_command):
     cli.add_command(command)
 
 

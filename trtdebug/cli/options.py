@@ -120,6 +120,17 @@ ENGINE = click.Choice(list(ENGINE_NAMES))
 BUILDING_ENGINE = click.Choice([e for e in ENGINE_NAMES if e != "results"])
 
 
+def calibration_options(generated_help: str = "the inputs compared") -> list[Callable[[Any], Any]]:
+    """Where INT8 calibration data comes from and how ranges are chosen from it."""
+    return [
+        click.option("--calib-inputs", "calib_inputs", type=click.Path(path_type=str), multiple=True,
+                     help="INT8 calibration batches: .npz files or a folder of them (repeatable) "
+                          f"[default: {generated_help}]."),
+        click.option("--calib-method", "calib_method", type=click.Choice(["minmax", "entropy", "percentile"]),
+                     default="minmax", show_default=True, help="How INT8 ranges are chosen from calibration data."),
+    ]
+
+
 def problem_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options every analysing command shares: the model, its inputs, precision, engine, tolerance."""
     options = [
@@ -151,6 +162,7 @@ def problem_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="With --engine results: Polygraphy --save-outputs JSON or .npz of engine tensors."),
         click.option("--obey", is_flag=True,
                      help="TensorRT <= 10: OBEY precision constraints instead of PREFER."),
+        *calibration_options(),
     ]
     for option in reversed(options):
         func = option(func)
@@ -162,7 +174,8 @@ def problem_spec(model: str, precision: str | None = None, engine_name: str = "e
                  input_ranges: tuple[tuple[str, tuple[float, float]], ...] = (), inputs_path: str | None = None,
                  seed: int = 0, atol: float | None = None, rtol: float | None = None,
                  output_tols: tuple[tuple[str, tuple[float, float]], ...] = (), plan_path: str | None = None,
-                 bans_path: str | None = None, results_path: str | None = None, obey: bool = False) -> ProblemSpec:
+                 bans_path: str | None = None, results_path: str | None = None, obey: bool = False,
+                 calib_inputs: tuple[str, ...] = (), calib_method: str = "minmax") -> ProblemSpec:
     """The parsed shared options as the library's typed ProblemSpec."""
     from trtdebug.workflows.problem import ProblemSpec  # onnxruntime loads only when a command runs
 
@@ -171,4 +184,4 @@ def problem_spec(model: str, precision: str | None = None, engine_name: str = "e
                        input_shapes={name: shapes[1] for name, shapes in input_shapes}, input_profiles=profiles,
                        input_ranges=dict(input_ranges), inputs=inputs_path, seed=seed, atol=atol, rtol=rtol,
                        output_tolerances=dict(output_tols), plan=plan_path, bans=bans_path,
-                       results=results_path, obey=obey)
+                       results=results_path, obey=obey, calib_inputs=tuple(calib_inputs), calib_method=calib_method)

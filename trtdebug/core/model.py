@@ -267,6 +267,10 @@ class Model:
     def _node_index(self) -> dict[str, int]:
         return {n.name: i for i, n in enumerate(self.nodes)}
 
+    def plan_names(self) -> set[str]:
+        """What a precision plan may name: the nodes (a quantized model adds its Q/DQ pairs)."""
+        return set(self.node_by_name)
+
     def intermediate_tensors(self) -> list[str]:
         """Every node output, in topological order."""
         return [o for n in self.nodes for o in n.output if o]

@@ -103,7 +103,7 @@ class PrecisionPlan:
         if self.model_sha256 and self.model_sha256 != model.sha256:
             raise UserError(f"{source} was made for another model (sha256 {self.model_sha256[:12]}…, this "
                             f"model is {model.sha256[:12]}…); run `trtdebug fallback` on this model")
-        unknown = sorted(set(self.nodes) - set(model.node_by_name))
+        unknown = sorted(set(self.nodes) - model.plan_names())
         if unknown:
             raise UserError(f"{source} names node {unknown[0]!r}, which this model does not have")
 

@@ -9,10 +9,12 @@ from pathlib import Path
 from trtdebug.artifacts.build_flags import FLAG_TOOLS, command_line, polygraphy_args, trtexec_args
 from trtdebug.artifacts.engine_file import write_engine
 from trtdebug.artifacts.mixed_onnx import write_mixed_onnx
+from trtdebug.core import files
 from trtdebug.core.bans import BanList
 from trtdebug.core.files import prepare_outputs
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.quantization import QuantizedModel, qdq_for_plan
 from trtdebug.engines.base import BuildError, Engine
 from trtdebug.errors import UserError
 from trtdebug.workflows.problem import ProblemSpec, load_bans, load_plan, open_engine, prepare_feeds
@@ -30,6 +32,10 @@ def write_plan_artifacts(engine: Engine, model: Model, plan: PrecisionPlan, bans
     emulator take) and, where the engine can serialize what it built, the engine file."""
     written: list[Path] = []
     notes: list[str] = []
+    if isinstance(model, QuantizedModel) and plan.default == "int8":
+        # The INT8 plan made concrete: the Q/DQ model with the plan's pairs (or layers) taken out.
+        files.write_bytes(onnx_path, qdq_for_plan(model, plan.nodes).SerializeToString())
+        return [onnx_path], notes
     try:
         written.append(write_mixed_onnx(model, plan, onnx_path))
     except UserError as exc:

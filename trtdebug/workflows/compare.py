@@ -15,8 +15,10 @@ from trtdebug.core.attribution import find_culprits
 from trtdebug.core.bans import BanList
 from trtdebug.core.criterion import CheckCommand
 from trtdebug.core.histogram import culprit_histograms
+from trtdebug.core.int8_findings import annotate_int8
 from trtdebug.core.metrics import CompareResult, Culprit, Reproduction, compare_tensors
 from trtdebug.core.precision import PrecisionPlan, eligible_nodes
+from trtdebug.core.quantization import QuantizedModel
 from trtdebug.engines.base import Built, Engine, Marking, as_local_error, as_substituting
 from trtdebug.workflows.evaluate import evaluate_plan
 from trtdebug.workflows.problem import Case, Problem
@@ -56,6 +58,8 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
         result.reproduction = _reproduction_check(problem, engine, plan, bans, result, check)
         progress.end()
     result.range_violations = problem.model.fp16_range_violations()
+    if isinstance(problem.model, QuantizedModel):  # which quantized tensors clip or flush, and where
+        annotate_int8(result, problem.model, plan, problem.reference)
     if not result.passed:
         progress.begin("finding the culprits")
         result.culprits, result.culprits_explain = _culprits(problem, engine, plan, built, candidate, result)

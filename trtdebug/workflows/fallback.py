@@ -25,9 +25,11 @@ from trtdebug.artifacts.compare_report import write_compare_report
 from trtdebug.core.bans import BanList
 from trtdebug.core.cost import CostModel, shapes_of
 from trtdebug.core.criterion import CheckCommand
+from trtdebug.core.int8_findings import fallback_candidates, int8_provenance, pair_readers_in_float, rank_int8
 from trtdebug.core.journal import Journal, journal_path
 from trtdebug.core.metrics import CompareResult
 from trtdebug.core.precision import PrecisionPlan, eligible_nodes
+from trtdebug.core.quantization import QuantizedModel
 from trtdebug.core.search import (
     STRATEGIES,
     Evaluation,
@@ -111,7 +113,11 @@ def run_fallback(case: Case, out: str | Path, strategy: str = "ranked", resume: 
         raise UserError(f"a --precision {base.default} build has nothing to fall back from; "
                         "use --precision fp16, bf16 or int8")
     keep = FALLBACK_PRECISION[base.default]
-    candidates = [n for n in eligible_nodes(model) if base.precision_of(n) == base.default]
+    quantized = model if isinstance(model, QuantizedModel) and base.default == "int8" else None
+    if quantized is not None:  # Q/DQ pairs to remove, or (implicit INT8) layers to take out of INT8
+        candidates = fallback_candidates(quantized, base)
+    else:
+        candidates = [n for n in eligible_nodes(model) if base.precision_of(n) == base.default]
     if check is not None:
         check.require_reference_passes(problem.reference_outputs())
     plan_path = Path(out)
@@ -152,6 +158,8 @@ def run_fallback(case: Case, out: str | Path, strategy: str = "ranked", resume: 
         journal=journal.path, rounds_this_run=evaluator.rounds + ranked_now, resumed=journal.resumed,
         reasons=reasons, op_types={n.name: n.op_type for n in model.nodes}, ranking_compare=ranking_compare,
         history=history)
+    if quantized is not None and not quantized.implicit:
+        outcome.op_types = {**outcome.op_types, **dict.fromkeys(quantized.pairs, "Q/DQ pair")}
     if resume and not journal.resumed:
         outcome.notes.append(f"nothing to resume in {journal.path}; this was a new search")
     elif earlier_journal and not resume:
@@ -175,10 +183,13 @@ def journal_settings(problem: Problem, engine: Engine, base: PrecisionPlan, bans
     criterion: dict[str, Any] = {"check": check.template} if check else {
         "atol": tolerance.atol, "rtol": tolerance.rtol,
         "per_output": {k: list(v) for k, v in sorted(tolerance.per_output.items())}}
-    return {"model_sha256": problem.model.sha256, "precision": base.default, "keep_precision": keep,
-            "criterion": criterion, "engine": engine.name, "inputs_sha256": _feeds_sha256(problem.feeds),
-            "bans_sha256": _json_sha256(bans.to_json()) if bans else None,
-            "base_plan": dict(sorted(base.nodes.items()))}
+    settings = {"model_sha256": problem.model.sha256, "precision": base.default, "keep_precision": keep,
+                "criterion": criterion, "engine": engine.name, "inputs_sha256": _feeds_sha256(problem.feeds),
+                "bans_sha256": _json_sha256(bans.to_json()) if bans else None,
+                "base_plan": dict(sorted(base.nodes.items()))}
+    if isinstance(problem.model, QuantizedModel):  # an implicit INT8 model's scales come from calibration
+        settings["quantization"] = {"qdq_sha256": problem.model.qdq.sha256, **problem.model.calibration}
+    return settings
 
 
 def _feeds_sha256(feeds: Mapping[str, np.ndarray]) -> str:
@@ -210,7 +221,11 @@ def _ranking(journal: Journal, problem: Problem, engine: Engine, base: Precision
         compare: CompareResult | None = run_compare(problem, engine, base, bans, Marking(), progress)
     except BuildError:
         compare = None  # rank by static signals only
-    suspicions = rank_nodes(problem.model, candidates, compare)
+    model = problem.model
+    if isinstance(model, QuantizedModel) and base.default == "int8":
+        suspicions = rank_int8(model, candidates, compare)
+    else:
+        suspicions = rank_nodes(model, candidates, compare)
     order = [s.node for s in suspicions]
     reasons = {s.node: list(s.reasons) for s in suspicions if s.reasons}
     # An exact-marking engine's compare run is the unmarked build of the empty kept set: its
@@ -244,6 +259,8 @@ def _write_outputs(outcome: FallbackOutcome, case: Case, plan_path: Path, strate
         "one_minimal": result.one_minimal, "prefix": result.prefix, "used_regions": result.used_regions,
         "criterion": criterion, "journal": outcome.journal.name, "kept": list(result.kept),
     }
+    if isinstance(model, QuantizedModel) and case.plan.default == "int8":
+        provenance["int8"] = int8_provenance(model, result.kept)
     plan = plan_keeping(case.plan, result.kept, outcome.keep_precision)
     plan = PrecisionPlan(plan.default, plan.nodes, model.sha256, provenance)
     plan.save(plan_path)
@@ -254,4 +271,5 @@ def _write_outputs(outcome: FallbackOutcome, case: Case, plan_path: Path, strate
     outcome.artifacts, notes = write_plan_artifacts(engine, model, plan, bans, paths["onnx"], paths["engine"])
     outcome.notes.extend(notes)
     costs = CostModel(model, shapes_of(problem.reference))
-    outcome.flops_share, outcome.params_share = costs.shares(result.kept)
+    kept_layers = pair_readers_in_float(model, result.kept) if isinstance(model, QuantizedModel) else result.kept
+    outcome.flops_share, outcome.params_share = costs.shares(kept_layers)

@@ -23,6 +23,7 @@ from trtdebug.core.precision import PrecisionPlan
 from trtdebug.core.reference import first_nonfinite, inputs_upstream, run_reference
 from trtdebug.engines import Engine, get_engine
 from trtdebug.errors import UserError
+from trtdebug.workflows.quantize import Calibration, int8_model
 
 Shape = tuple[int, ...]
 DEFAULT_PRECISION = "fp16"
@@ -65,6 +66,8 @@ class ProblemSpec:
     bans: str | Path | None = None
     results: str | Path | None = None
     obey: bool = False
+    calib_inputs: tuple[str | Path, ...] = ()  # implicit INT8 on the emulator: calibration batches
+    calib_method: str = "minmax"
 
 
 @dataclass
@@ -117,6 +120,8 @@ def prepare(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None =
     if unknown:
         raise UserError(f"--output-tol names {unknown[0]!r}, which is not a model output")
     feeds = prepare_feeds(model, spec)
+    model = int8_model(model, spec.precision, spec.plan, feeds, Calibration(spec.calib_inputs, spec.calib_method),
+                       spec.engine)
     plan = load_plan(spec.plan, model, spec.precision)
     bans = load_bans(spec.bans, model)
     engine = open_engine(spec.engine, spec.results, spec.obey, feeds, spec.input_profiles)

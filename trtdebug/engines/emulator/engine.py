@@ -30,7 +30,8 @@ from onnx import helper, numpy_helper
 from trtdebug.core import onnxrt
 from trtdebug.core.model import Model
 from trtdebug.core.precision import DATA_MOVEMENT_OPS, ONNX_TYPE, PrecisionPlan, precision_rank, precision_slots
-from trtdebug.engines.base import BuildError, Capabilities, LayerInfo, Marking
+from trtdebug.core.quantization import QuantizedModel
+from trtdebug.engines.base import BuildError, Built, Capabilities, LayerInfo, Marking
 from trtdebug.engines.emulator.tactics import Shape, ShapeOf, TacticChoice, TacticChooser, apply_variant, tensor_shapes
 from trtdebug.errors import UserError
 
@@ -356,11 +357,19 @@ class EmulatorEngine:
         return self._folded[model.sha256]
 
     def build(self, model: Model, plan: PrecisionPlan, bans: Any = None,
-              mark: Marking | None = None) -> EmulatorBuilt:
+              mark: Marking | None = None) -> Built:
+        if isinstance(model, QuantizedModel):
+            from trtdebug.engines.emulator.int8 import build_int8
+
+            return build_int8(self, model, plan, bans, mark or Marking())
         if "int8" in (plan.default, *plan.nodes.values()):
-            raise UserError("the emulator emulates fp16 and bf16 builds; for INT8, give a Q/DQ model with "
-                            "--precision fp32, or use --engine tensorrt")
-        folded = self.folded(model)
+            raise UserError("an INT8 plan needs its model prepared for INT8 (trtdebug compare/fallback "
+                            "--precision int8 do this: a Q/DQ model as quantized, a float model calibrated)")
+        return self.build_folded(model, self.folded(model), plan, bans, mark)
+
+    def build_folded(self, model: Model, folded: FoldedGraph, plan: PrecisionPlan, bans: Any = None,
+                     mark: Marking | None = None) -> EmulatorBuilt:
+        """Build from an already folded graph (the INT8 path folds nothing: see emulator/int8.py)."""
         precisions = {name: _layer_precision(model, plan, nodes) for name, nodes in folded.covers.items()}
         chooser = TacticChooser(model, folded, seed=self.tactic_seed)
         tactics = chooser.choose(precisions, bans)

@@ -1,0 +1,49 @@
+"""`trtdebug quantize`: a Q/DQ (explicit INT8) model from a float model, with onnxruntime's tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from trtdebug.cli import console
+from trtdebug.cli.options import InputShape, NamedPair, calibration_options
+from trtdebug.errors import EXIT_OK
+
+
+def _options(func):  # type: ignore[no-untyped-def]
+    for option in reversed(calibration_options("seeded random batches of --input-shape")):
+        func = option(func)
+    return func
+
+
+@click.command("quantize")
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=str),
+              help="The Q/DQ model to write [default: MODEL's name with .qdq.onnx, beside it].")
+@_options
+@click.option("--calib-batches", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Generated calibration batches (without --calib-inputs).")
+@click.option("--input-shape", "input_shapes", type=InputShape(), multiple=True,
+              help="Shape of an input with dynamic dimensions, for generated batches, e.g. x:1x3x224x224.")
+@click.option("--input-range", "input_ranges", multiple=True, type=NamedPair("NAME:LOW,HIGH", "x:-1,1", ordered=True),
+              help="Value range of generated calibration inputs (default -1,1 for floats; repeatable).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the first generated batch.")
+def quantize_command(model: str, out_path: str | None, calib_inputs: tuple[str, ...], calib_method: str,
+                     calib_batches: int, input_shapes: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...],
+                     input_ranges: tuple[tuple[str, tuple[float, float]], ...], seed: int) -> int:
+    """Quantize MODEL to INT8 Q/DQ (explicit quantization, what TensorRT builds): symmetric INT8
+    activations, per-channel weights, calibrated with onnxruntime.quantization."""
+    from trtdebug.workflows.quantize import Calibration, run_quantize
+
+    out = out_path or str(Path(model).with_suffix(".qdq.onnx"))
+    outcome = run_quantize(model, out, Calibration(tuple(calib_inputs), calib_method, calib_batches, seed),
+                           {name: profile[1] for name, profile in input_shapes},  # a profile's OPT shape
+                           dict(input_ranges))
+    for note in outcome.notes:
+        console.stderr.print(f"note: {note}", style="dim", markup=False)
+    console.stdout.print(f"wrote {outcome.path}: {outcome.pairs} Q/DQ pairs ({outcome.activation_pairs} on "
+                         f"activations), {outcome.method} calibration on {outcome.batches} batches", markup=False)
+    console.stdout.print(f"next: trtdebug compare {outcome.path} --precision int8", markup=False)
+    return EXIT_OK

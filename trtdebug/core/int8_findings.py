@@ -1,0 +1,172 @@
+"""INT8 findings per tensor: how each quantized tensor's scale treats the reference's values.
+
+For every tensor an INT8 build quantizes (a live Q/DQ pair), the reference values are quantized
+with that pair's scale: the share clipped (saturation: scale too small), the share of nonzero
+values that become 0 (scale too coarse), and the signal-to-quantization-noise ratio. A wrong
+tensor gets the matching defect, so a report names the tensor where a bad scale introduces error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from trtdebug.core.detect import Defect, detect_coarse_scale, detect_saturation, quantization_stats
+from trtdebug.core.metrics import CompareResult
+from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.quantization import QuantizedModel, QuantParams, removal_for_plan
+from trtdebug.core.search import Suspicion
+
+EXPLAINED_BY_INT8 = ("precision", "underflow", "all_zero")
+
+
+def _db(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def annotate_int8(result: CompareResult, model: QuantizedModel, plan: PrecisionPlan,
+                  reference: Mapping[str, np.ndarray]) -> None:
+    """Attach quantization statistics to each quantized tensor's report and INT8 defects to the
+    wrong ones (first: they say why)."""
+    removed, _ = removal_for_plan(model, plan.nodes)
+    gone = {p.quantize for p in removed}
+    findings: dict[str, Any] = {}
+    for report in result.tensors:
+        pair = model.pair_of_tensor.get(report.tensor)
+        if pair is None or pair.quantize in gone or report.tensor not in reference:
+            continue
+        stats = quantization_stats(np.asarray(reference[report.tensor]), pair.params)
+        findings[report.tensor] = {
+            "pair": pair.quantize, "scale": pair.params.describe(), "clipped_share": stats.clipped_share,
+            "zeroed_share": stats.zeroed_share, "quantization_sqnr_db": _db(stats.sqnr_db),
+            "local_sqnr_db": _db(report.local.snr_db) if report.local else None,
+            "accumulated_sqnr_db": _db(report.accumulated.snr_db) if report.accumulated else None}
+        if report.status in ("ok", "missing"):
+            continue
+        absorber = absorbing_reader(model, report.tensor, np.asarray(reference[report.tensor]), pair.params)
+        if absorber and stats.clipped_share:
+            # Quantizers often take a following ReLU/Clip's range (onnxruntime does): what the
+            # quantizer clips, the reader would clip the same way, so nothing the network computes
+            # changes and nothing downstream inherits the difference.
+            findings[report.tensor]["clipping_absorbed_by"] = absorber
+            report.status, report.defects = "ok", []
+            continue
+        found = [d for d in (detect_saturation(stats, pair.params), detect_coarse_scale(stats, pair.params)) if d]
+        for defect in found:
+            defect.details.update(pair=pair.quantize, local_sqnr_db=findings[report.tensor]["local_sqnr_db"],
+                                  accumulated_sqnr_db=findings[report.tensor]["accumulated_sqnr_db"])
+        # An INT8 defect explains the generic ones (FP16 underflow, all zeros, rounding) it causes.
+        report.defects = found + [d for d in report.defects if not found or d.kind not in EXPLAINED_BY_INT8]
+    for spec in model.inputs:  # graph inputs have no report of their own, but may be quantized
+        pair = model.pair_of_tensor.get(spec.name)
+        if pair is not None and pair.quantize not in gone and spec.name in reference:
+            stats = quantization_stats(np.asarray(reference[spec.name]), pair.params)
+            findings[spec.name] = {"pair": pair.quantize, "scale": pair.params.describe(), "graph_input": True,
+                                   "clipped_share": stats.clipped_share, "zeroed_share": stats.zeroed_share,
+                                   "quantization_sqnr_db": _db(stats.sqnr_db)}
+    result.marking.setdefault("int8", {})["tensors"] = findings
+
+
+def int8_defects(result: CompareResult) -> list[tuple[str, Defect]]:
+    """(tensor, defect) for every INT8 defect of a compare result, in topological order."""
+    return [(t.tensor, d) for t in result.tensors for d in t.defects if d.kind in ("saturation", "coarse_scale")]
+
+
+def _clip_bounds(model: QuantizedModel, node_name: str) -> tuple[float, float] | None:
+    node = model.node_by_name[node_name]
+    if node.op_type == "Relu":
+        return 0.0, math.inf
+    if node.op_type != "Clip":
+        return None
+    constants = dict(model.constants())
+    bounds = [-math.inf, math.inf]
+    for attr in node.attribute:  # opset < 11
+        if attr.name in ("min", "max"):
+            bounds[attr.name == "max"] = attr.f
+    for slot in (1, 2):
+        if len(node.input) > slot and node.input[slot]:
+            if node.input[slot] not in constants:
+                return None
+            bounds[slot - 1] = float(np.asarray(constants[node.input[slot]]).reshape(-1)[0])
+    return bounds[0], bounds[1]
+
+
+def absorbing_reader(model: QuantizedModel, tensor: str, ref: np.ndarray, params: QuantParams) -> str:
+    """The ReLU/Clip that is the only reader of `tensor` and clips the reference's values to what
+    it would make of the quantizer's clipped values (the clipping then changes nothing); else ""."""
+    readers = model.consumers.get(tensor, [])
+    if len(readers) != 1 or tensor in {o.name for o in model.outputs}:
+        return ""
+    bounds = _clip_bounds(model, readers[0])
+    if bounds is None:
+        return ""
+    low, high = params.clip_range(ref.ndim)
+    ref64 = ref.astype(np.float64)
+    step = float(np.max(params.scale))
+    after_quantizer = np.clip(np.clip(ref64, low, high), *bounds)
+    return readers[0] if np.allclose(after_quantizer, np.clip(ref64, *bounds), rtol=0, atol=step) else ""
+
+
+# -- INT8 fallback: which pairs (explicit) or layers (implicit) to take out of INT8 first -----------
+
+def fallback_candidates(model: QuantizedModel, base: PrecisionPlan) -> list[str]:
+    """What an INT8 fallback chooses from, in graph order: the Q/DQ pairs of a Q/DQ model, or the
+    INT8 layers of an implicitly quantized one; only those the base plan leaves in INT8."""
+    if model.implicit:
+        return [n for n in model.int8_layers() if base.precision_of(n) == "int8"]
+    order = model.qdq.node_index
+    return sorted((p for p in model.pairs if base.precision_of(p) == "int8"), key=order)
+
+
+def pair_readers_in_float(model: QuantizedModel, names: Iterable[str]) -> list[str]:
+    """The float-counterpart layers whose INT8 inputs the named pairs (or layers) are."""
+    chosen = set(names)
+    layers = {n for n in chosen if n in model.node_by_name}
+    for node, pairs in model.pair_readers.items():
+        if node in model.node_by_name and any(p.quantize in chosen for p in pairs):
+            layers.add(node)
+    return sorted(layers, key=model.node_index)
+
+
+def rank_int8(model: QuantizedModel, candidates: Sequence[str], compare: CompareResult | None) -> list[Suspicion]:
+    """Candidates from most to least suspicious: a pair (or a layer reading it) whose tensor has an
+    INT8 defect first, then those whose quantized tensor is wrong on its own, ordered by how wrong."""
+    reports = {t.tensor: t for t in compare.tensors} if compare else {}
+    position = {name: i for i, name in enumerate(candidates)}
+    suspicions = []
+    for name in candidates:
+        pairs = [model.pairs[name]] if name in model.pairs else model.pair_readers.get(name, [])
+        tier, severity, reasons = 0, (0.0, 0.0), []
+        for pair in pairs:
+            report = reports.get(pair.source)
+            if report is None:
+                continue
+            kinds = [d.kind for d in report.defects if d.kind in ("saturation", "coarse_scale")]
+            metrics = report.local or report.accumulated
+            if kinds:
+                tier = max(tier, 3)
+                reasons.append(f"{', '.join(kinds)} at {pair.source}")
+            elif report.status == "introduced" and metrics is not None and metrics.bad:
+                tier = max(tier, 2)
+                reasons.append(f"{pair.source} wrong on its own ({metrics.frac_outside:.0%} out of tolerance)")
+            if metrics is not None:
+                severity = max(severity, (metrics.frac_outside, _noise(metrics.snr_db)))
+        suspicions.append(Suspicion(name, tier, severity, tuple(reasons)))
+    return sorted(suspicions, key=lambda s: (-s.tier, -s.severity[0], -s.severity[1], position[s.node]))
+
+
+def _noise(snr_db: float) -> float:
+    return 0.0 if snr_db == math.inf else (math.inf if snr_db == -math.inf else 10 ** (-snr_db / 10))
+
+
+def int8_provenance(model: QuantizedModel, kept: Iterable[str]) -> dict[str, Any]:
+    """What an INT8 plan takes out of INT8, in words a reader of the plan file can check."""
+    kept = list(kept)
+    if model.implicit:
+        return {"mode": "implicit", "layers_out_of_int8": kept, "calibration": model.calibration}
+    return {"mode": "explicit (Q/DQ)",
+            "removed_qdq_pairs": [{"quantize": p, "tensor": model.pairs[p].source,
+                                   "dequantize": list(model.pairs[p].dequantize)} for p in kept if p in model.pairs]}

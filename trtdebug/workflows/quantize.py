@@ -1,0 +1,217 @@
+"""INT8 models: `trtdebug quantize` (a Q/DQ model from a float one, with onnxruntime's quantization
+tools) and the INT8 view of a problem (`--precision int8`).
+
+Quantizing is onnxruntime.quantization's work: `quant_pre_process` (shape inference, constant and
+BatchNorm folding), then `quantize_static` in QDQ format with symmetric INT8 activations,
+per-channel INT8 weights that keep their float values behind a Q/DQ pair (as ModelOpt and
+pytorch-quantization export them, so the float counterpart is exact), float biases (TensorRT
+adds biases in float), and MinMax, Entropy or Percentile calibration. Models older than opset 13
+(no per-channel QuantizeLinear) are converted with onnx.version_converter first.
+
+`--precision int8` on a Q/DQ model means "as quantized"; on a float model the emulator emulates
+TensorRT's implicit INT8 by calibrating it here, in memory, with the same tools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from trtdebug.core import files
+from trtdebug.core.inputs import generate_feeds, load_feeds, resolve_shapes, validate_feeds
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.quantization import QuantizedModel, find_pairs, has_qdq
+from trtdebug.errors import UserError
+
+Feeds = dict[str, np.ndarray]
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+PER_CHANNEL_OPSET = 13  # QuantizeLinear's axis attribute (per-channel scales) arrived in opset 13
+DEFAULT_GENERATED_BATCHES = 8
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Where calibration data comes from and how ranges are chosen from it."""
+
+    inputs: tuple[str | Path, ...] = ()  # .npz files or folders of them; empty: generated batches
+    method: str = "minmax"
+    batches: int = DEFAULT_GENERATED_BATCHES  # generated batches when no inputs are given
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIBRATION_METHODS:
+            raise UserError(f"unknown calibration method {self.method!r}; use one of {', '.join(CALIBRATION_METHODS)}")
+
+
+@dataclass
+class QuantizeOutcome:
+    path: Path
+    pairs: int
+    activation_pairs: int
+    batches: int
+    method: str
+    upgraded_from_opset: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime.quantization reports through the root logger; trtdebug's output stays its own."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def calibration_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The .npz files named, folders expanded (sorted by name)."""
+    found: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            inside = sorted(path.glob("*.npz"))
+            if not inside:
+                raise UserError(f"--calib-inputs folder {path} holds no .npz files; save each batch with np.savez")
+            found.extend(inside)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UserError(f"--calib-inputs {path} does not exist; give .npz files or a folder of them")
+    return found
+
+
+def calibration_batches(model: Model, calibration: Calibration, shapes: Mapping[str, tuple[int, ...]],
+                        ranges: Mapping[str, tuple[float, float]] | None = None) -> list[Feeds]:
+    """The calibration batches: the user's files, or seeded random batches of the given shapes."""
+    if calibration.inputs:
+        return [validate_feeds(model, load_feeds(p)) for p in calibration_files(calibration.inputs)]
+    return [generate_feeds(model, shapes, ranges, calibration.seed + i) for i in range(calibration.batches)]
+
+
+class _Batches:
+    """onnxruntime's CalibrationDataReader protocol over a list of feeds."""
+
+    def __init__(self, batches: Sequence[Feeds]):
+        self._iterator = iter(batches)
+
+    def get_next(self) -> Feeds | None:
+        return next(self._iterator, None)
+
+    def rewind(self) -> None:  # pragma: no cover - part of the protocol some calibrators call
+        pass
+
+
+def upgraded(model: Model) -> tuple[onnx.ModelProto, int | None]:
+    """The model at an opset with per-channel Q/DQ; returns the old opset when it converted."""
+    if model.opset >= PER_CHANNEL_OPSET:
+        return model.proto, None
+    try:
+        converted = onnx.version_converter.convert_version(model.proto, PER_CHANNEL_OPSET)
+    except Exception as exc:
+        raise UserError(f"{model.name} is at opset {model.opset}, too old for per-channel Q/DQ, and "
+                        f"onnx.version_converter cannot convert it to {PER_CHANNEL_OPSET} ({exc}); "
+                        "re-export it at opset >= 13") from None
+    return converted, model.opset
+
+
+def quantize_proto(model: Model, batches: Sequence[Feeds],
+                   method: str = "minmax") -> tuple[onnx.ModelProto, int | None]:
+    """A Q/DQ version of `model`, calibrated on `batches`. Returns it and the opset it was upgraded from."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if has_qdq(model):
+        raise UserError(f"{model.name} is already quantized (it has QuantizeLinear/DequantizeLinear nodes); "
+                        "compare it as it is with --precision int8")
+    if not batches:
+        raise UserError("no calibration batches; give --calib-inputs or let trtdebug generate them")
+    proto, old_opset = upgraded(model)
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        source, prepared, quantized = (Path(tmp) / name for name in ("float.onnx", "prepared.onnx", "qdq.onnx"))
+        onnx.save(proto, str(source))
+        try:
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        except Exception:
+            prepared = source  # pre-processing is an optimization; quantizing works without it
+        try:
+            quantize_static(str(prepared), str(quantized), _Batches(batches), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=methods[method],
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                           "AddQDQPairToWeight": True, "QuantizeBias": False})
+        except UserError:
+            raise
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"onnxruntime could not quantize {model.name}: {reason}") from None
+        return onnx.load(str(quantized)), old_opset
+
+
+def run_quantize(model_path: str | Path, out: str | Path, calibration: Calibration,
+                 input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+                 input_ranges: Mapping[str, tuple[float, float]] | None = None) -> QuantizeOutcome:
+    """`trtdebug quantize`: write a Q/DQ model of `model_path` to `out` (atomically, never over an input)."""
+    model = Model.load(model_path)
+    inputs: dict[str, str | Path | None] = {"model": model_path}
+    inputs.update({f"model's external data {p.name}": p for p in model.data_files})
+    if calibration.inputs:
+        inputs.update({f"--calib-inputs file {p.name}": p for p in calibration_files(calibration.inputs)})
+    files.prepare_outputs({"--out": out}, inputs)
+    shapes = resolve_shapes(model, input_shapes or {}) if not calibration.inputs else {}
+    batches = calibration_batches(model, calibration, shapes, input_ranges)
+    proto, old_opset = quantize_proto(model, batches, calibration.method)
+    files.write_bytes(out, proto.SerializeToString())
+    pairs = find_pairs(Model.from_proto(proto))
+    outcome = QuantizeOutcome(Path(out), len(pairs), sum(not p.is_weight for p in pairs.values()),
+                              len(batches), calibration.method, old_opset)
+    if old_opset is not None:
+        outcome.notes.append(f"converted from opset {old_opset} to {PER_CHANNEL_OPSET} for per-channel weight scales")
+    if not calibration.inputs:
+        outcome.notes.append(f"calibrated on {len(batches)} generated random batches; real data gives real "
+                             "ranges: pass --calib-inputs")
+    return outcome
+
+
+def _calibration_identity(batches: Sequence[Feeds], method: str) -> str:
+    digest = hashlib.sha256(method.encode())
+    for batch in batches:
+        for name in sorted(batch):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(batch[name]).tobytes())
+    return digest.hexdigest()
+
+
+def int8_model(model: Model, precision: str | None, plan_path: str | Path | None, feeds: Mapping[str, np.ndarray],
+               calibration: Calibration | None = None, engine: str = "emulator") -> Model:
+    """The model an INT8 problem works on, or `model` itself when the build is not INT8.
+
+    A Q/DQ model becomes its float counterpart (the reference) with the Q/DQ graph attached. On the
+    emulator a float model is calibrated here (implicit INT8); TensorRT calibrates it itself."""
+    if precision is None and plan_path is not None:
+        precision = PrecisionPlan.load(plan_path).default
+    if precision != "int8":
+        return model
+    if has_qdq(model):
+        return QuantizedModel(model)
+    if engine != "emulator":
+        return model
+    calibration = calibration or Calibration()
+    batches = (calibration_batches(model, calibration, {}) if calibration.inputs else [dict(feeds)])
+    proto, _ = quantize_proto(model, batches, calibration.method)
+    return QuantizedModel(Model.from_proto(proto), implicit=True, path=model.path, identity=model.sha256,
+                          calibration={"method": calibration.method, "batches": len(batches),
+                                       "sha256": _calibration_identity(batches, calibration.method)})
