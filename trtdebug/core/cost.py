@@ -104,4 +104,7 @@ def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
 
 
 def shapes_of(tensors: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    known = getattr(tensors, "shapes", None)  # a LazyReference knows every shape without the values
+    if known is not None:
+        return {name: tuple(shape) for name, shape in known.items()}
     return {name: tuple(np.asarray(value).shape) for name, value in tensors.items()}

@@ -19,7 +19,7 @@ upstream.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -294,35 +294,78 @@ def compare_tensors(model: Model, reference: Mapping[str, np.ndarray], candidate
 
     `layer_of` maps a tensor to (engine layer name, layer precision), where the engine says.
     """
-    layer_of = layer_of or {}
-    output_names = {o.name for o in model.outputs}
-    reports: list[TensorReport] = []
-    tainted: set[str] = set()  # tensors whose values are wrong, or missing downstream of wrong ones
-    for index, node in enumerate(model.nodes):
-        for tensor in (t for t in node.output if t):
-            if tensor not in reference or np.asarray(reference[tensor]).dtype.kind != "f":
+    comparer = TensorComparer(model, tolerance, layer_of, engine, precision, local is not None)
+    comparer.add([*(i.name for i in model.inputs), *model.intermediate_tensors()], reference, candidate, local)
+    return comparer.finish()
+
+
+class TensorComparer:
+    """`compare_tensors` fed a group of tensors at a time (in topological order), keeping only metrics and
+    small summaries: what the verdict needs (final outputs), whether each candidate tensor holds inf/NaN,
+    whether a wrong tensor only carries a mask (the absorption walk), and the values' histograms of the
+    first introduced errors. Values can be freed as soon as their group is added."""
+
+    def __init__(self, model: Model, tolerance: Tolerance, layer_of: Mapping[str, tuple[str, str]] | None = None,
+                 engine: str = "", precision: str = "", local: bool = False, histograms: int = 0):
+        self.model, self.tolerance, self.engine, self.precision = model, tolerance, engine, precision
+        self.layer_of = layer_of or {}
+        self.local = local
+        self.output_names = {o.name for o in model.outputs}
+        self.reports: list[TensorReport] = []
+        self.tainted: set[str] = set()  # tensors whose values are wrong, or missing downstream of wrong ones
+        self.nonfinite: set[str] = set()  # candidate tensors holding inf/NaN
+        self.masked: set[str] = set()  # wrong tensors that only carry a mask's pattern (masked_only)
+        self.reference_outputs: dict[str, np.ndarray] = {}
+        self.candidate_outputs: dict[str, np.ndarray] = {}
+        self.histograms: dict[str, Any] = {}
+        self.histogram_limit = histograms
+        self._node_of = {t: (i, n) for i, n in enumerate(model.nodes) for t in n.output if t}
+
+    def add(self, tensors: Iterable[str], reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+            local: Mapping[str, np.ndarray] | None = None) -> None:
+        for tensor in tensors:
+            if tensor in self.output_names:
+                if tensor in reference:
+                    self.reference_outputs[tensor] = reference[tensor]
+                if tensor in candidate:
+                    self.candidate_outputs[tensor] = candidate[tensor]
+            if tensor in candidate and _has_nonfinite(candidate[tensor]):
+                self.nonfinite.add(tensor)
+            if tensor not in self._node_of or tensor not in reference \
+                    or np.asarray(reference[tensor]).dtype.kind != "f":
                 continue
-            layer, layer_precision = layer_of.get(tensor, ("", precision))
-            report = TensorReport(tensor, node.name, node.op_type, index,
-                                  tuple(np.asarray(reference[tensor]).shape), tensor in output_names,
-                                  "missing", layer=layer, precision=layer_precision)
-            inputs_wrong = any(t in tainted for t in node.input)
+            index, node = self._node_of[tensor]
+            layer, layer_precision = self.layer_of.get(tensor, ("", self.precision))
+            ref = np.asarray(reference[tensor])
+            report = TensorReport(tensor, node.name, node.op_type, index, tuple(ref.shape),
+                                  tensor in self.output_names, "missing", layer=layer, precision=layer_precision)
+            inputs_wrong = any(t in self.tainted for t in node.input)
             if tensor not in candidate:
                 if inputs_wrong:
-                    tainted.add(tensor)
-                reports.append(report)
+                    self.tainted.add(tensor)
+                self.reports.append(report)
                 continue
-            inputs_nonfinite = any(t in candidate and _has_nonfinite(candidate[t]) for t in node.input if t)
-            _classify(report, np.asarray(reference[tensor]), np.asarray(candidate[tensor]),
-                      None if local is None or tensor not in local else np.asarray(local[tensor]),
-                      tolerance, inputs_wrong, inputs_nonfinite)
+            cand = np.asarray(candidate[tensor])
+            inputs_nonfinite = any(t in self.nonfinite for t in node.input if t)
+            _classify(report, ref, cand, None if local is None or tensor not in local else np.asarray(local[tensor]),
+                      self.tolerance, inputs_wrong, inputs_nonfinite)
             if report.status != "ok":
-                tainted.add(tensor)
-            reports.append(report)
-    _absorb_masks(model, reports, reference, candidate, tolerance)
-    verdict = judge_outputs(model, reference, candidate, tolerance)
-    return CompareResult(model.name, engine, precision, tolerance, reports, verdict.passed, verdict.reason,
-                         output_tolerances={o: tolerance.for_output(o) for o in output_names})
+                self.tainted.add(tensor)
+                if not report.is_output and report.accumulated is not None and tensor in self.nonfinite \
+                        and masked_only(ref, cand, self.tolerance.atol, self.tolerance.rtol):
+                    self.masked.add(tensor)
+            if report.status == "introduced" and len(self.histograms) < self.histogram_limit and cand.size:
+                from trtdebug.core.histogram import value_histogram
+
+                self.histograms[tensor] = value_histogram(tensor, ref, cand)
+            self.reports.append(report)
+
+    def finish(self) -> CompareResult:
+        _absorb(self.model, self.reports, self.masked)
+        verdict = judge_outputs(self.model, self.reference_outputs, self.candidate_outputs, self.tolerance)
+        return CompareResult(self.model.name, self.engine, self.precision, self.tolerance, self.reports,
+                             verdict.passed, verdict.reason,
+                             output_tolerances={o: self.tolerance.for_output(o) for o in self.output_names})
 
 
 def _has_nonfinite(value: np.ndarray) -> bool:
@@ -369,10 +412,10 @@ def masked_only(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) -> 
     return bool(close.all())
 
 
-def _absorb_masks(model: Model, reports: list[TensorReport], reference: Mapping[str, np.ndarray],
-                  candidate: Mapping[str, np.ndarray], tolerance: Tolerance) -> None:
-    """Wrong tensors that only carry a mask's pattern and that no consumer suffers from. Walks backwards,
-    so a chain of them (mask -> Add -> Softmax) is absorbed from the consumer that recovers."""
+def _absorb(model: Model, reports: list[TensorReport], masked: set[str]) -> None:
+    """Wrong tensors that only carry a mask's pattern (`masked`: masked_only held) and that no consumer
+    suffers from. Walks backwards, so a chain of them (mask -> Add -> Softmax) is absorbed from the consumer
+    that recovers."""
     by_tensor = {r.tensor: r for r in reports}
     for report in reversed(reports):
         if report.status not in ("introduced", "propagated") or report.is_output or report.accumulated is None:
@@ -381,7 +424,6 @@ def _absorb_masks(model: Model, reports: list[TensorReport], reference: Mapping[
                      for o in model.node_by_name[n].output if o in by_tensor]
         if not consumers or any(c.status not in ("ok", "absorbed") for c in consumers):
             continue
-        ref, cand = np.asarray(reference[report.tensor]), np.asarray(candidate[report.tensor])
-        if masked_only(ref, cand, tolerance.atol, tolerance.rtol):
+        if report.tensor in masked:
             report.status = "absorbed"
             report.defects = []

@@ -40,8 +40,9 @@ def with_outputs(proto: onnx.ModelProto, tensors: Iterable[str],
 
 
 def session(proto: onnx.ModelProto, level: str = "disable", threads: int = 0,
-            optimized_path: str | None = None) -> ort.InferenceSession:
+            optimized_path: str | None = None, arena: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = arena  # off: a session kept for reuse does not hold its peak memory
     options.graph_optimization_level = LEVELS[level]
     options.log_severity_level = 3
     if threads:
@@ -59,7 +60,7 @@ def session(proto: onnx.ModelProto, level: str = "disable", threads: int = 0,
     downgraded = onnx.ModelProto()
     downgraded.CopyFrom(proto)
     downgraded.ir_version = newest_ir
-    return session(downgraded, level, threads, optimized_path)
+    return session(downgraded, level, threads, optimized_path, arena)
 
 
 def _max_ir_version(message: str) -> int | None:

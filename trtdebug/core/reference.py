@@ -5,7 +5,7 @@ Graph optimizations are off so every ONNX tensor exists exactly as the model def
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -64,3 +64,63 @@ def inputs_upstream(model: Model, tensor: str) -> list[str]:
         if producer is not None:
             stack.extend(t for t in node_dependencies(model.node_by_name[producer]) if t)
     return [spec.name for spec in model.inputs if spec.name in found]
+
+
+class LazyReference(Mapping[str, np.ndarray]):
+    """The FP32 reference of a model whose tensors do not fit in memory together: it holds the feeds and
+    the final outputs (and the shape of every tensor); `stream` computes every tensor a group at a time
+    (core.pieces), and any other tensor asked for is computed again (a few are cached: culprits)."""
+
+    CACHED = 16
+
+    def __init__(self, model: Model, feeds: Mapping[str, np.ndarray], groups: list[list[str]]):
+        from trtdebug.core.pieces import PiecewiseGraph, split_by_targets
+
+        self.model = model
+        self.feeds = {k: np.asarray(v) for k, v in feeds.items()}
+        self.groups = groups
+        self._graph = PiecewiseGraph(model.proto, split_by_targets(model.proto, groups), model.intermediate_tensors())
+        self._keys = list(dict.fromkeys([*model.intermediate_tensors(), *self.feeds]))
+        outputs = {o.name for o in model.outputs}
+        self.held: dict[str, np.ndarray] = dict(self.feeds)
+        self.shapes: dict[str, tuple[int, ...]] = {k: v.shape for k, v in self.feeds.items()}
+        for values in self._graph.run(self.feeds):
+            self.shapes.update((t, v.shape) for t, v in values.items())
+            self.held.update((t, v) for t, v in values.items() if t in outputs)
+        self._cache: dict[str, np.ndarray] = {}
+        self._sessions: dict[tuple[str, ...], object] = {}
+
+    def __getitem__(self, tensor: str) -> np.ndarray:
+        if tensor in self.held:
+            return self.held[tensor]
+        if tensor in self._cache:
+            return self._cache[tensor]
+        if tensor not in self.shapes:
+            raise KeyError(tensor)
+        value = self.fetch([tensor])[tensor]
+        if len(self._cache) < self.CACHED:
+            self._cache[tensor] = value
+        return value
+
+    def __contains__(self, tensor: object) -> bool:
+        return tensor in self.shapes
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(t for t in self._keys if t in self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def fetch(self, tensors: list[str]) -> dict[str, np.ndarray]:
+        """These tensors' values, by one run that exposes only them."""
+        key = tuple(sorted(tensors))
+        if key not in self._sessions:
+            self._sessions.clear()
+            types = {t: _elem_type(self.model, t) for t in key}
+            self._sessions[key] = onnxrt.session(onnxrt.with_outputs(self.model.proto, key, types))
+        values = onnxrt.run(self._sessions[key], self.feeds)  # type: ignore[arg-type]
+        return {t: values[t] for t in key}
+
+    def stream(self) -> Iterator[dict[str, np.ndarray]]:
+        """Every tensor, a group (of `groups`) at a time."""
+        return self._graph.run(self.feeds)

@@ -12,7 +12,7 @@ the methods it really has.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, get_args
 
@@ -73,6 +73,7 @@ class Capabilities:
     records_tactics_on_request: bool = False  # the engine is a TacticRecordingEngine
     reseeds_tactics: bool = False  # the engine is a TacticReseedingEngine
     tactics: bool = False  # its LayerInfo carries tactics and a ban list changes them
+    pieces: bool = False  # what it builds is a PiecewiseBuilt (exposes tensors a group at a time)
 
 
 class Built(Protocol):
@@ -96,6 +97,26 @@ class SubstitutingBuilt(Built, Protocol):
                         replacements: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run with the given tensors replaced by these values (downstream layers read them as they would
         read the engine's own); returns the final outputs."""
+        ...
+
+
+class PiecewiseBuilt(LocalErrorBuilt, Protocol):
+    def run_pieces(self, feeds: Mapping[str, np.ndarray], groups: Sequence[Sequence[str]]
+                   ) -> Iterator[dict[str, np.ndarray]]:
+        """`run`, one dict per group of tensors: each group's exposed tensors, the values of one run."""
+        ...
+
+    def run_local_piece(self, k: int, reference: Mapping[str, np.ndarray],
+                        groups: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
+        """`run_local` for group k's tensors; `reference` holds (at least) what they read."""
+        ...
+
+    def local_reads(self, k: int, groups: Sequence[Sequence[str]]) -> set[str]:
+        """The reference tensors `run_local_piece(k, ...)` reads."""
+        ...
+
+    def run_exposing(self, feeds: Mapping[str, np.ndarray], tensors: Sequence[str]) -> dict[str, np.ndarray]:
+        """One run exposing only these tensors."""
         ...
 
 
@@ -132,6 +153,10 @@ def as_local_error(engine: Engine, built: Built) -> LocalErrorBuilt | None:
 
 def as_substituting(engine: Engine, built: Built) -> SubstitutingBuilt | None:
     return cast(SubstitutingBuilt, built) if engine.capabilities.substitution else None
+
+
+def as_piecewise(engine: Engine, built: Built) -> PiecewiseBuilt | None:
+    return cast(PiecewiseBuilt, built) if engine.capabilities.pieces else None
 
 
 def as_serializable(engine: Engine, built: Built) -> SerializableBuilt | None:

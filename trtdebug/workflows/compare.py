@@ -7,19 +7,25 @@ compares builds with it. Whether final outputs are good enough is `workflows.eva
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 
 from trtdebug.core.attribution import find_culprits
 from trtdebug.core.bans import BanList
 from trtdebug.core.criterion import CheckCommand
-from trtdebug.core.histogram import culprit_histograms
+from trtdebug.core.budget import default_budget, plan_compare, tensor_bytes
+from trtdebug.core.histogram import MAX_CULPRITS as HISTOGRAM_LIMIT
+from trtdebug.core.histogram import ValueHistogram, culprit_histograms
 from trtdebug.core.int8_findings import annotate_int8
-from trtdebug.core.metrics import CompareResult, Culprit, Reproduction, compare_tensors
+from trtdebug.core.metrics import CompareResult, Culprit, Reproduction, TensorComparer
 from trtdebug.core.precision import PrecisionPlan, eligible_nodes
 from trtdebug.core.quantization import QuantizedModel
-from trtdebug.engines.base import Built, Engine, Marking, as_local_error, as_substituting
+from trtdebug.core.reference import LazyReference
+from trtdebug.engines.base import (Built, Engine, Marking, PiecewiseBuilt, as_local_error, as_piecewise,
+                                   as_substituting)
 from trtdebug.workflows.evaluate import evaluate_plan
 from trtdebug.workflows.problem import Case, Problem
 from trtdebug.workflows.progress import SILENT, Progress
@@ -33,40 +39,114 @@ def layer_map(built: Built) -> dict[str, tuple[str, str]]:
 def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: BanList | None = None,
                 mark: Marking | None = None, progress: Progress = SILENT,
                 check: CheckCommand | None = None) -> CompareResult:
-    """Where the build is wrong. With `check`, the verdict is the user's command's (as in fallback)."""
+    """Where the build is wrong. With `check`, the verdict is the user's command's (as in fallback).
+
+    Tensors are exposed, compared and freed a group at a time (core.budget plans the groups within the
+    problem's memory budget), so reference, candidate and local-error values of every tensor are never
+    held together."""
+    model = problem.model
+    budget = problem.memory_budget or default_budget()
+    cplan = plan_compare(model, tensor_bytes(model, problem.feeds), budget)
+    mark = mark or Marking()
+    builds = math.ceil(3 * cplan.total / budget)  # reference, candidate and measuring, a build's tensors at once
+    if not engine.capabilities.pieces and mark.chunk_size is None and builds > 1 and mark.mode != "none":
+        mark = replace(mark, chunk_size=max(1, math.ceil(len(model.intermediate_tensors()) / builds)))
     progress.begin(f"building on {engine.name} with layer outputs exposed")
-    built = engine.build(problem.model, plan, bans, mark or Marking())
+    built = engine.build(model, plan, bans, mark)
     progress.advance("built")
-    candidate = built.run(problem.feeds)
-    progress.advance("ran")
     local_runner = as_local_error(engine, built)
-    local = local_runner.run_local(problem.reference) if local_runner else None
+    comparer = TensorComparer(model, problem.tolerance, layer_map(built), engine.name, plan.default,
+                              local_runner is not None, histograms=HISTOGRAMS)
+    piecewise = as_piecewise(engine, built)
+    chunks = 1
+    if piecewise is not None:
+        chunks = _compare_pieces(problem, piecewise, local_runner is not None, cplan.groups, comparer, progress)
+    else:
+        candidate = built.run(problem.feeds)
+        progress.advance("ran")
+        local = local_runner.run_local(problem.reference) if local_runner else None
+        comparer.add([*(i.name for i in model.inputs), *model.intermediate_tensors()], problem.reference,
+                     candidate, local)
+        del candidate, local
     progress.end()
-    result = compare_tensors(problem.model, problem.reference, candidate, problem.tolerance, local,
-                             layer_map(built), engine.name, plan.default)
+    result = comparer.finish()
+    candidate_outputs = comparer.candidate_outputs
     if check is not None:
-        verdict = check.verdict({o: candidate[o] for o in problem.reference_outputs() if o in candidate},
-                                problem.reference_outputs())
+        verdict = check.verdict({o: candidate_outputs[o] for o in problem.reference_outputs()
+                                 if o in candidate_outputs}, problem.reference_outputs())
         result.passed, result.verdict, result.check = verdict.passed, verdict.reason, check.template
     result.layers = list(built.layers)
     result.marking = dict(built.marking_notes)
-    result.local_error = local is not None
+    result.marking["memory"] = {"budget_bytes": budget, "tensor_bytes": cplan.total, "chunks": chunks,
+                                "reference_held": not isinstance(problem.reference, LazyReference)}
+    result.local_error = local_runner is not None
     result.kept = plan.kept()
     result.bans = len(bans) if bans else 0
     if not engine.capabilities.exact_marking:
         progress.begin("checking that the unmarked build shows the same verdict")
         result.reproduction = _reproduction_check(problem, engine, plan, bans, result, check)
         progress.end()
-    result.range_violations = problem.model.fp16_range_violations()
-    if isinstance(problem.model, QuantizedModel):  # which quantized tensors clip or flush, and where
-        annotate_int8(result, problem.model, plan, problem.reference)
+    result.range_violations = model.fp16_range_violations()
+    if isinstance(model, QuantizedModel):  # which quantized tensors clip or flush, and where
+        annotate_int8(result, model, plan, problem.reference)
     if not result.passed:
         progress.begin("finding the culprits")
-        result.culprits, result.culprits_explain = _culprits(problem, engine, plan, built, candidate, result)
+        result.culprits, result.culprits_explain = _culprits(problem, engine, plan, built, candidate_outputs, result)
         progress.end()
     culprits = dict.fromkeys([c.tensor for c in result.culprits] + [t.tensor for t in result.introduced])
-    result.histograms = culprit_histograms(culprits, problem.reference, candidate)
+    result.histograms = _histograms(list(culprits), comparer, problem, built, piecewise)
     return result
+
+
+HISTOGRAMS = 24  # introduced tensors whose histograms are taken while their values are alive
+
+
+def _compare_pieces(problem: Problem, built: PiecewiseBuilt, local: bool, groups: list[list[str]],
+                    comparer: TensorComparer, progress: Progress) -> int:
+    """Run, compute local error and compare a group of tensors at a time; returns the number of groups."""
+    reference = problem.reference
+    lazy = isinstance(reference, LazyReference)
+    if lazy:
+        groups = reference.groups
+    ref_stream = reference.stream() if lazy else None
+    last_read: dict[str, int] = {}
+    if local:
+        for k in range(len(groups)):
+            for t in built.local_reads(k, groups):
+                last_read[t] = k
+    window: dict[str, np.ndarray] = dict(problem.feeds)  # reference values alive (lazy reference)
+    pending: dict[str, np.ndarray] = {}  # candidate tensors that arrived before their group
+    done: set[str] = set()
+    for k, (group, values) in enumerate(zip(groups, built.run_pieces(problem.feeds, groups), strict=True)):
+        pending.update(values)
+        del values
+        if ref_stream is not None:
+            window.update(next(ref_stream))
+        ref: Mapping[str, np.ndarray] = window if lazy else reference
+        local_values = built.run_local_piece(k, ref, groups) if local else None
+        comparer.add(group if k else [*problem.feeds, *group], ref, pending, local_values)
+        del local_values
+        done.update(group)
+        for t in group:
+            pending.pop(t, None)
+        if lazy:
+            for t in [t for t in window if t in done and last_read.get(t, -1) <= k and t not in problem.feeds]:
+                del window[t]
+        progress.advance(f"compared {k + 1}/{len(groups)}")
+    return len(groups)
+
+
+def _histograms(tensors: list[str], comparer: TensorComparer, problem: Problem, built: Built,
+                piecewise: PiecewiseBuilt | None) -> dict[str, ValueHistogram]:
+    """culprit_histograms, from those taken during the comparison; others' values are computed again."""
+    produced = {r.tensor for r in comparer.reports if r.status != "missing" and math.prod(r.shape)}
+    wanted = [t for t in tensors if t in produced][:HISTOGRAM_LIMIT]
+    missing = [t for t in wanted if t not in comparer.histograms]
+    found = dict(comparer.histograms)
+    if missing:
+        candidate = piecewise.run_exposing(problem.feeds, missing) if piecewise else built.run(problem.feeds)
+        found.update(culprit_histograms(missing, problem.reference, candidate))
+    return {t: found[t] for t in wanted if t in found}
 
 
 def _culprits(problem: Problem, engine: Engine, plan: PrecisionPlan, built: Built,

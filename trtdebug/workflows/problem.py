@@ -20,7 +20,8 @@ from trtdebug.core.inputs import DEFAULT_RANGES, generate_feeds, load_feeds, res
 from trtdebug.core.metrics import Tolerance
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.reference import first_nonfinite, inputs_upstream, run_reference
+from trtdebug.core.budget import default_budget, plan_compare, tensor_bytes
+from trtdebug.core.reference import LazyReference, first_nonfinite, inputs_upstream, run_reference
 from trtdebug.engines import Engine, get_engine
 from trtdebug.errors import UserError
 from trtdebug.workflows.quantize import Calibration, int8_model
@@ -35,13 +36,18 @@ class Problem:
 
     model: Model
     feeds: dict[str, np.ndarray]
-    reference: dict[str, np.ndarray]
+    reference: Mapping[str, np.ndarray]  # a LazyReference where every tensor does not fit in the budget
     tolerance: Tolerance
+    memory_budget: int | None = None  # bytes compare may hold (None: core.budget's default)
 
     @classmethod
-    def prepare(cls, model: Model, feeds: Mapping[str, np.ndarray], tolerance: Tolerance) -> Problem:
+    def prepare(cls, model: Model, feeds: Mapping[str, np.ndarray], tolerance: Tolerance,
+                memory_budget: int | None = None) -> Problem:
         feeds = dict(feeds)
-        return cls(model, feeds, run_reference(model, feeds), tolerance)
+        plan = plan_compare(model, tensor_bytes(model, feeds), memory_budget or default_budget())
+        if plan.hold_reference:
+            return cls(model, feeds, run_reference(model, feeds), tolerance, memory_budget)
+        return cls(model, feeds, LazyReference(model, feeds, plan.groups), tolerance, memory_budget)
 
     def reference_outputs(self) -> dict[str, np.ndarray]:
         return {o.name: self.reference[o.name] for o in self.model.outputs}
@@ -68,6 +74,7 @@ class ProblemSpec:
     obey: bool = False
     calib_inputs: tuple[str | Path, ...] = ()  # implicit INT8 on the emulator: calibration batches
     calib_method: str = "minmax"
+    memory_budget: int | None = None  # bytes compare may hold (None: a share of available memory)
 
 
 @dataclass
@@ -126,7 +133,7 @@ def prepare(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None =
     bans = load_bans(spec.bans, model)
     engine = open_engine(spec.engine, spec.results, spec.obey, feeds, spec.input_profiles)
     tolerance = Tolerance.for_precision(plan.default, spec.atol, spec.rtol, spec.output_tolerances)
-    problem = Problem.prepare(model, feeds, tolerance)
+    problem = Problem.prepare(model, feeds, tolerance, spec.memory_budget)
     refuse_nonfinite_reference(problem, spec)
     return Case(problem, engine, plan, bans)
 

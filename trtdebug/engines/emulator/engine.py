@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -211,8 +211,11 @@ class EmulatorBuilt:
             "note": "the emulator exposes tensors without changing the computation",
             "folded_away": list(folded.folded_away),
         }
+        self._exposed_names = exposed
         self._session = onnxrt.session(onnxrt.with_outputs(self.proto, exposed))
         self._local_session: Any = None
+        self._pieces: dict[int, tuple[Any, Any]] = {}
+        self._local_live: dict[str, np.ndarray] = {}  # id(groups) -> (PiecewiseGraph, local PiecewiseGraph)
 
     def _float_tensors(self) -> set[str]:
         names = {t for n in self.folded.proto.graph.node for t in [*n.input, *n.output] if t}
@@ -264,6 +267,50 @@ class EmulatorBuilt:
         feeds = {name: reference[tensor] for name, tensor in feeds_from.items()}
         return onnxrt.run(session, feeds)
 
+    def run_pieces(self, feeds: Mapping[str, np.ndarray], groups: Sequence[Sequence[str]]
+                   ) -> Iterator[dict[str, np.ndarray]]:
+        """`run`, a group of tensors at a time (core.pieces): every layer still runs once."""
+        graph = self._piecewise(groups)[0]
+        return graph.run(feeds)
+
+    def run_local_piece(self, k: int, reference: Mapping[str, np.ndarray],
+                        groups: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
+        """`run_local` for the layers writing group k's tensors; `reference` holds what they read."""
+        graph = self._piecewise(groups)[1]
+        if k == 0:
+            self._local_live = {}
+        live = self._local_live  # rounded copies of reference values that several groups' layers share
+        values = {name: live[name] if name in live else reference[name.removeprefix(REF_PREFIX)]
+                  for name in graph.reads(k)}
+        produced = graph.run_piece(k, values)
+        for name in [n for n in live if not graph.read_after(n, k)]:
+            del live[name]
+        live.update((n, v) for n, v in produced.items() if graph.read_after(n, k))
+        return {n: v for n, v in produced.items() if n in graph.exposed}
+
+    def local_reads(self, k: int, groups: Sequence[Sequence[str]]) -> set[str]:
+        """Reference tensors group k's local-error layers read."""
+        return {name.removeprefix(REF_PREFIX) for name in self._piecewise(groups)[1].reads(k)
+                if name.startswith(REF_PREFIX)}
+
+    def run_exposing(self, feeds: Mapping[str, np.ndarray], tensors: Sequence[str]) -> dict[str, np.ndarray]:
+        from trtdebug.core.pieces import PiecewiseGraph
+
+        graph = PiecewiseGraph(self.proto, [list(range(len(self.proto.graph.node)))], tensors)
+        return next(iter(graph.run(feeds)))
+
+    def _piecewise(self, groups: Sequence[Sequence[str]]) -> tuple[Any, Any]:
+        from trtdebug.core.pieces import PiecewiseGraph, split_by_targets
+
+        key = id(groups)
+        if key not in self._pieces:
+            self._pieces.clear()
+            graph = PiecewiseGraph(self.proto, split_by_targets(self.proto, groups), self._exposed_names)
+            local_proto, _, outputs = self._local_graph()
+            local = PiecewiseGraph(local_proto, split_by_targets(local_proto, groups), outputs)
+            self._pieces[key] = (graph, local)
+        return self._pieces[key]
+
     def run_substituted(self, feeds: Mapping[str, np.ndarray],
                         replacements: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The emulated build with some layer outputs replaced: their consumers (and their rounding
@@ -292,6 +339,10 @@ class EmulatorBuilt:
         return values
 
     def _build_local(self) -> tuple[Any, dict[str, str]]:
+        proto, feeds_from, outputs = self._local_graph()
+        return onnxrt.session(onnxrt.with_outputs(proto, outputs)), feeds_from
+
+    def _local_graph(self) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
         """The folded graph with every layer's non-constant inputs cut loose into graph inputs."""
         initializers = {i.name for i in self.folded.proto.graph.initializer}
         original = set(self.model.producer) | {i.name for i in self.model.inputs}
@@ -322,7 +373,7 @@ class EmulatorBuilt:
                 None))
         cut_floats = {REF_PREFIX + t for t in feeds_from.values() if t in self.float_tensors}
         proto = self._rounded_graph(kept, self.float_tensors | cut_floats)
-        return onnxrt.session(onnxrt.with_outputs(proto, outputs)), feeds_from
+        return proto, feeds_from, outputs
 
 
 def _layer_precision(model: Model, plan: PrecisionPlan, nodes: tuple[str, ...]) -> str:
@@ -338,7 +389,7 @@ class EmulatorEngine:
     name = "emulator"
     # Exposing a tensor never changes what the emulator computes; its autotuner can be reseeded.
     capabilities = Capabilities(exact_marking=True, local_error=True, substitution=True, reseeds_tactics=True,
-                                tactics=True)
+                                tactics=True, pieces=True)
 
     def __init__(self, tactic_seed: int | None = None) -> None:
         self._folded: dict[str, FoldedGraph] = {}

@@ -1,0 +1,127 @@
+"""Memory budget for comparing every tensor: how large the model's tensors are, and in how many
+pieces compare must expose them so that what it holds at once fits.
+
+What compare holds at once: the FP32 reference of every tensor when that fits in half the budget
+(else only the final outputs, with the rest computed a piece at a time), plus one piece each of
+reference, candidate and local-error tensors and the temporaries measuring them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from trtdebug.core.model import Model
+from trtdebug.errors import UserError
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+DEFAULT_SHARE = 0.5  # of MemAvailable, without --memory-budget
+PIECE_SHARE = 8  # a piece is at most this fraction of all the tensors (bounds peak memory without a budget)
+MIN_PIECE = 16 * 2**20
+
+
+def parse_size(text: str) -> int:
+    """'8GiB', '500MB', '1.5g', '1000000' -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match[2].lower() not in _UNITS:
+        raise UserError(f"cannot read {text!r} as a memory size: give e.g. 8GiB, 500MB or 1.5GB")
+    return int(float(match[1]) * _UNITS[match[2].lower()])
+
+
+def available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def default_budget() -> int:
+    available = available_memory()
+    return int(available * DEFAULT_SHARE) if available else 8 * 2**30
+
+
+def format_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def tensor_bytes(model: Model, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Estimated size of every node output at these feeds' shapes (shape inference with the inputs'
+    shapes fixed); tensors of unknown shape count as the median known one."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    for vi in proto.graph.input:
+        if vi.name in feeds:
+            shape = vi.type.tensor_type.shape
+            del shape.dim[:]
+            for d in np.asarray(feeds[vi.name]).shape:
+                shape.dim.add().dim_value = int(d)
+    del proto.graph.value_info[:]
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # noqa: BLE001  custom ops, >2 GiB: fall back to counting
+        pass
+    sizes: dict[str, int] = {}
+    for vi in [*proto.graph.value_info, *proto.graph.output]:
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape") or any(not d.HasField("dim_value") for d in tt.shape.dim):
+            continue
+        try:
+            item = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+        except Exception:  # noqa: BLE001
+            item = 4
+        sizes[vi.name] = item * math.prod(d.dim_value for d in tt.shape.dim)
+    known = sorted(sizes.values())
+    fallback = known[len(known) // 2] if known else 4096
+    return {t: sizes.get(t, fallback) for t in model.intermediate_tensors()}
+
+
+@dataclass(frozen=True)
+class ComparePlan:
+    """How compare exposes tensors under a budget."""
+
+    budget: int
+    total: int  # estimated bytes of every intermediate tensor
+    hold_reference: bool  # the whole FP32 reference fits (half the budget): hold it
+    groups: list[list[str]]  # the model's tensors, in topological order, exposed a group at a time
+
+    @property
+    def chunks(self) -> int:
+        return len(self.groups)
+
+
+def plan_compare(model: Model, sizes: Mapping[str, int], budget: int) -> ComparePlan:
+    tensors = model.intermediate_tensors()
+    total = sum(sizes.get(t, 0) for t in tensors)
+    hold = total <= budget // 2
+    outputs = sum(sizes.get(o.name, 0) for o in model.outputs)
+    free = budget - (total if hold else outputs)
+    # one piece each of reference, candidate and local tensors, plus measuring temporaries and boundaries
+    piece = max(MIN_PIECE, min(free // 6, max(total // PIECE_SHARE, MIN_PIECE)))
+    return ComparePlan(budget, total, hold, group_tensors(tensors, sizes, piece))
+
+
+def group_tensors(tensors: Sequence[str], sizes: Mapping[str, int], piece: int) -> list[list[str]]:
+    groups: list[list[str]] = [[]]
+    used = 0
+    for t in tensors:
+        size = sizes.get(t, 0)
+        if groups[-1] and used + size > piece:
+            groups.append([])
+            used = 0
+        groups[-1].append(t)
+        used += size
+    return groups

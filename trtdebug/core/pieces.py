@@ -1,0 +1,134 @@
+"""Running an ONNX graph as consecutive pieces, so that its exposed tensors arrive a piece at a time.
+
+onnxruntime returns every exposed tensor of a run at once; a model whose intermediate tensors do not
+fit in memory together cannot be compared that way. Here the graph's nodes are split into pieces in
+topological order; piece i is its own session whose inputs are what earlier pieces (or the feeds)
+computed and whose outputs are its exposed tensors plus what later pieces read. Every node runs
+exactly once over all pieces, with the same kernels as the whole graph (optimizations stay off), so
+the values are those of one run; only the boundary tensors are held between pieces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from trtdebug.core import onnxrt
+from trtdebug.core.model import node_dependencies
+
+
+def split_by_targets(proto: onnx.ModelProto, groups: Sequence[Iterable[str]]) -> list[list[int]]:
+    """Node indices of each piece: piece i runs the nodes not yet run that group i's tensors depend on;
+    the last piece also runs whatever is left (graph outputs, dead ends)."""
+    nodes = proto.graph.node
+    producer = {t: i for i, n in enumerate(nodes) for t in n.output if t}
+    assigned: set[int] = set()
+    pieces: list[list[int]] = []
+    for group in groups:
+        stack = [producer[t] for t in group if t in producer]
+        piece: set[int] = set()
+        while stack:
+            i = stack.pop()
+            if i in assigned or i in piece:
+                continue
+            piece.add(i)
+            stack.extend(producer[t] for t in node_dependencies(nodes[i]) if t in producer)
+        assigned |= piece
+        pieces.append(sorted(piece))
+    rest = [i for i in range(len(nodes)) if i not in assigned]
+    if pieces:
+        pieces[-1] = sorted(pieces[-1] + rest)
+    else:
+        pieces.append(rest)
+    return pieces
+
+
+class PiecewiseGraph:
+    """A model run piece by piece (module docstring). `exposed`: tensors each piece returns."""
+
+    def __init__(self, proto: onnx.ModelProto, pieces: Sequence[Sequence[int]], exposed: Iterable[str]):
+        self.proto = proto
+        self.pieces = [list(p) for p in pieces]
+        self.exposed = set(exposed)
+        nodes = proto.graph.node
+        self._initializers = {i.name: i for i in proto.graph.initializer}
+        graph_outputs = {o.name for o in proto.graph.output}
+        self._reads: list[set[str]] = []
+        self._writes: list[list[str]] = []
+        for piece in self.pieces:
+            reads = {t for i in piece for t in node_dependencies(nodes[i])}
+            writes = [t for i in piece for t in nodes[i].output if t]
+            self._reads.append(reads - set(writes))
+            self._writes.append(writes)
+        self._last_read: dict[str, int] = {}
+        for k, reads in enumerate(self._reads):
+            for t in reads:
+                self._last_read[t] = k
+        self._outputs: list[list[str]] = []
+        for k, writes in enumerate(self._writes):
+            self._outputs.append([t for t in writes if t in self.exposed or t in graph_outputs
+                                  or self._last_read.get(t, -1) > k])
+        self._sessions: dict[int, Any] = {}
+        self._input_names: dict[int, list[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def _session(self, k: int, values: Mapping[str, np.ndarray]) -> Any:
+        if k in self._sessions:
+            return self._sessions[k]
+        nodes = self.proto.graph.node
+        graph = onnx.GraphProto()
+        graph.name = f"{self.proto.graph.name}_piece{k}"
+        graph.node.extend(nodes[i] for i in self.pieces[k])
+        inputs = sorted(t for t in self._reads[k] if t not in self._initializers and t in values)
+        for t in inputs:
+            value = np.asarray(values[t])
+            graph.input.append(helper.make_tensor_value_info(
+                t, helper.np_dtype_to_tensor_dtype(value.dtype), None))
+        graph.initializer.extend(self._initializers[t] for t in sorted(self._reads[k]) if t in self._initializers)
+        for t in self._outputs[k]:
+            graph.output.add().name = t
+        model = onnx.ModelProto()
+        model.ir_version = self.proto.ir_version
+        model.opset_import.extend(self.proto.opset_import)
+        model.functions.extend(self.proto.functions)
+        model.graph.CopyFrom(graph)
+        self._sessions[k] = onnxrt.session(model, arena=False)
+        self._input_names[k] = inputs
+        return self._sessions[k]
+
+    def run(self, feeds: Mapping[str, np.ndarray], keep: Iterable[str] = ()) -> Iterator[dict[str, np.ndarray]]:
+        """Per piece, its exposed tensors. Boundary values live until their last reader; `keep`
+        (e.g. feeds a caller re-reads) are never dropped early."""
+        kept = set(keep)
+        live: dict[str, np.ndarray] = dict(feeds)
+        for k in range(len(self.pieces)):
+            values = self.run_piece(k, live)
+            for t in list(live):
+                if self._last_read.get(t, -1) <= k and t not in kept:
+                    del live[t]
+            for t, v in values.items():
+                if self._last_read.get(t, -1) > k:
+                    live[t] = v
+            yield {t: v for t, v in values.items() if t in self.exposed}
+            del values
+
+    def read_after(self, tensor: str, k: int) -> bool:
+        """Whether a piece after k reads `tensor`."""
+        return self._last_read.get(tensor, -1) > k
+
+    def reads(self, k: int) -> set[str]:
+        """What piece k reads from the feeds or earlier pieces (initializers aside)."""
+        return {t for t in self._reads[k] if t not in self._initializers}
+
+    def run_piece(self, k: int, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Piece k alone; `values` holds (at least) what it reads."""
+        if not self._outputs[k]:
+            return {}
+        session = self._session(k, values)
+        return onnxrt.run(session, {t: values[t] for t in self._input_names[k]})
