@@ -156,7 +156,8 @@ def as_substituting(engine: Engine, built: Built) -> SubstitutingBuilt | None:
 
 
 def as_piecewise(engine: Engine, built: Built) -> PiecewiseBuilt | None:
-    return cast(PiecewiseBuilt, built) if engine.capabilities.pieces else None
+    # the emulator's INT8 builds (emulator/int8.py) run whole: only its float builds declare pieces
+    return cast(PiecewiseBuilt, built) if engine.capabilities.pieces and hasattr(built, "run_pieces") else None
 
 
 def as_serializable(engine: Engine, built: Built) -> SerializableBuilt | None:
