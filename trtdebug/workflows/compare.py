@@ -15,8 +15,8 @@ import numpy as np
 
 from trtdebug.core.attribution import find_culprits
 from trtdebug.core.bans import BanList
-from trtdebug.core.criterion import CheckCommand
 from trtdebug.core.budget import default_budget, plan_compare, tensor_bytes
+from trtdebug.core.criterion import CheckCommand
 from trtdebug.core.histogram import MAX_CULPRITS as HISTOGRAM_LIMIT
 from trtdebug.core.histogram import ValueHistogram, culprit_histograms
 from trtdebug.core.int8_findings import annotate_int8
@@ -24,8 +24,7 @@ from trtdebug.core.metrics import CompareResult, Culprit, Reproduction, TensorCo
 from trtdebug.core.precision import PrecisionPlan, eligible_nodes
 from trtdebug.core.quantization import QuantizedModel
 from trtdebug.core.reference import LazyReference
-from trtdebug.engines.base import (Built, Engine, Marking, PiecewiseBuilt, as_local_error, as_piecewise,
-                                   as_substituting)
+from trtdebug.engines.base import Built, Engine, Marking, PiecewiseBuilt, as_local_error, as_piecewise, as_substituting
 from trtdebug.workflows.evaluate import evaluate_plan
 from trtdebug.workflows.problem import Case, Problem
 from trtdebug.workflows.progress import SILENT, Progress

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from trtdebug.core.bans import BanList
+from trtdebug.core.budget import default_budget, plan_compare, tensor_bytes
 from trtdebug.core.files import prepare_outputs
 from trtdebug.core.inputs import DEFAULT_RANGES, generate_feeds, load_feeds, resolve_shapes, validate_feeds
 from trtdebug.core.metrics import Tolerance
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.budget import default_budget, plan_compare, tensor_bytes
 from trtdebug.core.reference import LazyReference, first_nonfinite, inputs_upstream, run_reference
 from trtdebug.engines import Engine, get_engine
 from trtdebug.errors import UserError
