@@ -105,9 +105,9 @@ def _compare_pieces(problem: Problem, built: PiecewiseBuilt, local: bool, groups
     """Run, compute local error and compare a group of tensors at a time; returns the number of groups."""
     reference = problem.reference
     lazy = isinstance(reference, LazyReference)
-    if lazy:
-        groups = reference.groups
-    ref_stream = reference.stream() if lazy else None
+    ref_stream = None
+    if isinstance(reference, LazyReference):
+        groups, ref_stream = reference.groups, reference.stream()
     last_read: dict[str, int] = {}
     if local:
         for k in range(len(groups)):
@@ -138,7 +138,7 @@ def _compare_pieces(problem: Problem, built: PiecewiseBuilt, local: bool, groups
 def _histograms(tensors: list[str], comparer: TensorComparer, problem: Problem, built: Built,
                 piecewise: PiecewiseBuilt | None) -> dict[str, ValueHistogram]:
     """culprit_histograms, from those taken during the comparison; others' values are computed again."""
-    produced = {r.tensor for r in comparer.reports if r.status != "missing" and math.prod(r.shape)}
+    produced = {r.tensor for r in comparer.reports if r.status != "missing" and int(np.prod(r.shape))}
     wanted = [t for t in tensors if t in produced][:HISTOGRAM_LIMIT]
     missing = [t for t in wanted if t not in comparer.histograms]
     found = dict(comparer.histograms)
