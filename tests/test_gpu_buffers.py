@@ -16,7 +16,7 @@ from trtdebug.engines.tensorrt.cuda_buffers import (
     float32_to_bf16_bits,
     fp8_e4m3_bits_to_float32,
 )
-from trtdebug.errors import UserError
+from trtdebug.errors import EngineError, UserError
 
 MIB = 1 << 20
 
@@ -85,7 +85,7 @@ def test_copies_run_on_a_non_default_stream(cuda: CudaRuntime) -> None:
 def test_cuda_errors_are_one_line_messages(cuda: CudaRuntime) -> None:
     with pytest.raises(CudaError, match=r"^CUDA error in cudaMalloc\(\d+ bytes\): cudaErrorMemoryAllocation") as info:
         cuda.malloc(1 << 50)  # a petabyte
-    assert "\n" not in str(info.value) and isinstance(info.value, UserError)
+    assert "\n" not in str(info.value) and isinstance(info.value, EngineError)  # exit 4, not "bad input"
     with pytest.raises(CudaError, match="CUDA error in cudaFree: cudaErrorInvalid"):
         cuda.free(0xDEADBEEF000)
 
@@ -125,3 +125,23 @@ def test_fp8_e4m3_table() -> None:
     values = fp8_e4m3_bits_to_float32(codes)
     assert list(values[:6]) == [0.0, 1.0, -1.0, 448.0, 2.0**-9, 2.0**-6]  # 448 is E4M3's largest
     assert np.isnan(values[6]) and np.isnan(values[7])
+
+
+def test_no_gpu_is_bad_usage_but_a_failed_call_is_an_engine_failure() -> None:
+    """Everywhere (a scripted cudart): 'no device' is exit 2 with what to do; a failed allocation is exit 4."""
+    import trt_fake
+
+    from trtdebug.engines.tensorrt.cuda_buffers import NoCudaDevice
+
+    class NoDevice(trt_fake.FakeCudart):
+        NAMES = {**trt_fake.FakeCudart.NAMES, 100: b"cudaErrorNoDevice"}
+
+        def cudaGetDeviceCount(self) -> tuple[int, int]:  # noqa: N802
+            return (100, 0)
+
+    with pytest.raises(NoCudaDevice, match="needs a machine with an NVIDIA GPU") as no_device:
+        CudaRuntime(NoDevice()).device_count()  # type: ignore[arg-type]
+    assert isinstance(no_device.value, UserError)
+    with pytest.raises(CudaError) as failed:
+        CudaRuntime(trt_fake.FakeCudart(limit=16)).malloc(1 << 20)  # type: ignore[arg-type]
+    assert isinstance(failed.value, EngineError) and not isinstance(failed.value, UserError)
