@@ -129,19 +129,30 @@ def test_fp8_e4m3_table() -> None:
 
 def test_no_gpu_is_bad_usage_but_a_failed_call_is_an_engine_failure() -> None:
     """Everywhere (a scripted cudart): 'no device' is exit 2 with what to do; a failed allocation is exit 4."""
-    import trt_fake
-
     from trtdebug.engines.tensorrt.cuda_buffers import NoCudaDevice
 
-    class NoDevice(trt_fake.FakeCudart):
-        NAMES = {**trt_fake.FakeCudart.NAMES, 100: b"cudaErrorNoDevice"}
+    class ScriptedCudart:
+        class cudaError_t:  # noqa: N801
+            cudaSuccess = 0
+
+        NAMES = {100: b"cudaErrorNoDevice", 2: b"cudaErrorMemoryAllocation"}
+
+        def cudaGetErrorName(self, error: int) -> tuple[int, bytes]:  # noqa: N802
+            return (0, self.NAMES[error])
+
+        def cudaGetErrorString(self, error: int) -> tuple[int, bytes]:  # noqa: N802
+            return (0, b"")
 
         def cudaGetDeviceCount(self) -> tuple[int, int]:  # noqa: N802
             return (100, 0)
 
+        def cudaMalloc(self, size: int) -> tuple[int, int]:  # noqa: N802
+            return (2, 0)
+
+    runtime = CudaRuntime(ScriptedCudart())  # type: ignore[arg-type]
     with pytest.raises(NoCudaDevice, match="needs a machine with an NVIDIA GPU") as no_device:
-        CudaRuntime(NoDevice()).device_count()  # type: ignore[arg-type]
+        runtime.device_count()
     assert isinstance(no_device.value, UserError)
     with pytest.raises(CudaError) as failed:
-        CudaRuntime(trt_fake.FakeCudart(limit=16)).malloc(1 << 20)  # type: ignore[arg-type]
+        runtime.malloc(1 << 20)
     assert isinstance(failed.value, EngineError) and not isinstance(failed.value, UserError)
