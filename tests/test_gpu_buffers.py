@@ -16,7 +16,7 @@ from trtdebug.engines.tensorrt.cuda_buffers import (
     float32_to_bf16_bits,
     fp8_e4m3_bits_to_float32,
 )
-from trtdebug.errors import UserError
+from trtdebug.errors import EngineError, UserError
 
 MIB = 1 << 20
 
@@ -85,7 +85,7 @@ def test_copies_run_on_a_non_default_stream(cuda: CudaRuntime) -> None:
 def test_cuda_errors_are_one_line_messages(cuda: CudaRuntime) -> None:
     with pytest.raises(CudaError, match=r"^CUDA error in cudaMalloc\(\d+ bytes\): cudaErrorMemoryAllocation") as info:
         cuda.malloc(1 << 50)  # a petabyte
-    assert "\n" not in str(info.value) and isinstance(info.value, UserError)
+    assert "\n" not in str(info.value) and isinstance(info.value, EngineError)  # exit 4, not "bad input"
     with pytest.raises(CudaError, match="CUDA error in cudaFree: cudaErrorInvalid"):
         cuda.free(0xDEADBEEF000)
 
@@ -125,3 +125,34 @@ def test_fp8_e4m3_table() -> None:
     values = fp8_e4m3_bits_to_float32(codes)
     assert list(values[:6]) == [0.0, 1.0, -1.0, 448.0, 2.0**-9, 2.0**-6]  # 448 is E4M3's largest
     assert np.isnan(values[6]) and np.isnan(values[7])
+
+
+def test_no_gpu_is_bad_usage_but_a_failed_call_is_an_engine_failure() -> None:
+    """Everywhere (a scripted cudart): 'no device' is exit 2 with what to do; a failed allocation is exit 4."""
+    from trtdebug.engines.tensorrt.cuda_buffers import NoCudaDevice
+
+    class ScriptedCudart:
+        class cudaError_t:  # noqa: N801
+            cudaSuccess = 0
+
+        NAMES = {100: b"cudaErrorNoDevice", 2: b"cudaErrorMemoryAllocation"}
+
+        def cudaGetErrorName(self, error: int) -> tuple[int, bytes]:  # noqa: N802
+            return (0, self.NAMES[error])
+
+        def cudaGetErrorString(self, error: int) -> tuple[int, bytes]:  # noqa: N802
+            return (0, b"")
+
+        def cudaGetDeviceCount(self) -> tuple[int, int]:  # noqa: N802
+            return (100, 0)
+
+        def cudaMalloc(self, size: int) -> tuple[int, int]:  # noqa: N802
+            return (2, 0)
+
+    runtime = CudaRuntime(ScriptedCudart())  # type: ignore[arg-type]
+    with pytest.raises(NoCudaDevice, match="needs a machine with an NVIDIA GPU") as no_device:
+        runtime.device_count()
+    assert isinstance(no_device.value, UserError)
+    with pytest.raises(CudaError) as failed:
+        runtime.malloc(1 << 20)
+    assert isinstance(failed.value, EngineError) and not isinstance(failed.value, UserError)

@@ -22,6 +22,7 @@ from trtdebug.errors import EngineError, UserError
 
 CUDA_PYTHON_HINT = ("cuda-python is not installed: pip install 'trtdebug[tensorrt-cu12]' for a CUDA 12 driver "
                     "or 'trtdebug[tensorrt-cu13]' for CUDA 13")
+NO_DEVICE_HINT = "; this needs a machine with an NVIDIA GPU and a driver matching cuda-python"
 # Errors that mean "there is no usable GPU here" rather than "this call failed".
 NO_DEVICE_ERRORS = {"cudaErrorInsufficientDriver", "cudaErrorNoDevice", "cudaErrorInitializationError",
                     "cudaErrorCompatNotSupportedOnDevice", "cudaErrorSystemDriverMismatch"}
@@ -29,6 +30,11 @@ NO_DEVICE_ERRORS = {"cudaErrorInsufficientDriver", "cudaErrorNoDevice", "cudaErr
 
 class CudaError(EngineError):
     """A CUDA runtime call failed; the message names the call and the CUDA error."""
+
+
+class NoCudaDevice(CudaError, UserError):
+    """No usable GPU here (no device, no or too old a driver): the machine, not the engine, is the
+    problem, so the CLI answers it as bad usage (exit 2)."""
 
 
 def load_cudart() -> ModuleType:
@@ -51,7 +57,8 @@ class CudaRuntime:
         """Unpack a cuda-python result tuple, raising CudaError on failure."""
         err, *rest = result if isinstance(result, tuple) else (result,)
         if err != self.cudart.cudaError_t.cudaSuccess:
-            raise CudaError(self.describe(err, what))
+            message = self.describe(err, what)
+            raise NoCudaDevice(message) if message.endswith(NO_DEVICE_HINT) else CudaError(message)
         if not rest:
             return None
         return rest[0] if len(rest) == 1 else tuple(rest)
@@ -61,7 +68,7 @@ class CudaRuntime:
         detail = self._text(self.cudart.cudaGetErrorString(err))
         message = f"CUDA error in {what}: {name}" + (f" ({detail})" if detail and detail != name else "")
         if name in NO_DEVICE_ERRORS:
-            message += "; this needs a machine with an NVIDIA GPU and a driver matching cuda-python"
+            message += NO_DEVICE_HINT
         return message
 
     @staticmethod
