@@ -91,3 +91,27 @@ def test_outputs_get_the_usual_file_permissions(dynamic_batch_model: Path, tmp_p
     run = trtdebug("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--out", tmp_path / "m.onnx")
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "m.onnx").stat().st_mode & 0o044  # readable by others, like any file the user writes
+
+
+@pytest.mark.rtx
+def test_build_takes_shape_tensor_values_from_inputs(tmp_path: Path) -> None:
+    """A Reshape fed by an int64 graph input (a shape tensor) builds only when the profile carries its
+    values: `trtdebug build --inputs` supplies them."""
+    pytest.importorskip("tensorrt_rtx_bindings")
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["reshaped"], name="reshape"),
+             helper.make_node("Relu", ["reshaped"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "shape_input",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4]),
+                               helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "reshape.onnx")
+    np.savez(tmp_path / "feeds.npz", x=np.ones((2, 3, 4), np.float32), shape=np.array([6, 4], np.int64))
+    from trtdebug.core.model import Model
+
+    PrecisionPlan("fp16").for_model(Model.load(tmp_path / "reshape.onnx")).save(tmp_path / "plan.json")
+    run = trtdebug("build", tmp_path / "reshape.onnx", "--plan", tmp_path / "plan.json", "--engine", "tensorrt-rtx",
+                   "--inputs", tmp_path / "feeds.npz", "--out", tmp_path / "reshape.engine")
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "reshape.engine").stat().st_size > 1000

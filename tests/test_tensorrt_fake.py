@@ -473,7 +473,7 @@ def test_dynamic_input_needs_a_shape_and_gets_a_profile(fake: trt_fake.Recorder)
     model_proto = planted.clean()[0]
     model_proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     model = Model.from_proto(model_proto)
-    with pytest.raises(UserError, match=r"input 'input' has dynamic shape .* --input-shape input:Nx3x16x16"):
+    with pytest.raises(UserError, match=r"input 'input' has dynamic shape .* --input-shape input:1x3x16x16 "):
         TensorRTEngine("tensorrt").build(model, PrecisionPlan("fp16"), None, Marking("none"))
     ranges = {"input": ((1, 3, 16, 16), (2, 3, 16, 16), (4, 3, 16, 16))}
     TensorRTEngine("tensorrt", shape_ranges=ranges).build(model, PrecisionPlan("fp16"), None, Marking("none"))

@@ -176,3 +176,23 @@ def test_integer_and_bool_ranges_are_inclusive_and_defaults_documented():
     assert (ones["ids"] == 1).all() and ones["flag"].all()
     binary = generate_feeds(model, shapes, {"ids": (0, 1)})
     assert set(np.unique(binary["ids"])) == {0, 1}
+
+
+# -- fidelity limits are said where they apply --------------------------------------------------------
+
+def test_recurrent_layers_are_marked_fp32_inside(tmp_path):
+    rng = np.random.default_rng(3)
+    hidden, features = 8, 4
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+               for name, shape in (("W", (1, 4 * hidden, features)), ("R", (1, 4 * hidden, hidden)))]
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "W", "R"], ["seq", "h_last"], name="lstm", hidden_size=hidden),
+         helper.make_node("Relu", ["h_last"], ["y"], name="relu")],
+        "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 1, features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, hidden])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "lstm.onnx")
+    run = trtdebug("compare", tmp_path / "lstm.onnx", "--json", tmp_path / "r.json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 layer(s) run in FP32 inside (lstm)" in run.stdout
+    fidelity = {t["tensor"]: t["fidelity"] for t in json.loads((tmp_path / "r.json").read_text())["tensors"]}
+    assert fidelity["h_last"].startswith("FP32 inside") and fidelity["y"] == ""

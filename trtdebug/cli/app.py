@@ -8,7 +8,8 @@ import sys
 
 import click
 
-from trtdebug import __version__
+from trtdebug import __version__, logs
+from trtdebug.cli import console
 from trtdebug.cli.commands.build import build_command
 from trtdebug.cli.commands.compare import compare_command
 from trtdebug.cli.commands.fallback import fallback_command
@@ -30,8 +31,11 @@ from trtdebug.errors import (
              epilog="Exit codes: 0 pass, 1 accuracy problem found, 2 bad usage or input, 3 internal error "
                     "(please report it), 4 engine or GPU runtime failure, 130 interrupted.")
 @click.version_option(__version__, prog_name="trtdebug")
-def cli() -> None:
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show the log lines and warnings of onnxruntime, Polygraphy, TensorRT and numpy.")
+def cli(verbose: bool) -> None:
     """Find where a reduced-precision TensorRT engine goes wrong, and fix it."""
+    logs.set_verbose(verbose)
 
 
 for command in (compare_command, fallback_command, tactics_command, build_command, quantize_command,
@@ -41,6 +45,8 @@ for command in (compare_command, fallback_command, tactics_command, build_comman
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: turns every failure into a one-line message and an exit code."""
+    console.protect_stdout()
+    logs.set_verbose(False)  # until the options say otherwise: quiet from the first import on
     try:
         code = cli.main(args=argv, prog_name="trtdebug", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"trtdebug: internal error: {type(exc).__name__}: {exc} "
                    "(please report it; TRTDEBUG_TRACEBACK=1 shows the traceback)", err=True)
         code = EXIT_INTERNAL
+    sys.stdout.flush()  # a closed pipe is dropped here, not reported by the interpreter at exit
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 

@@ -144,7 +144,8 @@ def problem_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "TensorRT builds a profile (inputs are generated at OPT). Repeatable."),
         click.option("--input-range", "input_ranges", multiple=True,
                      type=NamedPair("NAME:LOW,HIGH", "x:-1,1", ordered=True),
-                     help="Value range of a generated input (default -1,1 for floats; repeatable)."),
+                     help="Value range of a generated input: floats in [LOW, HIGH), integers and bools "
+                          "LOW..HIGH inclusive (defaults -1,1 and 0,7; mask:1,1 is all ones). Repeatable."),
         click.option("--inputs", "inputs_path", type=click.Path(path_type=str),
                      help="Input feeds: .npz or Polygraphy input JSON (default: seeded random)."),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,

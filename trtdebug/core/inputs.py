@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 
+from trtdebug import logs
 from trtdebug.core import files
 from trtdebug.core.model import Model, TensorSpec
 from trtdebug.errors import UserError
@@ -16,6 +19,7 @@ Shape = tuple[int, ...]
 # Generated values per dtype kind (floats: [low, high); integers and bools: both ends inclusive).
 DEFAULT_RANGES: dict[str, tuple[float, float]] = {"f": (-1.0, 1.0), "i": (0, 7), "u": (0, 7), "b": (0, 1)}
 Feeds = dict[str, np.ndarray]
+GiB = 1024**3
 
 def resolve_shapes(model: Model, overrides: Mapping[str, Shape]) -> dict[str, Shape]:
     """The concrete shape of every model input; dynamic dimensions must be given by the user."""
@@ -33,10 +37,15 @@ def resolve_shapes(model: Model, overrides: Mapping[str, Shape]) -> dict[str, Sh
         elif spec.is_static:
             shapes[spec.name] = tuple(d for d in spec.shape or () if isinstance(d, int))
         else:
-            raise UserError(f"input {spec.name!r} has dynamic shape {_fmt(spec.shape)}; "
-                            f"give one with --input-shape {spec.name}:" +
-                            "x".join(str(d) if isinstance(d, int) else "N" for d in spec.shape or ()))
+            raise UserError(f"input {spec.name!r} has dynamic shape {_fmt(spec.shape)}; give one with "
+                            f"{input_shape_hint(spec.name, spec.shape or ())}")
     return shapes
+
+
+def input_shape_hint(name: str, dims: Sequence[int | str | None]) -> str:
+    """`--input-shape NAME:DxDx...` as the parser takes it, each dynamic dimension written as 1."""
+    shape = "x".join(str(d) if isinstance(d, int) and d >= 1 else "1" for d in dims)
+    return f"--input-shape {name}:{shape} (the sizes you run in place of the dynamic 1s)"
 
 
 def generate_feeds(model: Model, shapes: Mapping[str, Shape],
@@ -47,6 +56,7 @@ def generate_feeds(model: Model, shapes: Mapping[str, Shape],
     unknown = set(ranges) - {s.name for s in model.inputs}
     if unknown:
         raise UserError(f"--input-range names {sorted(unknown)[0]!r}, which is not a model input")
+    check_memory(model, shapes)
     rng = np.random.default_rng(seed)
     feeds: Feeds = {}
     for spec in model.inputs:
@@ -55,6 +65,8 @@ def generate_feeds(model: Model, shapes: Mapping[str, Shape],
         low, high = ranges.get(spec.name, DEFAULT_RANGES.get(dtype.kind, (0, 7)))
         if dtype.kind == "f":
             feeds[spec.name] = rng.uniform(low, high, size=shape).astype(dtype)
+            if spec.name in model.bf16_inputs:  # bfloat16 values, held in FP32
+                feeds[spec.name] = _to_bf16(feeds[spec.name])
         elif dtype.kind in "biu":
             first, last = math.ceil(low), math.floor(high)
             kind_low, kind_high = (0, 1) if dtype.kind == "b" else (np.iinfo(dtype).min, np.iinfo(dtype).max)
@@ -69,6 +81,41 @@ def generate_feeds(model: Model, shapes: Mapping[str, Shape],
     return feeds
 
 
+def _to_bf16(value: np.ndarray) -> np.ndarray:
+    bfloat16 = onnx.helper.tensor_dtype_to_np_dtype(onnx.TensorProto.BFLOAT16)
+    return value.astype(bfloat16).astype(np.float32)
+
+
+def check_memory(model: Model, shapes: Mapping[str, Shape], available: int | None = None) -> None:
+    """Refuse inputs that cannot fit, before allocating any: a lower bound of what a run holds is the
+    feeds, a copy of them in the reference run, and the float64 draw each input is generated from."""
+    counts = {spec.name: math.prod(shapes[spec.name]) for spec in model.inputs}
+    sizes = {spec.name: counts[spec.name] * (spec.dtype or np.dtype(np.float32)).itemsize for spec in model.inputs}
+    needed = 2 * sum(sizes.values()) + 8 * max(counts.values(), default=0)
+    available = available_memory() if available is None else available
+    if available is None or needed <= available:
+        return
+    largest = max(sizes, key=lambda name: sizes[name])
+    raise UserError(f"the inputs need at least {needed / GiB:.1f} GiB (input {largest!r} of shape "
+                    f"{_fmt(tuple(shapes[largest]))} alone is {sizes[largest] / GiB:.1f} GiB) and only "
+                    f"{available / GiB:.1f} GiB of memory is available; give smaller shapes with --input-shape")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation: MemAvailable, or free pages; None if unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def load_feeds(path: str | Path) -> Feeds:
     """Read feeds from .npz (pickle disabled) or a Polygraphy input JSON (its first iteration)."""
     path = Path(path)
@@ -79,6 +126,7 @@ def load_feeds(path: str | Path) -> Feeds:
     if path.suffix == ".json":
         from polygraphy.json import load_json
 
+        logs.quiet_polygraphy()
         try:
             loaded = load_json(str(path))
         except Exception as exc:

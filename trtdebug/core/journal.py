@@ -9,6 +9,8 @@ resume with other settings is refused, because its answers would not mean the sa
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from collections.abc import Mapping
@@ -35,6 +37,69 @@ def journal_path(plan_path: str | Path) -> Path:
     """plan.json -> plan.journal.jsonl"""
     path = Path(plan_path)
     return path.with_name(f"{path.stem}.journal.jsonl")
+
+
+def lock_path(journal: str | Path) -> Path:
+    """plan.journal.jsonl -> plan.journal.jsonl.lock"""
+    path = Path(journal)
+    return path.with_name(f"{path.name}.lock")
+
+
+class JournalLock:
+    """An exclusive lock on a journal (fcntl.flock on a lock file beside it), held while a run writes
+    the journal and the files named after it. The OS releases it when its process dies, so a lock
+    file a crashed run left behind is simply taken over; the pid inside only names the holder."""
+
+    def __init__(self, journal: str | Path):
+        self.path = lock_path(journal)
+        self._fd = -1
+
+    def acquire(self) -> JournalLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                who = f"process {holder}" if holder else "another process"
+                raise UserError(f"{self.path.with_suffix('')} is in use by {who} (a trtdebug fallback on the "
+                                "same --out); wait for it to finish, stop it, or pass another --out") from None
+            # The holder before us may have removed the file after we opened it: lock the current one.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # while still locked, so no other run can hold this file
+        os.close(self._fd)
+        self._fd = -1
+
+    def __enter__(self) -> JournalLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
 
 
 class Journal:

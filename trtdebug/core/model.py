@@ -7,6 +7,7 @@ with a duplicate name are renamed here, once, so plans and reports can always re
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from trtdebug.core.upcast import reduced_float_types, upcast_to_fp32
 from trtdebug.errors import UserError
 
 FP16_MAX = 65504.0
@@ -165,6 +167,15 @@ class Model:
     def __init__(self, proto: onnx.ModelProto, path: Path | None = None, data_files: list[Path] | None = None):
         self.path = path
         self.data_files = data_files or []  # external data files read with the model
+        _lift_initializer_inputs(proto)
+        # A model stored in FP16/BF16 is analysed as its FP32 upcast (the reference needs FP32; a
+        # reduced-precision build of the upcast is the model as given); its inputs keep their type.
+        stored = reduced_float_types(proto)
+        self.stored_precision = (
+            "bf16" if onnx.TensorProto.BFLOAT16 in stored else "fp16" if stored else None)
+        stored_inputs = {i.name: i.type.tensor_type.elem_type for i in proto.graph.input}
+        if stored:
+            proto = upcast_to_fp32(proto)
         self.proto = proto
         self.renamed_nodes = _make_node_names_unique(proto.graph)
         self._infer_shapes()
@@ -172,6 +183,11 @@ class Model:
         initializer_names = {i.name for i in proto.graph.initializer}
         self.initializer_names = initializer_names
         self.inputs = [_spec_from_value_info(i) for i in proto.graph.input if i.name not in initializer_names]
+        # Feeds of FP16 inputs stay FP16 (sessions of the upcast take them as FP32); numpy has no
+        # bfloat16, so BF16 inputs are FP32 arrays of bfloat16 values (`bf16_inputs`).
+        self.inputs = [dataclasses.replace(i, dtype=np.dtype(np.float16))
+                       if stored_inputs.get(i.name) == onnx.TensorProto.FLOAT16 else i for i in self.inputs]
+        self.bf16_inputs = {i.name for i in self.inputs if stored_inputs.get(i.name) == onnx.TensorProto.BFLOAT16}
         self.outputs = [_spec_from_value_info(o) for o in proto.graph.output]
         available = initializer_names | {i.name for i in self.inputs}
         self.nodes = _topological(list(proto.graph.node), available)
@@ -202,6 +218,9 @@ class Model:
                             "check the path or re-export the model") from None
         if not proto.graph.node and not proto.graph.output:
             raise UserError(f"{path} is not an ONNX model (no graph in it); check the path")
+        if not proto.graph.node:
+            raise UserError(f"{path} has no nodes: its outputs are its inputs, which no precision changes; "
+                            "there is nothing to debug (check that the export kept the graph)")
         data_files = _check_external_data(proto, path.parent)
         try:
             onnx.load_external_data_for_model(proto, str(path.parent))
@@ -325,6 +344,20 @@ def _check_opset(proto: onnx.ModelProto, path: Path | None) -> None:
     if opset < 7:
         raise UserError(f"{where}opset {opset} is too old for onnxruntime (needs >= 7); "
                         "convert it with onnx.version_converter")
+
+
+def _lift_initializer_inputs(proto: onnx.ModelProto) -> None:
+    """IR < 4 requires every initializer to be listed as a graph input too; such an input is a
+    constant, not an input. Drop those entries and stamp IR 4, so every graph derived from the model
+    (folded, rewritten, cut into pieces) may carry initializers of its own, and onnxruntime folds
+    them as constants (an initializer that is also an input is overridable, so never folded)."""
+    if proto.ir_version >= 4:
+        return
+    initializers = {i.name for i in proto.graph.initializer}
+    kept = [i for i in proto.graph.input if i.name not in initializers]
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)
+    proto.ir_version = 4
 
 
 def _make_node_names_unique(graph: onnx.GraphProto) -> list[tuple[str, str]]:

@@ -10,10 +10,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from trtdebug import logs
 from trtdebug.errors import UserError
 
 # onnxruntime logs kernel failures to stderr on its own; trtdebug reports them as one line instead.
-ort.set_default_logger_severity(3)
+ort.set_default_logger_severity(logs.onnxruntime_severity())
 
 LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -43,7 +44,7 @@ def session(proto: onnx.ModelProto, level: str = "disable", threads: int = 0,
             optimized_path: str | None = None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = LEVELS[level]
-    options.log_severity_level = 3
+    options.log_severity_level = logs.onnxruntime_severity()
     if threads:
         options.intra_op_num_threads = threads
     if optimized_path:
@@ -53,13 +54,26 @@ def session(proto: onnx.ModelProto, level: str = "disable", threads: int = 0,
     except Exception as exc:
         newest_ir = _max_ir_version(str(exc))
         if newest_ir is None or proto.ir_version <= newest_ir:
-            raise UserError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
+            raise UserError(_load_error(proto, exc)) from None
     # A newer onnx package stamps an IR version onnxruntime does not know yet; the graph itself
     # rarely uses anything new, so retry with the newest IR version onnxruntime accepts.
     downgraded = onnx.ModelProto()
     downgraded.CopyFrom(proto)
     downgraded.ir_version = newest_ir
     return session(downgraded, level, threads, optimized_path)
+
+
+def _load_error(proto: onnx.ModelProto, exc: BaseException) -> str:
+    """onnxruntime's load failure as one line naming the cause and what to do."""
+    unknown = re.search(r"(?:Fatal error: )?([\w.]*):(\w+)\(-?\d+\) is not a registered function/op", str(exc))
+    if unknown:
+        domain, op = unknown[1], unknown[2]
+        node = next((n.name for n in proto.graph.node if n.op_type == op and n.domain == domain), "")
+        where = f"node {node!r} is op {op} of domain {domain}" if node else f"op {op} of domain {domain}"
+        return (f"{where}, which onnxruntime has no kernel for, so trtdebug can compute no FP32 reference "
+                "(with any --engine, --engine results included); replace it with standard ONNX ops for "
+                "debugging, e.g. the op's ONNX decomposition that a TensorRT plugin stands in for")
+    return f"onnxruntime cannot load the model: {_first_line(exc)}"
 
 
 def _max_ir_version(message: str) -> int | None:
@@ -70,12 +84,24 @@ def _max_ir_version(message: str) -> int | None:
 def run(sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
         outputs: list[str] | None = None) -> dict[str, np.ndarray]:
     names = outputs or [o.name for o in sess.get_outputs()]
-    wanted = {i.name for i in sess.get_inputs()}
+    wanted = {i.name: FLOAT_TYPES.get(i.type) for i in sess.get_inputs()}
+    given = {k: _as_type(np.asarray(v), wanted[k]) for k, v in feeds.items() if k in wanted}
     try:
-        values = sess.run(names, {k: v for k, v in feeds.items() if k in wanted})
+        values = sess.run(names, given)
     except Exception as exc:
         raise UserError(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
     return dict(zip(names, (np.asarray(v) for v in values), strict=True))
+
+
+FLOAT_TYPES: dict[str, np.dtype] = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
+               "tensor(double)": np.dtype(np.float64)}
+
+
+def _as_type(value: np.ndarray, wanted: np.dtype | None) -> np.ndarray:
+    """FP16 feeds of a model stored in FP16 go into its FP32 upcast as FP32 (exactly)."""
+    if wanted is not None and value.dtype.kind == "f" and value.dtype != wanted:
+        return value.astype(wanted)
+    return value
 
 
 def _first_line(exc: BaseException) -> str:

@@ -506,6 +506,9 @@ def rank_nodes(model: Model, candidates: Sequence[str], compare: CompareResult |
             raise_to(report.node, level, f"{where} {kinds}: {metrics.frac_outside:.0%} of {report.tensor} "
                                          "out of tolerance")
             severity[report.node] = max(severity[report.node], _severity(metrics))
+        for culprit in compare.culprits:  # what compare's headline names is tried first
+            explained = "" if culprit.explained is None else f", explains {culprit.explained:.0%} of the output error"
+            raise_to(culprit.node, 5, f"compare's culprit ({culprit.tensor}{explained})")
     ordered = sorted(candidates, key=lambda n: (-tier[n], -severity[n][0], -severity[n][1], position[n]))
     return [Suspicion(n, tier[n], severity[n], tuple(reasons[n])) for n in ordered]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from trtdebug import logs
 from trtdebug.core import files
 from trtdebug.core.model import Model
 from trtdebug.engines.base import Capabilities, LayerInfo, Marking
@@ -37,6 +38,7 @@ def _load_polygraphy(path: Path, runner: str | None, iteration: int
                      ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     from polygraphy.comparator import RunResults
 
+    logs.quiet_polygraphy()
     try:
         results = RunResults.load(str(path))
     except Exception as exc:  # Polygraphy raises its own exception types for foreign JSON

@@ -49,6 +49,7 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
                                 problem.reference_outputs())
         result.passed, result.verdict, result.check = verdict.passed, verdict.reason, check.template
     result.layers = list(built.layers)
+    _note_fidelity(result)
     result.marking = dict(built.marking_notes)
     result.local_error = local is not None
     result.kept = plan.kept()
@@ -79,6 +80,16 @@ def _culprits(problem: Problem, engine: Engine, plan: PrecisionPlan, built: Buil
     run = (lambda replacements: substituting.run_substituted(problem.feeds, replacements)) if substituting else None
     return find_culprits(model, result.tensors, keepable or set(model.node_by_name), problem.reference,
                          problem.tolerance, run, outputs if substituting else None)
+
+
+def _note_fidelity(result: CompareResult) -> None:
+    """Carry the engine's own fidelity notes (e.g. the emulator's FP32-inside recurrent layers) to tensors."""
+    by_tensor = {t.tensor: t for t in result.tensors}
+    for layer in result.layers:
+        note = layer.extra.get("fidelity", "")
+        for tensor in layer.outputs if note else ():
+            if tensor in by_tensor:
+                by_tensor[tensor].fidelity = note
 
 
 def compare_case(case: Case, mark: Marking | None = None, progress: Progress = SILENT,

@@ -26,7 +26,7 @@ from trtdebug.core.bans import BanList
 from trtdebug.core.cost import CostModel, shapes_of
 from trtdebug.core.criterion import CheckCommand
 from trtdebug.core.int8_findings import fallback_candidates, int8_provenance, pair_readers_in_float, rank_int8
-from trtdebug.core.journal import Journal, journal_path
+from trtdebug.core.journal import Journal, JournalLock, journal_path, lock_path
 from trtdebug.core.metrics import CompareResult
 from trtdebug.core.precision import PrecisionPlan, eligible_nodes
 from trtdebug.core.quantization import QuantizedModel
@@ -94,14 +94,21 @@ def fallback_outputs(plan_path: Path) -> dict[str, Path]:
     paths = output_paths(plan_path)
     return {"--out plan": plan_path, "journal": paths["journal"], "compare report": paths["compare"],
             "mixed-precision ONNX": paths["onnx"], "its external data": Path(f"{paths['onnx']}.data"),
-            "engine file": paths["engine"]}
+            "engine file": paths["engine"], "journal lock": lock_path(paths["journal"])}
 
 
 def run_fallback(case: Case, out: str | Path, strategy: str = "ranked", resume: bool = False,
                  check: CheckCommand | None = None, progress: Progress = SILENT,
                  judge: Judge | None = None) -> FallbackOutcome:
-    """`judge` (workflows.parallel) evaluates each search round's candidates at once, in worker
+    """The search; one run at a time per --out (a second one is refused naming the first's pid).
+    `judge` (workflows.parallel) evaluates each search round's candidates at once, in worker
     processes or on Ray; the plan is the one the sequential search finds."""
+    with JournalLock(output_paths(Path(out))["journal"]):
+        return _run_fallback(case, out, strategy, resume, check, progress, judge)
+
+
+def _run_fallback(case: Case, out: str | Path, strategy: str, resume: bool, check: CheckCommand | None,
+                  progress: Progress, judge: Judge | None) -> FallbackOutcome:
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     problem, engine, base, bans = case.problem, case.engine, case.plan, case.bans

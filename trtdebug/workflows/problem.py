@@ -83,7 +83,7 @@ class Case:
 def load_plan(path: str | Path | None, model: Model, precision: str | None) -> PrecisionPlan:
     """The plan to build with: the file's (made for this model), or all nodes at `precision`."""
     if path is None:
-        return PrecisionPlan(default=precision or DEFAULT_PRECISION).for_model(model)
+        return PrecisionPlan(default=precision or model.stored_precision or DEFAULT_PRECISION).for_model(model)
     plan = PrecisionPlan.load(path)
     plan.check_for(model, source=str(path))
     if precision is not None and precision != plan.default:

@@ -133,6 +133,12 @@ def _render_notes(result: CompareResult, console: Console) -> None:
                       f"{'passes' if repro.marked_passed else 'fails'}")
     elif repro is not None and not repro.checked:
         console.print(f"[yellow]warning[/]: could not check that marking left the engine unchanged: {repro.reason}")
+    inside = sorted({t.node for t in result.tensors if t.fidelity})
+    if inside:
+        names = ", ".join(escape(n) for n in inside[:3]) + (" ..." if len(inside) > 3 else "")
+        console.print(f"[yellow]fidelity[/]: {len(inside)} layer(s) run in FP32 inside ({names}): the emulator "
+                      "rounds their inputs and outputs, not every time step, so their FP16 error is understated",
+                      style="dim")
     risky = [v for v in result.range_violations if not v.folded_by_builder]
     if risky:
         names = ", ".join(v.tensor for v in risky[:3]) + (" ..." if len(risky) > 3 else "")

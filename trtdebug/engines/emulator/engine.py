@@ -200,7 +200,8 @@ class EmulatorBuilt:
                       op_type=n.op_type, outputs=tuple(o for o in n.output if o),
                       alternatives=choices[n.name].alternatives if choices and n.name in choices else (),
                       extra={"layer": n.name, **({"tactic_choice": asdict(choices[n.name])}
-                                                  if choices and n.name in choices else {})})
+                                                  if choices and n.name in choices else {}),
+                             **({"fidelity": FP32_INSIDE} if _rounds_only_at_edges(n) else {})})
             for n in folded.proto.graph.node
         ]
         self.float_tensors = self._float_tensors()
@@ -323,6 +324,17 @@ class EmulatorBuilt:
         cut_floats = {REF_PREFIX + t for t in feeds_from.values() if t in self.float_tensors}
         proto = self._rounded_graph(kept, self.float_tensors | cut_floats)
         return onnxrt.session(onnxrt.with_outputs(proto, outputs)), feeds_from
+
+
+# Recurrent ops step through time inside one ONNX node, and control flow runs whole subgraphs: the
+# emulator rounds such a layer's inputs and outputs, not every time step (TensorRT rounds each step).
+RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
+FP32_INSIDE = "FP32 inside: the emulator rounds this layer's inputs and outputs, not each step or subgraph node"
+
+
+def _rounds_only_at_edges(node: onnx.NodeProto) -> bool:
+    return node.op_type in RECURRENT_OPS or any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
 
 
 def _layer_precision(model: Model, plan: PrecisionPlan, nodes: tuple[str, ...]) -> str:

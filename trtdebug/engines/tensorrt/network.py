@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import onnx
 
+from trtdebug.core.inputs import input_shape_hint
 from trtdebug.core.precision import PRECISIONS, PrecisionPlan
 from trtdebug.engines.base import BuildError
 from trtdebug.engines.tensorrt.layers import NodeResolver, network_layer_nodes
@@ -153,9 +154,8 @@ def shape_ranges_for(network: trt.INetworkDefinition, input_shapes: Mapping[str,
         elif all(d >= 0 for d in static):
             profile.shapes[name] = (static, static, static)
         else:
-            dims = "x".join(str(d) if d >= 0 else "N" for d in static)
             raise UserError(f"input {name!r} has dynamic shape {list(static)}; give one with "
-                            f"--input-shape {name}:{dims}")
+                            f"{input_shape_hint(name, static)}")
         _check_range(name, static, profile.shapes[name])
     return profile
 
