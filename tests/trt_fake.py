@@ -451,7 +451,8 @@ ONNX_LAYER_TYPES = {"Conv": "CONVOLUTION", "Relu": "ACTIVATION", "Sigmoid": "ACT
                     "Mul": "ELEMENTWISE", "Sub": "ELEMENTWISE", "Reshape": "SHUFFLE", "Flatten": "SHUFFLE",
                     "Shape": "SHAPE", "Concat": "CONCATENATION", "GlobalAveragePool": "REDUCE",
                     "BatchNormalization": "SCALE", "Cast": "CAST", "Constant": "CONSTANT",
-                    "MatMul": "MATRIX_MULTIPLY", "Identity": "IDENTITY"}
+                    "MatMul": "MATRIX_MULTIPLY", "Identity": "IDENTITY", "QuantizeLinear": "QUANTIZE",
+                    "DequantizeLinear": "DEQUANTIZE"}
 SHAPE_VALUE_OPS = ("Reshape", "Expand", "Tile", "ConstantOfShape")
 COMPUTE_TYPES = ("CONVOLUTION", "MATRIX_MULTIPLY", "ELEMENTWISE", "ACTIVATION", "SCALE", "REDUCE")
 
@@ -738,21 +739,31 @@ class Builder(Checked):
         if missing:  # as TensorRT-RTX reports it (IBuilder::buildSerializedNetwork, Error Code 4)
             self._log("ERROR", f"Optimization profile 0 is missing values for shape input tensor {missing[0]}.")
             return None
-        if config._calibrator is not None:
-            self._calibrate(config._calibrator, network)
+        if config._calibrator is not None and not self._calibrate(config._calibrator, network):
+            # As TensorRT reports a calibration that saw no data (and had no cache to read).
+            self._log("ERROR", "Calibration failure occurred with no scaling factors detected.")
+            return None
         chosen = self._choose_tactics(network, config)
         return self._plan(network, config, chosen)
 
-    def _calibrate(self, calibrator: Any, network: INetworkDefinition) -> None:
+    def _calibrate(self, calibrator: Any, network: INetworkDefinition) -> bool:
+        """TensorRT reads the cache first and calibrates only without one; False: no scales."""
         names = [t.name for t in network._inputs]
         calibrator.get_batch_size()
-        calibrator.read_calibration_cache()
+        if calibrator.read_calibration_cache():
+            recorder().call("IInt8EntropyCalibrator2", "cache_read")
+            return True
+        batches = 0
         while True:
             pointers = calibrator.get_batch(names)
             if not pointers:
                 break
+            batches += 1
             recorder().call("IInt8EntropyCalibrator2", "batch", tuple(pointers))
+        if not batches:
+            return False
         calibrator.write_calibration_cache(b"calibration-cache")
+        return True
 
     def _choose_tactics(self, network: INetworkDefinition, config: IBuilderConfig) -> dict[str, str]:
         compute = [(i, layer) for i, layer in enumerate(network._layers) if layer.type.name in COMPUTE_TYPES]

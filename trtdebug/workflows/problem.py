@@ -8,7 +8,7 @@ surfaces here, before any long work starts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from trtdebug.core.precision import PrecisionPlan
 from trtdebug.core.reference import LazyReference, first_nonfinite, inputs_upstream, run_reference
 from trtdebug.engines import Engine, get_engine
 from trtdebug.errors import UserError
-from trtdebug.workflows.quantize import Calibration, int8_model
+from trtdebug.workflows.quantize import Calibration, calibration_files, int8_model
 
 Shape = tuple[int, ...]
 DEFAULT_PRECISION = "fp16"
@@ -131,7 +131,7 @@ def prepare(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None =
                        spec.engine)
     plan = load_plan(spec.plan, model, spec.precision)
     bans = load_bans(spec.bans, model)
-    engine = open_engine(spec.engine, spec.results, spec.obey, feeds, spec.input_profiles)
+    engine = open_engine(spec.engine, spec.results, spec.obey, feeds, spec.input_profiles, spec.calib_inputs)
     tolerance = Tolerance.for_precision(plan.default, spec.atol, spec.rtol, spec.output_tolerances)
     problem = Problem.prepare(model, feeds, tolerance, spec.memory_budget)
     refuse_nonfinite_reference(problem, spec)
@@ -168,9 +168,11 @@ def _range_hint(name: str, value: np.ndarray, spec: ProblemSpec) -> str:
 
 def open_engine(name: str, results: str | Path | None = None, obey: bool = False,
                 feeds: Mapping[str, np.ndarray] | None = None,
-                profiles: Mapping[str, tuple[Shape, Shape, Shape]] | None = None) -> Engine:
+                profiles: Mapping[str, tuple[Shape, Shape, Shape]] | None = None,
+                calib_inputs: Sequence[str | Path] = ()) -> Engine:
     """The engine by name. TensorRT builds get an optimization profile around the feeds' shapes, or the
-    user's MIN/OPT/MAX profiles, and the values of shape-tensor inputs from the feeds."""
+    user's MIN/OPT/MAX profiles, the values of shape-tensor inputs from the feeds, and, for implicit
+    INT8, the --calib-inputs batches (else the feeds, as the emulator calibrates)."""
     if name == "results":
         if not results:
             raise UserError("--engine results needs --results FILE (Polygraphy --save-outputs JSON or .npz)")
@@ -181,8 +183,11 @@ def open_engine(name: str, results: str | Path | None = None, obey: bool = False
         feeds = feeds or {}
         # Small integer tensors may be shape-tensor inputs; the engine ignores those that are not.
         shape_values = {n: v for n, v in feeds.items() if v.dtype.kind in "iu" and v.ndim <= 1}
+        batches = ([load_feeds(p) for p in calibration_files(calib_inputs)] if calib_inputs
+                   else [dict(feeds)] if feeds else [])
         return get_engine(name, obey_constraints=obey, input_shapes={n: v.shape for n, v in feeds.items()},
-                          shape_ranges=dict(profiles or {}), shape_input_values=shape_values)
+                          shape_ranges=dict(profiles or {}), shape_input_values=shape_values,
+                          calibration_feeds=batches)
     if profiles:
         raise UserError(f"--input-shape NAME:MIN,OPT,MAX sets a TensorRT optimization profile; the {name} "
                         "engine runs one shape: give NAME:DxDx...")

@@ -9,12 +9,13 @@ describes the engine's layers from the inspector (GPU) or the build log (no GPU)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from trtdebug.core.bans import BanList
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.quantization import QdqPair, QuantizedModel, qdq_for_plan, removal_for_plan
 from trtdebug.engines.base import LayerInfo
 from trtdebug.engines.tensorrt.layers import (
     NodeResolver,
@@ -24,9 +25,11 @@ from trtdebug.engines.tensorrt.layers import (
 )
 from trtdebug.engines.tensorrt.network import (
     PrecisionNotes,
+    Profile,
     add_profile,
     apply_weak_typing,
     create_network,
+    enable_explicit_int8,
     has_explicit_quantization,
     mark,
     mark_unfused,
@@ -87,12 +90,24 @@ class NetworkBuilder:
         self.strong = engine.strong_typing
         self.control = engine.tactic_control(bans)
         self.resolver = NodeResolver([n.name for n in model.nodes])
+        # A Q/DQ model: the pairs the plan keeps in INT8 (their DequantizeLinear outputs stand for
+        # the float tensors reports name); the plan's pair keys are graph edits, not layer precisions.
+        self.live_pairs: list[QdqPair] = []
+        self.layer_plan = plan
+        if isinstance(model, QuantizedModel):
+            gone = {p.quantize for p in removal_for_plan(model, plan.nodes)[0]}
+            self.live_pairs = [p for p in model.pairs.values() if p.quantize not in gone and not p.is_weight]
+            self.layer_plan = replace(plan, nodes={n: p for n, p in plan.nodes.items() if n not in model.pairs})
         self.proto, self.modified = self._graph()
         self.builds = 0
         self.failures: dict[str, str] = {}
         self._unmarked: dict[str, BuildResult] = {}
 
     def _graph(self) -> tuple[Any, bool]:
+        if isinstance(self.model, QuantizedModel):
+            # The Q/DQ graph the plan describes (model.proto is its float counterpart, the reference):
+            # strongly typed networks take INT8 from the Q/DQ layers, weakly typed ones with the INT8 flag.
+            return qdq_for_plan(self.model, self.plan.nodes), bool(self.plan.nodes)
         if not self.strong:
             return self.model.proto, False
         if self.plan.default == "fp32" and not self.plan.nodes:
@@ -105,12 +120,22 @@ class NetworkBuilder:
         return self.resolver.from_name(builder_name)[0]
 
     def candidates(self, wanted: set[str]) -> list[str]:
-        """Tensors that can be marked, in network order (parses once, builds nothing)."""
+        """Tensors that can be marked, in network order (parses once, builds nothing). A quantized
+        float tensor is asked for by the DequantizeLinear output that stands for it in the Q/DQ
+        graph (the value its INT8 readers see); where that cannot be marked, by its own name."""
         logger = make_logger(self.trt)
         builder = self.trt.Builder(logger)
         network = create_network(self.trt, builder, self.features, self.strong)
         _parser = parse_onnx(self.trt, network, logger, self.proto, self.modified)
-        return markable_tensors(self.trt, network, wanted)
+        stands_for = {p.source: p.dequantized[0] for p in self.live_pairs}
+        found = markable_tensors(self.trt, network, wanted | {stands_for[t] for t in wanted if t in stands_for})
+        by_dequantized = set(found)
+        return [t for t in found if not (t in stands_for and stands_for[t] in by_dequantized)]
+
+    def fallback_for(self, tensor: str) -> str | None:
+        """What to mark instead of a DequantizeLinear output whose marking breaks the build: the
+        float tensor its QuantizeLinear reads (TensorRTBuilt fake-quantizes it on the host)."""
+        return next((p.source for p in self.live_pairs if tensor in p.dequantized), None)
 
     def unmarked(self, mode: str) -> BuildResult:
         if mode not in self._unmarked:
@@ -131,18 +156,20 @@ class NetworkBuilder:
         parser = parse_onnx(trt_api, network, logger, self.proto, self.modified)
         config = builder.create_builder_config()
         self._configure(config)
-        profile = add_profile(builder, config, shape_ranges_for(network, self.options.input_shapes,
-                                                               self.options.shape_ranges,
-                                                               self.options.shape_input_values))
+        ranges = shape_ranges_for(network, self.options.input_shapes, self.options.shape_ranges,
+                                  self.options.shape_input_values)
+        profile = add_profile(builder, config, ranges)
         if mode in ("outputs", "debug"):
             mark(network, marked, mode)
         elif mode == "unfused":
             mark_unfused(network)
         precision = PrecisionNotes()
         if not self.strong:
-            precision = apply_weak_typing(trt_api, network, config, self.features, self.plan, self.resolver,
+            precision = apply_weak_typing(trt_api, network, config, self.features, self.layer_plan, self.resolver,
                                           self.options.obey_constraints)
-        calibrator = self._calibrate(network, config, profile, precision)
+            if has_explicit_quantization(trt_api, network):
+                enable_explicit_int8(trt_api, config, precision)
+        calibrator = self._calibrate(network, config, profile, ranges, precision)
         try:
             serialized, records = self._build_with_tactics(builder, network, config, logger)
         finally:
@@ -182,7 +209,7 @@ class NetworkBuilder:
             config.set_compute_capability(getattr(enum, target), index)
 
     def _calibrate(self, network: trt.INetworkDefinition, config: trt.IBuilderConfig, profile: Any,
-                   precision: PrecisionNotes) -> Any:
+                   profile_shapes: Profile, precision: PrecisionNotes) -> Any:
         if "INT8" not in precision.flags or has_explicit_quantization(self.trt, network):
             return None
         if not self.features.calibrators:
@@ -190,9 +217,11 @@ class NetworkBuilder:
         if not self.options.calibration_feeds and not self.options.calibration_cache:
             raise UserError("INT8 without Q/DQ nodes needs calibration data: pass calibration feeds or a "
                             "calibration cache, or give a Q/DQ (explicitly quantized) model")
-        from trtdebug.engines.tensorrt.calibration import make_calibrator
+        from trtdebug.engines.tensorrt.calibration import calibration_batches, make_calibrator
 
-        calibrator = make_calibrator(self.trt, self.options.calibration_feeds, self.options.calibration_cache)
+        batches = calibration_batches(self.trt, network, profile_shapes, self.options.calibration_feeds)
+        memory = self.engine.calibration_caches.setdefault(self.model.sha256, {})
+        calibrator = make_calibrator(self.trt, batches, self.options.calibration_cache, memory=memory)
         with quiet_deprecations():
             config.int8_calibrator = calibrator
             config.set_calibration_profile(profile)

@@ -17,8 +17,14 @@ from trtdebug.errors import UserError
 
 
 def make_calibrator(trt_api: Any, batches: Sequence[Mapping[str, np.ndarray]], cache_path: str | None,
-                    runtime: CudaRuntime | None = None) -> Any:
-    """An IInt8EntropyCalibrator2 that hands TensorRT one feed dict per batch."""
+                    runtime: CudaRuntime | None = None, memory: dict[str, bytes] | None = None) -> Any:
+    """An IInt8EntropyCalibrator2 that hands TensorRT one feed dict per batch.
+
+    `memory` keeps the cache TensorRT writes after calibrating ("cache" key) across builds: a later
+    build of the same model (another plan, marking chunk, or the rebuild after a timing-cache ban,
+    whose calibrator's batches are spent) reads it back instead of calibrating again, as Polygraphy's
+    calibrator returns its `cache_contents` (tools/Polygraphy/polygraphy/backend/trt/calibrator.py)."""
+    kept = memory if memory is not None else {}
 
     class FeedCalibrator(trt_api.IInt8EntropyCalibrator2):  # type: ignore[name-defined,misc]
         def __init__(self) -> None:
@@ -52,13 +58,16 @@ def make_calibrator(trt_api: Any, batches: Sequence[Mapping[str, np.ndarray]], c
                 return None
 
         def read_calibration_cache(self) -> bytes | None:
+            if kept.get("cache"):
+                return kept["cache"]
             if cache_path and Path(cache_path).is_file():
-                return Path(cache_path).read_bytes()
+                return Path(cache_path).read_bytes() or None  # empty: calibrate again
             return None
 
         def write_calibration_cache(self, cache: Any) -> None:
+            kept["cache"] = bytes(cache)
             if cache_path:
-                Path(cache_path).write_bytes(bytes(cache))
+                Path(cache_path).write_bytes(kept["cache"])
 
         def release(self) -> None:
             if self.arena is not None:
@@ -66,3 +75,30 @@ def make_calibrator(trt_api: Any, batches: Sequence[Mapping[str, np.ndarray]], c
                 arena.close()
 
     return FeedCalibrator()
+
+
+def calibration_batches(trt_api: Any, network: Any, profile: Any,
+                        batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Each batch's inputs cast to the network input's type and checked against the calibration
+    profile's OPT shape, which TensorRT calibrates at (Polygraphy checks calibration data against
+    the same: try_setup_polygraphy_calibrator, get_input_metadata_from_network(force_opt_shapes=True),
+    tools/Polygraphy/polygraphy/backend/trt/util.py)."""
+    from trtdebug.engines.tensorrt.network import dims_tuple
+    from trtdebug.engines.tensorrt.runner import host_input, host_type
+
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    checked = []
+    for index, batch in enumerate(batches):
+        cast = dict(batch)
+        for tensor in inputs:
+            name = tensor.name
+            if name not in batch:
+                raise UserError(f"calibration batch {index} lacks input {name!r}")
+            value = host_input(name, batch[name], host_type(trt_api, tensor.dtype))
+            expected = profile.shapes[name][1] if name in profile.shapes else dims_tuple(tensor.shape)
+            if tuple(value.shape) != tuple(expected):
+                raise UserError(f"calibration batch {index}: input {name!r} has shape {list(value.shape)}, but "
+                                f"TensorRT calibrates at the profile's OPT shape {list(expected)}")
+            cast[name] = value
+        checked.append(cast)
+    return checked

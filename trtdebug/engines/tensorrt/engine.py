@@ -75,6 +75,8 @@ class TensorRTEngine:
         self.capabilities = Capabilities(serializes=True, records_tactics_on_request=True,
                                          tactics=not self.features.is_rtx)
         self._device: bool | None = None
+        # Implicit INT8: the calibration cache of each model (by sha256), written by its first build.
+        self.calibration_caches: dict[str, dict[str, bytes]] = {}
 
     def recording_tactics(self) -> TensorRTEngine:
         """The same engine, recording each layer's tactic and alternatives (for `trtdebug tactics`)."""
@@ -156,7 +158,7 @@ class TensorRTEngine:
             chunks, notes = build_marked(builder, model, mark, self.options.max_marking_builds)
         notes.update(mode=mark.mode, builds=builder.builds, chunk_size=mark.chunk_size, chunks=len(chunks),
                      **builder.describe(chunks[0].result))
-        return TensorRTBuilt(self, model, chunks, mark.mode, notes)
+        return TensorRTBuilt(self, model, chunks, mark.mode, notes, builder.live_pairs)
 
 
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:

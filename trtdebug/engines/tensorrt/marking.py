@@ -34,9 +34,18 @@ def build_marked(builder: NetworkBuilder, model: Model, mark: Marking, max_build
         chunks.append(Chunk(kept, result))
         dropped.extend({"tensor": t, "reason": builder.failures.get(t, "not tried: marking retry budget spent")}
                        for t in failed)
+    # A DequantizeLinear output that broke the build: mark the float tensor it stands for instead.
+    fallbacks = {d["tensor"]: builder.fallback_for(d["tensor"]) for d in dropped}
+    retry = [f for f in dict.fromkeys(fallbacks.values()) if f is not None and f not in candidates]
+    if retry and builder.builds < max_builds:
+        kept, failed, result = build_dropping(builder, retry, mark.mode, max_builds)
+        if kept:
+            chunks.append(Chunk(kept, result))
+            dropped = [d for d in dropped if fallbacks[d["tensor"]] not in kept]
+        dropped.extend({"tensor": t, "reason": builder.failures.get(t, "not tried: marking retry budget spent")}
+                       for t in failed)
     marked = [t for c in chunks for t in c.marked]
     return chunks, {"requested": len(candidates), "marked": marked, "dropped": dropped}
-
 
 
 def build_dropping(builder: NetworkBuilder, tensors: list[str], mode: str, max_builds: int

@@ -364,9 +364,33 @@ def _constrain(trt_api: Any, layer: trt.ILayer, precision: str) -> None:
         layer.set_output_type(j, data_type)
         tensor = layer.get_output(j)
         if tensor.is_network_output:  # set_output_type leaves network I/O types alone
-            tensor.dtype = data_type
+            tensor.dtype = marked_type(trt_api, data_type)
+
+
+def marked_type(trt_api: Any, data_type: Any) -> Any:
+    """The type a marked (or model) output of a layer computing in `data_type` is read back in. An
+    INT8 layer's output stays FLOAT: as an INT8 network output TensorRT would hand back its raw
+    codes, without the scale (the calibrated dynamic range) to read them. NvInfer.h, ITensor::setType:
+    in weakly typed networks an output's type "merely has to be implicitly convertible from the
+    inferred type", and "implicit data type conversion is supported among kFLOAT, kHALF, kINT8, and
+    kFP8" (NvInfer.h, ISliceLayer::setInput)."""
+    return trt_api.DataType.FLOAT if data_type == trt_api.DataType.INT8 else data_type
 
 
 def has_explicit_quantization(trt_api: Any, network: trt.INetworkDefinition) -> bool:
     qdq = enum_members(trt_api.LayerType, ("QUANTIZE", "DEQUANTIZE"))
     return any(network.get_layer(i).type in qdq for i in range(network.num_layers))
+
+
+def enable_explicit_int8(trt_api: Any, config: trt.IBuilderConfig, notes: PrecisionNotes) -> None:
+    """A weakly typed network with Q/DQ layers (TensorRT 8.x-10.x) builds its INT8 layers only under
+    BuilderFlag.INT8, and its other layers in FP16 only under BuilderFlag.FP16: NVIDIA's QAT flows
+    build Q/DQ ONNX with `trtexec --int8` (tools/pytorch-quantization/examples/torchvision/
+    classification_flow.py, tools/tensorflow-quantization/examples/README.md), and trtexec sets no
+    flag by itself for Q/DQ networks (samples/common/sampleEngines.cpp, setupNetworkAndConfig).
+    Strongly typed networks take no precision flags: their Q/DQ layers say it all."""
+    with quiet_deprecations():
+        for flag in ("INT8", "FP16"):
+            if flag not in notes.flags:
+                config.set_flag(getattr(trt_api.BuilderFlag, flag))
+                notes.flags.append(flag)

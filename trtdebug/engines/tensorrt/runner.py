@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trtdebug.core.model import Model
+from trtdebug.core.quantization import QdqPair
 from trtdebug.engines.base import LayerInfo
 from trtdebug.engines.tensorrt.builder import BuildResult, Chunk
 from trtdebug.engines.tensorrt.cuda_buffers import (
@@ -252,8 +253,9 @@ class TensorRTBuilt:
     """Built engine(s): one per marking chunk, run one after another and merged."""
 
     def __init__(self, engine: TensorRTEngine, model: Model, chunks: list[Chunk], mode: str,
-                 notes: dict[str, Any]):
+                 notes: dict[str, Any], live_pairs: Sequence[QdqPair] = ()):
         self.engine = engine
+        self.live_pairs = list(live_pairs)  # Q/DQ model: activation pairs the engine keeps in INT8
         self.trt = engine.trt
         self.model = model
         self.chunks = chunks
@@ -292,6 +294,7 @@ class TensorRTBuilt:
                     del engine, runtime  # the context went with run_engine; the engine before its runtime
             if errors:
                 self.marking_notes.setdefault("debug_errors", []).extend(errors[:10])
+            values = self._to_float_names(values)
             for name, value in values.items():
                 if name in self.onnx_tensors:
                     merged.setdefault(name, value)
@@ -303,6 +306,19 @@ class TensorRTBuilt:
         if self.mode == "unfused":
             self.marking_notes["marked"] = sorted(n for n in merged if n not in {o.name for o in self.model.outputs})
         return merged
+
+    def _to_float_names(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A Q/DQ engine's tensors by the float counterpart's names: a quantized tensor is the
+        output of its DequantizeLinear (what its INT8 readers see), or, where only the float tensor
+        the QuantizeLinear reads could be marked, that tensor quantized and dequantized here."""
+        outputs = {o.name for o in self.model.outputs}
+        for pair in self.live_pairs:
+            dequantized = pair.dequantized[0]
+            if dequantized in values:
+                values[pair.source] = values[dequantized]
+            elif pair.source in values and pair.source not in outputs:
+                values[pair.source] = pair.params.fake_quantize(np.asarray(values[pair.source], np.float32))
+        return values
 
     def _deserialize(self, result: BuildResult) -> tuple[Any, Any]:
         assert result.serialized is not None
