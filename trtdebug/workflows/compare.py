@@ -58,7 +58,8 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
                               local_runner is not None, histograms=HISTOGRAMS)
     piecewise = as_piecewise(engine, built)
     chunks = 1
-    if piecewise is not None:
+    # one group: the whole graph runs at once, as without a budget
+    if piecewise is not None and (cplan.chunks > 1 or isinstance(problem.reference, LazyReference)):
         chunks = _compare_pieces(problem, piecewise, local_runner is not None, cplan.groups, comparer, progress)
     else:
         candidate = built.run(problem.feeds)

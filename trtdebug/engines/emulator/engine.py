@@ -213,10 +213,10 @@ class EmulatorBuilt:
             "folded_away": list(folded.folded_away),
         }
         self._exposed_names = exposed
-        self._session = onnxrt.session(onnxrt.with_outputs(self.proto, exposed))
+        self._session: Any = None  # made by the first `run`: a piecewise compare never needs it
         self._local_session: Any = None
-        self._pieces: dict[int, tuple[Any, Any]] = {}
-        self._local_live: dict[str, np.ndarray] = {}  # id(groups) -> (PiecewiseGraph, local PiecewiseGraph)
+        self._pieces: dict[int, tuple[Any, Any]] = {}  # id(groups) -> (PiecewiseGraph, local PiecewiseGraph)
+        self._local_live: dict[str, np.ndarray] = {}
 
     def _float_tensors(self) -> set[str]:
         names = {t for n in self.folded.proto.graph.node for t in [*n.input, *n.output] if t}
@@ -258,6 +258,8 @@ class EmulatorBuilt:
         return [t for t in wanted if t in produced]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._session is None:
+            self._session = onnxrt.session(onnxrt.with_outputs(self.proto, self._exposed_names))
         return onnxrt.run(self._session, feeds)
 
     def run_local(self, reference: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
