@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from trtdebug.core.bans import BanList
-from trtdebug.core.budget import default_budget, plan_compare, tensor_bytes
+from trtdebug.core.budget import default_budget, plan_compare, release_freed_tensors, tensor_bytes
 from trtdebug.core.files import prepare_outputs
 from trtdebug.core.inputs import DEFAULT_RANGES, generate_feeds, load_feeds, resolve_shapes, validate_feeds
 from trtdebug.core.metrics import Tolerance
@@ -44,6 +44,7 @@ class Problem:
     def prepare(cls, model: Model, feeds: Mapping[str, np.ndarray], tolerance: Tolerance,
                 memory_budget: int | None = None) -> Problem:
         feeds = dict(feeds)
+        release_freed_tensors()
         plan = plan_compare(model, tensor_bytes(model, feeds), memory_budget or default_budget())
         if plan.hold_reference:
             return cls(model, feeds, run_reference(model, feeds), tolerance, memory_budget)
