@@ -115,6 +115,26 @@ class NamedPair(click.ParamType):
         return name, (first, second)
 
 
+class MemorySize(click.ParamType):
+    """A memory size such as 8GiB, 500MB or 1.5GB (core.budget.parse_size), in bytes; at least one byte."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        from trtdebug.core.budget import parse_size
+        from trtdebug.errors import UserError
+
+        try:
+            size = parse_size(str(value))
+        except UserError as exc:
+            self.fail(str(exc), param, ctx)
+        if size < 1:
+            self.fail(f"{value!r}: a memory budget must be at least one byte, e.g. 8GiB or 500MB", param, ctx)
+        return size
+
+
 PRECISION = click.Choice(list(PRECISIONS))
 ENGINE = click.Choice(list(ENGINE_NAMES))
 BUILDING_ENGINE = click.Choice([e for e in ENGINE_NAMES if e != "results"])
@@ -164,6 +184,9 @@ def problem_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--obey", is_flag=True,
                      help="TensorRT <= 10: OBEY precision constraints instead of PREFER."),
         *calibration_options(),
+        click.option("--memory-budget", "memory_budget", type=MemorySize(),
+                     help="Memory the comparison may hold, e.g. 8GiB or 500MB: tensors are exposed and compared "
+                          "a group at a time to stay within it [default: half the available memory]."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -176,7 +199,8 @@ def problem_spec(model: str, precision: str | None = None, engine_name: str = "e
                  seed: int = 0, atol: float | None = None, rtol: float | None = None,
                  output_tols: tuple[tuple[str, tuple[float, float]], ...] = (), plan_path: str | None = None,
                  bans_path: str | None = None, results_path: str | None = None, obey: bool = False,
-                 calib_inputs: tuple[str, ...] = (), calib_method: str = "minmax") -> ProblemSpec:
+                 calib_inputs: tuple[str, ...] = (), calib_method: str = "minmax",
+                 memory_budget: int | None = None) -> ProblemSpec:
     """The parsed shared options as the library's typed ProblemSpec."""
     from trtdebug.workflows.problem import ProblemSpec  # onnxruntime loads only when a command runs
 
@@ -185,4 +209,5 @@ def problem_spec(model: str, precision: str | None = None, engine_name: str = "e
                        input_shapes={name: shapes[1] for name, shapes in input_shapes}, input_profiles=profiles,
                        input_ranges=dict(input_ranges), inputs=inputs_path, seed=seed, atol=atol, rtol=rtol,
                        output_tolerances=dict(output_tols), plan=plan_path, bans=bans_path,
-                       results=results_path, obey=obey, calib_inputs=tuple(calib_inputs), calib_method=calib_method)
+                       results=results_path, obey=obey, calib_inputs=tuple(calib_inputs), calib_method=calib_method,
+                       memory_budget=memory_budget)

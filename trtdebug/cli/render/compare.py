@@ -10,6 +10,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from trtdebug.core.budget import format_size
 from trtdebug.core.metrics import CompareResult, TensorReport
 
 REPORT_FORMAT = "trtdebug.compare-report"
@@ -126,6 +127,10 @@ def _render_notes(result: CompareResult, console: Console) -> None:
     compared = len(result.tensors) - missing
     console.print(f"{compared} tensors compared" + (f", {missing} not exposed by the engine (fused)"
                                                      if missing else ""), style="dim")
+    memory = result.marking.get("memory") or {}
+    if memory.get("chunks", 1) > 1:
+        console.print(f"compared in {memory['chunks']} chunks to stay within the "
+                      f"{format_size(memory['budget_bytes'])} memory budget", style="dim")
     repro = result.reproduction
     if repro is not None and repro.checked and not repro.reproduces:
         console.print("[yellow]warning[/]: marking tensors changed the engine: the unmarked build "
