@@ -129,7 +129,8 @@ def plan_compare(model: Model, sizes: Mapping[str, int], budget: int) -> Compare
     outputs = sum(sizes.get(o.name, 0) for o in model.outputs)
     free = budget - (total if hold else outputs)
     # one piece each of reference, candidate and local tensors, plus measuring temporaries and boundaries
-    piece = max(MIN_PIECE, min(free // 6, max(total // PIECE_SHARE, MIN_PIECE)))
+    # MIN_PIECE bounds the default share only: a budget smaller than that is obeyed (one tensor per group)
+    piece = max(1, min(free // 6, max(total // PIECE_SHARE, MIN_PIECE)))
     return ComparePlan(budget, total, hold, group_tensors(tensors, sizes, piece))
 
 
