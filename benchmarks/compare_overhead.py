@@ -11,6 +11,13 @@ Every measurement runs in a fresh process (peak memory is that process's peak re
 
 Printed ratios: compare / runs (time; target <= 1.15 on Silero VAD, flat with size), and compare /
 exposed (time, target <= 3; peak memory, target <= 1.5 on the detector at batch 4, 640x640).
+
+    python -m benchmarks.compare_overhead --memory [--budget 2GiB ...] [--before /path/to/older/checkout]
+
+measures just those two targets in one run: the detector at 4x3x640x640 (DETECTOR_RANGES), one exposed
+FP32 run, then compare (default budget, then each --budget), each in a fresh process, and prints compare's
+time and peak memory divided by the exposed run's. With --before, compare is also measured with the
+trtdebug of another checkout (e.g. the main branch), in the same run for a fair before/after.
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ def _problem(path: str, shapes: Shapes, ranges: Ranges):  # type: ignore[no-unty
     return model, feeds
 
 
-def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges) -> dict[str, float]:
+def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: str = "") -> dict[str, float]:
     """In this process: one measurement of `kind`; seconds and peak RSS in MiB."""
     from rich.console import Console  # imports are not what is measured
 
@@ -89,29 +96,81 @@ def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges) -> dict[s
         built.run_local(reference)
     else:
         model, feeds = _problem(path, shapes, ranges)
-        problem = Problem.prepare(model, feeds, Tolerance.for_precision("fp16"))
+        if budget:  # keyword only where given: an older checkout's Problem.prepare has no budget
+            from trtdebug.core.budget import parse_size
+
+            problem = Problem.prepare(model, feeds, Tolerance.for_precision("fp16"), memory_budget=parse_size(budget))
+        else:
+            problem = Problem.prepare(model, feeds, Tolerance.for_precision("fp16"))
         result = run_compare(problem, EmulatorEngine(), PrecisionPlan("fp16"))
         render_compare(result, Console(file=io.StringIO(), width=160))
         compare_to_json(result)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    notes = {}
+    if kind == "compare":
+        memory = result.marking.get("memory") or {}
+        notes = {"chunks": memory.get("chunks", 1), "reference_held": memory.get("reference_held", True),
+                 "tensor_mib": memory.get("tensor_bytes", 0) / 2**20}
+    return {"seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **notes}
 
 
-def measure(kind: str, path: str, shapes: Shapes, ranges: Ranges) -> dict[str, float]:
-    run = subprocess.run([sys.executable, "-m", "benchmarks.compare_overhead", "--one", kind, path,
-                          json.dumps(shapes), json.dumps(ranges)], capture_output=True, text=True, check=True)
+def measure(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: str = "",
+            checkout: str | None = None) -> dict[str, float]:
+    """One measurement in a fresh process; `checkout`: the trtdebug imported there (default: this one)."""
+    import os
+
+    env = dict(os.environ)
+    if checkout:
+        env["PYTHONPATH"] = os.pathsep.join([checkout, str(Path(__file__).resolve().parent.parent)])
+    extra = ["--one-budget", budget] if budget else []
+    run = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", kind, path,
+                          json.dumps(shapes), json.dumps(ranges), *extra], capture_output=True, text=True,
+                         check=True, env=env)
     return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def memory_mode(budgets: list[str], before: str | None) -> None:
+    """compare / one exposed FP32 run on the detector at 4x3x640x640: time and peak memory, one run."""
+    from fixtures.real_models import DETECTOR_RANGES, text_detector
+
+    path = str(text_detector())
+    shapes: Shapes = {"x": [4, 3, 640, 640]}
+    ranges: Ranges = {k: list(v) for k, v in DETECTOR_RANGES.items()}
+    exposed = measure("exposed", path, shapes, ranges)
+    print("PP-OCRv4 detector, 4x3x640x640; each row one fresh process; peak = peak resident set")
+    print(f"{'run':<34} {'time':>8} {'peak':>9} | {'t/exp':>6} {'m/exp':>6} | chunks, reference")
+    print(f"{'one exposed FP32 run':<34} {exposed['seconds']:7.2f}s {exposed['peak_mib']:7.0f}M |")
+    rows: list[tuple[str, str, str | None]] = []
+    if before:
+        rows.append((f"compare, before ({Path(before).name})", "", before))
+    rows.append(("compare, default budget", "", None))
+    rows += [(f"compare, --memory-budget {b}", b, None) for b in budgets]
+    for label, budget, checkout in rows:
+        m = measure("compare", path, shapes, ranges, budget, checkout)
+        detail = (f"{m['chunks']:.0f} chunk(s), reference {'held' if m['reference_held'] else 'streamed'}, "
+                  f"tensors {m['tensor_mib'] / 1024:.2f} GiB") if "chunks" in m else "(whole)"
+        print(f"{label:<34} {m['seconds']:7.2f}s {m['peak_mib']:7.0f}M | {m['seconds'] / exposed['seconds']:6.2f} "
+              f"{m['peak_mib'] / exposed['peak_mib']:6.2f} | {detail}", flush=True)
+    print("targets: time <= 3x the exposed run, peak memory <= 1.5x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--memory", action="store_true",
+                        help="compare / one exposed FP32 run on the detector at 4x3x640x640 (time, peak memory)")
+    parser.add_argument("--budget", nargs="*", default=[], help="with --memory: also these --memory-budget sizes")
+    parser.add_argument("--before", help="with --memory: also compare with the trtdebug of this checkout")
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--one-budget", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         kind, path, shapes, ranges = args.one
-        print(json.dumps(measure_once(kind, path, json.loads(shapes), json.loads(ranges))))
+        print(json.dumps(measure_once(kind, path, json.loads(shapes), json.loads(ranges), args.one_budget)))
+        return
+    if args.memory:
+        memory_mode(args.budget, args.before)
         return
     print("time: median of --repeat fresh processes; memory: peak resident set of the process (MiB)")
     print(f"{'model':<11} {'nodes':>6} | {'exposed':>14} | {'runs':>14} | {'compare':>14} | "
