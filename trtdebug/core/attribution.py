@@ -53,12 +53,19 @@ def output_error(model: Model, reference: Mapping[str, np.ndarray], outputs: Map
     return total
 
 
-def _severity(report: TensorReport) -> tuple[float, float, float]:
+# Where no run can measure what a tensor explains, a named defect (overflow, INT8 saturation, a layout
+# mismatch, ...) ranks above plain rounding, however many elements the rounding touches.
+NAMED_DEFECTS = frozenset({"overflow", "nan", "saturation", "coarse_scale", "layout", "all_zero", "underflow",
+                           "shape"})
+
+
+def _severity(report: TensorReport) -> tuple[float, float, float, float]:
+    named = 1.0 if any(d.kind in NAMED_DEFECTS for d in report.defects) else 0.0
     m = report.accumulated
     local_bad = 1.0 if report.local is not None and report.local.bad else 0.0
     if m is None:
-        return (local_bad, 1.0, 0.0)
-    return (local_bad, m.frac_outside, -m.snr_db if math.isfinite(m.snr_db) else math.inf)
+        return (named, local_bad, 1.0, 0.0)
+    return (named, local_bad, m.frac_outside, -m.snr_db if math.isfinite(m.snr_db) else math.inf)
 
 
 def _describe(report: TensorReport) -> str:
