@@ -12,6 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from fixtures import odd_models
 from trtdebug.core.precision import PrecisionPlan
 
 
@@ -98,14 +99,7 @@ def test_build_takes_shape_tensor_values_from_inputs(tmp_path: Path) -> None:
     """A Reshape fed by an int64 graph input (a shape tensor) builds only when the profile carries its
     values: `trtdebug build --inputs` supplies them."""
     pytest.importorskip("tensorrt_rtx_bindings")
-    nodes = [helper.make_node("Reshape", ["x", "shape"], ["reshaped"], name="reshape"),
-             helper.make_node("Relu", ["reshaped"], ["y"], name="relu")]
-    graph = helper.make_graph(nodes, "shape_input",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4]),
-                               helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = odd_models.shape_tensor_input()
     onnx.save(model, tmp_path / "reshape.onnx")
     np.savez(tmp_path / "feeds.npz", x=np.ones((2, 3, 4), np.float32), shape=np.array([6, 4], np.int64))
     from trtdebug.core.model import Model

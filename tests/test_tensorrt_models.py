@@ -12,6 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from fixtures import odd_models
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
 from trtdebug.engines.base import Marking
@@ -58,16 +59,7 @@ def test_model_over_the_protobuf_limit_parses_through_a_file_and_stays_whole(
 
 
 def reshape_model() -> onnx.ModelProto:
-    """x[2,3,4] -> Reshape(x, shape) -> relu, with `shape` an int64 graph input: a shape tensor."""
-    nodes = [helper.make_node("Reshape", ["x", "shape"], ["reshaped"], name="reshape"),
-             helper.make_node("Relu", ["reshaped"], ["y"], name="relu")]
-    graph = helper.make_graph(nodes, "shape_input",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4]),
-                               helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return odd_models.shape_tensor_input()
 
 
 def test_shape_tensor_input_gets_its_values_in_the_profile(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ import pytest
 import trt_fake
 from onnx import TensorProto, helper
 
+from fixtures import odd_models
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
 from trtdebug.core.reference import run_reference
@@ -36,15 +37,7 @@ def cudart(monkeypatch: pytest.MonkeyPatch) -> trt_fake.FakeCudart:
 
 
 def reshape_model() -> Model:
-    nodes = [helper.make_node("Reshape", ["x", "shape"], ["reshaped"], name="reshape"),
-             helper.make_node("Relu", ["reshaped"], ["y"], name="relu")]
-    graph = helper.make_graph(nodes, "shape_input",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4]),
-                               helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return Model.from_proto(model)
+    return Model.from_proto(odd_models.shape_tensor_input())
 
 
 def test_shape_tensor_input_values_reach_the_profile_and_run_from_host_memory(

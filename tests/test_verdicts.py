@@ -196,3 +196,17 @@ def test_recurrent_layers_are_marked_fp32_inside(tmp_path):
     assert "1 layer(s) run in FP32 inside (lstm)" in run.stdout
     fidelity = {t["tensor"]: t["fidelity"] for t in json.loads((tmp_path / "r.json").read_text())["tensors"]}
     assert fidelity["h_last"].startswith("FP32 inside") and fidelity["y"] == ""
+
+
+@pytest.mark.parametrize("fixture", ["overflow", "underflow", "all_zero"])
+def test_compares_first_culprit_is_a_node_fallback_keeps(planted_models, tmp_path, fixture):
+    from trtdebug.workflows.compare import compare_case
+    from trtdebug.workflows.fallback import run_fallback
+    from trtdebug.workflows.problem import ProblemSpec, prepare
+
+    path, truth = planted_models[fixture]
+    case = prepare(ProblemSpec(str(path)))
+    result = compare_case(case)
+    assert not result.passed and result.culprits[0].node == truth.node
+    outcome = run_fallback(prepare(ProblemSpec(str(path))), tmp_path / "plan.json")
+    assert outcome.search.kept is not None and result.culprits[0].node in outcome.search.kept

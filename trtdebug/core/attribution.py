@@ -53,12 +53,19 @@ def output_error(model: Model, reference: Mapping[str, np.ndarray], outputs: Map
     return total
 
 
-def _severity(report: TensorReport) -> tuple[float, float, float]:
+# Where no run can measure what a tensor explains, a named defect (overflow, INT8 saturation, a layout
+# mismatch, ...) ranks above plain rounding, however many elements the rounding touches.
+NAMED_DEFECTS = frozenset({"overflow", "nan", "saturation", "coarse_scale", "layout", "all_zero", "underflow",
+                           "shape"})
+
+
+def _severity(report: TensorReport) -> tuple[float, float, float, float]:
+    named = 1.0 if any(d.kind in NAMED_DEFECTS for d in report.defects) else 0.0
     m = report.accumulated
     local_bad = 1.0 if report.local is not None and report.local.bad else 0.0
     if m is None:
-        return (local_bad, 1.0, 0.0)
-    return (local_bad, m.frac_outside, -m.snr_db if math.isfinite(m.snr_db) else math.inf)
+        return (named, local_bad, 1.0, 0.0)
+    return (named, local_bad, m.frac_outside, -m.snr_db if math.isfinite(m.snr_db) else math.inf)
 
 
 def _describe(report: TensorReport) -> str:
@@ -114,4 +121,27 @@ def find_culprits(model: Model, reports: Sequence[TensorReport], keepable: set[s
         culprits.append(Culprit(best.tensor, best.node, best.op_type, False, (baseline - after) / baseline,
                                 _describe(best)))
         remaining = after
-    return culprits, (baseline - remaining) / baseline if culprits else None
+    return _origins_first(model, culprits, introduced), (baseline - remaining) / baseline if culprits else None
+
+
+def _origins_first(model: Model, culprits: list[Culprit], introduced: Sequence[TensorReport]) -> list[Culprit]:
+    """A defect often recurs down a chain: a tensor that underflowed is flushed again where the next layer
+    reads it in FP16. Measuring picks the last link (replacing it repairs everything), but the defect
+    starts at the first: put the chain's origin first, the measured culprit after it."""
+    by_tensor = {r.tensor: r for r in introduced}
+    ordered: list[Culprit] = []
+    for culprit in culprits:
+        chain = []
+        current = by_tensor.get(culprit.tensor)
+        kinds = {d.kind for d in current.defects} if current else set()
+        while current is not None:
+            upstream = [by_tensor[t] for t in model.node_by_name[current.node].input if t in by_tensor]
+            current = next((u for u in upstream if kinds & {d.kind for d in u.defects}), None)
+            if current is not None:
+                chain.append(current)
+        for origin in reversed(chain):
+            if all(c.tensor != origin.tensor for c in [*ordered, *culprits]):
+                ordered.append(Culprit(origin.tensor, origin.node, origin.op_type, culprit.creates_nonfinite,
+                                       None, _describe(origin)))
+        ordered.append(culprit)
+    return ordered[:MAX_CULPRITS]

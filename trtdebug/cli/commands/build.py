@@ -6,7 +6,7 @@ import click
 
 from trtdebug.artifacts.build_flags import FLAG_TOOLS
 from trtdebug.cli import console
-from trtdebug.cli.options import BUILDING_ENGINE, InputShape, problem_spec
+from trtdebug.cli.options import BUILDING_ENGINE, InputShape, NamedPair, problem_spec
 from trtdebug.errors import EXIT_OK, UserError
 
 
@@ -32,16 +32,22 @@ from trtdebug.errors import EXIT_OK, UserError
 @click.option("--inputs", "inputs_path", type=click.Path(path_type=str),
               help="Engine files: feeds (.npz or Polygraphy JSON) whose shapes and shape-tensor values the "
                    "profile uses.")
+@click.option("--input-range", "input_ranges", multiple=True,
+              type=NamedPair("NAME:LOW,HIGH", "shape:1,8", ordered=True),
+              help="Engine files without --inputs: range of a generated input (shape-tensor values; repeatable).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Engine files without --inputs: seed of generated inputs.")
 def build_command(model: str, plan_path: str, bans_path: str | None, engine_name: str, out_path: str | None,
                   emit: tuple[str, ...], obey: bool, target_version: str, calibration_cache: str | None,
-                  qdq: bool, input_shapes: tuple, inputs_path: str | None) -> int:
+                  qdq: bool, input_shapes: tuple, inputs_path: str | None, input_ranges: tuple, seed: int) -> int:
     """Apply a precision plan: write the mixed-precision ONNX model or the built engine, or print the
     trtexec / Polygraphy command that builds it."""
     from trtdebug.workflows.build import EmitOptions, build_artifact
 
     if out_path is None and not emit:
         raise UserError("trtdebug build needs --out FILE (NAME.onnx or an engine file) or --emit trtexec|polygraphy")
-    spec = problem_spec(model, input_shapes=input_shapes, inputs_path=inputs_path)
+    spec = problem_spec(model, input_shapes=input_shapes, inputs_path=inputs_path, input_ranges=input_ranges,
+                        seed=seed)
     outcome = build_artifact(model, plan_path, bans_path, engine_name, out_path, emit,
                              EmitOptions(obey, target_version, calibration_cache, qdq), spec)
     for command in outcome.commands.values():
