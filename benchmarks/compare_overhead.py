@@ -107,10 +107,10 @@ def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: s
         compare_to_json(result)
     seconds = time.perf_counter() - start
     notes = {}
-    if kind == "compare":
-        memory = result.marking.get("memory") or {}
-        notes = {"chunks": memory.get("chunks", 1), "reference_held": memory.get("reference_held", True),
-                 "tensor_mib": memory.get("tensor_bytes", 0) / 2**20}
+    memory = result.marking.get("memory") if kind == "compare" else None
+    if memory:  # an older checkout records none
+        notes = {"chunks": memory["chunks"], "reference_held": memory["reference_held"],
+                 "tensor_mib": memory["tensor_bytes"] / 2**20}
     return {"seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **notes}
 
 
@@ -148,7 +148,7 @@ def memory_mode(budgets: list[str], before: str | None) -> None:
     for label, budget, checkout in rows:
         m = measure("compare", path, shapes, ranges, budget, checkout)
         detail = (f"{m['chunks']:.0f} chunk(s), reference {'held' if m['reference_held'] else 'streamed'}, "
-                  f"tensors {m['tensor_mib'] / 1024:.2f} GiB") if "chunks" in m else "(whole)"
+                  f"tensors {m['tensor_mib'] / 1024:.2f} GiB") if "chunks" in m else "all at once"
         print(f"{label:<34} {m['seconds']:7.2f}s {m['peak_mib']:7.0f}M | {m['seconds'] / exposed['seconds']:6.2f} "
               f"{m['peak_mib'] / exposed['peak_mib']:6.2f} | {detail}", flush=True)
     print("targets: time <= 3x the exposed run, peak memory <= 1.5x")
