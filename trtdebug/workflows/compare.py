@@ -34,14 +34,16 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
                 mark: Marking | None = None, progress: Progress = SILENT,
                 check: CheckCommand | None = None) -> CompareResult:
     """Where the build is wrong. With `check`, the verdict is the user's command's (as in fallback)."""
-    progress.begin(f"building on {engine.name} with layer outputs exposed")
+    progress.begin(f"building on {engine.name} with layer outputs exposed, and running")
     built = engine.build(problem.model, plan, bans, mark or Marking())
-    progress.advance("built")
     candidate = built.run(problem.feeds)
-    progress.advance("ran")
-    local_runner = as_local_error(engine, built)
-    local = local_runner.run_local(problem.reference) if local_runner else None
     progress.end()
+    local_runner = as_local_error(engine, built)
+    local = None
+    if local_runner is not None:
+        progress.begin("computing each layer's local error (the layer fed the reference's inputs)")
+        local = local_runner.run_local(problem.reference)
+        progress.end()
     result = compare_tensors(problem.model, problem.reference, candidate, problem.tolerance, local,
                              layer_map(built), engine.name, plan.default)
     if check is not None:
