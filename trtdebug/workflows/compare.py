@@ -41,7 +41,7 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
     local_runner = as_local_error(engine, built)
     local = None
     if local_runner is not None:
-        progress.begin("computing each layer's local error (the layer fed the reference's inputs)")
+        progress.begin("running each layer alone on the reference's inputs")
         local = local_runner.run_local(problem.reference)
         progress.end()
     result = compare_tensors(problem.model, problem.reference, candidate, problem.tolerance, local,
