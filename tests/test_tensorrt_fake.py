@@ -457,13 +457,23 @@ def test_run_returns_every_marked_tensor_and_frees_buffers(fake: trt_fake.Record
 
 @pytest.mark.parametrize("mode", ["debug", "unfused"])
 def test_debug_tensors_come_back_through_the_listener(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart,
-                                                      overflow_model: Model, mode: str) -> None:
+                                                      overflow_model: Model, mode: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     built = TensorRTEngine("tensorrt").build(overflow_model, PrecisionPlan("fp16"), None, Marking(mode))
     feeds = feeds_for(overflow_model)
+    copied: list[int] = []
+    original_copy = CudaRuntime.copy_to_host
+    monkeypatch.setattr(CudaRuntime, "copy_to_host",
+                        lambda self, host, pointer, stream: copied.append(host.size) or original_copy(
+                            self, host, pointer, stream))
     values = built.run(feeds)
     reference = run_reference(overflow_model, feeds)
     assert "conv_amplify" in values and "logits" in values
     np.testing.assert_allclose(values["conv_amplify"], reference["conv_amplify"], rtol=1e-5)
+    for name in set(values) & set(reference) - {"input"}:  # host- and device-located debug tensors alike
+        np.testing.assert_allclose(values[name], reference[name], rtol=1e-5, err_msg=name)
+    outputs = len(overflow_model.outputs)
+    assert len(copied) > outputs  # device-located debug tensors were copied from the GPU, not read in place
     if mode == "unfused":
         assert built.marking_notes["unmatched_debug_tensors"] == ["__myl_internal_tensor"]
         assert "conv_amplify" in built.marking_notes["marked"]

@@ -1006,9 +1006,18 @@ class IExecutionContext(Checked):
             names = list(self._engine._info.debug) if self._all_debug else []
             if self._unfused and self._engine._info.unfused:
                 names += [n for n in values if n not in names] + ["__myl_internal_tensor"]
-            for name in names:
+            for index, name in enumerate(names):
                 value = np.ascontiguousarray(values.get(name, np.zeros(2, np.float32)).astype(np.float32))
-                self._listener.process_debug_tensor(value.ctypes.data, TensorLocation._members["HOST"],
+                # Real engines hand most debug tensors over in device memory, some (shape tensors) on the
+                # host: alternate, so the listener's copy from the device is exercised too.
+                if index % 2 == 0:
+                    self._listener.process_debug_tensor(value.ctypes.data, TensorLocation._members["HOST"],
+                                                        dt("FLOAT"), value.shape, name, stream_handle)
+                    continue
+                device = ctypes.create_string_buffer(value.nbytes)  # "device" memory the fake cudart copies
+                ctypes.memmove(device, value.ctypes.data, value.nbytes)
+                value[...] = np.nan  # what the listener reads must come from the device buffer
+                self._listener.process_debug_tensor(ctypes.addressof(device), TensorLocation._members["DEVICE"],
                                                     dt("FLOAT"), value.shape, name, stream_handle)
         return True
 

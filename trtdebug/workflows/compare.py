@@ -42,7 +42,7 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
 
     Tensors are exposed, compared and freed a group at a time (core.budget plans the groups within the
     problem's memory budget), so reference, candidate and local-error values of every tensor are never
-    held together."""
+    held together. A model whose tensors make one group runs whole."""
     model = problem.model
     budget = problem.memory_budget or default_budget()
     cplan = plan_compare(model, tensor_bytes(model, problem.feeds), budget)
@@ -50,25 +50,31 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
     builds = math.ceil(3 * cplan.total / budget)  # reference, candidate and measuring, a build's tensors at once
     if not engine.capabilities.pieces and mark.chunk_size is None and builds > 1 and mark.mode != "none":
         mark = replace(mark, chunk_size=max(1, math.ceil(len(model.intermediate_tensors()) / builds)))
-    progress.begin(f"building on {engine.name} with layer outputs exposed")
+    streamed = engine.capabilities.pieces and (cplan.chunks > 1 or isinstance(problem.reference, LazyReference))
+    progress.begin(f"building on {engine.name} with layer outputs exposed" + ("" if streamed else ", and running"))
     built = engine.build(model, plan, bans, mark)
-    progress.advance("built")
+    piecewise = as_piecewise(engine, built) if streamed else None
+    candidate = built.run(problem.feeds) if piecewise is None else None
+    progress.end()
     local_runner = as_local_error(engine, built)
     comparer = TensorComparer(model, problem.tolerance, layer_map(built), engine.name, plan.default,
                               local_runner is not None, histograms=HISTOGRAMS)
-    piecewise = as_piecewise(engine, built)
     chunks = 1
-    # one group: the whole graph runs at once, as without a budget
-    if piecewise is not None and (cplan.chunks > 1 or isinstance(problem.reference, LazyReference)):
+    if piecewise is not None:
+        progress.begin(f"running and comparing {cplan.chunks} groups of tensors one after another")
         chunks = _compare_pieces(problem, piecewise, local_runner is not None, cplan.groups, comparer, progress)
+        progress.end()
     else:
-        candidate = built.run(problem.feeds)
-        progress.advance("ran")
-        local = local_runner.run_local(problem.reference) if local_runner else None
+        assert candidate is not None
+        local = None
+        if local_runner is not None:
+            progress.begin("running each layer alone on the reference's inputs")
+            local = local_runner.run_local(problem.reference)
+            progress.end()
         comparer.add([*(i.name for i in model.inputs), *model.intermediate_tensors()], problem.reference,
                      candidate, local)
-        del candidate, local
-    progress.end()
+        del local
+    candidate = None
     result = comparer.finish()
     candidate_outputs = comparer.candidate_outputs
     if check is not None:
@@ -95,7 +101,7 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
         result.culprits, result.culprits_explain = _culprits(problem, engine, plan, built, candidate_outputs, result)
         progress.end()
     culprits = dict.fromkeys([c.tensor for c in result.culprits] + [t.tensor for t in result.introduced])
-    result.histograms = _histograms(list(culprits), comparer, problem, built, piecewise)
+    result.histograms = _histograms(list(culprits), comparer, problem, built, as_piecewise(engine, built))
     return result
 
 
