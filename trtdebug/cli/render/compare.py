@@ -142,7 +142,8 @@ def _render_notes(result: CompareResult, console: Console) -> None:
     if inside:
         names = ", ".join(escape(n) for n in inside[:3]) + (" ..." if len(inside) > 3 else "")
         console.print(f"[yellow]fidelity[/]: {len(inside)} layer(s) run in FP32 inside ({names}): the emulator "
-                      "rounds their inputs and outputs, not every time step, so their FP16 error is understated",
+                      "rounds their inputs and outputs, not each time step or subgraph node, so their FP16 error is "
+                      "understated",
                       style="dim")
     risky = [v for v in result.range_violations if not v.folded_by_builder]
     if risky:
