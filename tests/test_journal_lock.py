@@ -35,6 +35,7 @@ def test_a_second_fallback_on_the_same_out_is_refused_and_a_killed_runs_lock_is_
         assert second.returncode == 2, second.stderr
         errors = [line for line in second.stderr.splitlines() if line.startswith("trtdebug: error:")]
         assert len(errors) == 1 and "Traceback" not in second.stderr, second.stderr
+        assert "done in" not in second.stderr, second.stderr  # refused before its FP32 reference ran
         assert f"process {first.pid}" in errors[0] and "another --out" in errors[0]
         assert journal_path(plan).read_bytes().startswith(journal_before)  # the second run wrote nothing
     finally:

@@ -45,6 +45,9 @@ def lock_path(journal: str | Path) -> Path:
     return path.with_name(f"{path.name}.lock")
 
 
+_HELD: dict[Path, int] = {}  # lock files this process holds, and how many holders share each
+
+
 class JournalLock:
     """An exclusive lock on a journal (fcntl.flock on a lock file beside it), held while a run writes
     the journal and the files named after it. The OS releases it when its process dies, so a lock
@@ -53,8 +56,16 @@ class JournalLock:
     def __init__(self, journal: str | Path):
         self.path = lock_path(journal)
         self._fd = -1
+        self._nested = False
 
     def acquire(self) -> JournalLock:
+        """Re-entrant within a process: the CLI takes the lock before the FP32 reference runs (a second
+        run is refused at once), and run_fallback takes it again for library callers."""
+        key = self.path.resolve()
+        if key in _HELD:
+            _HELD[key] += 1
+            self._nested = True
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -77,11 +88,18 @@ class JournalLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        _HELD[key] = 1
         return self
 
     def release(self) -> None:
+        key = self.path.resolve()
+        if self._nested:
+            _HELD[key] -= 1
+            self._nested = False
+            return
         if self._fd < 0:
             return
+        _HELD.pop(key, None)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # while still locked, so no other run can hold this file
         os.close(self._fd)

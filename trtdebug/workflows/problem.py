@@ -18,6 +18,7 @@ from trtdebug.core.bans import BanList
 from trtdebug.core.budget import default_budget, plan_compare, release_freed_tensors, tensor_bytes
 from trtdebug.core.files import prepare_outputs
 from trtdebug.core.inputs import DEFAULT_RANGES, generate_feeds, load_feeds, resolve_shapes, validate_feeds
+from trtdebug.core.journal import JournalLock
 from trtdebug.core.metrics import Tolerance
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
@@ -118,12 +119,16 @@ def input_files(spec: ProblemSpec, model: Model) -> dict[str, Path | str | None]
     return files
 
 
-def prepare(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None = None) -> Case:
+def prepare(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None = None,
+            lock: JournalLock | None = None) -> Case:
     """Validate every choice and run the FP32 reference. `outputs` (label -> path) are the files the
-    workflow will write: checked against the inputs, and their folders created, before any work."""
+    workflow will write: checked against the inputs, and their folders created, before any work;
+    `lock` (a fallback journal's) is then taken, so a second run on the same --out is refused at once."""
     model = Model.load(spec.model)
     if outputs:
         prepare_outputs(outputs, input_files(spec, model))
+    if lock is not None:
+        lock.acquire()
     unknown = sorted(set(spec.output_tolerances) - {o.name for o in model.outputs})
     if unknown:
         raise UserError(f"--output-tol names {unknown[0]!r}, which is not a model output")

@@ -41,6 +41,7 @@ def fallback_command(out_path: str | None, strategy: str, resume: bool, check_co
     from trtdebug.cli.progress import progress_for, stop_display
     from trtdebug.cli.render.fallback import render_fallback
     from trtdebug.core.criterion import CheckCommand
+    from trtdebug.core.journal import JournalLock
     from trtdebug.workflows.fallback import FallbackOutcome, fallback_outputs, output_paths, run_fallback
     from trtdebug.workflows.parallel import open_judge
     from trtdebug.workflows.problem import prepare
@@ -53,15 +54,19 @@ def fallback_command(out_path: str | None, strategy: str, resume: bool, check_co
     progress = progress_for(console.stderr, quiet)
 
     def work() -> FallbackOutcome:
-        progress.begin("loading the model and running the FP32 reference (onnxruntime)")
-        case = prepare(spec, outputs={**fallback_outputs(out), "--html": html_path})
-        progress.end()
-        judge = open_judge(spec, case, jobs if jobs == "ray" else int(jobs), check, ray_address)
+        lock = JournalLock(output_paths(out)["journal"])
         try:
-            return run_fallback(case, out, strategy, resume, check, progress, judge)
+            progress.begin("loading the model and running the FP32 reference (onnxruntime)")
+            case = prepare(spec, outputs={**fallback_outputs(out), "--html": html_path}, lock=lock)
+            progress.end()
+            judge = open_judge(spec, case, jobs if jobs == "ray" else int(jobs), check, ray_address)
+            try:
+                return run_fallback(case, out, strategy, resume, check, progress, judge)
+            finally:
+                if judge is not None:
+                    judge.close()
         finally:
-            if judge is not None:
-                judge.close()
+            lock.release()
 
     def interrupted() -> str:
         journal = output_paths(out)["journal"]
