@@ -64,6 +64,8 @@ def test_onnxruntime_log_only_when_verbose(tmp_path):
     assert_quiet(run)
     verbose = trtdebug("-v", "compare", model)
     assert "[W:onnxruntime" in verbose.stderr  # its graph optimizer's notes on the emulator's folding
+    after_the_command = trtdebug("compare", "--verbose", model)  # where users often put it
+    assert "[W:onnxruntime" in after_the_command.stderr
 
 
 def test_numpy_warnings_only_when_verbose(tmp_path):

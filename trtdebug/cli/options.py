@@ -211,3 +211,16 @@ def problem_spec(model: str, precision: str | None = None, engine_name: str = "e
                        output_tolerances=dict(output_tols), plan=plan_path, bans=bans_path,
                        results=results_path, obey=obey, calib_inputs=tuple(calib_inputs), calib_method=calib_method,
                        memory_budget=memory_budget)
+
+
+def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        from trtdebug import logs
+
+        logs.set_verbose(True)
+
+
+def verbose_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`-v` after the command name too (`trtdebug compare -v ...`), the same as `trtdebug -v compare ...`."""
+    return click.option("--verbose", "-v", is_flag=True, expose_value=False, callback=_set_verbose,
+                        help="Show the log lines and warnings of onnxruntime, Polygraphy, TensorRT and numpy.")(func)

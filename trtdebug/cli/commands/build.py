@@ -6,11 +6,12 @@ import click
 
 from trtdebug.artifacts.build_flags import FLAG_TOOLS
 from trtdebug.cli import console
-from trtdebug.cli.options import BUILDING_ENGINE, InputShape, NamedPair, problem_spec
+from trtdebug.cli.options import BUILDING_ENGINE, InputShape, NamedPair, problem_spec, verbose_option
 from trtdebug.errors import EXIT_OK, UserError
 
 
 @click.command("build")
+@verbose_option
 @click.argument("model", type=click.Path(path_type=str))
 @click.option("--plan", "plan_path", type=click.Path(path_type=str), required=True,
               help="Precision plan (from `trtdebug fallback`).")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from trtdebug.cli import console
-from trtdebug.cli.options import problem_options, problem_spec
+from trtdebug.cli.options import problem_options, problem_spec, verbose_option
 from trtdebug.cli.progress import quiet_option
 from trtdebug.engines.base import MARK_MODES
 from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 
 @click.command("compare")
+@verbose_option
 @problem_options
 @click.option("--mark", "mark_mode", type=click.Choice(list(MARK_MODES)), default="outputs",
               show_default=True, help="How TensorRT exposes layer outputs.")

@@ -8,13 +8,14 @@ from typing import Any
 import click
 
 from trtdebug.cli import console
-from trtdebug.cli.options import problem_options, problem_spec
+from trtdebug.cli.options import problem_options, problem_spec, verbose_option
 from trtdebug.cli.progress import quiet_option
 from trtdebug.core.search import STRATEGIES
 from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
 
 
 @click.command("fallback")
+@verbose_option
 @problem_options
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=str),
               help="Precision plan to write (default: MODEL.plan.json here); the journal, compare report "

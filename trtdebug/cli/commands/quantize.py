@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from trtdebug.cli import console
-from trtdebug.cli.options import InputShape, NamedPair, calibration_options
+from trtdebug.cli.options import InputShape, NamedPair, calibration_options, verbose_option
 from trtdebug.errors import EXIT_OK
 
 
@@ -18,6 +18,7 @@ def _options(func):  # type: ignore[no-untyped-def]
 
 
 @click.command("quantize")
+@verbose_option
 @click.argument("model", type=click.Path(path_type=str))
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=str),
               help="The Q/DQ model to write [default: MODEL's name with .qdq.onnx, beside it].")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import click
 
 from trtdebug.cli import console
+from trtdebug.cli.options import verbose_option
 from trtdebug.engines.tensorrt.support import FLAVORS
 
 
 @click.command("selfcheck")
+@verbose_option
 @click.option("--flavor", "flavors", multiple=True, type=click.Choice(list(FLAVORS)),
               help="Check only this TensorRT flavor (repeatable; default: both).")
 def selfcheck_command(flavors: tuple[str, ...]) -> int:

@@ -7,12 +7,13 @@ from typing import Any
 import click
 
 from trtdebug.cli import console
-from trtdebug.cli.options import problem_options, problem_spec
+from trtdebug.cli.options import problem_options, problem_spec, verbose_option
 from trtdebug.cli.progress import quiet_option
 from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
 
 
 @click.command("tactics")
+@verbose_option
 @problem_options
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=str),
               help="Write the verified ban list here (JSON; use it with --bans).")
