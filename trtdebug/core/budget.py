@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,14 +57,18 @@ def parse_size(text: str) -> int:
 
 
 def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation: MemAvailable, or free pages; None if unknown."""
     try:
-        with open("/proc/meminfo") as info:
-            for line in info:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
-    return None
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def default_budget() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import onnx
 
 from trtdebug import logs
 from trtdebug.core import files
+from trtdebug.core.budget import available_memory
 from trtdebug.core.model import Model, TensorSpec
 from trtdebug.errors import UserError
 
@@ -100,20 +100,6 @@ def check_memory(model: Model, shapes: Mapping[str, Shape], available: int | Non
                     f"{_fmt(tuple(shapes[largest]))} alone is {sizes[largest] / GiB:.1f} GiB) and only "
                     f"{available / GiB:.1f} GiB of memory is available; give smaller shapes with --input-shape")
 
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation: MemAvailable, or free pages; None if unknown."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def load_feeds(path: str | Path) -> Feeds:
