@@ -22,7 +22,6 @@ from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
 from trtdebug.core.reference import run_reference
 from trtdebug.engines.base import BuildError, Marking
-from trtdebug.engines.tensorrt import cuda_buffers
 from trtdebug.engines.tensorrt.cuda_buffers import CudaError, CudaRuntime, device_arena
 from trtdebug.engines.tensorrt.engine import TensorRTEngine
 from trtdebug.engines.tensorrt.marking import bisect_markable
@@ -33,32 +32,6 @@ from trtdebug.errors import UserError
 
 DETECTION_PROBES = trt_fake.DETECTION_PROBES
 OLDER_TENSORRT = trt_fake.TENSORRT_8_6_LACKS  # what 8.6 lacks of the 10.13 API
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch):
-    """The 10.13 fake as `tensorrt`; after the test, nothing outside the API may have been used."""
-    module, recorder = trt_fake.activate()
-    monkeypatch.setitem(sys.modules, "tensorrt", module)
-    yield recorder
-    assert recorder.misses <= DETECTION_PROBES, f"names outside the TensorRT API: {recorder.misses - DETECTION_PROBES}"
-
-
-@pytest.fixture
-def rtx_checked(monkeypatch: pytest.MonkeyPatch):
-    """A fake offering only names both tensorrt-stubs 10.13 and TensorRT-RTX 1.7 have."""
-    pytest.importorskip("tensorrt_rtx_bindings")
-    module, recorder = trt_fake.activate(rtx=True)
-    monkeypatch.setitem(sys.modules, "tensorrt", module)
-    yield recorder
-    assert recorder.misses <= DETECTION_PROBES, f"names outside the TensorRT API: {recorder.misses - DETECTION_PROBES}"
-
-
-@pytest.fixture
-def cudart(monkeypatch: pytest.MonkeyPatch) -> trt_fake.FakeCudart:
-    runtime = trt_fake.FakeCudart()
-    monkeypatch.setattr(cuda_buffers, "load_cudart", lambda: runtime)
-    return runtime
 
 
 @pytest.fixture(scope="module")

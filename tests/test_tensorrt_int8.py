@@ -9,7 +9,6 @@ Nothing here runs an engine on a GPU.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,27 +23,11 @@ from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
 from trtdebug.core.quantization import QuantizedModel
 from trtdebug.engines.base import Marking
-from trtdebug.engines.tensorrt import cuda_buffers
 from trtdebug.engines.tensorrt.builder import NetworkBuilder
 from trtdebug.engines.tensorrt.engine import TensorRTEngine
 from trtdebug.errors import UserError
 
 DETECTION_PROBES = trt_fake.DETECTION_PROBES
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch):
-    module, recorder = trt_fake.activate()
-    monkeypatch.setitem(sys.modules, "tensorrt", module)
-    yield recorder
-    assert recorder.misses <= DETECTION_PROBES, f"names outside the TensorRT API: {recorder.misses - DETECTION_PROBES}"
-
-
-@pytest.fixture
-def cudart(monkeypatch: pytest.MonkeyPatch) -> trt_fake.FakeCudart:
-    runtime = trt_fake.FakeCudart()
-    monkeypatch.setattr(cuda_buffers, "load_cudart", lambda: runtime)
-    return runtime
 
 
 @pytest.fixture

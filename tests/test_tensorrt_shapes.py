@@ -16,24 +16,8 @@ from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
 from trtdebug.core.reference import run_reference
 from trtdebug.engines.base import Marking
-from trtdebug.engines.tensorrt import cuda_buffers
 from trtdebug.engines.tensorrt.engine import TensorRTEngine
 from trtdebug.errors import UserError
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch):
-    module, recorder = trt_fake.activate()
-    monkeypatch.setitem(sys.modules, "tensorrt", module)
-    yield recorder
-    assert recorder.misses <= trt_fake.DETECTION_PROBES, recorder.misses - trt_fake.DETECTION_PROBES
-
-
-@pytest.fixture
-def cudart(monkeypatch: pytest.MonkeyPatch) -> trt_fake.FakeCudart:
-    runtime = trt_fake.FakeCudart()
-    monkeypatch.setattr(cuda_buffers, "load_cudart", lambda: runtime)
-    return runtime
 
 
 def reshape_model() -> Model:
