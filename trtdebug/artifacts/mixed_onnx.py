@@ -1,4 +1,5 @@
-"""The mixed-precision ONNX file of a plan (core.typed_onnx builds the graph)."""
+"""ONNX files written for other tools: the mixed-precision model of a plan (core.typed_onnx builds the
+graph), and any model trtdebug writes (quantized, Q/DQ pairs removed), with the > 2 GiB path."""
 
 from __future__ import annotations
 
@@ -18,9 +19,14 @@ PROTOBUF_LIMIT = 2**31 - 1
 
 
 def write_mixed_onnx(model: Model, plan: PrecisionPlan, path: str | Path) -> Path:
-    """The plan as a typed ONNX file (for TensorRT 11.x, TensorRT-RTX, STRONGLY_TYPED builds), written
-    atomically; beyond protobuf's 2 GiB limit, with its weights in NAME.onnx.data beside it."""
-    typed = to_mixed_precision_onnx(model, plan)
+    """The plan as a typed ONNX file (for TensorRT 11.x, TensorRT-RTX, STRONGLY_TYPED builds)."""
+    return write_model(to_mixed_precision_onnx(model, plan), path)
+
+
+def write_model(typed: onnx.ModelProto, path: str | Path) -> Path:
+    """An ONNX model written atomically; beyond protobuf's 2 GiB limit, with its weights in
+    NAME.onnx.data beside it. `typed` is a proto of our own making: saving with external data
+    rewrites it in place."""
     path = Path(path)
     if typed.ByteSize() < PROTOBUF_LIMIT:
         return files.write_atomic(path, lambda staged: onnx.save(typed, str(staged)))

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from trtdebug.artifacts.build_flags import FLAG_TOOLS, command_line, polygraphy_args, trtexec_args
 from trtdebug.artifacts.engine_file import write_engine
-from trtdebug.artifacts.mixed_onnx import write_mixed_onnx
-from trtdebug.core import files
+from trtdebug.artifacts.mixed_onnx import write_mixed_onnx, write_model
 from trtdebug.core.bans import BanList
 from trtdebug.core.files import prepare_outputs
 from trtdebug.core.model import Model
@@ -34,7 +33,7 @@ def write_plan_artifacts(engine: Engine, model: Model, plan: PrecisionPlan, bans
     notes: list[str] = []
     if isinstance(model, QuantizedModel) and plan.default == "int8":
         # The INT8 plan made concrete: the Q/DQ model with the plan's pairs (or layers) taken out.
-        files.write_bytes(onnx_path, qdq_for_plan(model, plan.nodes).SerializeToString())
+        write_model(qdq_for_plan(model, plan.nodes), onnx_path)
         return [onnx_path], notes
     try:
         written.append(write_mixed_onnx(model, plan, onnx_path))

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from trtdebug.artifacts.mixed_onnx import write_model
 from trtdebug.core import files
 from trtdebug.core.inputs import generate_feeds, load_feeds, resolve_shapes, validate_feeds
 from trtdebug.core.model import Model
@@ -174,8 +175,8 @@ def run_quantize(model_path: str | Path, out: str | Path, calibration: Calibrati
     shapes = resolve_shapes(model, input_shapes or {}) if not calibration.inputs else {}
     batches = calibration_batches(model, calibration, shapes, input_ranges)
     proto, old_opset = quantize_proto(model, batches, calibration.method)
-    files.write_bytes(out, proto.SerializeToString())
     pairs = find_pairs(Model.from_proto(proto))
+    write_model(proto, out)  # last: beyond 2 GiB it moves the weights out of `proto`
     outcome = QuantizeOutcome(Path(out), len(pairs), sum(not p.is_weight for p in pairs.values()),
                               len(batches), calibration.method, old_opset)
     if old_opset is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from trtdebug.core import files
 from trtdebug.engines.tensorrt.cuda_buffers import CudaRuntime, DeviceArena
 from trtdebug.errors import UserError
 
@@ -67,7 +68,7 @@ def make_calibrator(trt_api: Any, batches: Sequence[Mapping[str, np.ndarray]], c
         def write_calibration_cache(self, cache: Any) -> None:
             kept["cache"] = bytes(cache)
             if cache_path:
-                Path(cache_path).write_bytes(kept["cache"])
+                files.write_bytes(cache_path, kept["cache"])  # atomic: an interrupted build keeps the old one
 
         def release(self) -> None:
             if self.arena is not None:
