@@ -23,3 +23,9 @@ class UserError(Exception):
 class EngineError(Exception):
     """The engine or its runtime failed on input that is valid: a build that crashed, a CUDA error,
     GPU memory exhausted. Not the user's fault, not a bug of trtdebug."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's exception message (they can be pages long), or its type's name."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

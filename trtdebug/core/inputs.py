@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -165,3 +166,13 @@ def _fmt(shape: tuple | None) -> str:
     if shape is None:
         return "unknown"
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def feeds_sha256(feeds: Mapping[str, np.ndarray], *salt: str) -> str:
+    """Identity of a set of tensors (names, dtypes, shapes, values), with optional salt strings first."""
+    digest = hashlib.sha256("|".join(salt).encode()) if salt else hashlib.sha256()
+    for name in sorted(feeds):
+        value = np.ascontiguousarray(feeds[name])
+        digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 
 from trtdebug import logs
-from trtdebug.errors import UserError
+from trtdebug.errors import UserError, first_line
 
 # onnxruntime logs kernel failures to stderr on its own; trtdebug reports them as one line instead.
 ort.set_default_logger_severity(logs.onnxruntime_severity())
@@ -74,7 +74,7 @@ def _load_error(proto: onnx.ModelProto, exc: BaseException) -> str:
         return (f"{where}, which onnxruntime has no kernel for, so trtdebug can compute no FP32 reference "
                 "(with any --engine, --engine results included); replace it with standard ONNX ops for "
                 "debugging, e.g. the op's ONNX decomposition that a TensorRT plugin stands in for")
-    return f"onnxruntime cannot load the model: {_first_line(exc)}"
+    return f"onnxruntime cannot load the model: {first_line(exc)}"
 
 
 def _max_ir_version(message: str) -> int | None:
@@ -90,7 +90,7 @@ def run(sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
     try:
         values = sess.run(names, given)
     except Exception as exc:
-        raise UserError(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
+        raise UserError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
     return dict(zip(names, (np.asarray(v) for v in values), strict=True))
 
 
@@ -103,8 +103,3 @@ def _as_type(value: np.ndarray, wanted: np.dtype | None) -> np.ndarray:
     if wanted is not None and value.dtype.kind == "f" and value.dtype != wanted:
         return value.astype(wanted)
     return value
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -18,13 +18,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from trtdebug import __version__
 from trtdebug.artifacts.compare_report import write_compare_report
 from trtdebug.core.bans import BanList
 from trtdebug.core.cost import CostModel, shapes_of
 from trtdebug.core.criterion import CheckCommand
+from trtdebug.core.inputs import feeds_sha256
 from trtdebug.core.int8_findings import fallback_candidates, int8_provenance, pair_readers_in_float, rank_int8
 from trtdebug.core.journal import Journal, JournalLock, journal_path, lock_path
 from trtdebug.core.metrics import CompareResult
@@ -191,21 +190,12 @@ def journal_settings(problem: Problem, engine: Engine, base: PrecisionPlan, bans
         "atol": tolerance.atol, "rtol": tolerance.rtol,
         "per_output": {k: list(v) for k, v in sorted(tolerance.per_output.items())}}
     settings = {"model_sha256": problem.model.sha256, "precision": base.default, "keep_precision": keep,
-                "criterion": criterion, "engine": engine.name, "inputs_sha256": _feeds_sha256(problem.feeds),
+                "criterion": criterion, "engine": engine.name, "inputs_sha256": feeds_sha256(problem.feeds),
                 "bans_sha256": _json_sha256(bans.to_json()) if bans else None,
                 "base_plan": dict(sorted(base.nodes.items()))}
     if isinstance(problem.model, QuantizedModel):  # an implicit INT8 model's scales come from calibration
         settings["quantization"] = {"qdq_sha256": problem.model.qdq.sha256, **problem.model.calibration}
     return settings
-
-
-def _feeds_sha256(feeds: Mapping[str, np.ndarray]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(feeds):
-        value = np.ascontiguousarray(feeds[name])
-        digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
 
 
 def _json_sha256(data: Any) -> str:

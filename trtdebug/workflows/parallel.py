@@ -15,7 +15,6 @@ journal stays the single record of the search.
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import shutil
@@ -26,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Protocol
 
 from trtdebug.core.criterion import CheckCommand
+from trtdebug.core.inputs import feeds_sha256
 from trtdebug.core.metrics import Verdict
 from trtdebug.core.precision import PrecisionPlan
 from trtdebug.errors import UserError
@@ -66,12 +66,7 @@ class Worker:
 
 def problem_fingerprint(case: Case) -> str:
     """Model, feeds and plan default: a worker that prepared something else must not judge."""
-    digest = hashlib.sha256(case.problem.model.sha256.encode())
-    for name in sorted(case.problem.feeds):
-        digest.update(name.encode())
-        digest.update(case.problem.feeds[name].tobytes())
-    digest.update(case.plan.default.encode())
-    return digest.hexdigest()
+    return feeds_sha256(case.problem.feeds, case.problem.model.sha256, case.plan.default)
 
 
 def visible_gpus(engine: str) -> list[str]:

@@ -15,7 +15,6 @@ TensorRT's implicit INT8 by calibrating it here, in memory, with the same tools.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,7 +26,7 @@ import onnx
 
 from trtdebug.artifacts.mixed_onnx import write_model
 from trtdebug.core import files
-from trtdebug.core.inputs import generate_feeds, load_feeds, resolve_shapes, validate_feeds
+from trtdebug.core.inputs import feeds_sha256, generate_feeds, load_feeds, resolve_shapes, validate_feeds
 from trtdebug.core.model import Model
 from trtdebug.core.precision import PrecisionPlan
 from trtdebug.core.quantization import QuantizedModel, find_pairs, has_qdq
@@ -188,12 +187,8 @@ def run_quantize(model_path: str | Path, out: str | Path, calibration: Calibrati
 
 
 def _calibration_identity(batches: Sequence[Feeds], method: str) -> str:
-    digest = hashlib.sha256(method.encode())
-    for batch in batches:
-        for name in sorted(batch):
-            digest.update(name.encode())
-            digest.update(np.ascontiguousarray(batch[name]).tobytes())
-    return digest.hexdigest()
+    return feeds_sha256({f"{index}:{name}": value for index, batch in enumerate(batches)
+                         for name, value in batch.items()}, method)
 
 
 def int8_model(model: Model, precision: str | None, plan_path: str | Path | None, feeds: Mapping[str, np.ndarray],

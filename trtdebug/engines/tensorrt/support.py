@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from trtdebug.errors import UserError
+from trtdebug.errors import UserError, first_line
 
 FLAVORS = ("tensorrt", "tensorrt-rtx")
 
@@ -42,7 +42,7 @@ def load_tensorrt(flavor: str = "tensorrt") -> ModuleType:
             continue
         except Exception as exc:  # a broken install (missing libnvinfer, CUDA mismatch) raises others
             raise UserError(f"{name} is installed but cannot be imported ({type(exc).__name__}: "
-                            f"{_first_line(exc)}); check that its CUDA libraries match") from None
+                            f"{first_line(exc)}); check that its CUDA libraries match") from None
         # `tensorrt-stubs` installs a `tensorrt` folder of .pyi files only: it imports as an empty
         # namespace package, which is not TensorRT.
         if hasattr(module, "Builder"):
@@ -153,8 +153,3 @@ def make_logger(trt: Any) -> Any:
             self.messages.clear()
 
     return CapturingLogger()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
