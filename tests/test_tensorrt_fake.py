@@ -702,3 +702,14 @@ def test_cli_without_tensorrt_exits_2_naming_the_extra(monkeypatch: pytest.Monke
         main(["selfcheck", "--flavor", "tensorrt"])
     assert exit_info.value.code == 2  # nothing to check: no TensorRT of any flavor
     assert "trtdebug[tensorrt]" in capsys.readouterr().out
+
+
+def test_calibration_method_picks_tensorrts_calibrator(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart,
+                                                        overflow_model: Model) -> None:
+    batches = [feeds_for(overflow_model)]
+    engine = TensorRTEngine("tensorrt", calibration_feeds=batches, calibration_method="minmax")
+    engine.build(overflow_model, PrecisionPlan("int8"), None, Marking("none"))
+    assert fake.called("IInt8MinMaxCalibrator", "__init__")
+    with pytest.raises(UserError, match="--calib-method percentile has no TensorRT calibrator"):
+        TensorRTEngine("tensorrt", calibration_feeds=batches, calibration_method="percentile").build(
+            overflow_model, PrecisionPlan("int8"), None, Marking("none"))

@@ -378,6 +378,13 @@ class IInt8EntropyCalibrator2(Checked):
         raise NotImplementedError
 
 
+class IInt8MinMaxCalibrator(IInt8EntropyCalibrator2):
+    _stub = "IInt8MinMaxCalibrator"
+
+    def __init__(self) -> None:
+        recorder().call("IInt8MinMaxCalibrator", "__init__")
+
+
 class IDebugListener(Checked):
     _stub = "IDebugListener"
 
@@ -1039,7 +1046,8 @@ class FakeTensorRT:
 
 
 _CLASSES = {"ILogger": ILogger, "IAlgorithmSelector": IAlgorithmSelector,
-            "IInt8EntropyCalibrator2": IInt8EntropyCalibrator2, "IDebugListener": IDebugListener,
+            "IInt8EntropyCalibrator2": IInt8EntropyCalibrator2, "IInt8MinMaxCalibrator": IInt8MinMaxCalibrator,
+            "IDebugListener": IDebugListener,
             "Builder": Builder, "OnnxParser": OnnxParser, "Runtime": Runtime, "ITimingCache": ITimingCache,
             "TimingCacheKey": TimingCacheKey, "TimingCacheValue": TimingCacheValue, "ILayer": ILayer,
             "INetworkDefinition": INetworkDefinition, "ITensor": ITensor, "IBuilderConfig": IBuilderConfig,

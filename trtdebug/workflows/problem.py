@@ -137,7 +137,8 @@ def prepare(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None =
                        spec.engine)
     plan = load_plan(spec.plan, model, spec.precision)
     bans = load_bans(spec.bans, model)
-    engine = open_engine(spec.engine, spec.results, spec.obey, feeds, spec.input_profiles, spec.calib_inputs)
+    engine = open_engine(spec.engine, spec.results, spec.obey, feeds, spec.input_profiles, spec.calib_inputs,
+                         spec.calib_method)
     tolerance = Tolerance.for_precision(plan.default, spec.atol, spec.rtol, spec.output_tolerances)
     problem = Problem.prepare(model, feeds, tolerance, spec.memory_budget)
     refuse_nonfinite_reference(problem, spec)
@@ -175,7 +176,7 @@ def _range_hint(name: str, value: np.ndarray, spec: ProblemSpec) -> str:
 def open_engine(name: str, results: str | Path | None = None, obey: bool = False,
                 feeds: Mapping[str, np.ndarray] | None = None,
                 profiles: Mapping[str, tuple[Shape, Shape, Shape]] | None = None,
-                calib_inputs: Sequence[str | Path] = ()) -> Engine:
+                calib_inputs: Sequence[str | Path] = (), calib_method: str = "entropy") -> Engine:
     """The engine by name. TensorRT builds get an optimization profile around the feeds' shapes, or the
     user's MIN/OPT/MAX profiles, the values of shape-tensor inputs from the feeds, and, for implicit
     INT8, the --calib-inputs batches (else the feeds, as the emulator calibrates)."""
@@ -193,7 +194,7 @@ def open_engine(name: str, results: str | Path | None = None, obey: bool = False
                    else [dict(feeds)] if feeds else [])
         return get_engine(name, obey_constraints=obey, input_shapes={n: v.shape for n, v in feeds.items()},
                           shape_ranges=dict(profiles or {}), shape_input_values=shape_values,
-                          calibration_feeds=batches)
+                          calibration_feeds=batches, calibration_method=calib_method)
     if profiles:
         raise UserError(f"--input-shape NAME:MIN,OPT,MAX sets a TensorRT optimization profile; the {name} "
                         "engine runs one shape: give NAME:DxDx...")

@@ -221,7 +221,8 @@ class NetworkBuilder:
 
         batches = calibration_batches(self.trt, network, profile_shapes, self.options.calibration_feeds)
         memory = self.engine.calibration_caches.setdefault(self.model.sha256, {})
-        calibrator = make_calibrator(self.trt, batches, self.options.calibration_cache, memory=memory)
+        calibrator = make_calibrator(self.trt, batches, self.options.calibration_cache, memory=memory,
+                                     method=self.options.calibration_method)
         with quiet_deprecations():
             config.int8_calibrator = calibrator
             config.set_calibration_profile(profile)

@@ -1,4 +1,4 @@
-"""Implicit INT8 calibration (TensorRT <= 10.x): an entropy calibrator fed with input feeds.
+"""Implicit INT8 calibration (TensorRT <= 10.x): an entropy or min-max calibrator fed with input feeds.
 
 TensorRT deprecated implicit quantization in 10.1 and removed calibrators in 11; models for 11.x
 and TensorRT-RTX carry Q/DQ nodes instead, which need no calibrator.
@@ -16,20 +16,29 @@ from trtdebug.core import files
 from trtdebug.engines.tensorrt.cuda_buffers import CudaRuntime, DeviceArena
 from trtdebug.errors import UserError
 
+# --calib-method -> TensorRT's calibrator class (python/src/infer/pyInt8.cpp). Percentile has no
+# TensorRT calibrator of its own (only the legacy one's quantile), so it is emulator-only.
+CALIBRATORS = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
+
 
 def make_calibrator(trt_api: Any, batches: Sequence[Mapping[str, np.ndarray]], cache_path: str | None,
-                    runtime: CudaRuntime | None = None, memory: dict[str, bytes] | None = None) -> Any:
-    """An IInt8EntropyCalibrator2 that hands TensorRT one feed dict per batch.
+                    runtime: CudaRuntime | None = None, memory: dict[str, bytes] | None = None,
+                    method: str = "entropy") -> Any:
+    """A calibrator (`method`: entropy or minmax) that hands TensorRT one feed dict per batch.
 
     `memory` keeps the cache TensorRT writes after calibrating ("cache" key) across builds: a later
     build of the same model (another plan, marking chunk, or the rebuild after a timing-cache ban,
     whose calibrator's batches are spent) reads it back instead of calibrating again, as Polygraphy's
     calibrator returns its `cache_contents` (tools/Polygraphy/polygraphy/backend/trt/calibrator.py)."""
     kept = memory if memory is not None else {}
+    if method not in CALIBRATORS:
+        raise UserError(f"--calib-method {method} has no TensorRT calibrator; use --calib-method "
+                        f"{' or '.join(CALIBRATORS)} with --engine tensorrt")
+    base = getattr(trt_api, CALIBRATORS[method])
 
-    class FeedCalibrator(trt_api.IInt8EntropyCalibrator2):  # type: ignore[name-defined,misc]
+    class FeedCalibrator(base):  # type: ignore[valid-type,misc]
         def __init__(self) -> None:
-            trt_api.IInt8EntropyCalibrator2.__init__(self)  # required by pybind11 trampolines
+            base.__init__(self)  # required by pybind11 trampolines
             self.batches = list(batches)
             self.index = 0
             self.runtime = runtime

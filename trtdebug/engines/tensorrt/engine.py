@@ -52,6 +52,7 @@ class TensorRTOptions:
     tactic_control: str = "auto"  # auto: editable timing cache where it exists, else the selector
     calibration_feeds: Sequence[Mapping[str, np.ndarray]] = ()  # implicit INT8 (<= 10.x)
     calibration_cache: str | None = None
+    calibration_method: str = "entropy"  # entropy or minmax (calibration.CALIBRATORS)
     workspace_bytes: int | None = None
     optimization_level: int | None = None  # builder_optimization_level 0-5 (0 ignores timing caches)
     max_marking_builds: int = 64  # builds spent bisecting tensors that break the build
