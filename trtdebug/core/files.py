@@ -125,7 +125,9 @@ def prepare_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[st
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"cannot create the folder of {label} {path}: {exc.strerror or exc}") from None
+            reason = "a file stands in its path" if isinstance(exc, (FileExistsError, NotADirectoryError)) else (
+                exc.strerror or str(exc))
+            raise UserError(f"cannot create the folder of {label} {path}: {reason}") from None
         if not os.access(folder, os.W_OK):
             raise UserError(f"cannot write {label} {path}: folder {folder} is not writable")
     seen: dict[Path, str] = {}
