@@ -25,7 +25,7 @@ from trtdebug.core.precision import PrecisionPlan, eligible_nodes
 from trtdebug.core.quantization import QuantizedModel
 from trtdebug.core.reference import LazyReference
 from trtdebug.engines.base import Built, Engine, Marking, PiecewiseBuilt, as_local_error, as_piecewise, as_substituting
-from trtdebug.workflows.evaluate import evaluate_plan
+from trtdebug.workflows.evaluate import evaluate_plan, judge
 from trtdebug.workflows.problem import Case, Problem
 from trtdebug.workflows.progress import SILENT, Progress
 
@@ -78,8 +78,7 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
     result = comparer.finish()
     candidate_outputs = comparer.candidate_outputs
     if check is not None:
-        verdict = check.verdict({o: candidate_outputs[o] for o in problem.reference_outputs()
-                                 if o in candidate_outputs}, problem.reference_outputs())
+        verdict = judge(problem, candidate_outputs, check)
         result.passed, result.verdict, result.check = verdict.passed, verdict.reason, check.template
     result.layers = list(built.layers)
     _note_fidelity(result)
@@ -114,7 +113,7 @@ def _compare_pieces(problem: Problem, built: PiecewiseBuilt, local: bool, groups
     reference = problem.reference
     lazy = isinstance(reference, LazyReference)
     ref_stream = None
-    if isinstance(reference, LazyReference):
+    if isinstance(reference, LazyReference):  # (mypy narrows on isinstance, not on `lazy`)
         groups, ref_stream = reference.groups, reference.stream()
     last_read: dict[str, int] = {}
     if local:

@@ -7,7 +7,10 @@ candidate as failed and goes on. The judge is the tolerance of the Problem, or t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+import numpy as np
 
 from trtdebug.core.bans import BanList
 from trtdebug.core.criterion import CheckCommand
@@ -29,13 +32,15 @@ def evaluate_build(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: 
         built = engine.build(problem.model, plan, bans, Marking.final_outputs_only())
     except BuildError as exc:
         return Evaluated(Verdict(False, {}, f"build failed: {exc}", build_failed=True), None)
-    produced = built.run(problem.feeds)
-    if check is not None:
-        reference = problem.reference_outputs()
-        verdict = check.verdict({name: produced[name] for name in reference if name in produced}, reference)
-    else:
-        verdict = judge_outputs(problem.model, problem.reference, produced, problem.tolerance)
-    return Evaluated(verdict, built)
+    return Evaluated(judge(problem, built.run(problem.feeds), check), built)
+
+
+def judge(problem: Problem, produced: Mapping[str, np.ndarray], check: CheckCommand | None = None) -> Verdict:
+    """The final outputs judged by the problem's tolerance, or by the user's --check command."""
+    if check is None:
+        return judge_outputs(problem.model, problem.reference, produced, problem.tolerance)
+    reference = problem.reference_outputs()
+    return check.verdict({name: produced[name] for name in reference if name in produced}, reference)
 
 
 def evaluate_plan(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: BanList | None = None,
