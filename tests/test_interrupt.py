@@ -34,8 +34,8 @@ def _start(*args: object) -> tuple[subprocess.Popen[str], list[str]]:
 
 
 def _interrupt_during_build(process: subprocess.Popen[str], lines: list[str]) -> float:
-    """SIGINT two seconds into the local-error session's setup, one native onnxruntime call of
-    about 20 s on this graph; the seconds until the process exited."""
+    """SIGINT two seconds into the local-error session's setup (the layers writing wrong tensors: most
+    of this chain), one native onnxruntime call of many seconds; the seconds until the process exited."""
     deadline = time.monotonic() + 180
     while not any(RAN in line for line in lines):
         assert process.poll() is None, "".join(lines)

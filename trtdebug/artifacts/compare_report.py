@@ -41,6 +41,7 @@ def compare_to_json(result: CompareResult) -> dict[str, Any]:
         "range_violations": [{"tensor": v.tensor, "max_abs": v.max_abs, "consumers": list(v.consumers),
                               "folded_by_builder": v.folded_by_builder} for v in result.range_violations],
         "notes": _jsonable({"marking": result.marking, "local_error": result.local_error,
+                            "local_error_scope": result.local_scope,
                             "plan": {"default": result.precision, "kept": result.kept}, "bans": result.bans,
                             "reproduction": _reproduction_json(result)}),
     })

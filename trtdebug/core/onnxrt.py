@@ -3,6 +3,7 @@ any chosen set of intermediate tensors, with onnxruntime's errors turned into on
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 
@@ -40,10 +41,30 @@ def with_outputs(proto: onnx.ModelProto, tensors: Iterable[str],
     return exposed
 
 
+@functools.cache
+def _shared_arena() -> bool:
+    """One CPU memory arena for every session of the process, registered once.
+
+    compare exposes every tensor of a model, a group at a time, through many sessions (reference,
+    candidate and local-error pieces). onnxruntime hands its output buffers to numpy without copying;
+    with an arena per session (or none) each group's tensors came from fresh pages, and faulting them in
+    cost compare more time than the model's arithmetic. In one shared arena a group's buffers are the
+    previous group's, freed; the process holds the peak of what was alive at once, not each session's."""
+    try:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        # grow by what is asked (not powers of two); split free chunks that would waste over 1 MiB
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 1,
+                                                                  "max_dead_bytes_per_chunk": 1 << 20}))
+    except Exception:  # an onnxruntime without environment allocators: each session keeps its own arena
+        return False
+    return True
+
+
 def session(proto: onnx.ModelProto, level: str = "disable", threads: int = 0,
-            optimized_path: str | None = None, arena: bool = True) -> ort.InferenceSession:
+            optimized_path: str | None = None) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.enable_cpu_mem_arena = arena  # off: a session kept for reuse does not hold its peak memory
+    if _shared_arena():
+        options.add_session_config_entry("session.use_env_allocators", "1")
     options.graph_optimization_level = LEVELS[level]
     options.log_severity_level = logs.onnxruntime_severity()
     if threads:
@@ -61,7 +82,7 @@ def session(proto: onnx.ModelProto, level: str = "disable", threads: int = 0,
     downgraded = onnx.ModelProto()
     downgraded.CopyFrom(proto)
     downgraded.ir_version = newest_ir
-    return session(downgraded, level, threads, optimized_path, arena)
+    return session(downgraded, level, threads, optimized_path)
 
 
 def _load_error(proto: onnx.ModelProto, exc: BaseException) -> str:

@@ -98,7 +98,7 @@ class PiecewiseGraph:
         model.opset_import.extend(self.proto.opset_import)
         model.functions.extend(self.proto.functions)
         model.graph.CopyFrom(graph)
-        self._sessions[k] = onnxrt.session(model, arena=False)
+        self._sessions[k] = onnxrt.session(model)
         self._input_names[k] = inputs
         return self._sessions[k]
 

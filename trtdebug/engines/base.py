@@ -12,7 +12,7 @@ the methods it really has.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, get_args
 
@@ -87,8 +87,10 @@ class Built(Protocol):
 
 
 class LocalErrorBuilt(Built, Protocol):
-    def run_local(self, reference: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Every layer fed with the reference's values of its inputs: its own error, isolated."""
+    def run_local(self, reference: Mapping[str, np.ndarray],
+                  tensors: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """Every layer fed with the reference's values of its inputs: its own error, isolated.
+        `tensors`: only the layers writing these (`reference` holds at least what they read)."""
         ...
 
 

@@ -35,14 +35,23 @@ def layer_map(built: Built) -> dict[str, tuple[str, str]]:
     return {t: (layer.name, layer.precision) for layer in built.layers for t in layer.outputs}
 
 
+LOCAL_SCOPES = ("wrong", "all")
+
+
 def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: BanList | None = None,
                 mark: Marking | None = None, progress: Progress = SILENT,
-                check: CheckCommand | None = None) -> CompareResult:
+                check: CheckCommand | None = None, local_scope: str = "wrong") -> CompareResult:
     """Where the build is wrong. With `check`, the verdict is the user's command's (as in fallback).
 
     Tensors are exposed, compared and freed a group at a time (core.budget plans the groups within the
     problem's memory budget), so reference, candidate and local-error values of every tensor are never
-    held together. A model whose tensors make one group runs whole."""
+    held together. A model whose tensors make one group runs whole.
+
+    Local error (where the engine computes it) is what tells a wrong layer from one that only carries
+    wrong inputs, so by default (`local_scope` "wrong") only the layers writing tensors out of tolerance
+    run again on the reference's inputs; "all" runs every layer (fallback ranks bystanders by it)."""
+    if local_scope not in LOCAL_SCOPES:
+        raise ValueError(f"local_scope must be one of {LOCAL_SCOPES}")
     model = problem.model
     budget = problem.memory_budget or default_budget()
     cplan = plan_compare(model, tensor_bytes(model, problem.feeds), budget)
@@ -62,18 +71,24 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
     chunks = 1
     if piecewise is not None:
         progress.begin(f"running and comparing {cplan.chunks} groups of tensors one after another")
-        chunks = _compare_pieces(problem, piecewise, local_runner is not None, cplan.groups, comparer, progress)
+        chunks = _compare_pieces(problem, piecewise, local_runner is not None, local_scope == "all", cplan.groups,
+                                 comparer, progress)
         progress.end()
     else:
         assert candidate is not None
         local = None
-        if local_runner is not None:
+        if local_runner is not None and local_scope == "all":
             progress.begin("running each layer alone on the reference's inputs")
             local = local_runner.run_local(problem.reference)
             progress.end()
         comparer.add([*(i.name for i in model.inputs), *model.intermediate_tensors()], problem.reference,
                      candidate, local)
         del local
+        if local_runner is not None and comparer.undecided:
+            progress.begin("running the layers out of tolerance alone on the reference's inputs")
+            comparer.decide(problem.reference, candidate, local_runner.run_local(
+                problem.reference, [r.tensor for r in comparer.undecided]))
+            progress.end()
     candidate = None
     result = comparer.finish()
     candidate_outputs = comparer.candidate_outputs
@@ -86,6 +101,7 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
     result.marking["memory"] = {"budget_bytes": budget, "tensor_bytes": cplan.total, "chunks": chunks,
                                 "reference_held": not isinstance(problem.reference, LazyReference)}
     result.local_error = local_runner is not None
+    result.local_scope = local_scope if result.local_error else ""
     result.kept = plan.kept()
     result.bans = len(bans) if bans else 0
     if not engine.capabilities.exact_marking:
@@ -107,9 +123,10 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
 HISTOGRAMS = 24  # introduced tensors whose histograms are taken while their values are alive
 
 
-def _compare_pieces(problem: Problem, built: PiecewiseBuilt, local: bool, groups: list[list[str]],
+def _compare_pieces(problem: Problem, built: PiecewiseBuilt, local: bool, local_all: bool, groups: list[list[str]],
                     comparer: TensorComparer, progress: Progress) -> int:
-    """Run, compute local error and compare a group of tensors at a time; returns the number of groups."""
+    """Run, compute local error (every layer's with `local_all`, else the wrong tensors' layers') and
+    compare a group of tensors at a time; returns the number of groups."""
     reference = problem.reference
     lazy = isinstance(reference, LazyReference)
     ref_stream = None
@@ -129,9 +146,11 @@ def _compare_pieces(problem: Problem, built: PiecewiseBuilt, local: bool, groups
         if ref_stream is not None:
             window.update(next(ref_stream))
         ref: Mapping[str, np.ndarray] = window if lazy else reference
-        local_values = built.run_local_piece(k, ref, groups) if local else None
+        local_values = built.run_local_piece(k, ref, groups) if local_all else None
         comparer.add(group if k else [*problem.feeds, *group], ref, pending, local_values)
         del local_values
+        if local and comparer.undecided:
+            comparer.decide(ref, pending, built.run_local(ref, [r.tensor for r in comparer.undecided]))
         done.update(group)
         for t in group:
             pending.pop(t, None)
@@ -178,8 +197,8 @@ def _note_fidelity(result: CompareResult) -> None:
 
 
 def compare_case(case: Case, mark: Marking | None = None, progress: Progress = SILENT,
-                 check: CheckCommand | None = None) -> CompareResult:
-    return run_compare(case.problem, case.engine, case.plan, case.bans, mark, progress, check)
+                 check: CheckCommand | None = None, local_scope: str = "wrong") -> CompareResult:
+    return run_compare(case.problem, case.engine, case.plan, case.bans, mark, progress, check, local_scope)
 
 
 def _reproduction_check(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: BanList | None,

@@ -215,7 +215,9 @@ def _ranking(journal: Journal, problem: Problem, engine: Engine, base: Precision
                 int(journal.ranking.get("builds", 1)), 0, None)
     started = time.perf_counter()
     try:
-        compare: CompareResult | None = run_compare(problem, engine, base, bans, Marking(), progress)
+        # every layer's local error: the ranking orders bystanders by it
+        compare: CompareResult | None = run_compare(problem, engine, base, bans, Marking(), progress,
+                                                    local_scope="all")
     except BuildError:
         compare = None  # rank by static signals only
     model = problem.model
@@ -263,7 +265,7 @@ def _write_outputs(outcome: FallbackOutcome, case: Case, plan_path: Path, strate
     plan.save(plan_path)
     outcome.plan, outcome.plan_path = plan, plan_path
     paths = output_paths(plan_path)
-    outcome.compare = run_compare(problem, engine, plan, bans, Marking(), progress)
+    outcome.compare = run_compare(problem, engine, plan, bans, Marking(), progress, local_scope="all")
     outcome.compare_path = write_compare_report(outcome.compare, paths["compare"])
     outcome.artifacts, notes = write_plan_artifacts(engine, model, plan, bans, paths["onnx"], paths["engine"])
     outcome.notes.extend(notes)

@@ -31,9 +31,14 @@ if TYPE_CHECKING:
                    "of the engine outputs ({reference}: of the FP32 ones); exit 0 = pass.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
               help="Write a self-contained HTML report: error plot, every tensor, culprits' value histograms.")
+@click.option("--local-error", "local_scope", type=click.Choice(["wrong", "all"]), default="wrong", show_default=True,
+              help="Which layers run again alone on the reference's inputs (emulator): those writing tensors out "
+                   "of tolerance (enough to tell introduced from propagated error), or all (local SNR of every "
+                   "layer in the reports; costs about one more run of the model).")
 @quiet_option
 def compare_command(mark_mode: str, chunk_size: int | None, top: int, json_path: str | None,
-                    check_command: str | None, html_path: str | None, quiet: bool, **problem_args: Any) -> int:
+                    check_command: str | None, html_path: str | None, local_scope: str, quiet: bool,
+                    **problem_args: Any) -> int:
     """Compare every layer of the engine against onnxruntime FP32 and say where error starts."""
     from trtdebug.artifacts.compare_report import write_compare_report
     from trtdebug.cli.interrupt import run_interruptible
@@ -53,7 +58,7 @@ def compare_command(mark_mode: str, chunk_size: int | None, top: int, json_path:
         case = prepare(spec, outputs={"--json": json_path, "--html": html_path})
         progress.end()
         return compare_case(case, Marking(mode=mark_mode, chunk_size=chunk_size),  # type: ignore[arg-type]
-                            progress=progress, check=check)
+                            progress=progress, check=check, local_scope=local_scope)
 
     result = run_interruptible(work, before_exit=lambda: stop_display(progress))
     out = console.stdout

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -217,6 +217,7 @@ class EmulatorBuilt:
         self._local_session: Any = None
         self._pieces: dict[int, tuple[Any, Any]] = {}  # id(groups) -> (PiecewiseGraph, local PiecewiseGraph)
         self._local_live: dict[str, np.ndarray] = {}
+        self._local_parts: tuple[onnx.ModelProto, dict[str, str], list[str]] | None = None
 
     def _float_tensors(self) -> set[str]:
         names = {t for n in self.folded.proto.graph.node for t in [*n.input, *n.output] if t}
@@ -262,13 +263,29 @@ class EmulatorBuilt:
             self._session = onnxrt.session(onnxrt.with_outputs(self.proto, self._exposed_names))
         return onnxrt.run(self._session, feeds)
 
-    def run_local(self, reference: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Every layer run alone on the reference's FP32 inputs: its own error, isolated."""
+    def run_local(self, reference: Mapping[str, np.ndarray],
+                  tensors: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """Every layer run alone on the reference's FP32 inputs: its own error, isolated.
+        `tensors`: only the layers writing these (their own small session)."""
+        if tensors is not None:
+            return self._run_local_layers(reference, tensors)
         if self._local_session is None:
             self._local_session = self._build_local()
         session, feeds_from = self._local_session
         feeds = {name: reference[tensor] for name, tensor in feeds_from.items()}
         return onnxrt.run(session, feeds)
+
+    def _run_local_layers(self, reference: Mapping[str, np.ndarray], tensors: Collection[str]) -> dict[str, np.ndarray]:
+        from trtdebug.core.pieces import PiecewiseGraph, split_by_targets
+
+        proto, _, outputs = self._local_graph()
+        wanted = [t for t in dict.fromkeys(tensors) if t in set(outputs)]
+        if not wanted:
+            return {}
+        # every local layer reads only reference values, so the layers writing `wanted` stand alone
+        graph = PiecewiseGraph(proto, split_by_targets(proto, [wanted, []])[:1], wanted)
+        values = {name: reference[name.removeprefix(REF_PREFIX)] for name in graph.reads(0)}
+        return {t: v for t, v in graph.run_piece(0, values).items() if t in graph.exposed}
 
     def run_pieces(self, feeds: Mapping[str, np.ndarray], groups: Sequence[Sequence[str]]
                    ) -> Iterator[dict[str, np.ndarray]]:
@@ -347,6 +364,11 @@ class EmulatorBuilt:
 
     def _local_graph(self) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
         """The folded graph with every layer's non-constant inputs cut loose into graph inputs."""
+        if self._local_parts is None:
+            self._local_parts = self._make_local_graph()
+        return self._local_parts
+
+    def _make_local_graph(self) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
         initializers = {i.name for i in self.folded.proto.graph.initializer}
         original = set(self.model.producer) | {i.name for i in self.model.inputs}
         feeds_from: dict[str, str] = {}

@@ -17,7 +17,7 @@ output of its DequantizeLinear, i.e. the value its INT8 readers see.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -78,7 +78,8 @@ class Int8Built:
         DequantizeLinear output of a quantized tensor): its quantization and error undone."""
         return self.inner.run_substituted(feeds, {self.stands_for.get(t, t): v for t, v in replacements.items()})
 
-    def run_local(self, reference: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_local(self, reference: Mapping[str, np.ndarray],
+                  tensors: Collection[str] | None = None) -> dict[str, np.ndarray]:
         """Each layer alone on the reference's float inputs, its output quantized by its own pair:
         the error a layer and the quantization of its output add, without its inputs' quantization
         error (already counted where those inputs are written)."""
@@ -91,7 +92,7 @@ class Int8Built:
             fed[pair.quantized] = np.asarray(pair.params.quantize(value), pair.params.zero_point.dtype)
             for dq in pair.dequantized:
                 fed[dq] = value if not pair.is_weight else pair.params.fake_quantize(value)
-        local = self.inner.run_local(fed)
+        local = self.inner.run_local(fed, tensors)
         for pair in self.live:
             if not pair.is_weight and pair.source in local:
                 local[pair.source] = pair.params.fake_quantize(local[pair.source])

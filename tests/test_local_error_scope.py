@@ -1,0 +1,81 @@
+"""compare runs layers again on the reference's inputs only where that decides something (tensors out of
+tolerance), and says exactly what `--local-error all` says about where error is introduced."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fixtures.chain_models import planted_chain
+from trtdebug.core import blocks
+from trtdebug.core.inputs import generate_feeds, resolve_shapes
+from trtdebug.core.metrics import Tolerance, _measure_exact, measure
+from trtdebug.core.model import Model
+from trtdebug.core.precision import PrecisionPlan
+from trtdebug.engines.emulator.engine import EmulatorEngine
+from trtdebug.workflows.compare import run_compare
+from trtdebug.workflows.problem import Problem
+
+
+@pytest.fixture(scope="module")
+def four_culprits(tmp_path_factory):
+    """Four planted culprits in one chain: the later ones read inputs the first already made wrong."""
+    chain = planted_chain(80, 4, seed=1)
+    return chain, chain.save(tmp_path_factory.mktemp("scope") / "chain80.onnx")
+
+
+def _compare(path, scope, budget=None):
+    model = Model.load(path)
+    feeds = generate_feeds(model, resolve_shapes(model, {}), seed=0)
+    problem = Problem.prepare(model, feeds, Tolerance.for_precision("fp16"), memory_budget=budget)
+    return run_compare(problem, EmulatorEngine(), PrecisionPlan("fp16"), local_scope=scope)
+
+
+@pytest.mark.parametrize("budget", [None, 1], ids=["whole", "one tensor per group"])
+def test_local_error_of_wrong_tensors_only_decides_as_every_layers_does(four_culprits, budget):
+    chain, path = four_culprits
+    everywhere, wrong_only = _compare(path, "all", budget), _compare(path, "wrong", budget)
+    assert [(t.tensor, t.status) for t in wrong_only.tensors] == [(t.tensor, t.status) for t in everywhere.tensors]
+    assert {t.node for t in wrong_only.introduced} == set(chain.culprits)
+    assert [c.node for c in wrong_only.culprits] == [c.node for c in everywhere.culprits]
+    by_tensor = {t.tensor: t for t in wrong_only.tensors}
+    model = Model.load(path)
+    # the case local error exists for: a culprit whose inputs were already wrong
+    assert any(by_tensor.get(i) is not None and by_tensor[i].status != "ok"
+               for t in wrong_only.introduced for i in model.node_by_name[t.node].input)
+    measured = [t for t in wrong_only.tensors if t.accumulated is not None]
+    assert all(t.local is not None for t in measured if t.accumulated.bad)
+    assert all(t.local is None for t in measured if not t.accumulated.bad)
+    assert all(t.local is not None for t in everywhere.tensors if t.accumulated is not None)
+    assert (wrong_only.local_scope, everywhere.local_scope) == ("wrong", "all")
+
+
+def test_compare_local_error_option_reaches_the_json_report(four_culprits, tmp_path):
+    _, path = four_culprits
+    for scope in ("wrong", "all"):
+        report = tmp_path / f"{scope}.json"
+        run = subprocess.run([sys.executable, "-m", "trtdebug", "compare", str(path), "--local-error", scope,
+                              "--json", str(report)], capture_output=True, text=True, check=False)
+        assert run.returncode == 1, run.stderr
+        data = json.loads(report.read_text())
+        assert data["notes"]["local_error_scope"] == scope
+        with_local = [t for t in data["tensors"] if t.get("local")]
+        assert len(with_local) == (80 if scope == "all" else 45)
+
+
+@pytest.mark.parametrize("size", [7, blocks.BLOCK * 3 + 11, blocks.PARALLEL_FROM * 2 + 5])
+@pytest.mark.parametrize("relative", [True, False])
+def test_blocked_measure_equals_the_element_wise_one(size, relative):
+    rng = np.random.default_rng(size)
+    ref = (rng.standard_normal(size) * 3).astype(np.float32)
+    cand = ref + (rng.standard_normal(size) * 0.01).astype(np.float32)
+    cand[::97] += 0.5  # some elements out of tolerance in every block
+    fast, fast_outside = measure(ref, cand, 1e-2, 1e-2, relative)
+    exact, exact_outside = _measure_exact(ref, ref, cand, 1e-2, 1e-2, relative)
+    np.testing.assert_array_equal(fast_outside, exact_outside)
+    for name, value in exact.__dict__.items():
+        assert getattr(fast, name) == pytest.approx(value, rel=1e-4, abs=1e-9), name

@@ -1,0 +1,60 @@
+"""Element-wise work over large arrays, a cache-sized block at a time, blocks spread over threads.
+
+A dozen numpy passes over a tensor of hundreds of MB each stream it through memory; the same passes
+over a block of 128K elements stay in cache. numpy releases the GIL inside its loops, so blocks run
+in parallel on a thread pool sized to the CPUs this process may use. Results come back in block
+order, so what is computed never depends on the number of threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
+
+BLOCK = 1 << 17  # elements: two float32 blocks and their temporaries fit in a core's L2 cache
+PARALLEL_FROM = 1 << 20  # elements: below this, handing blocks to threads costs more than it saves
+
+T = TypeVar("T")
+
+
+class Mergeable(Protocol):
+    def merge(self: T, other: T) -> T: ...
+
+
+M = TypeVar("M", bound=Mergeable)
+
+
+def spans(size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + BLOCK, size)) for start in range(0, size, BLOCK)] or [(0, 0)]
+
+
+def cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=min(cpus(), 16), thread_name_prefix="trtdebug-blocks")
+
+
+def map(size: int, work: Callable[[int, int], T]) -> list[T]:  # noqa: A001 - blocks.map reads as meant
+    """work(start, stop) for every block of an array of `size` elements, in block order."""
+    parts = spans(size)
+    if size < PARALLEL_FROM or cpus() == 1:
+        return [work(a, b) for a, b in parts]
+    return list(_pool().map(lambda span: work(*span), parts))
+
+
+def reduce(size: int, work: Callable[[int, int], M]) -> M:
+    """`map`, its per-block results merged in block order."""
+    results = map(size, work)
+    merged = results[0]
+    for result in results[1:]:
+        merged = merged.merge(result)
+    return merged
