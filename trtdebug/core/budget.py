@@ -24,7 +24,7 @@ from trtdebug.errors import UserError
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 DEFAULT_SHARE = 0.5  # of MemAvailable, without --memory-budget
-PIECE_SHARE = 8  # a piece is at most this fraction of all the tensors (bounds peak memory without a budget)
+PIECE_SHARE = 32
 MIN_PIECE = 16 * 2**20
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from trtdebug.core import blocks
 from trtdebug.core.model import FP16_MAX
 from trtdebug.core.quantization import QuantParams
 
@@ -77,47 +78,83 @@ def detect(ref: np.ndarray, cand: np.ndarray, outside: np.ndarray, precision: st
         return [Defect("shape", f"shape mismatch: candidate {list(cand.shape)}, reference {list(ref.shape)}")]
     cand = cand.reshape(ref.shape)
     # float32 holds every value and threshold compared here; float64 stays float64
-    ref64, cand64 = (a if a.dtype in (np.float32, np.float64) else a.astype(np.float32) for a in (ref, cand))
-    ref_finite = np.isfinite(ref64)
-    became_inf = ref_finite & np.isinf(cand64)
-    became_nan = ref_finite & np.isnan(cand64)
-    ref_max = float(np.abs(ref64[ref_finite]).max()) if ref_finite.any() else 0.0
-    beyond_fp16 = int(np.count_nonzero(np.abs(ref64[ref_finite]) > FP16_MAX))
+    r, c = (a.reshape(-1) if a.dtype in (np.float32, np.float64) else a.astype(np.float32).reshape(-1)
+            for a in (ref, cand))
+    o = np.broadcast_to(outside, ref.shape).reshape(-1)
+    scan = blocks.reduce(r.size, lambda a, b: _scan(r[a:b], c[a:b], o[a:b]))
+    ref_max = scan.ref_max
     reduced = precision in ("fp16", "")
-    details = {"reference_max_abs": ref_max, "elements_inf": int(became_inf.sum()),
-               "reference_elements_beyond_fp16": beyond_fp16, "input_already_nonfinite": inputs_nonfinite}
-    if beyond_fp16 and reduced:
+    details = {"reference_max_abs": ref_max, "elements_inf": scan.became_inf,
+               "reference_elements_beyond_fp16": scan.beyond_fp16, "input_already_nonfinite": inputs_nonfinite}
+    if scan.beyond_fp16 and reduced:
         defects.append(Defect("overflow", f"FP16 overflow: this tensor reaches {ref_max:.4g} in the reference "
-                                          f"(FP16 max 65504); {int(became_inf.sum())} elements became inf", details))
-    elif became_inf.any() and inputs_nonfinite:
-        defects.append(Defect("overflow", f"{int(became_inf.sum())} elements became inf because an input was "
+                                          f"(FP16 max 65504); {scan.became_inf} elements became inf", details))
+    elif scan.became_inf and inputs_nonfinite:
+        defects.append(Defect("overflow", f"{scan.became_inf} elements became inf because an input was "
                                           f"already inf (this tensor's reference stays within {ref_max:.4g})",
                               details))
-    elif became_inf.any():
-        defects.append(Defect("overflow", f"{int(became_inf.sum())} elements became inf although this tensor's "
+    elif scan.became_inf:
+        defects.append(Defect("overflow", f"{scan.became_inf} elements became inf although this tensor's "
                                           f"reference stays within {ref_max:.4g}: the layer overflowed FP16 "
                                           "inside (e.g. a sum of squares or an exponent)", details))
-    if became_nan.any():
-        defects.append(Defect("nan", f"{int(became_nan.sum())} elements became NaN where the reference is "
-                                     "finite", {"elements_nan": int(became_nan.sum())}))
+    if scan.became_nan:
+        defects.append(Defect("nan", f"{scan.became_nan} elements became NaN where the reference is "
+                                     "finite", {"elements_nan": scan.became_nan}))
     if defects:
         return defects
-    nonzero_ref = ref_finite & (ref64 != 0)
-    if not cand64.any() and nonzero_ref.any():
+    if not scan.candidate_nonzero and scan.reference_nonzero:
         note = ""
         if ref_max < FP16_MIN_NORMAL:
             note = f" (reference max {ref_max:.3g} is below FP16's smallest normal {FP16_MIN_NORMAL:.3g})"
         return [Defect("all_zero", f"output is all zeros; reference max |x| is {ref_max:.4g}{note}",
                        {"reference_max_abs": ref_max})]
-    flushed = outside & nonzero_ref & (cand64 == 0)
-    if flushed.any() and flushed.sum() * 2 >= outside.sum():
-        flushed_max = float(np.abs(ref64[flushed]).max())
+    if scan.flushed and scan.flushed * 2 >= scan.outside:
         return [Defect("underflow",
-                       f"underflow: {int(flushed.sum())} nonzero elements became 0 (largest "
-                       f"{flushed_max:.3g}; FP16 smallest normal {FP16_MIN_NORMAL:.3g})",
-                       {"elements_flushed": int(flushed.sum()), "largest_flushed": flushed_max})]
-    return [Defect("precision", f"rounding error beyond tolerance in {int(outside.sum())} elements",
-                   {"elements_outside": int(outside.sum())})]
+                       f"underflow: {scan.flushed} nonzero elements became 0 (largest "
+                       f"{scan.flushed_max:.3g}; FP16 smallest normal {FP16_MIN_NORMAL:.3g})",
+                       {"elements_flushed": scan.flushed, "largest_flushed": scan.flushed_max})]
+    return [Defect("precision", f"rounding error beyond tolerance in {scan.outside} elements",
+                   {"elements_outside": scan.outside})]
+
+
+@dataclass
+class _Scan:
+    """What `detect` counts over a tensor, a block at a time (core.blocks), merged in block order."""
+
+    ref_max: float = 0.0  # over finite reference values
+    beyond_fp16: int = 0  # finite reference values beyond FP16's range
+    became_inf: int = 0  # finite in the reference, inf in the candidate
+    became_nan: int = 0
+    candidate_nonzero: bool = False
+    reference_nonzero: bool = False  # some finite nonzero reference value
+    flushed: int = 0  # out of tolerance: a finite nonzero reference value that became 0
+    flushed_max: float = 0.0
+    outside: int = 0
+
+    def merge(self, other: _Scan) -> _Scan:
+        return _Scan(max(self.ref_max, other.ref_max), self.beyond_fp16 + other.beyond_fp16,
+                     self.became_inf + other.became_inf, self.became_nan + other.became_nan,
+                     self.candidate_nonzero or other.candidate_nonzero,
+                     self.reference_nonzero or other.reference_nonzero,
+                     self.flushed + other.flushed, max(self.flushed_max, other.flushed_max),
+                     self.outside + other.outside)
+
+
+def _scan(r: np.ndarray, c: np.ndarray, outside: np.ndarray) -> _Scan:
+    finite = np.isfinite(r)
+    magnitude = np.abs(r)
+    magnitude[~finite] = 0  # inf/NaN references count nowhere
+    flushed = outside & (magnitude != 0) & (c == 0)
+    return _Scan(ref_max=float(magnitude.max(initial=0.0)),
+                 beyond_fp16=int(np.count_nonzero(magnitude > FP16_MAX)),
+                 became_inf=int(np.count_nonzero(finite & np.isinf(c))),
+                 became_nan=int(np.count_nonzero(finite & np.isnan(c))),
+                 candidate_nonzero=bool(c.any()), reference_nonzero=bool(magnitude.any()),
+                 flushed=int(np.count_nonzero(flushed)),
+                 flushed_max=float(magnitude[flushed].max(initial=0.0)),
+                 outside=int(np.count_nonzero(outside)))
+
+
 
 
 # -- INT8: what quantizing one tensor with its scale does to the reference's values ------------

@@ -28,7 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from trtdebug.core import onnxrt
-from trtdebug.core.model import Model
+from trtdebug.core.model import Model, node_dependencies
 from trtdebug.core.precision import DATA_MOVEMENT_OPS, ONNX_TYPE, PrecisionPlan, precision_rank, precision_slots
 from trtdebug.core.quantization import QuantizedModel
 from trtdebug.engines.base import BuildError, Built, Capabilities, LayerInfo, Marking
@@ -218,6 +218,7 @@ class EmulatorBuilt:
         self._pieces: dict[int, tuple[Any, Any]] = {}  # id(groups) -> (PiecewiseGraph, local PiecewiseGraph)
         self._local_live: dict[str, np.ndarray] = {}
         self._local_parts: tuple[onnx.ModelProto, dict[str, str], list[str]] | None = None
+        self._local_producer: dict[str, int] | None = None
 
     def _float_tensors(self) -> set[str]:
         names = {t for n in self.folded.proto.graph.node for t in [*n.input, *n.output] if t}
@@ -276,16 +277,31 @@ class EmulatorBuilt:
         return onnxrt.run(session, feeds)
 
     def _run_local_layers(self, reference: Mapping[str, np.ndarray], tensors: Collection[str]) -> dict[str, np.ndarray]:
-        from trtdebug.core.pieces import PiecewiseGraph, split_by_targets
+        from trtdebug.core.pieces import PiecewiseGraph
 
-        proto, _, outputs = self._local_graph()
-        wanted = [t for t in dict.fromkeys(tensors) if t in set(outputs)]
+        nodes, wanted = self._local_layers(tensors)
         if not wanted:
             return {}
-        # every local layer reads only reference values, so the layers writing `wanted` stand alone
-        graph = PiecewiseGraph(proto, split_by_targets(proto, [wanted, []])[:1], wanted)
+        graph = PiecewiseGraph(self._local_graph()[0], [nodes], wanted)
         values = {name: reference[name.removeprefix(REF_PREFIX)] for name in graph.reads(0)}
         return {t: v for t, v in graph.run_piece(0, values).items() if t in graph.exposed}
+
+    def _local_layers(self, tensors: Collection[str]) -> tuple[list[int], list[str]]:
+        """Nodes of the local graph that compute these tensors (a layer, its rounding casts), and which
+        of the tensors it computes. Every local layer reads only reference values, so they stand alone."""
+        proto, _, outputs = self._local_graph()
+        if self._local_producer is None:
+            self._local_producer = {t: i for i, n in enumerate(proto.graph.node) for t in n.output if t}
+        producer, computed = self._local_producer, set(outputs)
+        wanted = [t for t in dict.fromkeys(tensors) if t in computed]
+        nodes: set[int] = set()
+        stack = [producer[t] for t in wanted]
+        while stack:
+            i = stack.pop()
+            if i not in nodes:
+                nodes.add(i)
+                stack.extend(producer[t] for t in node_dependencies(proto.graph.node[i]) if t in producer)
+        return sorted(nodes), wanted
 
     def run_pieces(self, feeds: Mapping[str, np.ndarray], groups: Sequence[Sequence[str]]
                    ) -> Iterator[dict[str, np.ndarray]]:
@@ -309,9 +325,12 @@ class EmulatorBuilt:
         return {n: v for n, v in produced.items() if n in graph.exposed}
 
     def local_reads(self, k: int, groups: Sequence[Sequence[str]]) -> set[str]:
-        """Reference tensors group k's local-error layers read."""
-        return {name.removeprefix(REF_PREFIX) for name in self._piecewise(groups)[1].reads(k)
-                if name.startswith(REF_PREFIX)}
+        """Reference tensors the layers writing group k's tensors read (`run_local_piece` may take some
+        of them from rounded copies an earlier piece kept; `run_local` of some of them reads them all)."""
+        nodes = self._local_layers(groups[k])[0]
+        graph = self._local_graph()[0].graph.node
+        return {t.removeprefix(REF_PREFIX) for i in nodes for t in node_dependencies(graph[i])
+                if t.startswith(REF_PREFIX)}
 
     def run_exposing(self, feeds: Mapping[str, np.ndarray], tensors: Sequence[str]) -> dict[str, np.ndarray]:
         from trtdebug.core.pieces import PiecewiseGraph
