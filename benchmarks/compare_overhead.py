@@ -6,7 +6,9 @@
 Every measurement runs in a fresh process (peak memory is that process's peak resident set):
 
 - exposed: one onnxruntime FP32 run with every intermediate tensor exposed (the reference alone);
-- runs: what compare cannot avoid: that reference run, the emulator build and run, the local-error run;
+- runs: what compare cannot avoid: that reference run, the emulator build and run, and the local-error
+  run of the layers compare runs again alone (those writing tensors out of tolerance; a compare run
+  first tells which);
 - compare: compare end to end (load, feeds, reference, build, run, local error, metrics, report).
 
 Printed ratios: compare / runs (time; target <= 1.15 on Silero VAD, flat with size), and compare /
@@ -32,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 Shapes = dict[str, list[int]]
 Ranges = dict[str, list[float]]
@@ -71,7 +74,8 @@ def _problem(path: str, shapes: Shapes, ranges: Ranges):  # type: ignore[no-unty
     return model, feeds
 
 
-def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: str = "") -> dict[str, float]:
+def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: str = "",
+                 local_tensors: list[str] | None = None) -> dict[str, Any]:
     """In this process: one measurement of `kind`; seconds and peak RSS in MiB."""
     from rich.console import Console  # imports are not what is measured
 
@@ -93,7 +97,7 @@ def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: s
         reference = Reference(model).run(feeds)
         built = EmulatorEngine().build(model, PrecisionPlan("fp16"))
         built.run(feeds)
-        built.run_local(reference)
+        built.run_local(reference, local_tensors or [])
     else:
         model, feeds = _problem(path, shapes, ranges)
         if budget:  # keyword only where given: an older checkout's Problem.prepare has no budget
@@ -106,16 +110,18 @@ def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: s
         render_compare(result, Console(file=io.StringIO(), width=160))
         compare_to_json(result)
     seconds = time.perf_counter() - start
-    notes = {}
+    notes: dict[str, Any] = {}
+    if kind == "compare":
+        notes["local_tensors"] = [t.tensor for t in result.tensors if t.local is not None]
     memory = result.marking.get("memory") if kind == "compare" else None
     if memory:  # an older checkout records none
-        notes = {"chunks": memory["chunks"], "reference_held": memory["reference_held"],
-                 "tensor_mib": memory["tensor_bytes"] / 2**20}
+        notes.update({"chunks": memory["chunks"], "reference_held": memory["reference_held"],
+                      "tensor_mib": memory["tensor_bytes"] / 2**20})
     return {"seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **notes}
 
 
 def measure(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: str = "",
-            checkout: str | None = None) -> dict[str, float]:
+            checkout: str | None = None, local_tensors: list[str] | None = None) -> dict[str, Any]:
     """One measurement in a fresh process; `checkout`: the trtdebug imported there (default: this one)."""
     import os
 
@@ -123,6 +129,8 @@ def measure(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: str = 
     if checkout:
         env["PYTHONPATH"] = os.pathsep.join([checkout, str(Path(__file__).resolve().parent.parent)])
     extra = ["--one-budget", budget] if budget else []
+    if local_tensors is not None:
+        extra += ["--one-local", json.dumps(local_tensors)]
     run = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", kind, path,
                           json.dumps(shapes), json.dumps(ranges), *extra], capture_output=True, text=True,
                          check=True, env=env)
@@ -164,10 +172,12 @@ def main() -> None:
     parser.add_argument("--before", help="with --memory: also compare with the trtdebug of this checkout")
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--one-budget", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--one-local", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         kind, path, shapes, ranges = args.one
-        print(json.dumps(measure_once(kind, path, json.loads(shapes), json.loads(ranges), args.one_budget)))
+        print(json.dumps(measure_once(kind, path, json.loads(shapes), json.loads(ranges), args.one_budget,
+                                      json.loads(args.one_local))))
         return
     if args.memory:
         memory_mode(args.budget, args.before)
@@ -183,8 +193,10 @@ def main() -> None:
 
             nodes = len(Model.load(path).nodes)
             results = {}
+            local_tensors = measure("compare", path, shapes, ranges)["local_tensors"]  # what runs must include
             for kind in ("exposed", "runs", "compare"):
-                samples = [measure(kind, path, shapes, ranges) for _ in range(args.repeat)]
+                samples = [measure(kind, path, shapes, ranges, local_tensors=local_tensors)
+                           for _ in range(args.repeat)]
                 results[kind] = (statistics.median(s["seconds"] for s in samples),
                                  statistics.median(s["peak_mib"] for s in samples))
             (te, me), (tr, mr), (tc, mc) = results["exposed"], results["runs"], results["compare"]

@@ -102,3 +102,25 @@ def test_constant_folded_nodes_are_reported_as_folded():
     # 80000 was folded in FP32, then rounded as a weight of the FP16 Mul: inf, as TensorRT would.
     assert np.isinf(built.run({"x": np.array([1.0], np.float32)})["y"][0])
     assert onnx.checker.check_model(built.proto) is None
+
+
+def test_substituted_runs_of_one_session_equal_runs_of_their_own(planted_models):
+    """Culprit search replaces subsets of a few tensors by their reference values; one session with a
+    switch per tensor answers every subset exactly as a graph built for that subset alone."""
+    from trtdebug.core.inputs import generate_feeds, resolve_shapes
+
+    model = Model.load(planted_models["residual_overflow"][0])
+    feeds = generate_feeds(model, resolve_shapes(model, {}))
+    reference = run_reference(model, feeds)
+    built = EmulatorEngine().build(model, PrecisionPlan("fp16"))
+    switchable = ["conv_amplify", "relu_amplify", "rescale", "skip", "logits"]
+    plain = built.run(feeds)["logits"]
+    assert np.array_equal(built.run_substituted(feeds, {}, switchable)["logits"], plain, equal_nan=True)
+    for subset in (["conv_amplify"], ["relu_amplify", "skip"], ["skip"], ["logits"]):
+        replacements = {t: reference[t] for t in subset}
+        alone = EmulatorEngine().build(model, PrecisionPlan("fp16")).run_substituted(feeds, replacements)
+        switched = built.run_substituted(feeds, replacements, switchable)
+        np.testing.assert_array_equal(switched["logits"], alone["logits"])
+    # the overflow's values are beyond FP16 even in the reference: the repair is downstream of the rescale
+    repaired = built.run_substituted(feeds, {"rescale": reference["rescale"]}, switchable)["logits"]
+    assert np.isfinite(repaired).all() and not np.isfinite(plain).all()

@@ -18,7 +18,7 @@ culprit is a node `trtdebug fallback` would keep.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -29,7 +29,8 @@ MAX_CULPRITS = 3
 MEASURED_CANDIDATES = 6  # substitution runs per round: the most severe introduced errors only
 MIN_SHARE = 0.05  # a culprit must explain at least this share of the output error
 
-RunWithReference = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+# (replacements, every tensor the search may replace) -> final outputs
+RunWithReference = Callable[[Mapping[str, np.ndarray], Collection[str]], Mapping[str, np.ndarray]]
 
 
 def output_error(model: Model, reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
@@ -77,7 +78,7 @@ def find_culprits(model: Model, reports: Sequence[TensorReport], keepable: set[s
                   run_with_reference: RunWithReference | None = None,
                   failed_outputs: Mapping[str, np.ndarray] | None = None) -> tuple[list[Culprit], float | None]:
     """Up to three culprits, most important first (module docstring), and the share of the output
-    error they explain together (None: not measured). `run_with_reference(replacements)` reruns the
+    error they explain together (None: not measured). `run_with_reference(replacements, switchable)` reruns the
     build with tensors replaced by their reference values; `failed_outputs` are the final outputs of
     the build as it is."""
     introduced = [r for r in reports if r.status == "introduced" and r.node in keepable]
@@ -95,9 +96,11 @@ def find_culprits(model: Model, reports: Sequence[TensorReport], keepable: set[s
     replaced: dict[str, np.ndarray] = {}
     remaining = baseline
 
+    switchable = [r.tensor for r in [*nonfinite[:MAX_CULPRITS], *rest[:MEASURED_CANDIDATES]]]
+
     def error_with(extra: TensorReport) -> float:
         trial = {**replaced, extra.tensor: reference[extra.tensor]}
-        return output_error(model, reference, run_with_reference(trial), tolerance)
+        return output_error(model, reference, run_with_reference(trial, switchable), tolerance)
 
     for report in nonfinite[:MAX_CULPRITS]:  # non-finite values come first, whatever they explain
         after = error_with(report)

@@ -95,10 +95,11 @@ class LocalErrorBuilt(Built, Protocol):
 
 
 class SubstitutingBuilt(Built, Protocol):
-    def run_substituted(self, feeds: Mapping[str, np.ndarray],
-                        replacements: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_substituted(self, feeds: Mapping[str, np.ndarray], replacements: Mapping[str, np.ndarray],
+                        switchable: Collection[str] = ()) -> dict[str, np.ndarray]:
         """Run with the given tensors replaced by these values (downstream layers read them as they would
-        read the engine's own); returns the final outputs."""
+        read the engine's own); returns the final outputs. `switchable`: every tensor calls of one search
+        may replace, so that the engine can prepare them all once."""
         ...
 
 

@@ -54,7 +54,7 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
         raise ValueError(f"local_scope must be one of {LOCAL_SCOPES}")
     model = problem.model
     budget = problem.memory_budget or default_budget()
-    cplan = plan_compare(model, tensor_bytes(model, problem.feeds), budget)
+    cplan = plan_compare(model, problem.tensor_sizes or tensor_bytes(model, problem.feeds), budget)
     mark = mark or Marking()
     builds = math.ceil(3 * cplan.total / budget)  # reference, candidate and measuring, a build's tensors at once
     if not engine.capabilities.pieces and mark.chunk_size is None and builds > 1 and mark.mode != "none":
@@ -181,7 +181,8 @@ def _culprits(problem: Problem, engine: Engine, plan: PrecisionPlan, built: Buil
     keepable = {n for n in eligible_nodes(model) if plan.precision_of(n) == plan.default}
     substituting = as_substituting(engine, built)
     outputs = {o.name: candidate[o.name] for o in model.outputs if o.name in candidate}
-    run = (lambda replacements: substituting.run_substituted(problem.feeds, replacements)) if substituting else None
+    run = (lambda replacements, switchable: substituting.run_substituted(problem.feeds, replacements, switchable)
+           ) if substituting else None
     return find_culprits(model, result.tensors, keepable or set(model.node_by_name), problem.reference,
                          problem.tolerance, run, outputs if substituting else None)
 

@@ -40,16 +40,17 @@ class Problem:
     reference: Mapping[str, np.ndarray]  # a LazyReference where every tensor does not fit in the budget
     tolerance: Tolerance
     memory_budget: int | None = None  # bytes compare may hold (None: core.budget's default)
+    tensor_sizes: Mapping[str, int] | None = None  # estimated bytes of each tensor at the feeds' shapes
 
     @classmethod
     def prepare(cls, model: Model, feeds: Mapping[str, np.ndarray], tolerance: Tolerance,
                 memory_budget: int | None = None) -> Problem:
         feeds = dict(feeds)
         release_freed_tensors()
-        plan = plan_compare(model, tensor_bytes(model, feeds), memory_budget or default_budget())
-        if plan.hold_reference:
-            return cls(model, feeds, run_reference(model, feeds), tolerance, memory_budget)
-        return cls(model, feeds, LazyReference(model, feeds, plan.groups), tolerance, memory_budget)
+        sizes = tensor_bytes(model, feeds)
+        plan = plan_compare(model, sizes, memory_budget or default_budget())
+        reference = run_reference(model, feeds) if plan.hold_reference else LazyReference(model, feeds, plan.groups)
+        return cls(model, feeds, reference, tolerance, memory_budget, sizes)
 
     def reference_outputs(self) -> dict[str, np.ndarray]:
         return {o.name: self.reference[o.name] for o in self.model.outputs}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
+from rich.cells import cell_len
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
-from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -55,7 +55,7 @@ def _worst_layers(rows: list[TensorReport], with_local: bool, width: int) -> Ren
     """A table where it fits; on a narrower terminal (80 columns), two lines per layer: its full
     name first, its numbers below, so no name is ever cut down to `conv…`."""
     table = _worst_table(rows, with_local)
-    if Measurement.get(Console(width=10_000), Console(width=10_000).options, table).maximum <= width:
+    if natural_width(table) <= width:
         return table
     lines = [Text("Worst layers", style="italic")]
     for t in rows:
@@ -72,6 +72,15 @@ def _worst_layers(rows: list[TensorReport], with_local: bool, width: int) -> Ren
             numbers += f"  local SNR {_fmt(t.local.snr_db) if t.local else '-'} dB"
         lines += [head, Text(numbers, style="dim")]
     return Group(*lines)
+
+
+def natural_width(table: Table) -> int:
+    """The width `table` takes unwrapped, as rich would measure it, without rendering it (measuring a
+    table renders every cell): the widest cell of each column, its padding, and a rule between columns
+    and at both edges. Holds for the plain-text tables here (default box, padding and edges)."""
+    widths = [max([cell_len(str(column.header)), *(cell_len(str(cell)) for cell in column.cells)])
+              for column in table.columns]
+    return sum(widths) + 3 * len(widths) + 1
 
 
 def _render_culprits(result: CompareResult, console: Console) -> None:

@@ -36,6 +36,8 @@ from trtdebug.engines.emulator.tactics import Shape, ShapeOf, TacticChoice, Tact
 from trtdebug.errors import UserError
 
 SUBSTITUTE_PREFIX = "substitute::"  # graph inputs that replace a layer output in run_substituted
+SWITCH_PREFIX = "switch::"  # ... and whether they do, in this run
+SWITCHED_PREFIX = "switched::"  # the value consumers read: the layer's own or the substitute
 REF_PREFIX = "ref::"  # graph inputs of the local-error graph carry reference values
 
 
@@ -219,6 +221,7 @@ class EmulatorBuilt:
         self._local_live: dict[str, np.ndarray] = {}
         self._local_parts: tuple[onnx.ModelProto, dict[str, str], list[str]] | None = None
         self._local_producer: dict[str, int] | None = None
+        self._switching: tuple[tuple[str, ...], Any] | None = None  # run_substituted's switches and session
 
     def _float_tensors(self) -> set[str]:
         names = {t for n in self.folded.proto.graph.node for t in [*n.input, *n.output] if t}
@@ -350,32 +353,53 @@ class EmulatorBuilt:
             self._pieces[key] = (graph, local)
         return self._pieces[key]
 
-    def run_substituted(self, feeds: Mapping[str, np.ndarray],
-                        replacements: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_substituted(self, feeds: Mapping[str, np.ndarray], replacements: Mapping[str, np.ndarray],
+                        switchable: Collection[str] = ()) -> dict[str, np.ndarray]:
         """The emulated build with some layer outputs replaced: their consumers (and their rounding
-        casts) read the given values instead. Returns the final outputs."""
+        casts) read the given values instead. Returns the final outputs.
+
+        One session serves every subset of `switchable` (and of `replacements`): each switchable tensor
+        passes through a Where that picks the given value when its switch is on, so a search trying
+        many subsets builds one session, not one per trial."""
+        switches = tuple(sorted({*switchable, *replacements}))
+        if self._switching is None or self._switching[0] != switches:
+            self._switching = (switches, self._switching_session(switches))
+        fed = dict(feeds)
+        for tensor in switches:
+            on = tensor in replacements
+            fed[SWITCH_PREFIX + tensor] = np.asarray(on)
+            fed[SUBSTITUTE_PREFIX + tensor] = np.asarray(replacements[tensor]) if on else np.zeros(
+                (), self._substitute_dtype(tensor))
+        values = onnxrt.run(self._switching[1], fed, [o.name for o in self.model.outputs])
+        values.update({o.name: np.asarray(replacements[o.name]) for o in self.model.outputs if o.name in replacements})
+        return values
+
+    def _substitute_dtype(self, tensor: str) -> np.dtype:
+        """The emulated graph computes float tensors in FP32 (rounding with casts); others as declared."""
+        return np.dtype(np.float32) if self.model.is_float(tensor) else self.model.dtype(tensor) or np.dtype(np.float32)
+
+    def _switching_session(self, switches: Sequence[str]) -> Any:
+        """The emulated graph with a switch on each of these tensors (run_substituted)."""
         proto = onnx.ModelProto()
         proto.CopyFrom(self.proto)
         graph = proto.graph
-        renamed = {t: SUBSTITUTE_PREFIX + t for t in replacements}
+        switched = {t: SWITCHED_PREFIX + t for t in switches}
+        nodes: list[onnx.NodeProto] = []
         for node in graph.node:
             for i, t in enumerate(node.input):
-                if t in renamed:
-                    node.input[i] = renamed[t]
-        for tensor, name in renamed.items():
-            value = np.asarray(replacements[tensor])
+                if t in switched:
+                    node.input[i] = switched[t]
+            nodes.append(node)
+            nodes.extend(helper.make_node("Where", [SWITCH_PREFIX + t, SUBSTITUTE_PREFIX + t, t], [switched[t]],
+                                          name=switched[t]) for t in node.output if t in switched)
+        del graph.node[:]
+        graph.node.extend(nodes)  # each switch right after its tensor's producer: still in topological order
+        for tensor in switches:
+            dtype = self._substitute_dtype(tensor)
+            graph.input.append(helper.make_tensor_value_info(SWITCH_PREFIX + tensor, onnx.TensorProto.BOOL, []))
             graph.input.append(helper.make_tensor_value_info(
-                name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)))
-        outputs = [o.name for o in self.model.outputs]
-        kept = [o for o in graph.output if o.name not in renamed]
-        del graph.output[:]
-        graph.output.extend(kept)
-        values: dict[str, np.ndarray] = {}
-        if kept:
-            values = onnxrt.run(onnxrt.session(proto), {**feeds, **{renamed[t]: np.asarray(v)
-                                                                     for t, v in replacements.items()}})
-        values.update({o: np.asarray(replacements[o]) for o in outputs if o in renamed})
-        return values
+                SUBSTITUTE_PREFIX + tensor, onnx.helper.np_dtype_to_tensor_dtype(dtype), None))
+        return onnxrt.session(proto)  # a switched final output is the graph's; run_substituted overrides it
 
     def _build_local(self) -> tuple[Any, dict[str, str]]:
         proto, feeds_from, outputs = self._local_graph()

@@ -72,11 +72,12 @@ class Int8Built:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._to_float_names(self.inner.run(feeds))
 
-    def run_substituted(self, feeds: Mapping[str, np.ndarray],
-                        replacements: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_substituted(self, feeds: Mapping[str, np.ndarray], replacements: Mapping[str, np.ndarray],
+                        switchable: Collection[str] = ()) -> dict[str, np.ndarray]:
         """The INT8 build with some float tensors replaced where their INT8 readers read them (the
         DequantizeLinear output of a quantized tensor): its quantization and error undone."""
-        return self.inner.run_substituted(feeds, {self.stands_for.get(t, t): v for t, v in replacements.items()})
+        return self.inner.run_substituted(feeds, {self.stands_for.get(t, t): v for t, v in replacements.items()},
+                                          [self.stands_for.get(t, t) for t in switchable])
 
     def run_local(self, reference: Mapping[str, np.ndarray],
                   tensors: Collection[str] | None = None) -> dict[str, np.ndarray]:
