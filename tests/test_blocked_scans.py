@@ -11,7 +11,7 @@ import pytest
 from trtdebug.core import blocks
 from trtdebug.core.detect import FP16_MIN_NORMAL, detect
 from trtdebug.core.histogram import BINS, value_histogram
-from trtdebug.core.metrics import _measure_exact, measure
+from trtdebug.core.metrics import measure
 
 SIZES = [7, blocks.BLOCK * 3 + 11, blocks.PARALLEL_FROM * 2 + 5]  # one block; several; several on threads
 
@@ -24,15 +24,42 @@ def _pair(size: int) -> tuple[np.ndarray, np.ndarray]:
     return ref, cand
 
 
+def _element_wise(r: np.ndarray, c: np.ndarray, atol: float, rtol: float, relative: bool) -> tuple[dict, np.ndarray]:
+    """The metrics as their definitions read, over whole arrays in float64: what blocks must reproduce."""
+    r, c = r.astype(np.float64), c.astype(np.float64)
+    finite_r, both = np.isfinite(r), np.isfinite(r) & np.isfinite(c)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(c - r)
+        same = (r == c) | (np.isnan(r) & np.isnan(c))
+        err = np.where(both, err, np.where(same, 0.0, np.inf))
+        abs_r = np.abs(np.where(finite_r, r, 0.0))
+        ref_max = abs_r.max()
+        outside = err > atol * (ref_max if relative else 1.0) + rtol * abs_r
+        rf, cf, ef = r[both], c[both], err[both]
+        new_nonfinite = int(np.count_nonzero(finite_r & ~np.isfinite(c)))
+        rr, cc, noise = rf @ rf, cf @ cf, ef @ ef
+        snr = -math.inf if new_nonfinite else (math.inf if noise == 0 else 10 * math.log10(rr / noise))
+        metrics = {"max_abs": err.max(), "mean_abs": ef.mean(), "cosine": (rf @ cf) / math.sqrt(rr * cc),
+                   "snr_db": snr, "frac_outside": outside.mean(), "ref_max_abs": ref_max,
+                   "new_nonfinite": new_nonfinite,
+                   "max_rel": math.inf if new_nonfinite else (ef / np.maximum(np.abs(rf), 2.0**-126)).max()}
+    return metrics, outside
+
+
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("relative", [True, False])
-def test_blocked_measure_equals_the_element_wise_one(size, relative):
+@pytest.mark.parametrize("special", ["finite", "inf and nan"])
+def test_blocked_measure_equals_the_element_wise_definitions(size, relative, special):
     ref, cand = _pair(size)
+    if special != "finite":  # in one block only, the others take the finite path
+        ref[-4:], cand[-4:] = [np.inf, np.nan, 1.0, -np.inf], [np.inf, np.nan, np.inf, 5.0]
     fast, fast_outside = measure(ref, cand, 1e-2, 1e-2, relative)
-    exact, exact_outside = _measure_exact(ref, ref, cand, 1e-2, 1e-2, relative)
-    np.testing.assert_array_equal(fast_outside, exact_outside)
-    for name, value in exact.__dict__.items():
+    expected, expected_outside = _element_wise(ref, cand, 1e-2, 1e-2, relative)
+    np.testing.assert_array_equal(fast_outside, expected_outside)
+    for name, value in expected.items():
         assert getattr(fast, name) == pytest.approx(value, rel=1e-4, abs=1e-9), name
+    if special != "finite":
+        assert fast.new_nonfinite == 1 and fast.max_abs == math.inf and fast.snr_db == -math.inf
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -66,3 +93,22 @@ def test_blocked_defect_scan_finds_overflow_and_underflow_in_the_last_block(size
     flushed[-5:] = 0
     (underflow,) = detect(tiny, flushed, tiny != flushed, "fp16", 1e-2, 1e-2)
     assert underflow.kind == "underflow" and underflow.details["elements_flushed"] == 5
+
+
+@pytest.mark.parametrize("size", SIZES[1:])
+def test_blocked_mask_check_sees_every_block(size):
+    """An additive -1e9 mask that FP16 turns into -inf is absorbed only if everything else is within
+    tolerance, whichever block the exception lies in."""
+    from trtdebug.core.metrics import masked_only
+
+    ref, cand = _pair(size)
+    cand = ref.copy()
+    ref[-7:], cand[-7:] = -1e9, -np.inf
+    assert masked_only(ref, cand, 1e-2, 1e-2)
+    wrong = cand.copy()
+    wrong[3] += 10.0
+    assert not masked_only(ref, wrong, 1e-2, 1e-2)
+    nan_one_side = cand.copy()
+    nan_one_side[blocks.BLOCK + 1] = np.nan
+    assert not masked_only(ref, nan_one_side, 1e-2, 1e-2)
+    assert not masked_only(ref[:-7], cand[:-7], 1e-2, 1e-2)  # nothing masked: not a mask

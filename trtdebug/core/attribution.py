@@ -24,6 +24,7 @@ import numpy as np
 
 from trtdebug.core.metrics import Culprit, TensorReport, Tolerance, measure
 from trtdebug.core.model import Model
+from trtdebug.core.reference import values_of
 
 MAX_CULPRITS = 3
 MEASURED_CANDIDATES = 6  # substitution runs per round: the most severe introduced errors only
@@ -97,16 +98,17 @@ def find_culprits(model: Model, reports: Sequence[TensorReport], keepable: set[s
     remaining = baseline
 
     switchable = [r.tensor for r in [*nonfinite[:MAX_CULPRITS], *rest[:MEASURED_CANDIDATES]]]
+    substitutes = values_of(reference, switchable)  # one run where the reference is streamed
 
     def error_with(extra: TensorReport) -> float:
-        trial = {**replaced, extra.tensor: reference[extra.tensor]}
+        trial = {**replaced, extra.tensor: substitutes[extra.tensor]}
         return output_error(model, reference, run_with_reference(trial, switchable), tolerance)
 
     for report in nonfinite[:MAX_CULPRITS]:  # non-finite values come first, whatever they explain
         after = error_with(report)
         culprits.append(Culprit(report.tensor, report.node, report.op_type, True,
                                 max(0.0, (remaining - after) / baseline), _describe(report)))
-        replaced[report.tensor] = reference[report.tensor]
+        replaced[report.tensor] = substitutes[report.tensor]
         remaining = min(remaining, after)
     candidates = rest[:MEASURED_CANDIDATES]
     while len(culprits) < MAX_CULPRITS and candidates and remaining > 0:
@@ -116,7 +118,7 @@ def find_culprits(model: Model, reports: Sequence[TensorReport], keepable: set[s
         if share < MIN_SHARE:
             break
         culprits.append(Culprit(best.tensor, best.node, best.op_type, False, share, _describe(best)))
-        replaced[best.tensor] = reference[best.tensor]
+        replaced[best.tensor] = substitutes[best.tensor]
         remaining = after
         candidates = [r for r in candidates if r is not best]
     if not culprits and rest:  # nothing explains much alone: name the biggest contributor, with its share

@@ -86,74 +86,15 @@ def _measure(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float,
              relative_atol: bool) -> tuple[Metrics, np.ndarray, bool]:
     """`measure`, and whether every candidate value is finite.
 
-    Tensors whose values are all finite on both sides (nearly all of them) are measured a cache-sized
-    block at a time, blocks spread over threads (numpy releases the GIL): two reads of each tensor
-    instead of a dozen passes through memory. The dot products that metrics need anyway tell whether
-    every value is finite (inf and NaN propagate into them); only when some value is not does the
-    element-wise path run."""
+    Tensors are measured a cache-sized block at a time, blocks spread over threads (numpy releases the
+    GIL): one read of each tensor for the metrics, a second for the mask only where some element may
+    be outside tolerance, instead of a dozen passes through memory. The same inf or NaN on both sides
+    is no error; any other non-finite mismatch is an infinite one, and a value that became inf/NaN
+    where the reference is finite makes the SNR -inf."""
     r, c = _as_float(ref), _as_float(cand)
-    if r.size and r.dtype == c.dtype:
-        sums = blocks.reduce(r.size, lambda a, b: _finite_sums(r[a:b], c[a:b]))
-        if math.isfinite(sums.rr) and math.isfinite(sums.cc):
-            return (*_measure_finite(ref.shape, r, c, sums, atol, rtol, relative_atol), True)
-    metrics, outside = _measure_exact(ref, r, c, atol, rtol, relative_atol)
-    return metrics, outside, bool(np.isfinite(c).all()) if c.dtype.kind == "f" else True
-
-
-@dataclass
-class _Sums:
-    """Per-block reductions of `_finite_sums`, merged in block order (the result never depends on threads)."""
-
-    rr: float = 0.0
-    cc: float = 0.0
-    rc: float = 0.0
-    noise: float = 0.0  # sum of squared errors
-    abs_sum: float = 0.0
-    max_abs: float = 0.0
-    ref_max: float = 0.0
-    max_rel: float = 0.0
-
-    def merge(self, other: _Sums) -> _Sums:
-        return _Sums(self.rr + other.rr, self.cc + other.cc, self.rc + other.rc, self.noise + other.noise,
-                     self.abs_sum + other.abs_sum, max(self.max_abs, other.max_abs),
-                     max(self.ref_max, other.ref_max), max(self.max_rel, other.max_rel))
-
-
-def _finite_sums(r: np.ndarray, c: np.ndarray) -> _Sums:
-    with np.errstate(invalid="ignore", over="ignore"):
-        err = np.subtract(c, r)
-        np.abs(err, out=err)
-        work = np.abs(r)
-        # BLAS dot products are the cheapest reductions numpy has; a sum is a dot with ones
-        sums = _Sums(float(np.dot(r, r)), float(np.dot(c, c)), float(np.dot(r, c)), float(np.dot(err, err)),
-                     float(np.dot(err, _ones(err.size, err.dtype))), float(err.max()), float(work.max()))
-        np.maximum(work, np.finfo(np.float32).tiny, out=work)
-        np.divide(err, work, out=work)
-        sums.max_rel = float(work.max())
-    return sums
-
-
-@functools.cache
-def _ones(size: int, dtype: np.dtype) -> np.ndarray:
-    ones = np.ones(size, dtype)
-    ones.flags.writeable = False
-    return ones
-
-
-def _outside_block(r: np.ndarray, c: np.ndarray, bound: float, rtol: float, out: np.ndarray) -> int:
-    with np.errstate(invalid="ignore", over="ignore"):
-        err = np.subtract(c, r)
-        np.abs(err, out=err)
-        work = np.abs(r)
-        work *= rtol
-        work += bound
-        np.greater(err, work, out=out)
-    return int(np.count_nonzero(out))
-
-
-def _measure_finite(shape: tuple[int, ...], r: np.ndarray, c: np.ndarray, sums: _Sums, atol: float,
-                    rtol: float, relative_atol: bool) -> tuple[Metrics, np.ndarray]:
-    """`measure` for tensors whose values are all finite on both sides."""
+    if not r.size:
+        return Metrics(0.0, 0.0, 0.0, 1.0, math.inf, 0.0, 0.0, 0), np.zeros(ref.shape, bool), True
+    sums = blocks.reduce(r.size, lambda a, b: _block_sums(r[a:b], c[a:b]))
     bound = atol * (sums.ref_max if relative_atol else 1.0)
     outside = np.zeros(r.size, dtype=bool)
     outside_count = 0
@@ -163,50 +104,95 @@ def _measure_finite(shape: tuple[int, ...], r: np.ndarray, c: np.ndarray, sums: 
     norms = math.sqrt(sums.rr * sums.cc)
     cosine = max(-1.0, min(1.0, sums.rc / norms)) if norms > 0 else (1.0 if sums.rr == sums.cc == 0 else 0.0)
     snr = math.inf if sums.noise == 0 else (10 * math.log10(sums.rr / sums.noise) if sums.rr > 0 else -math.inf)
-    metrics = Metrics(max_abs=sums.max_abs, mean_abs=sums.abs_sum / r.size, max_rel=sums.max_rel, cosine=cosine,
-                      snr_db=snr, frac_outside=outside_count / r.size, ref_max_abs=sums.ref_max, new_nonfinite=0)
-    return metrics, outside.reshape(shape)
-
-
-def _measure_exact(ref: np.ndarray, r: np.ndarray, c: np.ndarray, atol: float, rtol: float,
-                   relative_atol: bool) -> tuple[Metrics, np.ndarray]:
-    finite_r = np.isfinite(r)
-    both_finite = finite_r & np.isfinite(c)
-    all_finite = bool(both_finite.all())
-    with np.errstate(invalid="ignore", over="ignore"):
-        err = np.abs(c - r)
-    if not all_finite:  # the same inf or NaN on both sides is no error; any other mismatch is infinite
-        same_special = ~both_finite & ((r == c) | (np.isnan(r) & np.isnan(c)))
-        err = np.where(both_finite, err, np.where(same_special, 0.0, np.inf)).astype(err.dtype)
-    abs_r = np.abs(np.where(finite_r, r, 0)) if not all_finite else np.abs(r)
-    ref_max = float(abs_r.max()) if abs_r.size else 0.0
-    scale = ref_max if relative_atol else 1.0
-    outside = err > atol * scale + rtol * abs_r
-    if all_finite:
-        rf, cf, finite_err = r, c, err
-    else:
-        rf, cf, finite_err = r[both_finite], c[both_finite], err[both_finite]
-    # BLAS dot products: blocked accumulation keeps float32 sums accurate enough for dB and cosine
-    rr, cc, rc = float(np.dot(rf, rf)), float(np.dot(cf, cf)), float(np.dot(rf, cf))
-    noise = float(np.dot(finite_err, finite_err))
-    norms = math.sqrt(rr * cc)
-    cosine = max(-1.0, min(1.0, rc / norms)) if norms > 0 else (1.0 if rr == cc == 0 else 0.0)
-    snr = math.inf if noise == 0 else (10 * math.log10(rr / noise) if rr > 0 else -math.inf)
-    new_nonfinite = int(np.count_nonzero(finite_r & ~np.isfinite(c))) if not all_finite else 0
-    if new_nonfinite:  # values that became inf/NaN are infinitely wrong, whatever the finite rest says
+    max_rel = sums.max_rel
+    if sums.new_nonfinite:  # values that became inf/NaN are infinitely wrong, whatever the finite rest says
         snr, max_rel = -math.inf, math.inf
-    else:
-        tiny = np.finfo(np.float32).tiny
-        with np.errstate(over="ignore"):  # error over a near-zero reference is legitimately huge
-            max_rel = float((finite_err / np.maximum(np.abs(rf), tiny)).max()) if finite_err.size else 0.0
-    metrics = Metrics(
-        max_abs=float(err.max()) if err.size else 0.0,
-        mean_abs=float(finite_err.mean(dtype=np.float64)) if finite_err.size else 0.0,
-        max_rel=max_rel,
-        cosine=cosine, snr_db=snr,
-        frac_outside=float(np.count_nonzero(outside)) / outside.size if outside.size else 0.0,
-        ref_max_abs=ref_max, new_nonfinite=new_nonfinite)
-    return metrics, outside.reshape(ref.shape) if ref.size else outside
+    metrics = Metrics(max_abs=sums.max_abs, mean_abs=sums.abs_sum / sums.finite if sums.finite else 0.0,
+                      max_rel=max_rel, cosine=cosine, snr_db=snr, frac_outside=outside_count / r.size,
+                      ref_max_abs=sums.ref_max, new_nonfinite=sums.new_nonfinite)
+    return metrics, outside.reshape(ref.shape), sums.candidate_nonfinite == 0
+
+
+@dataclass
+class _Sums:
+    """Per-block reductions of `_block_sums`, merged in block order (the result never depends on threads).
+    Sums and max_rel are over the elements finite on both sides."""
+
+    rr: float = 0.0
+    cc: float = 0.0
+    rc: float = 0.0
+    noise: float = 0.0  # sum of squared errors
+    abs_sum: float = 0.0
+    finite: int = 0  # elements finite on both sides
+    max_abs: float = 0.0  # inf where a non-finite value is not matched by the same on the other side
+    ref_max: float = 0.0  # over finite reference values
+    max_rel: float = 0.0
+    new_nonfinite: int = 0  # finite in the reference, inf/NaN in the candidate
+    candidate_nonfinite: int = 0
+
+    def merge(self, other: _Sums) -> _Sums:
+        return _Sums(self.rr + other.rr, self.cc + other.cc, self.rc + other.rc, self.noise + other.noise,
+                     self.abs_sum + other.abs_sum, self.finite + other.finite, max(self.max_abs, other.max_abs),
+                     max(self.ref_max, other.ref_max), max(self.max_rel, other.max_rel),
+                     self.new_nonfinite + other.new_nonfinite, self.candidate_nonfinite + other.candidate_nonfinite)
+
+
+def _block_sums(r: np.ndarray, c: np.ndarray) -> _Sums:
+    with np.errstate(invalid="ignore", over="ignore"):
+        rr, cc = float(np.dot(r, r)), float(np.dot(c, c))  # inf or NaN when any value is not finite
+        if not (math.isfinite(rr) and math.isfinite(cc)):
+            return _nonfinite_block_sums(r, c)
+        err = np.subtract(c, r)
+        np.abs(err, out=err)
+        work = np.abs(r)
+        # BLAS dot products are the cheapest reductions numpy has; a sum is a dot with ones
+        sums = _Sums(rr, cc, float(np.dot(r, c)), float(np.dot(err, err)),
+                     float(np.dot(err, _ones(err.size, err.dtype))), err.size, float(err.max()), float(work.max()))
+        np.maximum(work, np.finfo(np.float32).tiny, out=work)
+        np.divide(err, work, out=work)
+        sums.max_rel = float(work.max())
+    return sums
+
+
+def _nonfinite_block_sums(r: np.ndarray, c: np.ndarray) -> _Sums:
+    """`_block_sums` of a block holding inf or NaN (or values whose squares overflow) on either side:
+    elements not finite on both sides are zeroed out of the sums (cheaper than selecting the others)."""
+    finite_r, finite_c = np.isfinite(r), np.isfinite(c)
+    both = finite_r & finite_c
+    with np.errstate(invalid="ignore", over="ignore"):
+        rf, cf = np.where(both, r, 0).astype(r.dtype, copy=False), np.where(both, c, 0).astype(c.dtype, copy=False)
+        err = np.abs(cf - rf)
+        mismatch = ~both & ~((r == c) | (np.isnan(r) & np.isnan(c)))  # the same inf or NaN on both sides: no error
+        relative = err / np.maximum(np.abs(rf), np.finfo(np.float32).tiny)
+        return _Sums(float(np.dot(rf, rf)), float(np.dot(cf, cf)), float(np.dot(rf, cf)), float(np.dot(err, err)),
+                     float(err.sum(dtype=np.float64)), int(np.count_nonzero(both)),
+                     math.inf if mismatch.any() else float(err.max()),
+                     float(np.abs(np.where(finite_r, r, 0)).max()), float(relative.max()),
+                     int(np.count_nonzero(finite_r & ~finite_c)), int(np.count_nonzero(~finite_c)))
+
+
+def _outside_block(r: np.ndarray, c: np.ndarray, bound: float, rtol: float, out: np.ndarray) -> int:
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.subtract(c, r)
+        np.abs(err, out=err)
+        work = np.abs(r)
+        if not math.isfinite(float(err.max())):  # inf or NaN on some side (a finite difference needs both finite)
+            finite_r = np.isfinite(r)
+            both = finite_r & np.isfinite(c)
+            err[~both] = 0
+            err[~both & ~((r == c) | (np.isnan(r) & np.isnan(c)))] = np.inf  # not the same inf or NaN on both sides
+            work[~finite_r] = 0  # a non-finite reference grants no relative tolerance
+        work *= rtol
+        work += bound
+        np.greater(err, work, out=out)
+    return int(np.count_nonzero(out))
+
+
+@functools.cache
+def _ones(size: int, dtype: np.dtype) -> np.ndarray:
+    ones = np.ones(size, dtype)
+    ones.flags.writeable = False
+    return ones
 
 
 @dataclass
@@ -482,17 +468,42 @@ def _classify(report: TensorReport, ref: np.ndarray, cand: np.ndarray, local: np
 def masked_only(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) -> bool:
     """Wrong only where the reference lies beyond FP16's range and the candidate holds an infinity of the
     same sign (a large additive mask rounded to -inf); within tolerance everywhere else."""
-    r, c = ref.reshape(-1).astype(np.float32), cand.reshape(-1).astype(np.float32)
-    masked = np.isinf(c) & (np.abs(r) > FP16_MAX) & (np.sign(r) == np.sign(c))
-    if not masked.any():
+    r, c = _as_float(np.asarray(ref)), _as_float(np.asarray(cand))
+    scan = blocks.reduce(r.size, lambda a, b: _MaskScan.of(r[a:b], c[a:b]))
+    if not scan.masked or (scan.rest_nonfinite and scan.nan_differs):
         return False
-    rest_r, rest_c = r[~masked], c[~masked]
-    if not np.isfinite(rest_c).all() and not np.array_equal(np.isnan(rest_r), np.isnan(rest_c)):
-        return False
+    tolerance = atol * scan.scale
+    return all(blocks.map(r.size, lambda a, b: _rest_close(r[a:b], c[a:b], tolerance, rtol)))
+
+
+@dataclass(frozen=True)
+class _MaskScan:
+    masked: int = 0  # candidate inf where the reference is beyond FP16 with the same sign
+    scale: float = 0.0  # largest finite |reference| elsewhere
+    rest_nonfinite: bool = False  # elsewhere, some candidate value is inf/NaN
+    nan_differs: bool = False  # elsewhere, NaN on one side only
+
+    @classmethod
+    def of(cls, r: np.ndarray, c: np.ndarray) -> _MaskScan:
+        rest = ~_mask(r, c)
+        rest_r, rest_c = r[rest], c[rest]
+        finite_r = rest_r[np.isfinite(rest_r)]
+        return cls(int(rest.size - np.count_nonzero(rest)), float(np.abs(finite_r).max(initial=0.0)),
+                   not bool(np.isfinite(rest_c).all()), not np.array_equal(np.isnan(rest_r), np.isnan(rest_c)))
+
+    def merge(self, other: _MaskScan) -> _MaskScan:
+        return _MaskScan(self.masked + other.masked, max(self.scale, other.scale),
+                         self.rest_nonfinite or other.rest_nonfinite, self.nan_differs or other.nan_differs)
+
+
+def _mask(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return np.isinf(c) & (np.abs(r) > FP16_MAX) & (np.sign(r) == np.sign(c))
+
+
+def _rest_close(r: np.ndarray, c: np.ndarray, atol: float, rtol: float) -> bool:
+    rest = ~_mask(r, c)
     with np.errstate(invalid="ignore", over="ignore"):
-        scale = float(np.abs(rest_r[np.isfinite(rest_r)]).max()) if np.isfinite(rest_r).any() else 0.0
-        close = np.isclose(rest_c, rest_r, rtol=rtol, atol=atol * scale, equal_nan=True)
-    return bool(close.all())
+        return bool(np.isclose(c[rest], r[rest], rtol=rtol, atol=atol, equal_nan=True).all())
 
 
 def _absorb(model: Model, reports: list[TensorReport], masked: set[str]) -> None:

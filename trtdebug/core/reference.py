@@ -5,7 +5,7 @@ Graph optimizations are off so every ONNX tensor exists exactly as the model def
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -66,10 +66,20 @@ def inputs_upstream(model: Model, tensor: str) -> list[str]:
     return [spec.name for spec in model.inputs if spec.name in found]
 
 
+def values_of(reference: Mapping[str, np.ndarray], tensors: Iterable[str]) -> dict[str, np.ndarray]:
+    """These tensors' reference values; a LazyReference computes the ones it does not hold in one run."""
+    wanted = list(dict.fromkeys(tensors))
+    if isinstance(reference, LazyReference):
+        missing = [t for t in wanted if t not in reference.held and t not in reference._cache]
+        fetched = reference.fetch(missing) if missing else {}
+        return {t: fetched[t] if t in fetched else reference[t] for t in wanted}
+    return {t: reference[t] for t in wanted}
+
+
 class LazyReference(Mapping[str, np.ndarray]):
     """The FP32 reference of a model whose tensors do not fit in memory together: it holds the feeds and
-    the final outputs (and the shape of every tensor); `stream` computes every tensor a group at a time
-    (core.pieces), and any other tensor asked for is computed again (a few are cached: culprits)."""
+    the final outputs (one plain run, nothing else exposed); `stream` computes every tensor a group at a
+    time (core.pieces), and any other tensor asked for is computed again (a few are cached: culprits)."""
 
     CACHED = 16
 
@@ -81,21 +91,28 @@ class LazyReference(Mapping[str, np.ndarray]):
         self.groups = groups
         self._graph = PiecewiseGraph(model.proto, split_by_targets(model.proto, groups), model.intermediate_tensors())
         self._keys = list(dict.fromkeys([*model.intermediate_tensors(), *self.feeds]))
-        outputs = {o.name for o in model.outputs}
-        self.held: dict[str, np.ndarray] = dict(self.feeds)
-        self.shapes: dict[str, tuple[int, ...]] = {k: v.shape for k, v in self.feeds.items()}
-        for values in self._graph.run(self.feeds):
-            self.shapes.update((t, v.shape) for t, v in values.items())
-            self.held.update((t, v) for t, v in values.items() if t in outputs)
-        self._cache: dict[str, np.ndarray] = {}
+        self._known = set(self._keys)
+        outputs = [o.name for o in model.outputs]
         self._sessions: dict[tuple[str, ...], object] = {}
+        self.held: dict[str, np.ndarray] = dict(self.feeds)
+        self.held.update(self.fetch(outputs))
+        self._shapes: dict[str, tuple[int, ...]] = {k: v.shape for k, v in self.held.items()}
+        self._cache: dict[str, np.ndarray] = {}
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor's shape: as the stream saw them, or (before any stream) from one streamed pass."""
+        if len(self._shapes) < len(self._known):
+            for _ in self.stream():
+                pass
+        return self._shapes
 
     def __getitem__(self, tensor: str) -> np.ndarray:
         if tensor in self.held:
             return self.held[tensor]
         if tensor in self._cache:
             return self._cache[tensor]
-        if tensor not in self.shapes:
+        if tensor not in self._known:
             raise KeyError(tensor)
         value = self.fetch([tensor])[tensor]
         if len(self._cache) < self.CACHED:
@@ -103,13 +120,13 @@ class LazyReference(Mapping[str, np.ndarray]):
         return value
 
     def __contains__(self, tensor: object) -> bool:
-        return tensor in self.shapes
+        return tensor in self._known
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(t for t in self._keys if t in self.shapes)
+        return iter(self._keys)
 
     def __len__(self) -> int:
-        return len(self.shapes)
+        return len(self._keys)
 
     def fetch(self, tensors: list[str]) -> dict[str, np.ndarray]:
         """These tensors' values, by one run that exposes only them."""
@@ -123,4 +140,6 @@ class LazyReference(Mapping[str, np.ndarray]):
 
     def stream(self) -> Iterator[dict[str, np.ndarray]]:
         """Every tensor, a group (of `groups`) at a time."""
-        return self._graph.run(self.feeds)
+        for values in self._graph.run(self.feeds):
+            self._shapes.update((t, v.shape) for t, v in values.items())
+            yield values
