@@ -208,3 +208,40 @@ def test_the_report_says_how_many_chunks(wide_chain, tmp_path):
     assert done.returncode == 1, done.stderr
     notes = [line for line in done.stdout.splitlines() if line.startswith("compared in ")]
     assert len(notes) == 1 and notes[0].endswith("chunks to stay within the 61.0 MiB memory budget"), done.stdout
+
+
+def test_run_ahead_keeps_one_piece_in_flight_and_hands_errors_over():
+    """compare runs the next piece while it measures one: never more than the current piece and the next
+    are alive, an error in the run reaches the caller, and stopping early stops the thread."""
+    import threading
+    import time
+
+    from trtdebug.core.pieces import run_ahead
+
+    produced: list[int] = []
+
+    def pieces(n: int, fail_at: int = -1):
+        for i in range(n):
+            if i == fail_at:
+                raise RuntimeError("piece failed")
+            produced.append(i)
+            yield i
+
+    seen = []
+    for item in run_ahead(pieces(6)):
+        time.sleep(0.05)  # the caller is slow: the producer waits for it
+        assert len(produced) <= item + 2, "more than one piece ran ahead"
+        seen.append(item)
+    assert seen == list(range(6))
+
+    with pytest.raises(RuntimeError, match="piece failed"):
+        list(run_ahead(pieces(5, fail_at=3)))
+
+    before = {t for t in threading.enumerate() if t.name == "trtdebug-run-ahead"}
+    early = run_ahead(pieces(100))
+    next(early)
+    early.close()
+    deadline = time.monotonic() + 5
+    while any(t.is_alive() for t in threading.enumerate() if t.name == "trtdebug-run-ahead" and t not in before):
+        assert time.monotonic() < deadline, "the run-ahead thread outlived its iterator"
+        time.sleep(0.01)

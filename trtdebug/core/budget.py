@@ -26,9 +26,16 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 
 DEFAULT_SHARE = 0.5  # of MemAvailable, without --memory-budget
 PIECE_SHARE = 32
 MIN_PIECE = 16 * 2**20
+# Tensors beyond this are streamed even where the budget could hold them: the fresh pages a held reference
+# takes cost more than computing it again piece by piece beside the measuring (PP-OCRv4 detector at
+# 4x3x640x640, 2.6 GiB of tensors: 4.3 s streamed against 5.0 s held, and a third of the memory).
+HOLD_AT_MOST = 2**30
 
 
-MMAP_THRESHOLD = 2**20  # tensors at least this large get their own mapping, returned to the system when freed
+# Tensors at least this large get their own mapping, returned to the system when freed. Above the
+# temporaries of a measuring block (core.blocks: 1 MiB of float32, 2 MiB of float64), which the heap
+# then reuses: mapped afresh for each block, their pages cost more than the arithmetic on them.
+MMAP_THRESHOLD = 4 * 2**20
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
@@ -119,7 +126,7 @@ class ComparePlan:
 
     budget: int
     total: int  # estimated bytes of every intermediate tensor
-    hold_reference: bool  # the whole FP32 reference fits (half the budget): hold it
+    hold_reference: bool  # the whole FP32 reference fits (half the budget, at most HOLD_AT_MOST): hold it
     groups: list[list[str]]  # the model's tensors, in topological order, exposed a group at a time
 
     @property
@@ -130,7 +137,7 @@ class ComparePlan:
 def plan_compare(model: Model, sizes: Mapping[str, int], budget: int) -> ComparePlan:
     tensors = model.intermediate_tensors()
     total = sum(sizes.get(t, 0) for t in tensors)
-    hold = total <= budget // 2
+    hold = total <= budget // 2 and total <= HOLD_AT_MOST
     outputs = sum(sizes.get(o.name, 0) for o in model.outputs)
     free = budget - (total if hold else outputs)
     # one piece each of reference, candidate and local tensors, plus measuring temporaries and boundaries

@@ -21,6 +21,7 @@ from trtdebug.core.histogram import MAX_CULPRITS as HISTOGRAM_LIMIT
 from trtdebug.core.histogram import ValueHistogram, culprit_histograms
 from trtdebug.core.int8_findings import annotate_int8
 from trtdebug.core.metrics import CompareResult, Culprit, Reproduction, TensorComparer
+from trtdebug.core.pieces import run_ahead
 from trtdebug.core.precision import PrecisionPlan, eligible_nodes
 from trtdebug.core.quantization import QuantizedModel
 from trtdebug.core.reference import LazyReference
@@ -131,7 +132,7 @@ def _compare_pieces(problem: Problem, built: PiecewiseBuilt, local: bool, local_
     lazy = isinstance(reference, LazyReference)
     ref_stream = None
     if isinstance(reference, LazyReference):  # (mypy narrows on isinstance, not on `lazy`)
-        groups, ref_stream = reference.groups, reference.stream()
+        groups, ref_stream = reference.groups, run_ahead(reference.stream())
     last_read: dict[str, int] = {}
     if local:
         for k in range(len(groups)):
@@ -140,7 +141,7 @@ def _compare_pieces(problem: Problem, built: PiecewiseBuilt, local: bool, local_
     window: dict[str, np.ndarray] = dict(problem.feeds)  # reference values alive (lazy reference)
     pending: dict[str, np.ndarray] = {}  # candidate tensors that arrived before their group
     done: set[str] = set()
-    for k, (group, values) in enumerate(zip(groups, built.run_pieces(problem.feeds, groups), strict=True)):
+    for k, (group, values) in enumerate(zip(groups, run_ahead(built.run_pieces(problem.feeds, groups)), strict=True)):
         pending.update(values)
         del values
         if ref_stream is not None:
