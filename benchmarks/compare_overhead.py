@@ -6,9 +6,10 @@
 Every measurement runs in a fresh process (peak memory is that process's peak resident set):
 
 - exposed: one onnxruntime FP32 run with every intermediate tensor exposed (the reference alone);
-- runs: what compare cannot avoid: that reference run, the emulator build and run, and the local-error
-  run of the layers compare runs again alone (those writing tensors out of tolerance; a compare run
-  first tells which);
+- runs: the model runs compare needs: that reference run, the emulator build and run, the local-error
+  run of the layers compare runs again alone (those writing tensors out of tolerance), and the runs
+  with tensors replaced by their reference values that measure what explains a failure (a compare run
+  first tells which: its `local_tensors` and `substitutions`);
 - compare: compare end to end (load, feeds, reference, build, run, local error, metrics, report).
 
 Printed ratios: compare / runs (time; target <= 1.15 on Silero VAD, flat with size), and compare /
@@ -75,7 +76,8 @@ def _problem(path: str, shapes: Shapes, ranges: Ranges):  # type: ignore[no-unty
 
 
 def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: str = "",
-                 local_tensors: list[str] | None = None) -> dict[str, Any]:
+                 local_tensors: list[str] | None = None,
+                 substitutions: list[tuple[list[str], list[str]]] | None = None) -> dict[str, Any]:
     """In this process: one measurement of `kind`; seconds and peak RSS in MiB."""
     from rich.console import Console  # imports are not what is measured
 
@@ -98,7 +100,10 @@ def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: s
         built = EmulatorEngine().build(model, PrecisionPlan("fp16"))
         built.run(feeds)
         built.run_local(reference, local_tensors or [])
+        for replaced, switchable in substitutions or []:
+            built.run_substituted(feeds, {t: reference[t] for t in replaced}, switchable)
     else:
+        trials = _record_substitutions()
         model, feeds = _problem(path, shapes, ranges)
         if budget:  # keyword only where given: an older checkout's Problem.prepare has no budget
             from trtdebug.core.budget import parse_size
@@ -113,6 +118,7 @@ def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: s
     notes: dict[str, Any] = {}
     if kind == "compare":
         notes["local_tensors"] = [t.tensor for t in result.tensors if t.local is not None]
+        notes["substitutions"] = list(trials)
     memory = result.marking.get("memory") if kind == "compare" else None
     if memory:  # an older checkout records none
         notes.update({"chunks": memory["chunks"], "reference_held": memory["reference_held"],
@@ -120,8 +126,28 @@ def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: s
     return {"seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **notes}
 
 
+_TRIALS: list[tuple[list[str], list[str]]] = []
+
+
+def _record_substitutions() -> list[tuple[list[str], list[str]]]:
+    """The emulator's substituted runs from now on, as (replaced tensors, switchable tensors)."""
+    from trtdebug.engines.emulator.engine import EmulatorBuilt
+
+    _TRIALS.clear()
+    original = EmulatorBuilt.run_substituted
+    if not getattr(original, "recording", False):
+        def recording(self, feeds, replacements, switchable=()):  # type: ignore[no-untyped-def]
+            _TRIALS.append((sorted(replacements), list(switchable)))
+            return original(self, feeds, replacements, switchable)
+
+        recording.recording = True  # type: ignore[attr-defined]
+        EmulatorBuilt.run_substituted = recording  # type: ignore[method-assign]
+    return _TRIALS
+
+
 def measure(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: str = "",
-            checkout: str | None = None, local_tensors: list[str] | None = None) -> dict[str, Any]:
+            checkout: str | None = None, local_tensors: list[str] | None = None,
+            substitutions: list[tuple[list[str], list[str]]] | None = None) -> dict[str, Any]:
     """One measurement in a fresh process; `checkout`: the trtdebug imported there (default: this one)."""
     import os
 
@@ -131,6 +157,8 @@ def measure(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: str = 
     extra = ["--one-budget", budget] if budget else []
     if local_tensors is not None:
         extra += ["--one-local", json.dumps(local_tensors)]
+    if substitutions is not None:
+        extra += ["--one-substitutions", json.dumps(substitutions)]
     run = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", kind, path,
                           json.dumps(shapes), json.dumps(ranges), *extra], capture_output=True, text=True,
                          check=True, env=env)
@@ -181,11 +209,12 @@ def main() -> None:
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--one-budget", default="", help=argparse.SUPPRESS)
     parser.add_argument("--one-local", default="[]", help=argparse.SUPPRESS)
+    parser.add_argument("--one-substitutions", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         kind, path, shapes, ranges = args.one
         print(json.dumps(measure_once(kind, path, json.loads(shapes), json.loads(ranges), args.one_budget,
-                                      json.loads(args.one_local))))
+                                      json.loads(args.one_local), json.loads(args.one_substitutions))))
         return
     if args.memory:
         memory_mode(args.budget, args.before, args.repeat)
@@ -201,10 +230,10 @@ def main() -> None:
 
             nodes = len(Model.load(path).nodes)
             results = {}
-            local_tensors = measure("compare", path, shapes, ranges)["local_tensors"]  # what runs must include
+            first = measure("compare", path, shapes, ranges)  # which runs compare needs
             for kind in ("exposed", "runs", "compare"):
-                samples = [measure(kind, path, shapes, ranges, local_tensors=local_tensors)
-                           for _ in range(args.repeat)]
+                samples = [measure(kind, path, shapes, ranges, local_tensors=first["local_tensors"],
+                                   substitutions=first["substitutions"]) for _ in range(args.repeat)]
                 results[kind] = (statistics.median(s["seconds"] for s in samples),
                                  statistics.median(s["peak_mib"] for s in samples))
             (te, me), (tr, mr), (tc, mc) = results["exposed"], results["runs"], results["compare"]

@@ -311,6 +311,10 @@ class Model:
                         yield n.output[0], numpy_helper.to_array(attr.t)
 
     def fp16_range_violations(self) -> list[RangeViolation]:
+        return list(self._fp16_range_violations)
+
+    @cached_property
+    def _fp16_range_violations(self) -> tuple[RangeViolation, ...]:  # constants never change: scanned once
         found = []
         for name, value in self.constants():
             if value.dtype.kind != "f" or value.size == 0:
@@ -325,7 +329,7 @@ class Model:
                     self.node_by_name[c].op_type, set())
                 for c in consumers)
             found.append(RangeViolation(name, max_abs, consumers, folded))
-        return found
+        return tuple(found)
 
 
 def _input_slots(node: onnx.NodeProto, tensor: str) -> set[int]:

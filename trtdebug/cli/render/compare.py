@@ -7,7 +7,7 @@ import math
 from rich.cells import cell_len
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from trtdebug.core.budget import format_size
@@ -78,9 +78,12 @@ def natural_width(table: Table) -> int:
     """The width `table` takes unwrapped, as rich would measure it, without rendering it (measuring a
     table renders every cell): the widest cell of each column, its padding, and a rule between columns
     and at both edges. Holds for the plain-text tables here (default box, padding and edges)."""
-    widths = [max([cell_len(str(column.header)), *(cell_len(str(cell)) for cell in column.cells)])
-              for column in table.columns]
+    widths = [_cells_width(column) for column in table.columns]
     return sum(widths) + 3 * len(widths) + 1
+
+
+def _cells_width(column: Column) -> int:
+    return max([cell_len(str(column.header)), *(cell_len(str(cell)) for cell in column.cells)])
 
 
 def _render_culprits(result: CompareResult, console: Console) -> None:
@@ -114,8 +117,8 @@ def _render_culprits(result: CompareResult, console: Console) -> None:
 
 def _worst_table(rows: list[TensorReport], with_local: bool) -> Table:
     table = Table(title="Worst layers", title_justify="left", show_lines=False)
-    for column in ("#", "node", "op", "status", "defect", "max abs", "max rel", "SNR dB", "out of tol"):
-        table.add_column(column, justify="right" if column in ("#", "max abs", "max rel", "SNR dB") else "left",
+    for header in ("#", "node", "op", "status", "defect", "max abs", "max rel", "SNR dB", "out of tol"):
+        table.add_column(header, justify="right" if header in ("#", "max abs", "max rel", "SNR dB") else "left",
                          no_wrap=True)
     if with_local:
         table.add_column("local SNR dB", justify="right", no_wrap=True)
@@ -127,7 +130,9 @@ def _worst_table(rows: list[TensorReport], with_local: bool) -> Table:
                  _fmt(m.max_abs), _fmt(m.max_rel), _fmt(m.snr_db), f"{m.frac_outside:.1%}"]
         if with_local:
             cells.append(_fmt(t.local.snr_db) if t.local else "-")
-        table.add_row(*cells, style=style)
+        table.add_row(*map(Text, cells), style=style)  # Text: no markup to parse in names and numbers
+    for column in table.columns:  # widths given: rich prints the same table without measuring every cell
+        column.width = _cells_width(column)
     return table
 
 
