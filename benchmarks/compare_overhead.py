@@ -112,7 +112,8 @@ def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: s
         else:
             problem = Problem.prepare(model, feeds, Tolerance.for_precision("fp16"))
         result = run_compare(problem, EmulatorEngine(), PrecisionPlan("fp16"))
-        render_compare(result, Console(file=io.StringIO(), width=160))
+        # as the CLI's stdout prints
+        render_compare(result, Console(file=io.StringIO(), width=160, highlight=False, emoji=False))
         compare_to_json(result)
     seconds = time.perf_counter() - start
     notes: dict[str, Any] = {}
@@ -138,7 +139,8 @@ def _record_substitutions() -> list[tuple[list[str], list[str]]]:
     if not getattr(original, "recording", False):
         def recording(self, feeds, replacements, switchable=()):  # type: ignore[no-untyped-def]
             _TRIALS.append((sorted(replacements), list(switchable)))
-            return original(self, feeds, replacements, switchable)
+            # an older checkout's run_substituted takes no switchable tensors
+            return original(self, feeds, replacements, *((switchable,) if switchable else ()))
 
         recording.recording = True  # type: ignore[attr-defined]
         EmulatorBuilt.run_substituted = recording  # type: ignore[method-assign]

@@ -126,3 +126,20 @@ def test_real_silero_vad_model_runs_through_compare(silero_path, tmp_path):
     # Conv+Relu stacks of the encoder are there, and the Pow/Sqrt STFT magnitude too.
     assert {"Conv", "Relu", "Sqrt"} <= {t["op_type"] for t in compared}
     assert run.returncode == (0 if data["passed"] else 1)
+
+
+def test_node_names_print_as_they_are_even_when_they_look_like_emoji_codes(planted_models, tmp_path):
+    """Exporters write names such as "block:smile:1"; rich would print an emoji in their place."""
+    import onnx
+
+    path, truth = planted_models["overflow"]
+    model = onnx.load(path)
+    odd = "conv:smile:amplify"
+    for node in model.graph.node:
+        if node.name == truth.node:
+            node.name = odd
+    renamed = tmp_path / "renamed.onnx"
+    onnx.save(model, renamed)
+    run = trtdebug("compare", renamed)
+    assert run.returncode == 1, run.stderr
+    assert f"Culprit: {odd} (" in run.stdout and "\N{SMILING FACE WITH OPEN MOUTH AND SMILING EYES}" not in run.stdout

@@ -9,8 +9,9 @@ from typing import Any, TextIO
 from rich.console import Console
 
 # Reports are often piped to a file or CI log; 80 columns would truncate node names there.
-stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-stderr = Console(stderr=True, highlight=False)
+# emoji=False: a node or tensor name such as "block:cat:1" is printed as it is, not with an emoji in it.
+stdout = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
+stderr = Console(stderr=True, highlight=False, emoji=False)
 
 
 class ClosedPipeSafe:
