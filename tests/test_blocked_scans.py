@@ -112,3 +112,20 @@ def test_blocked_mask_check_sees_every_block(size):
     nan_one_side[blocks.BLOCK + 1] = np.nan
     assert not masked_only(ref, nan_one_side, 1e-2, 1e-2)
     assert not masked_only(ref[:-7], cand[:-7], 1e-2, 1e-2)  # nothing masked: not a mask
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork is POSIX only")
+def test_blocked_measure_works_in_a_forked_child():
+    """A library user's code may fork after measuring: the child must not wait on the parent's threads."""
+    import multiprocessing
+
+    ref, cand = _pair(blocks.PARALLEL_FROM * 2)
+    measure(ref, cand, 1e-2, 1e-2, True)  # the parent's pool exists now
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        result = pool.apply_async(_child_measure, (ref, cand))
+        assert result.get(timeout=60) == measure(ref, cand, 1e-2, 1e-2, True)[0].frac_outside
+
+
+def _child_measure(ref: np.ndarray, cand: np.ndarray) -> float:
+    return measure(ref, cand, 1e-2, 1e-2, True)[0].frac_outside

@@ -43,6 +43,10 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=min(cpus(), 16), thread_name_prefix="trtdebug-blocks")
 
 
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads: it makes its own pool
+    os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 def map(size: int, work: Callable[[int, int], T]) -> list[T]:  # noqa: A001 - blocks.map reads as meant
     """work(start, stop) for every block of an array of `size` elements, in block order."""
     parts = spans(size)
