@@ -207,7 +207,8 @@ def test_the_report_says_how_many_chunks(wide_chain, tmp_path):
                            f"x:{ROWS}x16", "--memory-budget", "64MB"], capture_output=True, text=True)
     assert done.returncode == 1, done.stderr
     notes = [line for line in done.stdout.splitlines() if line.startswith("compared in ")]
-    assert len(notes) == 1 and notes[0].endswith("chunks to stay within the 61.0 MiB memory budget"), done.stdout
+    assert len(notes) == 1 and notes[0].endswith(
+        "chunks within the 61.0 MiB memory budget (FP32 reference computed again chunk by chunk)"), done.stdout
 
 
 def test_run_ahead_keeps_one_piece_in_flight_and_hands_errors_over():

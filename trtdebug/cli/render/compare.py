@@ -143,8 +143,9 @@ def _render_notes(result: CompareResult, console: Console) -> None:
                                                      if missing else ""), style="dim")
     memory = result.marking.get("memory") or {}
     if memory.get("chunks", 1) > 1:
-        console.print(f"compared in {memory['chunks']} chunks to stay within the "
-                      f"{format_size(memory['budget_bytes'])} memory budget", style="dim")
+        held = "held" if memory.get("reference_held", True) else "computed again chunk by chunk"
+        console.print(f"compared in {memory['chunks']} chunks within the {format_size(memory['budget_bytes'])} "
+                      f"memory budget (FP32 reference {held})", style="dim")
     repro = result.reproduction
     if repro is not None and repro.checked and not repro.reproduces:
         console.print("[yellow]warning[/]: marking tensors changed the engine: the unmarked build "
