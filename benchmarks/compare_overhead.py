@@ -221,7 +221,7 @@ def main() -> None:
     if args.memory:
         memory_mode(args.budget, args.before, args.repeat)
         return
-    print("time: median of --repeat fresh processes; memory: peak resident set of the process (MiB)")
+    print("time: median of --repeat fresh processes, the kinds interleaved; memory: peak resident set (MiB)")
     print(f"{'model':<11} {'nodes':>6} | {'exposed':>14} | {'runs':>14} | {'compare':>14} | "
           f"{'t/runs':>6} {'t/exp':>6} {'m/runs':>6} {'m/exp':>6}")
     with tempfile.TemporaryDirectory(prefix="trtdebug-bench-") as folder:
@@ -233,11 +233,15 @@ def main() -> None:
             nodes = len(Model.load(path).nodes)
             results = {}
             first = measure("compare", path, shapes, ranges)  # which runs compare needs
-            for kind in ("exposed", "runs", "compare"):
-                samples = [measure(kind, path, shapes, ranges, local_tensors=first["local_tensors"],
-                                   substitutions=first["substitutions"]) for _ in range(args.repeat)]
-                results[kind] = (statistics.median(s["seconds"] for s in samples),
-                                 statistics.median(s["peak_mib"] for s in samples))
+            kinds = ("exposed", "runs", "compare")
+            samples: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+            for _ in range(args.repeat):  # interleaved: this VM's speed drifts within minutes
+                for kind in kinds:
+                    samples[kind].append(measure(kind, path, shapes, ranges, local_tensors=first["local_tensors"],
+                                                 substitutions=first["substitutions"]))
+            for kind in kinds:
+                results[kind] = (statistics.median(s["seconds"] for s in samples[kind]),
+                                 statistics.median(s["peak_mib"] for s in samples[kind]))
             (te, me), (tr, mr), (tc, mc) = results["exposed"], results["runs"], results["compare"]
             print(f"{name:<11} {nodes:>6} | {te:6.2f}s {me:5.0f}M | {tr:6.2f}s {mr:5.0f}M | {tc:6.2f}s {mc:5.0f}M | "
                   f"{tc / tr:6.2f} {tc / te:6.2f} {mc / mr:6.2f} {mc / me:6.2f}", flush=True)
