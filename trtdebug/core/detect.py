@@ -45,16 +45,16 @@ def detect_layout(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) -
     # the permuted reference rule it out without permuting the whole tensor.
     sample = np.arange(0, ref.size, max(1, ref.size // LAYOUT_SAMPLE))
     sampled = ref.size > LAYOUT_SAMPLE
-    if (not sampled or _close(flat[sample], ref.reshape(-1)[sample], atol, rtol)) \
-            and _close(flat, ref.reshape(-1), atol, rtol):
+    if (not sampled or all_close(flat[sample], ref.reshape(-1)[sample], atol, rtol)) \
+            and all_close(flat, ref.reshape(-1), atol, rtol):
         return None  # already matches as is
     for description, perm in channels_last_permutations(ref.ndim).items():
         permuted = np.transpose(ref, perm)
         if permuted.shape == ref.shape and np.array_equal(permuted, ref):
             continue  # permutation is a no-op for this shape (e.g. 1x1 spatial)
-        if sampled and not _close(flat[sample], permuted[np.unravel_index(sample, permuted.shape)], atol, rtol):
+        if sampled and not all_close(flat[sample], permuted[np.unravel_index(sample, permuted.shape)], atol, rtol):
             continue
-        if _close(flat, permuted.reshape(-1), atol, rtol):
+        if all_close(flat, permuted.reshape(-1), atol, rtol):
             return Defect("layout", f"layout mismatch: candidate holds {description}",
                           {"permutation": list(perm), "candidate_shape": list(cand.shape)})
     return None
@@ -63,7 +63,7 @@ def detect_layout(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) -
 LAYOUT_SAMPLE = 512
 
 
-def _close(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> bool:
+def all_close(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> bool:
     """np.allclose(a, b, atol, rtol, equal_nan=True), without its overhead on the common answer."""
     with np.errstate(invalid="ignore", over="ignore"):
         ok = np.abs(a - b) <= atol + rtol * np.abs(b)

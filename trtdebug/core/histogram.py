@@ -62,6 +62,11 @@ def _flat(values: np.ndarray) -> np.ndarray:
     return values.reshape(-1) if values.dtype in (np.float32, np.float64) else values.astype(np.float32).reshape(-1)
 
 
+def _positive_finite(magnitude: np.ndarray) -> np.ndarray:
+    """The magnitudes a log axis can place (zeros, infinities and NaNs are counted apart)."""
+    return magnitude[np.isfinite(magnitude) & (magnitude > 0)]
+
+
 @dataclass(frozen=True)
 class _Extent:
     """Smallest and largest finite nonzero magnitude (high 0: none)."""
@@ -71,8 +76,7 @@ class _Extent:
 
     @classmethod
     def of(cls, values: np.ndarray) -> _Extent:
-        magnitude = np.abs(values)
-        kept = magnitude[np.isfinite(magnitude) & (magnitude > 0)]
+        kept = _positive_finite(np.abs(values))
         return cls(float(kept.min()), float(kept.max())) if kept.size else cls()
 
     def merge(self, other: _Extent) -> _Extent:
@@ -89,7 +93,7 @@ class _Counts:
     @classmethod
     def of(cls, values: np.ndarray, bins: int, low: float, high: float) -> _Counts:
         magnitude = np.abs(values)
-        kept = magnitude[np.isfinite(magnitude) & (magnitude > 0)]
+        kept = _positive_finite(magnitude)
         # np.histogram spends ~2 ms on a block; equal-width bins of log10 are a scale and a bincount.
         # The top edge belongs to the last bin, as in np.histogram; rounding below the bottom edge, to the first.
         position = np.log10(kept)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from trtdebug.core import blocks
-from trtdebug.core.detect import Defect, detect
+from trtdebug.core.detect import Defect, all_close, detect
 from trtdebug.core.model import FP16_MAX, Model
 
 DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4), "bf16": (5e-2, 5e-2), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}
@@ -162,13 +162,18 @@ def _nonfinite_block_sums(r: np.ndarray, c: np.ndarray) -> _Sums:
     with np.errstate(invalid="ignore", over="ignore"):
         rf, cf = np.where(both, r, 0).astype(r.dtype, copy=False), np.where(both, c, 0).astype(c.dtype, copy=False)
         err = np.abs(cf - rf)
-        mismatch = ~both & ~((r == c) | (np.isnan(r) & np.isnan(c)))  # the same inf or NaN on both sides: no error
+        mismatch = _mismatched(r, c, both)
         relative = err / np.maximum(np.abs(rf), np.finfo(np.float32).tiny)
         return _Sums(float(np.dot(rf, rf)), float(np.dot(cf, cf)), float(np.dot(rf, cf)), float(np.dot(err, err)),
                      float(err.sum(dtype=np.float64)), int(np.count_nonzero(both)),
                      math.inf if mismatch.any() else float(err.max()),
                      float(np.abs(np.where(finite_r, r, 0)).max()), float(relative.max()),
                      int(np.count_nonzero(finite_r & ~finite_c)), int(np.count_nonzero(~finite_c)))
+
+
+def _mismatched(r: np.ndarray, c: np.ndarray, both_finite: np.ndarray) -> np.ndarray:
+    """Elements where some side is inf/NaN and the other does not hold the same inf or a NaN too."""
+    return ~both_finite & ~((r == c) | (np.isnan(r) & np.isnan(c)))
 
 
 def _outside_block(r: np.ndarray, c: np.ndarray, bound: float, rtol: float, out: np.ndarray) -> int:
@@ -180,7 +185,7 @@ def _outside_block(r: np.ndarray, c: np.ndarray, bound: float, rtol: float, out:
             finite_r = np.isfinite(r)
             both = finite_r & np.isfinite(c)
             err[~both] = 0
-            err[~both & ~((r == c) | (np.isnan(r) & np.isnan(c)))] = np.inf  # not the same inf or NaN on both sides
+            err[_mismatched(r, c, both)] = np.inf
             work[~finite_r] = 0  # a non-finite reference grants no relative tolerance
         work *= rtol
         work += bound
@@ -503,7 +508,7 @@ def _mask(r: np.ndarray, c: np.ndarray) -> np.ndarray:
 def _rest_close(r: np.ndarray, c: np.ndarray, atol: float, rtol: float) -> bool:
     rest = ~_mask(r, c)
     with np.errstate(invalid="ignore", over="ignore"):
-        return bool(np.isclose(c[rest], r[rest], rtol=rtol, atol=atol, equal_nan=True).all())
+        return all_close(c[rest], r[rest], atol, rtol)
 
 
 def _absorb(model: Model, reports: list[TensorReport], masked: set[str]) -> None:

@@ -23,25 +23,38 @@ from trtdebug.core import onnxrt
 from trtdebug.core.model import node_dependencies
 
 
+def producers(proto: onnx.ModelProto) -> dict[str, int]:
+    """Tensor -> index of the node writing it."""
+    return {t: i for i, n in enumerate(proto.graph.node) for t in n.output if t}
+
+
+def upstream_nodes(proto: onnx.ModelProto, producer: Mapping[str, int], tensors: Iterable[str],
+                   skip: set[int] | frozenset[int] = frozenset()) -> set[int]:
+    """Indices of the nodes these tensors depend on (their producers and theirs, transitively), except
+    `skip` and what only they lead to."""
+    nodes = proto.graph.node
+    stack = [producer[t] for t in tensors if t in producer]
+    found: set[int] = set()
+    while stack:
+        i = stack.pop()
+        if i in skip or i in found:
+            continue
+        found.add(i)
+        stack.extend(producer[t] for t in node_dependencies(nodes[i]) if t in producer)
+    return found
+
+
 def split_by_targets(proto: onnx.ModelProto, groups: Sequence[Iterable[str]]) -> list[list[int]]:
     """Node indices of each piece: piece i runs the nodes not yet run that group i's tensors depend on;
     the last piece also runs whatever is left (graph outputs, dead ends)."""
-    nodes = proto.graph.node
-    producer = {t: i for i, n in enumerate(nodes) for t in n.output if t}
+    producer = producers(proto)
     assigned: set[int] = set()
     pieces: list[list[int]] = []
     for group in groups:
-        stack = [producer[t] for t in group if t in producer]
-        piece: set[int] = set()
-        while stack:
-            i = stack.pop()
-            if i in assigned or i in piece:
-                continue
-            piece.add(i)
-            stack.extend(producer[t] for t in node_dependencies(nodes[i]) if t in producer)
+        piece = upstream_nodes(proto, producer, group, assigned)
         assigned |= piece
         pieces.append(sorted(piece))
-    rest = [i for i in range(len(nodes)) if i not in assigned]
+    rest = [i for i in range(len(proto.graph.node)) if i not in assigned]
     if pieces:
         pieces[-1] = sorted(pieces[-1] + rest)
     else:

@@ -70,9 +70,7 @@ def values_of(reference: Mapping[str, np.ndarray], tensors: Iterable[str]) -> di
     """These tensors' reference values; a LazyReference computes the ones it does not hold in one run."""
     wanted = list(dict.fromkeys(tensors))
     if isinstance(reference, LazyReference):
-        missing = [t for t in wanted if t not in reference.held and t not in reference._cache]
-        fetched = reference.fetch(missing) if missing else {}
-        return {t: fetched[t] if t in fetched else reference[t] for t in wanted}
+        return reference.values_of(wanted)
     return {t: reference[t] for t in wanted}
 
 
@@ -127,6 +125,12 @@ class LazyReference(Mapping[str, np.ndarray]):
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def values_of(self, tensors: list[str]) -> dict[str, np.ndarray]:
+        """These tensors' values: what is held or cached as it is, the rest by one run."""
+        missing = [t for t in tensors if t not in self.held and t not in self._cache]
+        fetched = self.fetch(missing) if missing else {}
+        return {t: fetched[t] if t in fetched else self[t] for t in tensors}
 
     def fetch(self, tensors: list[str]) -> dict[str, np.ndarray]:
         """These tensors' values, by one run that exposes only them."""

@@ -292,19 +292,14 @@ class EmulatorBuilt:
     def _local_layers(self, tensors: Collection[str]) -> tuple[list[int], list[str]]:
         """Nodes of the local graph that compute these tensors (a layer, its rounding casts), and which
         of the tensors it computes. Every local layer reads only reference values, so they stand alone."""
+        from trtdebug.core.pieces import producers, upstream_nodes
+
         proto, _, outputs = self._local_graph()
         if self._local_producer is None:
-            self._local_producer = {t: i for i, n in enumerate(proto.graph.node) for t in n.output if t}
-        producer, computed = self._local_producer, set(outputs)
+            self._local_producer = producers(proto)
+        computed = set(outputs)
         wanted = [t for t in dict.fromkeys(tensors) if t in computed]
-        nodes: set[int] = set()
-        stack = [producer[t] for t in wanted]
-        while stack:
-            i = stack.pop()
-            if i not in nodes:
-                nodes.add(i)
-                stack.extend(producer[t] for t in node_dependencies(proto.graph.node[i]) if t in producer)
-        return sorted(nodes), wanted
+        return sorted(upstream_nodes(proto, self._local_producer, wanted)), wanted
 
     def run_pieces(self, feeds: Mapping[str, np.ndarray], groups: Sequence[Sequence[str]]
                    ) -> Iterator[dict[str, np.ndarray]]:
