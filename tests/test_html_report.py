@@ -138,26 +138,3 @@ def test_80_column_terminal_table_identifies_every_layer(tmp_path):
         row = next((line for line in worst if re.match(rf"\s+\d+\s+{node} \(", line)), None)
         assert row is not None, f"no row of the table names {node}:\n{screen}"
     assert re.search(r"^\s+3\s+conv_amplify \(Conv\) introduced overflow", screen, re.M)
-
-
-@pytest.mark.parametrize("with_local", [True, False])
-def test_worst_layers_width_is_what_rich_measures(planted_models, with_local):
-    """The 80-column decision reads the table's width without rendering it; rich's own measure agrees."""
-    from rich.console import Console
-    from rich.measure import Measurement
-
-    from trtdebug.cli.render.compare import _worst_table, natural_width
-    from trtdebug.core.inputs import generate_feeds, resolve_shapes
-    from trtdebug.core.metrics import Tolerance
-    from trtdebug.core.model import Model
-    from trtdebug.core.precision import PrecisionPlan
-    from trtdebug.engines.emulator.engine import EmulatorEngine
-    from trtdebug.workflows.compare import run_compare
-    from trtdebug.workflows.problem import Problem
-
-    model = Model.load(planted_models["residual_overflow"][0])
-    problem = Problem.prepare(model, generate_feeds(model, resolve_shapes(model, {})), Tolerance.for_precision("fp16"))
-    result = run_compare(problem, EmulatorEngine(), PrecisionPlan("fp16"), local_scope="all")
-    table = _worst_table(result.worst(10), with_local)
-    console = Console(width=10_000)
-    assert natural_width(table) == Measurement.get(console, console.options, table).maximum

@@ -41,7 +41,8 @@ class LineProgress:
     """Plain dim lines for logs and pipes: a step's line, one per unit of work, its time taken.
 
     A step's first line waits until the step reports work or ends, so a step that fails at once
-    (a missing file) leaves only the one-line error on stderr."""
+    (a missing file) leaves only the one-line error on stderr. Lines are never wrapped: a pipe has no
+    width (rich assumes 80 columns), and a log line cut in two loses its time to a line of its own."""
 
     def __init__(self, console: Console):
         self.console = console
@@ -62,7 +63,7 @@ class LineProgress:
             current.done += 1
             if detail:
                 count = f"{current.done}/{current.total}" if current.total else f"{current.done}"
-                self.console.print(f"[dim]{'  ' * len(self._steps)}{count:>7}[/] {escape(detail)}")
+                self.console.print(f"[dim]{'  ' * len(self._steps)}{count:>7}[/] {escape(detail)}", soft_wrap=True)
 
     def end(self) -> None:
         with self._lock:
@@ -70,14 +71,14 @@ class LineProgress:
                 return
             step = self._steps.pop()
             self.console.print(f"[dim]{'  ' * len(self._steps)}{escape(step.name)}: done in "
-                               f"{time.perf_counter() - step.started:.1f}s[/]")
+                               f"{time.perf_counter() - step.started:.1f}s[/]", soft_wrap=True)
 
     def _announce(self) -> None:
         for depth, step in enumerate(self._steps):
             if not step.announced:
                 step.announced = True
                 self.console.print(f"[dim]{'  ' * depth}{escape(step.name)}"
-                                   f"{f' ({step.total})' if step.total else ''}...[/]")
+                                   f"{f' ({step.total})' if step.total else ''}...[/]", soft_wrap=True)
 
 
 class _Step:

@@ -9,6 +9,7 @@ reference, candidate and local-error tensors and the temporaries measuring them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from trtdebug.core.model import Model
+from trtdebug.core.model import Model, infer_shapes
 from trtdebug.errors import UserError
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -39,6 +40,7 @@ MMAP_THRESHOLD = 4 * 2**20
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
+@functools.cache  # once per process: the setting stays
 def release_freed_tensors() -> None:
     """Make freed tensor memory go back to the system (glibc only; elsewhere nothing changes).
 
@@ -48,9 +50,8 @@ def release_freed_tensors() -> None:
     group as if nothing were freed. Fixing the threshold also stops that dynamic raising."""
     with contextlib.suppress(Exception):  # not glibc, no ctypes
         import ctypes
-        import ctypes.util
 
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the process's own symbols, libc's among them (find_library runs ldconfig)
         if hasattr(libc, "mallopt"):
             libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
@@ -94,17 +95,8 @@ def format_size(size: float) -> str:
 def tensor_bytes(model: Model, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
     """Estimated size of every node output at these feeds' shapes (shape inference with the inputs'
     shapes fixed); tensors of unknown shape count as the median known one."""
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    for vi in proto.graph.input:
-        if vi.name in feeds:
-            shape = vi.type.tensor_type.shape
-            del shape.dim[:]
-            for d in np.asarray(feeds[vi.name]).shape:
-                shape.dim.add().dim_value = int(d)
-    del proto.graph.value_info[:]
-    with contextlib.suppress(Exception):  # custom ops, >2 GiB: unknown shapes count as the median
-        proto = onnx.shape_inference.infer_shapes(proto)
+    # custom ops: unknown shapes count as the median
+    proto = infer_shapes(model.proto, {k: np.shape(v) for k, v in feeds.items()}, keep_value_info=False)
     sizes: dict[str, int] = {}
     for vi in [*proto.graph.value_info, *proto.graph.output]:
         tt = vi.type.tensor_type

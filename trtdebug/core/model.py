@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -237,12 +238,15 @@ class Model:
         return cls(copy)
 
     def _infer_shapes(self) -> None:
-        try:
-            inferred = onnx.shape_inference.infer_shapes(self.proto)
-        except Exception:
-            # Models with custom ops or >2 GiB still work; they just carry fewer known shapes.
-            return
-        self.proto = inferred
+        inferred = infer_shapes(self.proto)
+        graph = self.proto.graph
+        del graph.value_info[:]
+        graph.value_info.extend(inferred.graph.value_info)
+        del graph.output[:]
+        graph.output.extend(inferred.graph.output)
+        for node, annotated in zip(graph.node, inferred.graph.node, strict=True):
+            if any(a.HasField("g") or a.graphs for a in node.attribute):  # subgraphs carry their own shapes
+                node.CopyFrom(annotated)
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -334,6 +338,46 @@ class Model:
 
 def _input_slots(node: onnx.NodeProto, tensor: str) -> set[int]:
     return {i for i, t in enumerate(node.input) if t == tensor}
+
+
+# Initializers up to this many elements keep their values for shape inference: shape inputs (Reshape,
+# Slice, Resize scales...) are small; the weights, whose shapes are all inference reads, are not.
+VALUES_FOR_SHAPES = 1024
+
+
+def infer_shapes(proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                 keep_value_info: bool = True) -> onnx.ModelProto:
+    """onnx shape inference of `proto` (inputs at `input_shapes` where given), on a copy whose weights
+    are typed inputs instead of values: copying megabytes of weights into onnx's C++ and back cost more
+    than inferring, and a model over 2 GiB could not be inferred at all. Returns that copy, annotated;
+    where inference fails (custom ops), the copy as it was."""
+    light = onnx.ModelProto()
+    light.ir_version = proto.ir_version
+    light.opset_import.extend(proto.opset_import)
+    light.functions.extend(proto.functions)
+    graph = light.graph
+    graph.node.extend(proto.graph.node)
+    graph.output.extend(proto.graph.output)
+    graph.sparse_initializer.extend(proto.graph.sparse_initializer)
+    if keep_value_info:
+        graph.value_info.extend(proto.graph.value_info)
+    shapes = input_shapes or {}
+    for vi in proto.graph.input:
+        graph.input.append(vi)
+        if vi.name in shapes:
+            dims = graph.input[-1].type.tensor_type.shape.dim
+            del dims[:]
+            for d in shapes[vi.name]:
+                dims.add().dim_value = int(d)
+    for init in proto.graph.initializer:
+        if math.prod(init.dims) <= VALUES_FOR_SHAPES:
+            graph.initializer.append(init)
+        else:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    try:
+        return onnx.shape_inference.infer_shapes(light)
+    except Exception:  # noqa: BLE001 - custom ops: the model still works, with fewer known shapes
+        return light
 
 
 def _check_opset(proto: onnx.ModelProto, path: Path | None) -> None:

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
+from trtdebug.cli.render.fixed_table import FixedTable
 from trtdebug.core.budget import format_size
 from trtdebug.core.metrics import CompareResult, TensorReport
 
@@ -54,8 +55,8 @@ def render_compare(result: CompareResult, console: Console, top: int = 10) -> No
 def _worst_layers(rows: list[TensorReport], with_local: bool, width: int) -> RenderableType:
     """A table where it fits; on a narrower terminal (80 columns), two lines per layer: its full
     name first, its numbers below, so no name is ever cut down to `conv…`."""
-    table = _worst_table(rows, with_local)
-    if natural_width(table) <= width:
+    table = FixedTable(_worst_table(rows, with_local))
+    if table.width <= width:
         return table
     lines = [Text("Worst layers", style="italic")]
     for t in rows:
@@ -72,14 +73,6 @@ def _worst_layers(rows: list[TensorReport], with_local: bool, width: int) -> Ren
             numbers += f"  local SNR {_fmt(t.local.snr_db) if t.local else '-'} dB"
         lines += [head, Text(numbers, style="dim")]
     return Group(*lines)
-
-
-def natural_width(table: Table) -> int:
-    """The width `table` takes unwrapped, as rich would measure it, without rendering it (measuring a
-    table renders every cell): the widest cell of each column, its padding, and a rule between columns
-    and at both edges. Holds for the plain-text tables here (default box, padding and edges)."""
-    widths = [_cells_width(column) for column in table.columns]
-    return sum(widths) + 3 * len(widths) + 1
 
 
 def _cells_width(column: Column) -> int:
@@ -131,7 +124,7 @@ def _worst_table(rows: list[TensorReport], with_local: bool) -> Table:
         if with_local:
             cells.append(_fmt(t.local.snr_db) if t.local else "-")
         table.add_row(*map(Text, cells), style=style)  # Text: no markup to parse in names and numbers
-    for column in table.columns:  # widths given: rich prints the same table without measuring every cell
+    for column in table.columns:  # widths fixed: FixedTable prints it line by line
         column.width = _cells_width(column)
     return table
 
