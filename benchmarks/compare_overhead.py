@@ -221,9 +221,10 @@ def main() -> None:
     if args.memory:
         memory_mode(args.budget, args.before, args.repeat)
         return
-    print("time: median of --repeat fresh processes, the kinds interleaved; memory: peak resident set (MiB)")
+    print("time: median of --repeat fresh processes, the kinds interleaved; memory: peak resident set (MiB);")
+    print("spread: quartiles of compare / runs over the repeats (each compare over the runs measured beside it)")
     print(f"{'model':<11} {'nodes':>6} | {'exposed':>14} | {'runs':>14} | {'compare':>14} | "
-          f"{'t/runs':>6} {'t/exp':>6} {'m/runs':>6} {'m/exp':>6}")
+          f"{'t/runs':>6} {'spread':>11} {'t/exp':>6} {'m/runs':>6} {'m/exp':>6}")
     with tempfile.TemporaryDirectory(prefix="trtdebug-bench-") as folder:
         for name in args.models:
             source, shapes, ranges = CASES[name]
@@ -243,8 +244,10 @@ def main() -> None:
                 results[kind] = (statistics.median(s["seconds"] for s in samples[kind]),
                                  statistics.median(s["peak_mib"] for s in samples[kind]))
             (te, me), (tr, mr), (tc, mc) = results["exposed"], results["runs"], results["compare"]
+            paired = [c["seconds"] / r["seconds"] for c, r in zip(samples["compare"], samples["runs"], strict=True)]
+            low, _, high = statistics.quantiles(paired, n=4) if len(paired) > 1 else (paired[0],) * 3
             print(f"{name:<11} {nodes:>6} | {te:6.2f}s {me:5.0f}M | {tr:6.2f}s {mr:5.0f}M | {tc:6.2f}s {mc:5.0f}M | "
-                  f"{tc / tr:6.2f} {tc / te:6.2f} {mc / mr:6.2f} {mc / me:6.2f}", flush=True)
+                  f"{tc / tr:6.2f} {low:5.2f}-{high:<5.2f} {tc / te:6.2f} {mc / mr:6.2f} {mc / me:6.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -62,3 +62,27 @@ def test_keeping_the_planted_node_in_fp32_repairs_the_overflow(planted_models):
 def test_fp32_build_of_a_planted_model_passes(planted_models):
     path, _ = planted_models["overflow"]
     assert _compare(path, precision="fp32").passed
+
+
+def test_fp16_range_check_reads_constants_past_their_masks():
+    """A constant may hold -inf/NaN (an additive mask); its finite values decide whether it exceeds FP16."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from trtdebug.core.model import Model
+
+    def model_with(values: dict[str, list[float]]) -> Model:
+        inits = [numpy_helper.from_array(np.array(v, np.float32), name) for name, v in values.items()]
+        nodes, last = [], "x"
+        for name in values:
+            nodes.append(helper.make_node("Add", [last, name], [f"{name}_out"], name=f"add_{name}"))
+            last = f"{name}_out"
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+                                  [helper.make_tensor_value_info(last, onnx.TensorProto.FLOAT, [2])], inits)
+        return Model.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+    violations = {v.tensor: v.max_abs for v in model_with({
+        "mask": [-np.inf, 1.0], "big_mask": [np.inf, -1e5], "nan_big": [np.nan, 7e4], "plain_big": [1e6, 0.0],
+        "fine": [65504.0, -3.0], "all_inf": [np.inf, -np.inf]}).fp16_range_violations()}
+    assert violations == {"big_mask": 1e5, "nan_big": 7e4, "plain_big": 1e6}

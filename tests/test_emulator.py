@@ -124,3 +124,22 @@ def test_substituted_runs_of_one_session_equal_runs_of_their_own(planted_models)
     # the overflow's values are beyond FP16 even in the reference: the repair is downstream of the rescale
     repaired = built.run_substituted(feeds, {"rescale": reference["rescale"]}, switchable)["logits"]
     assert np.isfinite(repaired).all() and not np.isfinite(plain).all()
+
+
+def test_local_error_of_some_layers_equals_theirs_among_all(planted_models, silero_path):
+    """Running again only the layers compare asks for (a graph of just them) gives exactly the values
+    the local graph of every layer gives them, on a planted net and on Silero VAD (recurrent, If)."""
+    from trtdebug.core.inputs import generate_feeds, resolve_shapes
+
+    cases = [(planted_models["residual_overflow"][0], {}, {}),
+             (silero_path, {"input": (4, 512), "state": (2, 4, 128)}, {"sr": (16000.0, 16000.0)})]
+    for path, shapes, ranges in cases:
+        model = Model.load(path)
+        feeds = generate_feeds(model, resolve_shapes(model, shapes), ranges)
+        reference = run_reference(model, feeds)
+        every = EmulatorEngine().build(model, PrecisionPlan("fp16")).run_local(reference)
+        some = [t for i, t in enumerate(every) if i % 3 == 0] + ["not a tensor"]
+        alone = EmulatorEngine().build(model, PrecisionPlan("fp16")).run_local(reference, some)
+        assert set(alone) == set(some) - {"not a tensor"}
+        for tensor, value in alone.items():
+            np.testing.assert_array_equal(value, every[tensor], err_msg=f"{path.name}: {tensor}")

@@ -138,3 +138,21 @@ def test_80_column_terminal_table_identifies_every_layer(tmp_path):
         row = next((line for line in worst if re.match(rf"\s+\d+\s+{node} \(", line)), None)
         assert row is not None, f"no row of the table names {node}:\n{screen}"
     assert re.search(r"^\s+3\s+conv_amplify \(Conv\) introduced overflow", screen, re.M)
+
+
+def test_value_histograms_are_taken_only_for_the_html_report(planted_models):
+    """Only the HTML report shows histograms: a compare without it (and every fallback round) skips them."""
+    from trtdebug.core.inputs import generate_feeds, resolve_shapes
+    from trtdebug.core.metrics import Tolerance
+    from trtdebug.core.model import Model
+    from trtdebug.core.precision import PrecisionPlan
+    from trtdebug.engines.emulator.engine import EmulatorEngine
+    from trtdebug.workflows.compare import run_compare
+    from trtdebug.workflows.problem import Problem
+
+    path, truth = planted_models["overflow"]
+    model = Model.load(path)
+    problem = Problem.prepare(model, generate_feeds(model, resolve_shapes(model, {})), Tolerance.for_precision("fp16"))
+    assert run_compare(problem, EmulatorEngine(), PrecisionPlan("fp16")).histograms == {}
+    taken = run_compare(problem, EmulatorEngine(), PrecisionPlan("fp16"), histograms=True).histograms
+    assert truth.tensor in taken and taken[truth.tensor].tensor == truth.tensor

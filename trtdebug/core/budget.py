@@ -100,16 +100,22 @@ def tensor_bytes(model: Model, feeds: Mapping[str, np.ndarray]) -> dict[str, int
     sizes: dict[str, int] = {}
     for vi in [*proto.graph.value_info, *proto.graph.output]:
         tt = vi.type.tensor_type
-        if not tt.HasField("shape") or any(not d.HasField("dim_value") for d in tt.shape.dim):
+        if not tt.HasField("shape"):
             continue
-        try:
-            item = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
-        except Exception:  # noqa: BLE001
-            item = 4
-        sizes[vi.name] = item * math.prod(d.dim_value for d in tt.shape.dim)
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+        if -1 not in dims:
+            sizes[vi.name] = _itemsize(tt.elem_type) * math.prod(dims)
     known = sorted(sizes.values())
     fallback = known[len(known) // 2] if known else 4096
     return {t: sizes.get(t, fallback) for t in model.intermediate_tensors()}
+
+
+@functools.cache
+def _itemsize(elem_type: int) -> int:
+    try:
+        return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize)
+    except Exception:  # noqa: BLE001 - an undefined or unusual type counts as 4 bytes
+        return 4
 
 
 @dataclass(frozen=True)

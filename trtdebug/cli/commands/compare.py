@@ -58,7 +58,8 @@ def compare_command(mark_mode: str, chunk_size: int | None, top: int, json_path:
         case = prepare(spec, outputs={"--json": json_path, "--html": html_path})
         progress.end()
         return compare_case(case, Marking(mode=mark_mode, chunk_size=chunk_size),  # type: ignore[arg-type]
-                            progress=progress, check=check, local_scope=local_scope)
+                            progress=progress, check=check, local_scope=local_scope,
+                            histograms=html_path is not None)
 
     result = run_interruptible(work, before_exit=lambda: stop_display(progress))
     out = console.stdout

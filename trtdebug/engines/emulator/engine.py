@@ -280,14 +280,15 @@ class EmulatorBuilt:
         return onnxrt.run(session, feeds)
 
     def _run_local_layers(self, reference: Mapping[str, np.ndarray], tensors: Collection[str]) -> dict[str, np.ndarray]:
-        from trtdebug.core.pieces import PiecewiseGraph
-
-        nodes, wanted = self._local_layers(tensors)
+        """The local graph of just the layers writing `tensors` (building every layer's costs more than
+        running a few: compare runs again only the layers out of tolerance)."""
+        proto, feeds_from, outputs = self._make_local_graph(writing=set(tensors))
+        computed = set(outputs)
+        wanted = [t for t in dict.fromkeys(tensors) if t in computed]
         if not wanted:
             return {}
-        graph = PiecewiseGraph(self._local_graph()[0], [nodes], wanted)
-        values = {name: reference[name.removeprefix(REF_PREFIX)] for name in graph.reads(0)}
-        return {t: v for t, v in graph.run_piece(0, values).items() if t in graph.exposed}
+        session = onnxrt.session(onnxrt.with_outputs(proto, wanted))
+        return onnxrt.run(session, {name: reference[tensor] for name, tensor in feeds_from.items()}, wanted)
 
     def _local_layers(self, tensors: Collection[str]) -> tuple[list[int], list[str]]:
         """Nodes of the local graph that compute these tensors (a layer, its rounding casts), and which
@@ -406,7 +407,9 @@ class EmulatorBuilt:
             self._local_parts = self._make_local_graph()
         return self._local_parts
 
-    def _make_local_graph(self) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
+    def _make_local_graph(self, writing: Collection[str] | None = None
+                          ) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
+        """`writing`: only the layers that write some of these tensors."""
         initializers = {i.name for i in self.folded.proto.graph.initializer}
         original = set(self.model.producer) | {i.name for i in self.model.inputs}
         feeds_from: dict[str, str] = {}
@@ -417,6 +420,8 @@ class EmulatorBuilt:
         del kept.graph.output[:]
         outputs: list[str] = []
         for node in self.folded.proto.graph.node:
+            if writing is not None and not any(o in writing for o in node.output):
+                continue
             sources = [t for t in node.input if t and t not in initializers]
             if any(t not in original for t in sources):
                 continue  # reads a tensor the folding invented: no reference value exists
