@@ -181,8 +181,8 @@ def memory_mode(budgets: list[str], before: str | None, repeat: int) -> None:
     rows.append(("compare, default budget", "", None))
     rows += [(f"compare, --memory-budget {b}", b, None) for b in budgets]
     samples: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in rows}
-    for _ in range(repeat):
-        for label, budget, checkout in rows:
+    for turn in range(repeat):
+        for label, budget, checkout in rows[turn % len(rows):] + rows[:turn % len(rows)]:  # each row in turn first
             kind = "exposed" if budget == "exposed" else "compare"
             samples[label].append(measure(kind, path, shapes, ranges, "" if kind == "exposed" else budget, checkout))
     median = {label: {key: statistics.median(s[key] for s in runs) if isinstance(runs[0][key], (int, float))
@@ -221,7 +221,8 @@ def main() -> None:
     if args.memory:
         memory_mode(args.budget, args.before, args.repeat)
         return
-    print("time: median of --repeat fresh processes, the kinds interleaved; memory: peak resident set (MiB);")
+    print("time: median of --repeat fresh processes, the kinds interleaved in turning order; memory: peak resident "
+          "set (MiB);")
     print("spread: quartiles of compare / runs over the repeats (each compare over the runs measured beside it)")
     print(f"{'model':<11} {'nodes':>6} | {'exposed':>14} | {'runs':>14} | {'compare':>14} | "
           f"{'t/runs':>6} {'spread':>11} {'t/exp':>6} {'m/runs':>6} {'m/exp':>6}")
@@ -236,8 +237,8 @@ def main() -> None:
             first = measure("compare", path, shapes, ranges)  # which runs compare needs
             kinds = ("exposed", "runs", "compare")
             samples: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
-            for _ in range(args.repeat):  # interleaved: this VM's speed drifts within minutes
-                for kind in kinds:
+            for repeat in range(args.repeat):  # interleaved: this VM's speed drifts within minutes
+                for kind in kinds[repeat % 3:] + kinds[:repeat % 3]:  # each kind first, second and last in turn
                     samples[kind].append(measure(kind, path, shapes, ranges, local_tensors=first["local_tensors"],
                                                  substitutions=first["substitutions"]))
             for kind in kinds:

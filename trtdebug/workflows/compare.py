@@ -57,8 +57,9 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
     if local_scope not in LOCAL_SCOPES:
         raise ValueError(f"local_scope must be one of {LOCAL_SCOPES}")
     model = problem.model
-    budget = problem.memory_budget or default_budget()
-    cplan = plan_compare(model, problem.tensor_sizes or tensor_bytes(model, problem.feeds), budget)
+    cplan = problem.memory_plan or plan_compare(model, tensor_bytes(model, problem.feeds),
+                                                problem.memory_budget or default_budget())
+    budget = cplan.budget
     mark = mark or Marking()
     builds = math.ceil(3 * cplan.total / budget)  # reference, candidate and measuring, a build's tensors at once
     if not engine.capabilities.pieces and mark.chunk_size is None and builds > 1 and mark.mode != "none":

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from trtdebug.core.bans import BanList
-from trtdebug.core.budget import default_budget, plan_compare, release_freed_tensors, tensor_bytes
+from trtdebug.core.budget import ComparePlan, default_budget, plan_compare, release_freed_tensors, tensor_bytes
 from trtdebug.core.files import prepare_outputs
 from trtdebug.core.inputs import DEFAULT_RANGES, generate_feeds, load_feeds, resolve_shapes, validate_feeds
 from trtdebug.core.journal import JournalLock
@@ -40,17 +40,16 @@ class Problem:
     reference: Mapping[str, np.ndarray]  # a LazyReference where every tensor does not fit in the budget
     tolerance: Tolerance
     memory_budget: int | None = None  # bytes compare may hold (None: core.budget's default)
-    tensor_sizes: Mapping[str, int] | None = None  # estimated bytes of each tensor at the feeds' shapes
+    memory_plan: ComparePlan | None = None  # how compare exposes the tensors within the budget (core.budget)
 
     @classmethod
     def prepare(cls, model: Model, feeds: Mapping[str, np.ndarray], tolerance: Tolerance,
                 memory_budget: int | None = None) -> Problem:
         feeds = dict(feeds)
         release_freed_tensors()
-        sizes = tensor_bytes(model, feeds)
-        plan = plan_compare(model, sizes, memory_budget or default_budget())
+        plan = plan_compare(model, tensor_bytes(model, feeds), memory_budget or default_budget())
         reference = run_reference(model, feeds) if plan.hold_reference else LazyReference(model, feeds, plan.groups)
-        return cls(model, feeds, reference, tolerance, memory_budget, sizes)
+        return cls(model, feeds, reference, tolerance, memory_budget, plan)
 
     def reference_outputs(self) -> dict[str, np.ndarray]:
         return {o.name: self.reference[o.name] for o in self.model.outputs}
