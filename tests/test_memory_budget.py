@@ -246,3 +246,40 @@ def test_run_ahead_keeps_one_piece_in_flight_and_hands_errors_over():
     while any(t.is_alive() for t in threading.enumerate() if t.name == "trtdebug-run-ahead" and t not in before):
         assert time.monotonic() < deadline, "the run-ahead thread outlived its iterator"
         time.sleep(0.01)
+
+
+def _sizes_by_full_inference(model: Model, feeds: dict[str, np.ndarray]) -> dict[str, int]:
+    """What compare's size estimate must equal: onnx shape inference of the whole model, weights and
+    all, with its inputs fixed at the feeds' shapes (unknown shapes: the median known size)."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    for vi in proto.graph.input:
+        if vi.name in feeds:
+            del vi.type.tensor_type.shape.dim[:]
+            for d in feeds[vi.name].shape:
+                vi.type.tensor_type.shape.dim.add().dim_value = int(d)
+    del proto.graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    sizes = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            item = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).itemsize
+            sizes[vi.name] = item * int(np.prod([d.dim_value for d in dims]))
+    known = sorted(sizes.values())
+    return {t: sizes.get(t, known[len(known) // 2]) for t in model.intermediate_tensors()}
+
+
+def test_size_estimates_equal_full_shape_inference(tmp_path, silero_path):
+    """Sizes come from a weightless copy (dynamic inputs) or the model's own shapes (inputs declared at
+    the feeds' shapes): both must give what inferring the whole model at the feeds' shapes gives."""
+    from trtdebug.core.budget import tensor_bytes
+    from trtdebug.core.inputs import generate_feeds, resolve_shapes
+
+    planted_chain(60, 2, seed=3).save(tmp_path / "chain.onnx")
+    cases = [(tmp_path / "chain.onnx", {}, {}), (write_all(tmp_path)["residual_overflow"][0], {}, {}),
+             (silero_path, {"input": (16, 512), "state": (2, 16, 128)}, {"sr": (16000.0, 16000.0)})]
+    for path, shapes, ranges in cases:
+        model = Model.load(path)
+        feeds = generate_feeds(model, resolve_shapes(model, shapes), ranges)
+        assert tensor_bytes(model, feeds) == _sizes_by_full_inference(model, feeds), path.name

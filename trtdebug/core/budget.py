@@ -95,8 +95,12 @@ def format_size(size: float) -> str:
 def tensor_bytes(model: Model, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
     """Estimated size of every node output at these feeds' shapes (shape inference with the inputs'
     shapes fixed); tensors of unknown shape count as the median known one."""
+    shapes = {k: tuple(np.shape(v)) for k, v in feeds.items()}
+    # Inputs declared at exactly these shapes: the model's own inferred shapes are the ones wanted.
+    as_declared = all(spec.is_static and spec.shape == shapes[spec.name]
+                      for spec in model.inputs if spec.name in shapes)
     # custom ops: unknown shapes count as the median
-    proto = infer_shapes(model.proto, {k: np.shape(v) for k, v in feeds.items()}, keep_value_info=False)
+    proto = model.proto if as_declared else infer_shapes(model.proto, shapes, keep_value_info=False)
     sizes: dict[str, int] = {}
     for vi in [*proto.graph.value_info, *proto.graph.output]:
         tt = vi.type.tensor_type

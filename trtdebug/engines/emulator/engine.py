@@ -410,16 +410,17 @@ class EmulatorBuilt:
     def _make_local_graph(self, writing: Collection[str] | None = None
                           ) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
         """`writing`: only the layers that write some of these tensors."""
-        initializers = {i.name for i in self.folded.proto.graph.initializer}
+        source = self.folded.proto
+        initializers = {i.name for i in source.graph.initializer}
         original = set(self.model.producer) | {i.name for i in self.model.inputs}
         feeds_from: dict[str, str] = {}
-        kept = onnx.ModelProto()
-        kept.CopyFrom(self.folded.proto)
-        del kept.graph.node[:]
-        del kept.graph.input[:]
-        del kept.graph.output[:]
+        kept = onnx.ModelProto()  # the layers' own weights only: a copy of every weight per call cost memory
+        kept.ir_version = source.ir_version
+        kept.opset_import.extend(source.opset_import)
+        kept.functions.extend(source.functions)
+        kept.graph.name = source.graph.name
         outputs: list[str] = []
-        for node in self.folded.proto.graph.node:
+        for node in source.graph.node:
             if writing is not None and not any(o in writing for o in node.output):
                 continue
             sources = [t for t in node.input if t and t not in initializers]
@@ -435,6 +436,8 @@ class EmulatorBuilt:
                     feeds_from[REF_PREFIX + t] = t
             kept.graph.node.append(copy)
             outputs.extend(o for o in copy.output if o in original)
+        read = {t for node in kept.graph.node for t in node.input}
+        kept.graph.initializer.extend(i for i in source.graph.initializer if i.name in read)
         for name, tensor in feeds_from.items():
             kept.graph.input.append(helper.make_tensor_value_info(
                 name, onnx.helper.np_dtype_to_tensor_dtype(self.model.dtype(tensor) or np.dtype("float32")),
