@@ -129,3 +129,35 @@ def test_blocked_measure_works_in_a_forked_child():
 
 def _child_measure(ref: np.ndarray, cand: np.ndarray) -> float:
     return measure(ref, cand, 1e-2, 1e-2, True)[0].frac_outside
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("special", ["finite", "reference inf", "reference nan", "candidate inf", "beyond fp16"])
+def test_defect_scan_counts_what_its_definitions_say(size, special):
+    """The scan behind every defect, against its element-wise definition, with and without the inf/NaN
+    that let it skip passes (a finite reference within FP16, a candidate known to be finite)."""
+    from trtdebug.core.detect import _Scan, _scan
+
+    ref, cand = _pair(size)
+    ref[1::50] = 1e-6  # small values that FP16 flushes
+    cand[1::50] = 0.0
+    if special == "reference inf":
+        ref[2], ref[-2] = np.inf, -np.inf
+    elif special == "reference nan":
+        ref[3] = np.nan
+    elif special == "candidate inf":
+        cand[4], cand[-3], cand[5] = np.inf, -np.inf, np.nan
+    elif special == "beyond fp16":
+        ref[-1] = 7e4
+    outside = np.abs(cand - ref) > 1e-3
+    finite_r = np.isfinite(ref)
+    magnitude = np.where(finite_r, np.abs(ref), 0)
+    flushed = outside & (magnitude != 0) & (cand == 0)
+    expected = _Scan(float(magnitude.max()), int(np.count_nonzero(magnitude > 65504)),
+                     int(np.count_nonzero(finite_r & np.isinf(cand))), int(np.count_nonzero(finite_r & np.isnan(cand))),
+                     bool(cand.any()), bool(magnitude.any()), int(np.count_nonzero(flushed)),
+                     float(magnitude[flushed].max(initial=0.0)), int(np.count_nonzero(outside)))
+    known_finite = [False, True] if np.isfinite(cand).all() else [False]
+    for candidate_finite in known_finite:
+        scan = blocks.reduce(size, lambda a, b, known=candidate_finite: _scan(ref[a:b], cand[a:b], outside[a:b], known))
+        assert scan == expected

@@ -6,6 +6,7 @@ They run in a fixed order, most specific first, and every matching defect is rep
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,9 +74,10 @@ def all_close(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> bool:
 
 
 def detect(ref: np.ndarray, cand: np.ndarray, outside: np.ndarray, precision: str,
-           atol: float, rtol: float, inputs_nonfinite: bool = False) -> list[Defect]:
+           atol: float, rtol: float, inputs_nonfinite: bool = False, candidate_finite: bool = False) -> list[Defect]:
     """Defects of a tensor already known to be out of tolerance (`outside` marks the elements).
-    `inputs_nonfinite`: an input of its node was already inf/NaN in the candidate."""
+    `inputs_nonfinite`: an input of its node was already inf/NaN in the candidate; `candidate_finite`: every
+    candidate value is known to be finite (the metrics saw it)."""
     defects: list[Defect] = []
     layout = detect_layout(ref, cand, atol, rtol)
     if layout:
@@ -86,8 +88,8 @@ def detect(ref: np.ndarray, cand: np.ndarray, outside: np.ndarray, precision: st
     # float32 holds every value and threshold compared here; float64 stays float64
     r, c = (a.reshape(-1) if a.dtype in (np.float32, np.float64) else a.astype(np.float32).reshape(-1)
             for a in (ref, cand))
-    o = np.broadcast_to(outside, ref.shape).reshape(-1)
-    scan = blocks.reduce(r.size, lambda a, b: _scan(r[a:b], c[a:b], o[a:b]))
+    o = (outside if outside.shape == ref.shape else np.broadcast_to(outside, ref.shape)).reshape(-1)
+    scan = blocks.reduce(r.size, lambda a, b: _scan(r[a:b], c[a:b], o[a:b], candidate_finite))
     ref_max = scan.ref_max
     reduced = precision in ("fp16", "")
     details = {"reference_max_abs": ref_max, "elements_inf": scan.became_inf,
@@ -146,21 +148,32 @@ class _Scan:
                      self.outside + other.outside)
 
 
-def _scan(r: np.ndarray, c: np.ndarray, outside: np.ndarray) -> _Scan:
-    finite = np.isfinite(r)
+def _scan(r: np.ndarray, c: np.ndarray, outside: np.ndarray, candidate_finite: bool = False) -> _Scan:
+    """`candidate_finite`: the caller knows every candidate value is finite (nothing became inf/NaN).
+    The common block (finite reference, within FP16) skips the passes that only count exceptions."""
     magnitude = np.abs(r)
-    magnitude[~finite] = 0  # inf/NaN references count nowhere
-    flushed = outside & (magnitude != 0) & (c == 0)
-    return _Scan(ref_max=float(magnitude.max(initial=0.0)),
-                 beyond_fp16=int(np.count_nonzero(magnitude > FP16_MAX)),
-                 became_inf=int(np.count_nonzero(finite & np.isinf(c))),
-                 became_nan=int(np.count_nonzero(finite & np.isnan(c))),
-                 candidate_nonzero=bool(c.any()), reference_nonzero=bool(magnitude.any()),
+    ref_max = float(magnitude.max(initial=0.0))
+    finite = None  # None: every reference value is finite
+    if not math.isfinite(ref_max):
+        finite = np.isfinite(r)
+        magnitude[~finite] = 0  # inf/NaN references count nowhere
+        ref_max = float(magnitude.max(initial=0.0))
+    became_inf = became_nan = 0
+    if not candidate_finite:
+        inf, nan = np.isinf(c), np.isnan(c)
+        if finite is not None:
+            inf &= finite
+            nan &= finite
+        became_inf, became_nan = int(np.count_nonzero(inf)), int(np.count_nonzero(nan))
+    flushed = outside & (c == 0)
+    flushed &= magnitude != 0
+    return _Scan(ref_max=ref_max,
+                 beyond_fp16=int(np.count_nonzero(magnitude > FP16_MAX)) if ref_max > FP16_MAX else 0,
+                 became_inf=became_inf, became_nan=became_nan,
+                 candidate_nonzero=bool(c.any()), reference_nonzero=ref_max > 0,
                  flushed=int(np.count_nonzero(flushed)),
                  flushed_max=float(magnitude[flushed].max(initial=0.0)),
                  outside=int(np.count_nonzero(outside)))
-
-
 
 
 # -- INT8: what quantizing one tensor with its scale does to the reference's values ------------

@@ -467,7 +467,8 @@ def _classify(report: TensorReport, ref: np.ndarray, cand: np.ndarray, local: np
     # error that stayed within tolerance upstream): either way the error starts here.
     locally_wrong = report.local is not None and report.local.bad
     report.status = "introduced" if locally_wrong or not inputs_wrong else "propagated"
-    report.defects = detect(ref, cand, outside, report.precision, atol, rtol, inputs_nonfinite=inputs_nonfinite)
+    report.defects = detect(ref, cand, outside, report.precision, atol, rtol, inputs_nonfinite=inputs_nonfinite,
+                            candidate_finite=finite)
     return finite
 
 
