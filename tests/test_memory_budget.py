@@ -277,7 +277,16 @@ def test_size_estimates_equal_full_shape_inference(tmp_path, silero_path):
     from trtdebug.core.inputs import generate_feeds, resolve_shapes
 
     planted_chain(60, 2, seed=3).save(tmp_path / "chain.onnx")
+    # a weight that is also an input (a default value a caller may override), on a dynamic batch
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"), helper.make_node("Relu", ["y"], ["z"], name="r")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64]),
+              helper.make_tensor_value_info("w", TensorProto.FLOAT, [64, 64])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ones((64, 64), np.float32), "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "overridable.onnx")
     cases = [(tmp_path / "chain.onnx", {}, {}), (write_all(tmp_path)["residual_overflow"][0], {}, {}),
+             (tmp_path / "overridable.onnx", {"x": (8, 64)}, {}),
              (silero_path, {"input": (16, 512), "state": (2, 16, 128)}, {"sr": (16000.0, 16000.0)})]
     for path, shapes, ranges in cases:
         model = Model.load(path)

@@ -375,10 +375,11 @@ def infer_shapes(proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
             del dims[:]
             for d in shapes[vi.name]:
                 dims.add().dim_value = int(d)
+    inputs = {vi.name for vi in proto.graph.input}
     for init in proto.graph.initializer:
         if math.prod(init.dims) <= VALUES_FOR_SHAPES:
             graph.initializer.append(init)
-        else:
+        elif init.name not in inputs:  # an input with a default value is typed already
             graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
     try:
         return onnx.shape_inference.infer_shapes(light)
