@@ -71,6 +71,12 @@ def test_tables_it_does_not_handle_are_printed_by_rich():
     table = _odd_table()
     table.caption = "a caption"
     assert styled_characters(FixedTable(table)) == styled_characters(table)
+    unfixed = _odd_table()
+    unfixed.columns[0].width = None  # measured by rich, as rich measures it
+    console = Console(width=200)
+    assert Measurement.get(console, console.options, FixedTable(unfixed)) == Measurement.get(
+        console, console.options, unfixed)
+    assert styled_characters(FixedTable(unfixed)) == styled_characters(unfixed)
     cropped = _odd_table()
     cropped.columns[1].width = 3  # rich cuts the names down; FixedTable leaves that to rich
     assert styled_characters(FixedTable(cropped)) == styled_characters(cropped)

@@ -27,8 +27,9 @@ class FixedTable:
         self.table = table
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
-        width = self.width
-        return Measurement(width, width).with_maximum(options.max_width)
+        if not self.supported():
+            return Measurement.get(console, options, self.table)
+        return Measurement(self.width, self.width).with_maximum(options.max_width)
 
     @property
     def width(self) -> int:
@@ -41,9 +42,10 @@ class FixedTable:
         t = self.table
         return bool(t.box and t.columns and t.show_edge and t.show_header and not t.show_footer and not t.show_lines
                     and not t.leading and not t.caption and not t.row_styles and t.padding == (0, 1, 0, 1)
-                    and t.pad_edge and not t.collapse_padding and t.width is None and not t.expand
+                    and t.pad_edge and not t.collapse_padding and t.width is None and t.min_width is None
+                    and not t.expand and not t.style
                     and not any(row.end_section for row in t.rows)
-                    and all(c.width is not None and c.no_wrap for c in t.columns)
+                    and all(c.width is not None and c.no_wrap and c.ratio is None for c in t.columns)
                     and all(isinstance(cell, str | Text) and "\n" not in str(cell)
                             for c in t.columns for cell in [c.header, *c.cells]))
 
