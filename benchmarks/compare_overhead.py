@@ -12,8 +12,11 @@ Every measurement runs in a fresh process (peak memory is that process's peak re
   first tells which: its `local_tensors` and `substitutions`);
 - compare: compare end to end (load, feeds, reference, build, run, local error, metrics, report).
 
-Printed ratios: compare / runs (time; target <= 1.15 on Silero VAD, flat with size), and compare /
-exposed (time, target <= 3; peak memory, target <= 1.5 on the detector at batch 4, 640x640).
+Printed ratios: compare / runs (time; target <= 1.15 on Silero VAD, flat with size), with the quartiles
+of each compare over the runs measured beside it (a single process on a shared VM moves by up to 30%:
+take --repeat 21 for a ratio to two digits), and compare / exposed (time, target <= 3; peak memory,
+target <= 1.5 on the detector at batch 4, 640x640). The kinds run interleaved, their order turning
+each repeat.
 
     python -m benchmarks.compare_overhead --memory [--budget 2GiB ...] [--before /path/to/older/checkout]
 
