@@ -14,6 +14,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
+import numpy as np
+
 BLOCK = 1 << 18  # elements: measured fastest (1 MiB of float32: per-block overhead and cache balanced)
 PARALLEL_FROM = 1 << 20  # elements: below this, handing blocks to threads costs more than it saves
 
@@ -25,6 +27,13 @@ class Mergeable(Protocol):
 
 
 M = TypeVar("M", bound=Mergeable)
+
+
+def flat_float(values: np.ndarray) -> np.ndarray:
+    """`values` as the one-dimensional float array blocks work over: float32 and float64 as they are (a
+    view), anything else as float32, which holds every value and threshold the scans compare."""
+    values = np.asarray(values)
+    return values.reshape(-1) if values.dtype in (np.float32, np.float64) else values.astype(np.float32).reshape(-1)
 
 
 def spans(size: int) -> list[tuple[int, int]]:

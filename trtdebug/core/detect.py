@@ -85,9 +85,7 @@ def detect(ref: np.ndarray, cand: np.ndarray, outside: np.ndarray, precision: st
     if cand.size != ref.size:
         return [Defect("shape", f"shape mismatch: candidate {list(cand.shape)}, reference {list(ref.shape)}")]
     cand = cand.reshape(ref.shape)
-    # float32 holds every value and threshold compared here; float64 stays float64
-    r, c = (a.reshape(-1) if a.dtype in (np.float32, np.float64) else a.astype(np.float32).reshape(-1)
-            for a in (ref, cand))
+    r, c = blocks.flat_float(ref), blocks.flat_float(cand)
     o = (outside if outside.shape == ref.shape else np.broadcast_to(outside, ref.shape)).reshape(-1)
     scan = blocks.reduce(r.size, lambda a, b: _scan(r[a:b], c[a:b], o[a:b], candidate_finite))
     ref_max = scan.ref_max

@@ -37,7 +37,7 @@ class ValueHistogram:
 
 
 def value_histogram(tensor: str, reference: np.ndarray, candidate: np.ndarray, bins: int = BINS) -> ValueHistogram:
-    ref, cand = (_flat(a) for a in (reference, candidate))
+    ref, cand = blocks.flat_float(reference), blocks.flat_float(candidate)
     extent = blocks.reduce(ref.size, lambda a, b: _Extent.of(ref[a:b]).merge(_Extent.of(cand[a:b]))) \
         if ref.size == cand.size else _Extent.of(ref).merge(_Extent.of(cand))
     if extent.high > 0:
@@ -55,11 +55,6 @@ def value_histogram(tensor: str, reference: np.ndarray, candidate: np.ndarray, b
     }
     return ValueHistogram(tensor, tuple(float(e) for e in edges), tuple(int(c) for c in ref_counts.bins),
                           tuple(int(c) for c in cand_counts.bins), special)
-
-
-def _flat(values: np.ndarray) -> np.ndarray:
-    values = np.asarray(values)
-    return values.reshape(-1) if values.dtype in (np.float32, np.float64) else values.astype(np.float32).reshape(-1)
 
 
 def _positive_finite(magnitude: np.ndarray) -> np.ndarray:

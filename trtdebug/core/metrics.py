@@ -70,11 +70,6 @@ class Metrics:
                 for k, v in self.__dict__.items()}
 
 
-def _as_float(a: np.ndarray) -> np.ndarray:
-    # float32 keeps the passes over large tensors cheap; float64 inputs keep their precision.
-    return a.reshape(-1) if a.dtype in (np.float32, np.float64) else a.astype(np.float32).reshape(-1)
-
-
 def measure(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float,
             relative_atol: bool) -> tuple[Metrics, np.ndarray]:
     """Error metrics, and the mask of elements outside tolerance. Shapes must have equal size."""
@@ -91,7 +86,7 @@ def _measure(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float,
     be outside tolerance, instead of a dozen passes through memory. The same inf or NaN on both sides
     is no error; any other non-finite mismatch is an infinite one, and a value that became inf/NaN
     where the reference is finite makes the SNR -inf."""
-    r, c = _as_float(ref), _as_float(cand)
+    r, c = blocks.flat_float(ref), blocks.flat_float(cand)
     if not r.size:
         return Metrics(0.0, 0.0, 0.0, 1.0, math.inf, 0.0, 0.0, 0), np.zeros(ref.shape, bool), True
     sums = blocks.reduce(r.size, lambda a, b: _block_sums(r[a:b], c[a:b]))
@@ -414,17 +409,13 @@ class TensorComparer:
         for report in self.undecided:
             ref = np.asarray(reference[report.tensor])
             if report.tensor in local and np.asarray(local[report.tensor]).size == ref.size:
-                atol, rtol = self._tolerance_of(report)
+                atol, rtol = _tolerance_of(self.tolerance, report)
                 report.local, _ = measure(ref, np.asarray(local[report.tensor]), atol, rtol,
                                           relative_atol=not report.is_output)
                 if report.local.bad:
                     report.status = "introduced"
             self._take_histogram(report, ref, np.asarray(candidate[report.tensor]))
         self.undecided = []
-
-    def _tolerance_of(self, report: TensorReport) -> tuple[float, float]:
-        return self.tolerance.for_output(report.tensor) if report.is_output else (self.tolerance.atol,
-                                                                                   self.tolerance.rtol)
 
     def _take_histogram(self, report: TensorReport, ref: np.ndarray, cand: np.ndarray) -> None:
         if report.status == "introduced" and len(self.histograms) < self.histogram_limit and cand.size:
@@ -445,12 +436,17 @@ def _has_nonfinite(value: np.ndarray) -> bool:
     return value.dtype.kind == "f" and not bool(np.isfinite(value).all())
 
 
+def _tolerance_of(tolerance: Tolerance, report: TensorReport) -> tuple[float, float]:
+    """Final outputs are judged exactly as the verdict judges them (their own tolerance, absolute);
+    intermediates by the general one, its atol relative to the tensor's max |x|."""
+    return tolerance.for_output(report.tensor) if report.is_output else (tolerance.atol, tolerance.rtol)
+
+
 def _classify(report: TensorReport, ref: np.ndarray, cand: np.ndarray, local: np.ndarray | None,
               tolerance: Tolerance, inputs_wrong: bool, inputs_nonfinite: bool = False) -> bool | None:
     """Sets the report's status, metrics and defects; returns whether every candidate value is finite
     (None: not measured)."""
-    # Final outputs are judged exactly as the verdict judges them; intermediates scale-relative.
-    atol, rtol = tolerance.for_output(report.tensor) if report.is_output else (tolerance.atol, tolerance.rtol)
+    atol, rtol = _tolerance_of(tolerance, report)
     relative = not report.is_output
     if cand.size != ref.size:
         report.status = "introduced" if not inputs_wrong else "propagated"
@@ -475,7 +471,7 @@ def _classify(report: TensorReport, ref: np.ndarray, cand: np.ndarray, local: np
 def masked_only(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) -> bool:
     """Wrong only where the reference lies beyond FP16's range and the candidate holds an infinity of the
     same sign (a large additive mask rounded to -inf); within tolerance everywhere else."""
-    r, c = _as_float(np.asarray(ref)), _as_float(np.asarray(cand))
+    r, c = blocks.flat_float(ref), blocks.flat_float(cand)
     scan = blocks.reduce(r.size, lambda a, b: _MaskScan.of(r[a:b], c[a:b]))
     if not scan.masked or (scan.rest_nonfinite and scan.nan_differs):
         return False

@@ -28,7 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from trtdebug.core import onnxrt
-from trtdebug.core.model import Model, node_dependencies
+from trtdebug.core.model import Model
 from trtdebug.core.precision import DATA_MOVEMENT_OPS, ONNX_TYPE, PrecisionPlan, precision_rank, precision_slots
 from trtdebug.core.quantization import QuantizedModel
 from trtdebug.engines.base import BuildError, Built, Capabilities, LayerInfo, Marking
@@ -220,7 +220,6 @@ class EmulatorBuilt:
         self._pieces: dict[int, tuple[Any, Any]] = {}  # id(groups) -> (PiecewiseGraph, local PiecewiseGraph)
         self._local_live: dict[str, np.ndarray] = {}
         self._local_parts: tuple[onnx.ModelProto, dict[str, str], list[str]] | None = None
-        self._local_producer: dict[str, int] | None = None
         self._switching: tuple[tuple[str, ...], Any] | None = None  # run_substituted's switches and session
 
     def _float_tensors(self) -> set[str]:
@@ -290,18 +289,6 @@ class EmulatorBuilt:
         session = onnxrt.session(onnxrt.with_outputs(proto, wanted))
         return onnxrt.run(session, {name: reference[tensor] for name, tensor in feeds_from.items()}, wanted)
 
-    def _local_layers(self, tensors: Collection[str]) -> tuple[list[int], list[str]]:
-        """Nodes of the local graph that compute these tensors (a layer, its rounding casts), and which
-        of the tensors it computes. Every local layer reads only reference values, so they stand alone."""
-        from trtdebug.core.pieces import producers, upstream_nodes
-
-        proto, _, outputs = self._local_graph()
-        if self._local_producer is None:
-            self._local_producer = producers(proto)
-        computed = set(outputs)
-        wanted = [t for t in dict.fromkeys(tensors) if t in computed]
-        return sorted(upstream_nodes(proto, self._local_producer, wanted)), wanted
-
     def run_pieces(self, feeds: Mapping[str, np.ndarray], groups: Sequence[Sequence[str]]
                    ) -> Iterator[dict[str, np.ndarray]]:
         """`run`, a group of tensors at a time (core.pieces): every layer still runs once."""
@@ -326,10 +313,7 @@ class EmulatorBuilt:
     def local_reads(self, k: int, groups: Sequence[Sequence[str]]) -> set[str]:
         """Reference tensors the layers writing group k's tensors read (`run_local_piece` may take some
         of them from rounded copies an earlier piece kept; `run_local` of some of them reads them all)."""
-        nodes = self._local_layers(groups[k])[0]
-        graph = self._local_graph()[0].graph.node
-        return {t.removeprefix(REF_PREFIX) for i in nodes for t in node_dependencies(graph[i])
-                if t.startswith(REF_PREFIX)}
+        return {t for _, sources in self._local_layers(set(groups[k])) for t in sources}
 
     def run_exposing(self, feeds: Mapping[str, np.ndarray], tensors: Sequence[str]) -> dict[str, np.ndarray]:
         from trtdebug.core.pieces import PiecewiseGraph
@@ -407,11 +391,25 @@ class EmulatorBuilt:
             self._local_parts = self._make_local_graph()
         return self._local_parts
 
+    def _local_layers(self, writing: Collection[str] | None = None) -> Iterator[tuple[onnx.NodeProto, list[str]]]:
+        """The folded layers a local graph holds (those writing some of `writing`, or all), each with the
+        tensors it reads from the reference (its inputs, weights aside)."""
+        initializers = {i.name for i in self.folded.proto.graph.initializer}
+        original = set(self.model.producer) | {i.name for i in self.model.inputs}
+        for node in self.folded.proto.graph.node:
+            if writing is not None and not any(o in writing for o in node.output):
+                continue
+            sources = [t for t in node.input if t and t not in initializers]
+            if any(t not in original for t in sources):
+                continue  # reads a tensor the folding invented: no reference value exists
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+                continue  # If/Loop/Scan bodies read outer-scope tensors that cannot be cut loose
+            yield node, sources
+
     def _make_local_graph(self, writing: Collection[str] | None = None
                           ) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
-        """`writing`: only the layers that write some of these tensors."""
+        """The local graph (`writing`: of only the layers that write some of these tensors)."""
         source = self.folded.proto
-        initializers = {i.name for i in source.graph.initializer}
         original = set(self.model.producer) | {i.name for i in self.model.inputs}
         feeds_from: dict[str, str] = {}
         kept = onnx.ModelProto()  # the layers' own weights only: a copy of every weight per call cost memory
@@ -420,14 +418,7 @@ class EmulatorBuilt:
         kept.functions.extend(source.functions)
         kept.graph.name = source.graph.name
         outputs: list[str] = []
-        for node in source.graph.node:
-            if writing is not None and not any(o in writing for o in node.output):
-                continue
-            sources = [t for t in node.input if t and t not in initializers]
-            if any(t not in original for t in sources):
-                continue  # reads a tensor the folding invented: no reference value exists
-            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-                continue  # If/Loop/Scan bodies read outer-scope tensors that cannot be cut loose
+        for node, sources in self._local_layers(writing):
             copy = onnx.NodeProto()
             copy.CopyFrom(node)
             for i, t in enumerate(copy.input):
