@@ -69,8 +69,8 @@ def model_path(source: str, folder: Path) -> str:
 
 
 def _problem(path: str, shapes: Shapes, ranges: Ranges):  # type: ignore[no-untyped-def]
-    from trtdebug.core.inputs import generate_feeds, resolve_shapes
-    from trtdebug.core.model import Model
+    from trtdebug.core.model.feeds import generate_feeds, resolve_shapes
+    from trtdebug.core.model.graph import Model
 
     model = Model.load(path)
     feeds = generate_feeds(model, resolve_shapes(model, {k: tuple(v) for k, v in shapes.items()}),
@@ -86,9 +86,9 @@ def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: s
 
     from trtdebug.artifacts.compare_report import compare_to_json
     from trtdebug.cli.render.compare import render_compare
-    from trtdebug.core.metrics import Tolerance
-    from trtdebug.core.precision import PrecisionPlan
-    from trtdebug.core.reference import Reference
+    from trtdebug.core.analysis.metrics import Tolerance
+    from trtdebug.core.plans.precision_plan import PrecisionPlan
+    from trtdebug.core.reference.fp32_run import Reference
     from trtdebug.engines.emulator.engine import EmulatorEngine
     from trtdebug.workflows.compare import run_compare
     from trtdebug.workflows.problem import Problem
@@ -109,7 +109,7 @@ def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: s
         trials = _record_substitutions()
         model, feeds = _problem(path, shapes, ranges)
         if budget:  # keyword only where given: an older checkout's Problem.prepare has no budget
-            from trtdebug.core.budget import parse_size
+            from trtdebug.core.system.memory import parse_size
 
             problem = Problem.prepare(model, feeds, Tolerance.for_precision("fp16"), memory_budget=parse_size(budget))
         else:
@@ -233,7 +233,7 @@ def main() -> None:
         for name in args.models:
             source, shapes, ranges = CASES[name]
             path = model_path(source, Path(folder))
-            from trtdebug.core.model import Model
+            from trtdebug.core.model.graph import Model
 
             nodes = len(Model.load(path).nodes)
             results = {}

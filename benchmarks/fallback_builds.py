@@ -31,9 +31,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fixtures.chain_models import planted_chain
-from trtdebug.core.metrics import Verdict
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.search import (
+from trtdebug.core.analysis.metrics import Verdict
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.search.strategies import (
     Evaluator,
     SearchResult,
     bisect_search,

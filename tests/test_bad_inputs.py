@@ -16,8 +16,8 @@ import onnx
 import pytest
 
 from fixtures import odd_models, planted
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.precision_plan import PrecisionPlan
 
 
 def trtdebug(*args: object) -> subprocess.CompletedProcess[str]:
@@ -115,7 +115,7 @@ def test_bad_input_is_one_line_and_exit_2_and_touches_no_input(world, case: Bad)
 
 def test_the_memory_check_counts_every_input_against_what_is_available(world):
     model = Model.load(world["dynamic"])
-    from trtdebug.core.inputs import check_memory
+    from trtdebug.core.model.feeds import check_memory
     from trtdebug.errors import UserError
 
     shape = {"x": (1, 3, 256, 256)}  # 196608 floats: 0.75 MiB held twice, 1.5 MiB drawn in float64

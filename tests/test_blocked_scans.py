@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from trtdebug.core import blocks
-from trtdebug.core.detect import FP16_MIN_NORMAL, detect
-from trtdebug.core.histogram import BINS, value_histogram
-from trtdebug.core.metrics import measure
+from trtdebug.core.analysis import blockwise
+from trtdebug.core.analysis.defects import FP16_MIN_NORMAL, detect
+from trtdebug.core.analysis.histograms import BINS, value_histogram
+from trtdebug.core.analysis.metrics import measure
 
-SIZES = [7, blocks.BLOCK * 3 + 11, blocks.PARALLEL_FROM * 2 + 5]  # one block; several; several on threads
+SIZES = [7, blockwise.BLOCK * 3 + 11, blockwise.PARALLEL_FROM * 2 + 5]  # one block; several; several on threads
 
 
 def _pair(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +99,7 @@ def test_blocked_defect_scan_finds_overflow_and_underflow_in_the_last_block(size
 def test_blocked_mask_check_sees_every_block(size):
     """An additive -1e9 mask that FP16 turns into -inf is absorbed only if everything else is within
     tolerance, whichever block the exception lies in."""
-    from trtdebug.core.metrics import masked_only
+    from trtdebug.core.analysis.metrics import masked_only
 
     ref, cand = _pair(size)
     cand = ref.copy()
@@ -109,7 +109,7 @@ def test_blocked_mask_check_sees_every_block(size):
     wrong[3] += 10.0
     assert not masked_only(ref, wrong, 1e-2, 1e-2)
     nan_one_side = cand.copy()
-    nan_one_side[blocks.BLOCK + 1] = np.nan
+    nan_one_side[blockwise.BLOCK + 1] = np.nan
     assert not masked_only(ref, nan_one_side, 1e-2, 1e-2)
     assert not masked_only(ref[:-7], cand[:-7], 1e-2, 1e-2)  # nothing masked: not a mask
 
@@ -119,7 +119,7 @@ def test_blocked_measure_works_in_a_forked_child():
     """A library user's code may fork after measuring: the child must not wait on the parent's threads."""
     import multiprocessing
 
-    ref, cand = _pair(blocks.PARALLEL_FROM * 2)
+    ref, cand = _pair(blockwise.PARALLEL_FROM * 2)
     measure(ref, cand, 1e-2, 1e-2, True)  # the parent's pool exists now
     context = multiprocessing.get_context("fork")
     with context.Pool(1) as pool:
@@ -136,7 +136,7 @@ def _child_measure(ref: np.ndarray, cand: np.ndarray) -> float:
 def test_defect_scan_counts_what_its_definitions_say(size, special):
     """The scan behind every defect, against its element-wise definition, with and without the inf/NaN
     that let it skip passes (a finite reference within FP16, a candidate known to be finite)."""
-    from trtdebug.core.detect import _Scan, _scan
+    from trtdebug.core.analysis.defects import _Scan, _scan
 
     ref, cand = _pair(size)
     ref[1::50] = 1e-6  # small values that FP16 flushes
@@ -159,5 +159,6 @@ def test_defect_scan_counts_what_its_definitions_say(size, special):
                      float(magnitude[flushed].max(initial=0.0)), int(np.count_nonzero(outside)))
     known_finite = [False, True] if np.isfinite(cand).all() else [False]
     for candidate_finite in known_finite:
-        scan = blocks.reduce(size, lambda a, b, known=candidate_finite: _scan(ref[a:b], cand[a:b], outside[a:b], known))
+        scan = blockwise.reduce(
+            size, lambda a, b, known=candidate_finite: _scan(ref[a:b], cand[a:b], outside[a:b], known))
         assert scan == expected

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from trtdebug.core.inputs import generate_feeds, resolve_shapes
-from trtdebug.core.metrics import Tolerance
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.analysis.metrics import Tolerance
+from trtdebug.core.model.feeds import generate_feeds, resolve_shapes
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.engines.emulator.engine import EmulatorEngine
 from trtdebug.workflows.compare import run_compare
 from trtdebug.workflows.problem import Problem
@@ -70,7 +70,7 @@ def test_fp16_range_check_reads_constants_past_their_masks():
     import onnx
     from onnx import helper, numpy_helper
 
-    from trtdebug.core.model import Model
+    from trtdebug.core.model.graph import Model
 
     def model_with(values: dict[str, list[float]]) -> Model:
         inits = [numpy_helper.from_array(np.array(v, np.float32), name) for name, v in values.items()]

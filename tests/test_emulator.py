@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.reference import run_reference
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.reference.fp32_run import run_reference
 from trtdebug.engines.base import Marking
 from trtdebug.engines.emulator.engine import EmulatorEngine
 
@@ -107,7 +107,7 @@ def test_constant_folded_nodes_are_reported_as_folded():
 def test_substituted_runs_of_one_session_equal_runs_of_their_own(planted_models):
     """Culprit search replaces subsets of a few tensors by their reference values; one session with a
     switch per tensor answers every subset exactly as a graph built for that subset alone."""
-    from trtdebug.core.inputs import generate_feeds, resolve_shapes
+    from trtdebug.core.model.feeds import generate_feeds, resolve_shapes
 
     model = Model.load(planted_models["residual_overflow"][0])
     feeds = generate_feeds(model, resolve_shapes(model, {}))
@@ -129,7 +129,7 @@ def test_substituted_runs_of_one_session_equal_runs_of_their_own(planted_models)
 def test_local_error_of_some_layers_equals_theirs_among_all(planted_models, silero_path):
     """Running again only the layers compare asks for (a graph of just them) gives exactly the values
     the local graph of every layer gives them, on a planted net and on Silero VAD (recurrent, If)."""
-    from trtdebug.core.inputs import generate_feeds, resolve_shapes
+    from trtdebug.core.model.feeds import generate_feeds, resolve_shapes
 
     cases = [(planted_models["residual_overflow"][0], {}, {}),
              (silero_path, {"input": (4, 512), "state": (2, 4, 128)}, {"sr": (16000.0, 16000.0)})]

@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from trtdebug.core.bans import BanEntry, BanList
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.ban_list import BanEntry, BanList
+from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.engines.emulator.engine import EmulatorEngine
 from trtdebug.engines.emulator.tactics import (
     FP16_ACCUMULATE,

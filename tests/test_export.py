@@ -14,10 +14,11 @@ from onnx import TensorProto, helper, numpy_helper
 from fixtures import planted
 from trtdebug.artifacts.build_flags import command_line, polygraphy_args, trtexec_args
 from trtdebug.artifacts.mixed_onnx import write_mixed_onnx
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.reference import run_reference
-from trtdebug.core.typed_onnx import to_mixed_precision_onnx
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.cast_islands import to_mixed_precision_onnx
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.reference import ort_sessions
+from trtdebug.core.reference.fp32_run import run_reference
 from trtdebug.engines.base import Marking
 from trtdebug.errors import UserError
 
@@ -176,7 +177,6 @@ def test_island_plan_as_a_typed_graph(overflow_model: Model) -> None:
 def test_typed_graph_types_and_numerics(overflow_model: Model) -> None:
     """onnxruntime computes FP16 nodes in FP32 on the CPU (trtdebug.engines.emulator.engine explains), so
     this checks the types shape inference derives and that the typed graph still computes the model."""
-    from trtdebug.core import onnxrt
 
     def elem_types(typed: onnx.ModelProto) -> dict[str, int]:
         return {v.name: v.type.tensor_type.elem_type for v in typed.graph.value_info}
@@ -187,7 +187,7 @@ def test_typed_graph_types_and_numerics(overflow_model: Model) -> None:
     assert elem_types(island)["conv_amplify"] == TensorProto.FLOAT
     assert elem_types(island)["conv2"] == TensorProto.FLOAT16
     reference = run_reference(overflow_model, feeds())["logits"]
-    values = onnxrt.run(onnxrt.session(island), feeds())
+    values = ort_sessions.run(ort_sessions.session(island), feeds())
     np.testing.assert_allclose(values["logits"], reference, atol=2e-2, rtol=2e-2)
 
 
@@ -223,7 +223,6 @@ def mixed_ops_model() -> Model:
 
 
 def test_mixed_ops_follow_the_cast_rules() -> None:
-    from trtdebug.core import onnxrt
 
     model = mixed_ops_model()
     plan = PrecisionPlan("fp16", {"mul": "fp32"})
@@ -237,7 +236,7 @@ def test_mixed_ops_follow_the_cast_rules() -> None:
     assert then_branch.node[0].input[0] == "a__fp32"  # the branch reads `a` in its original type
     x = {"x": np.random.default_rng(1).uniform(-1, 1, (1, 2, 4, 4)).astype(np.float32)}
     reference = run_reference(model, x)
-    values = onnxrt.run(onnxrt.session(typed), x)
+    values = ort_sessions.run(ort_sessions.session(typed), x)
     for name in ("y", "z", "t", "branch"):
         np.testing.assert_allclose(values[name], reference[name], atol=1e-2, rtol=1e-2)
 

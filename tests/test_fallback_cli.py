@@ -16,7 +16,7 @@ import pytest
 from fixtures.chain_models import planted_chain
 from fixtures.real_models import silero_vad_with_overflow
 from tests.conftest import SILERO_RANGES, SILERO_SHAPES
-from trtdebug.core.journal import journal_path
+from trtdebug.core.search.journal import journal_path
 from trtdebug.workflows.fallback import run_fallback
 from trtdebug.workflows.problem import ProblemSpec, prepare
 

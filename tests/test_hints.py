@@ -16,9 +16,9 @@ import pytest
 from fixtures import odd_models, planted
 from tests import trt_fake
 from trtdebug.cli.options import InputShape, NamedPair
-from trtdebug.core.criterion import CheckCommand
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.search.user_check import CheckCommand
 from trtdebug.engines.base import Marking
 from trtdebug.errors import UserError
 

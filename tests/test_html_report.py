@@ -142,10 +142,10 @@ def test_80_column_terminal_table_identifies_every_layer(tmp_path):
 
 def test_value_histograms_are_taken_only_for_the_html_report(planted_models):
     """Only the HTML report shows histograms: a compare without it (and every fallback round) skips them."""
-    from trtdebug.core.inputs import generate_feeds, resolve_shapes
-    from trtdebug.core.metrics import Tolerance
-    from trtdebug.core.model import Model
-    from trtdebug.core.precision import PrecisionPlan
+    from trtdebug.core.analysis.metrics import Tolerance
+    from trtdebug.core.model.feeds import generate_feeds, resolve_shapes
+    from trtdebug.core.model.graph import Model
+    from trtdebug.core.plans.precision_plan import PrecisionPlan
     from trtdebug.engines.emulator.engine import EmulatorEngine
     from trtdebug.workflows.compare import run_compare
     from trtdebug.workflows.problem import Problem

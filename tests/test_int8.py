@@ -24,9 +24,9 @@ from fixtures.int8_models import (
     planted_scale,
     quantized_classifier,
 )
-from trtdebug.core.detect import detect_coarse_scale, detect_saturation, quantization_stats
-from trtdebug.core.model import Model
-from trtdebug.core.quantization import QuantizedModel, QuantParams
+from trtdebug.core.model.graph import Model
+from trtdebug.core.quantized.qdq import QuantizedModel, QuantParams
+from trtdebug.core.quantized.scale_findings import detect_coarse_scale, detect_saturation, quantization_stats
 
 SHAPE = ("--input-shape", CLASSIFIER_SHAPE_OPTION)
 

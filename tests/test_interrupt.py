@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.chain_models import planted_chain
-from trtdebug.core.journal import journal_path
+from trtdebug.core.search.journal import journal_path
 
 RAN = "layer outputs exposed, and running: done"  # the marked run is over; the local-error setup follows
 

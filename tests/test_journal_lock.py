@@ -10,7 +10,7 @@ import sys
 import time
 
 from fixtures.chain_models import planted_chain
-from trtdebug.core.journal import journal_path, lock_path
+from trtdebug.core.search.journal import journal_path, lock_path
 
 
 def trtdebug(*args):

@@ -147,3 +147,94 @@ def test_every_engine_declares_exactly_the_capabilities_it_implements(engine_cla
     assert declared.serializes == hasattr(built_class, "serialize")
     assert declared.records_tactics_on_request == hasattr(engine_class, "recording_tactics")
     assert declared.reseeds_tactics == hasattr(engine_class, "with_tactic_seed")
+
+
+CORE_ORDER = ("system", "model", "plans", "reference", "analysis", "search", "quantized")  # bottom first
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _dependencies(path: Path, known: set[str]) -> set[str]:
+    """trtdebug modules this file imports, at module level or inside functions: `from a import b`
+    counts as a.b where b is a module, else a (a parent package's __init__ runs either way, so
+    naming a package to reach its submodule is no dependency on the package)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name in known)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in known else node.module)
+    return {name for name in found if name in known and name.startswith("trtdebug")}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    known = {_module_name(p) for p in MODULES}
+    return {_module_name(p): _dependencies(p, known) - {_module_name(p)} for p in MODULES}
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_circles_anywhere():
+    circles = _circles(_import_graph())
+    assert not circles, "import circles (module level or inside functions): " + "; ".join(
+        " <-> ".join(c) for c in circles)
+
+
+def test_the_circle_finder_finds_a_circle_inside_a_package():
+    graph = {"trtdebug.engines.x.a": {"trtdebug.engines.x.b"}, "trtdebug.engines.x.b": {"trtdebug.engines.x.c"},
+             "trtdebug.engines.x.c": {"trtdebug.engines.x.a"}, "trtdebug.core.d": set()}
+    assert _circles(graph) == [["trtdebug.engines.x.a", "trtdebug.engines.x.b", "trtdebug.engines.x.c"]]
+
+
+def test_core_packages_read_bottom_up():
+    """core/ packages import only packages below them (CORE_ORDER), so each reads on its own."""
+    rank = {name: i for i, name in enumerate(CORE_ORDER)}
+    wrong = []
+    for module, deps in _import_graph().items():
+        parts = module.split(".")
+        if parts[1:2] != ["core"] or len(parts) < 4:
+            continue
+        assert parts[2] in rank, f"core/{parts[2]} is missing from CORE_ORDER"
+        for dep in deps:
+            dep_parts = dep.split(".")
+            if dep_parts[1:2] == ["core"] and len(dep_parts) >= 3 and rank.get(dep_parts[2], -1) > rank[parts[2]]:
+                wrong.append(f"{module} imports {dep}")
+    assert not wrong

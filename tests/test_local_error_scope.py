@@ -10,10 +10,10 @@ import sys
 import pytest
 
 from fixtures.chain_models import planted_chain
-from trtdebug.core.inputs import generate_feeds, resolve_shapes
-from trtdebug.core.metrics import Tolerance
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.analysis.metrics import Tolerance
+from trtdebug.core.model.feeds import generate_feeds, resolve_shapes
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.engines.emulator.engine import EmulatorEngine
 from trtdebug.workflows.compare import run_compare
 from trtdebug.workflows.problem import Problem

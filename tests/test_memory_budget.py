@@ -19,10 +19,11 @@ from onnx import TensorProto, helper, numpy_helper
 from fixtures.chain_models import planted_chain
 from fixtures.planted import write_all
 from trtdebug.artifacts.compare_report import write_compare_report
-from trtdebug.core import onnxrt
-from trtdebug.core.budget import format_size, parse_size, plan_compare
-from trtdebug.core.model import Model
-from trtdebug.core.pieces import PiecewiseGraph, split_by_targets
+from trtdebug.core.model.graph import Model
+from trtdebug.core.reference import ort_sessions
+from trtdebug.core.reference.budget import plan_compare
+from trtdebug.core.reference.pieces import PiecewiseGraph, split_by_targets
+from trtdebug.core.system.memory import format_size, parse_size
 from trtdebug.errors import UserError
 from trtdebug.workflows.compare import compare_case
 from trtdebug.workflows.problem import ProblemSpec, prepare
@@ -105,7 +106,7 @@ def test_running_a_graph_in_pieces_gives_exactly_the_whole_runs_values(groups):
     proto = _branching_model()
     feeds = {"x": np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)}
     tensors = ["a", "b", "c", "e", "d", "y"]
-    whole = onnxrt.run(onnxrt.session(onnxrt.with_outputs(proto, tensors)), feeds)
+    whole = ort_sessions.run(ort_sessions.session(ort_sessions.with_outputs(proto, tensors)), feeds)
     pieces = split_by_targets(proto, groups)
     assert sorted(i for p in pieces for i in p) == list(range(len(proto.graph.node)))  # each node once
     graph = PiecewiseGraph(proto, pieces, tensors)
@@ -217,7 +218,7 @@ def test_run_ahead_keeps_one_piece_in_flight_and_hands_errors_over():
     import threading
     import time
 
-    from trtdebug.core.pieces import run_ahead
+    from trtdebug.core.reference.pieces import run_ahead
 
     produced: list[int] = []
 
@@ -273,8 +274,8 @@ def _sizes_by_full_inference(model: Model, feeds: dict[str, np.ndarray]) -> dict
 def test_size_estimates_equal_full_shape_inference(tmp_path, silero_path):
     """Sizes come from a weightless copy (dynamic inputs) or the model's own shapes (inputs declared at
     the feeds' shapes): both must give what inferring the whole model at the feeds' shapes gives."""
-    from trtdebug.core.budget import tensor_bytes
-    from trtdebug.core.inputs import generate_feeds, resolve_shapes
+    from trtdebug.core.model.feeds import generate_feeds, resolve_shapes
+    from trtdebug.core.reference.budget import tensor_bytes
 
     planted_chain(60, 2, seed=3).save(tmp_path / "chain.onnx")
     # a weight that is also an input (a default value a caller may override), on a dynamic batch

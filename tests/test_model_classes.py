@@ -14,7 +14,7 @@ import onnx
 import pytest
 
 from fixtures import odd_models
-from trtdebug.core.model import Model
+from trtdebug.core.model.graph import Model
 from trtdebug.workflows.problem import ProblemSpec, prepare
 
 

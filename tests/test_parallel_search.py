@@ -14,8 +14,8 @@ import pytest
 
 from fixtures.chain_models import planted_chain
 from tests.test_search import Oracle
-from trtdebug.core.journal import journal_path
-from trtdebug.core.search import Evaluation, Evaluator, run_strategy
+from trtdebug.core.search.journal import journal_path
+from trtdebug.core.search.strategies import Evaluation, Evaluator, run_strategy
 from trtdebug.workflows.fallback import run_fallback
 from trtdebug.workflows.problem import ProblemSpec, prepare
 

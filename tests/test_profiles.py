@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fixtures import odd_models
-from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.plans.precision_plan import PrecisionPlan
 
 
 def trtdebug(*args, cwd=None):
@@ -30,7 +30,7 @@ def dynamic_batch_model(tmp_path: Path) -> Path:
                                helper.make_node("Relu", ["c"], ["y"], name="relu")], "dyn", [x], [y], [w])
     path = tmp_path / "dyn.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    from trtdebug.core.model import Model
+    from trtdebug.core.model.graph import Model
 
     PrecisionPlan("fp16").for_model(Model.load(path)).save(tmp_path / "plan.json")
     return path
@@ -43,7 +43,7 @@ def test_profile_reaches_the_tensorrt_engine_options(dynamic_batch_model: Path) 
     pytest.importorskip("tensorrt_rtx_bindings")
     shapes = (("x", ((1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))),)
     spec = problem_spec(str(dynamic_batch_model), engine_name="tensorrt-rtx", input_shapes=shapes)
-    from trtdebug.core.model import Model
+    from trtdebug.core.model.graph import Model
 
     feeds = prepare_feeds(Model.load(dynamic_batch_model), spec)
     assert feeds["x"].shape == (2, 3, 8, 8)  # inputs are generated at OPT
@@ -102,7 +102,7 @@ def test_build_takes_shape_tensor_values_from_inputs(tmp_path: Path) -> None:
     model = odd_models.shape_tensor_input()
     onnx.save(model, tmp_path / "reshape.onnx")
     np.savez(tmp_path / "feeds.npz", x=np.ones((2, 3, 4), np.float32), shape=np.array([6, 4], np.int64))
-    from trtdebug.core.model import Model
+    from trtdebug.core.model.graph import Model
 
     PrecisionPlan("fp16").for_model(Model.load(tmp_path / "reshape.onnx")).save(tmp_path / "plan.json")
     run = trtdebug("build", tmp_path / "reshape.onnx", "--plan", tmp_path / "plan.json", "--engine", "tensorrt-rtx",

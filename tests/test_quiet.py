@@ -12,8 +12,8 @@ import pytest
 from polygraphy.comparator import RunResults
 
 from fixtures import odd_models, planted
-from trtdebug.core.model import Model
-from trtdebug.core.reference import run_reference
+from trtdebug.core.model.graph import Model
+from trtdebug.core.reference.fp32_run import run_reference
 
 NOISE = ("[W]", "[I]", "Warning", "RuntimeWarning", "onnxruntime:")
 

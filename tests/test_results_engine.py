@@ -13,10 +13,10 @@ from polygraphy.comparator import RunResults
 from polygraphy.json import save_json
 
 from fixtures import planted
-from trtdebug.core.metrics import Tolerance, compare_tensors
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.reference import run_reference
+from trtdebug.core.analysis.metrics import Tolerance, compare_tensors
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.reference.fp32_run import run_reference
 from trtdebug.engines import get_engine
 from trtdebug.engines.base import Marking
 from trtdebug.engines.results import ResultsEngine

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from fixtures.chain_models import planted_chain
-from trtdebug.core.journal import Journal, journal_path
-from trtdebug.core.metrics import Verdict
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.search import (
+from trtdebug.core.analysis.metrics import Verdict
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.search.journal import Journal, journal_path
+from trtdebug.core.search.strategies import (
     Evaluation,
     Evaluator,
     ddmin,

@@ -13,11 +13,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fixtures.tactic_models import faulty_accumulation
 from trtdebug.cli.app import main
-from trtdebug.core.bans import BANS_FORMAT, BanList
-from trtdebug.core.inputs import generate_feeds, resolve_shapes
-from trtdebug.core.metrics import Tolerance
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.analysis.metrics import Tolerance
+from trtdebug.core.model.feeds import generate_feeds, resolve_shapes
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.ban_list import BANS_FORMAT, BanList
+from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.engines.base import BuildError, Capabilities, LayerInfo, Marking
 from trtdebug.engines.emulator.engine import EmulatorEngine
 from trtdebug.workflows.evaluate import evaluate_plan

@@ -17,10 +17,10 @@ import trt_fake
 from onnx import TensorProto, helper
 
 from fixtures import planted
-from trtdebug.core.bans import BanEntry, BanList
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.reference import run_reference
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.ban_list import BanEntry, BanList
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.reference.fp32_run import run_reference
 from trtdebug.engines.base import BuildError, Marking
 from trtdebug.engines.tensorrt.cuda_buffers import CudaError, CudaRuntime, device_arena
 from trtdebug.engines.tensorrt.engine import TensorRTEngine

@@ -17,11 +17,11 @@ import trt_fake
 from qdq_models import INPUT_SHAPE, qdq_conv_model
 
 from fixtures import planted
-from trtdebug.core import onnxrt
-from trtdebug.core.bans import BanEntry, BanList
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.quantization import QuantizedModel
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.ban_list import BanEntry, BanList
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.quantized.qdq import QuantizedModel
+from trtdebug.core.reference import ort_sessions
 from trtdebug.engines.base import Marking
 from trtdebug.engines.tensorrt.builder import NetworkBuilder
 from trtdebug.engines.tensorrt.engine import TensorRTEngine
@@ -62,8 +62,8 @@ def test_qdq_model_builds_its_qdq_graph_and_reports_float_names(fake: trt_fake.R
     assert {a[0] for a in fake.called("ILayer", "precision")} == {"conv2"}
     assert built.marking_notes["marked"] == ["conv1", "relu1_dq"]  # relu1 asked for by its DequantizeLinear
     values = built.run(qdq_feeds())
-    session = onnxrt.session(onnxrt.with_outputs(proto, ["relu1_dq", "conv1"]))
-    expected = onnxrt.run(session, qdq_feeds())
+    session = ort_sessions.session(ort_sessions.with_outputs(proto, ["relu1_dq", "conv1"]))
+    expected = ort_sessions.run(session, qdq_feeds())
     np.testing.assert_array_equal(values["relu1"], expected["relu1_dq"])  # by its float name
     np.testing.assert_array_equal(values["conv1"], expected["conv1"])
     scale = float(qdq.pairs["relu1_QuantizeLinear"].params.scale)
@@ -80,7 +80,8 @@ def test_dequantize_output_that_breaks_the_build_is_marked_by_its_source(fake: t
     assert [d["tensor"] for d in notes["dropped"]] == [] and notes["marked"] == ["conv1", "relu1"]
     values = built.run(qdq_feeds())
     pair = qdq.pairs["relu1_QuantizeLinear"]
-    raw = onnxrt.run(onnxrt.session(onnxrt.with_outputs(parsed_protos(fake)[-1], ["relu1"])), qdq_feeds())
+    session = ort_sessions.session(ort_sessions.with_outputs(parsed_protos(fake)[-1], ["relu1"]))
+    raw = ort_sessions.run(session, qdq_feeds())
     np.testing.assert_array_equal(values["relu1"], pair.params.fake_quantize(raw["relu1"]))
 
 

@@ -13,8 +13,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fixtures import odd_models
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.engines.base import Marking
 from trtdebug.engines.tensorrt import network
 from trtdebug.engines.tensorrt.engine import TensorRTEngine

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from fixtures import planted
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.engines.base import Marking
 from trtdebug.engines.tensorrt.engine import TensorRTEngine
 from trtdebug.engines.tensorrt.selfcheck import tiny_model

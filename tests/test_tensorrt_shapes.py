@@ -12,9 +12,9 @@ import trt_fake
 from onnx import TensorProto, helper
 
 from fixtures import odd_models
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.reference import run_reference
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.reference.fp32_run import run_reference
 from trtdebug.engines.base import Marking
 from trtdebug.engines.tensorrt.engine import TensorRTEngine
 from trtdebug.errors import UserError

@@ -15,9 +15,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fixtures import real_models as rm
-from trtdebug.core.detect import detect
-from trtdebug.core.inputs import generate_feeds
-from trtdebug.core.model import Model
+from trtdebug.core.analysis.defects import detect
+from trtdebug.core.model.feeds import generate_feeds
+from trtdebug.core.model.graph import Model
 
 
 def trtdebug(*args, cwd=None):

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from trtdebug.core import onnxrt
+from trtdebug.core.reference import ort_sessions
 
 # ---------------------------------------------------------------------------------------------
 # The API surface, from the stubs (and the real TensorRT-RTX module)
@@ -971,8 +971,8 @@ class IExecutionContext(Checked):
             ctypes.memmove(array.ctypes.data, self._addresses[name], array.nbytes)
             feeds[name] = array
         produced = [o for n in info.proto.graph.node for o in n.output if o]
-        session = onnxrt.session(onnxrt.with_outputs(info.proto, produced))
-        return onnxrt.run(session, feeds)
+        session = ort_sessions.session(ort_sessions.with_outputs(info.proto, produced))
+        return ort_sessions.run(session, feeds)
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         if name in self._shapes:

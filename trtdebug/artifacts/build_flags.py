@@ -30,7 +30,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from trtdebug.core.precision import PRECISIONS, PrecisionPlan
+from trtdebug.core.plans.precision_plan import PRECISIONS, PrecisionPlan
 from trtdebug.errors import UserError
 
 FLAG_TOOLS = ("trtexec", "polygraphy")  # tools whose build flags a plan can be exported as

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from trtdebug import __version__
-from trtdebug.core import files
-from trtdebug.core.metrics import CompareResult, Metrics, TensorReport
+from trtdebug.core.analysis.metrics import CompareResult, Metrics, TensorReport
+from trtdebug.core.system import files
 
 REPORT_FORMAT = "trtdebug.compare-report"
 REPORT_VERSION = 1

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trtdebug.core import files
-from trtdebug.core.bans import BanList
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.ban_list import BanList
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.system import files
 from trtdebug.engines.base import Engine, Marking, as_serializable
 
 

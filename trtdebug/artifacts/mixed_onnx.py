@@ -9,10 +9,10 @@ from pathlib import Path
 
 import onnx
 
-from trtdebug.core import files
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.typed_onnx import to_mixed_precision_onnx
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.cast_islands import to_mixed_precision_onnx
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.system import files
 
 # protobuf cannot serialize a message of 2 GiB or more; beyond it the weights go to a data file.
 PROTOBUF_LIMIT = 2**31 - 1

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from trtdebug.core.precision import PRECISIONS
+from trtdebug.core.plans.precision_plan import PRECISIONS
 from trtdebug.engines import ENGINE_NAMES
 
 if TYPE_CHECKING:
@@ -116,14 +116,14 @@ class NamedPair(click.ParamType):
 
 
 class MemorySize(click.ParamType):
-    """A memory size such as 8GiB, 500MB or 1.5GB (core.budget.parse_size), in bytes; at least one byte."""
+    """A memory size such as 8GiB, 500MB or 1.5GB (core.system.memory.parse_size), in bytes; at least one byte."""
 
     name = "SIZE"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
-        from trtdebug.core.budget import parse_size
+        from trtdebug.core.system.memory import parse_size
         from trtdebug.errors import UserError
 
         try:

@@ -21,9 +21,9 @@ import numpy as np
 from trtdebug.errors import EngineError
 
 if TYPE_CHECKING:
-    from trtdebug.core.bans import BanList
-    from trtdebug.core.model import Model
-    from trtdebug.core.precision import PrecisionPlan
+    from trtdebug.core.model.graph import Model
+    from trtdebug.core.plans.ban_list import BanList
+    from trtdebug.core.plans.precision_plan import PrecisionPlan
 
 MarkMode = Literal["outputs", "debug", "unfused", "none"]
 MARK_MODES: tuple[str, ...] = tuple(m for m in get_args(MarkMode) if m != "none")  # what a user can ask for

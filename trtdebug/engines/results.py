@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from trtdebug import logs
-from trtdebug.core import files
-from trtdebug.core.model import Model
+from trtdebug.core.model.graph import Model
+from trtdebug.core.system import files
 from trtdebug.engines.base import Capabilities, LayerInfo, Marking
 from trtdebug.errors import UserError
 

@@ -9,11 +9,11 @@ from pathlib import Path
 from trtdebug.artifacts.build_flags import FLAG_TOOLS, command_line, polygraphy_args, trtexec_args
 from trtdebug.artifacts.engine_file import write_engine
 from trtdebug.artifacts.mixed_onnx import write_mixed_onnx, write_model
-from trtdebug.core.bans import BanList
-from trtdebug.core.files import prepare_outputs
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.quantization import QuantizedModel, qdq_for_plan
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.ban_list import BanList
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.quantized.qdq import QuantizedModel, qdq_for_plan
+from trtdebug.core.system.files import prepare_outputs
 from trtdebug.engines.base import BuildError, Engine
 from trtdebug.errors import UserError
 from trtdebug.workflows.problem import ProblemSpec, load_bans, load_plan, open_engine, prepare_feeds

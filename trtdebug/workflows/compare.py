@@ -13,18 +13,19 @@ from dataclasses import replace
 
 import numpy as np
 
-from trtdebug.core.attribution import find_culprits
-from trtdebug.core.bans import BanList
-from trtdebug.core.budget import default_budget, plan_compare, tensor_bytes
-from trtdebug.core.criterion import CheckCommand
-from trtdebug.core.histogram import MAX_CULPRITS as HISTOGRAM_LIMIT
-from trtdebug.core.histogram import ValueHistogram, culprit_histograms
-from trtdebug.core.int8_findings import annotate_int8
-from trtdebug.core.metrics import CompareResult, Culprit, Reproduction, TensorComparer
-from trtdebug.core.pieces import run_ahead
-from trtdebug.core.precision import PrecisionPlan, eligible_nodes
-from trtdebug.core.quantization import QuantizedModel
-from trtdebug.core.reference import LazyReference
+from trtdebug.core.analysis.culprits import find_culprits
+from trtdebug.core.analysis.histograms import MAX_CULPRITS as HISTOGRAM_LIMIT
+from trtdebug.core.analysis.histograms import ValueHistogram, culprit_histograms
+from trtdebug.core.analysis.metrics import CompareResult, Culprit, Reproduction, TensorComparer
+from trtdebug.core.plans.ban_list import BanList
+from trtdebug.core.plans.precision_plan import PrecisionPlan, eligible_nodes
+from trtdebug.core.quantized.int8 import annotate_int8
+from trtdebug.core.quantized.qdq import QuantizedModel
+from trtdebug.core.reference.budget import plan_compare, tensor_bytes
+from trtdebug.core.reference.fp32_run import LazyReference
+from trtdebug.core.reference.pieces import run_ahead
+from trtdebug.core.search.user_check import CheckCommand
+from trtdebug.core.system.memory import default_budget
 from trtdebug.engines.base import Built, Engine, Marking, PiecewiseBuilt, as_local_error, as_piecewise, as_substituting
 from trtdebug.workflows.evaluate import evaluate_plan, judge
 from trtdebug.workflows.problem import Case, Problem

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trtdebug.core.bans import BanList
-from trtdebug.core.criterion import CheckCommand
-from trtdebug.core.metrics import Verdict, judge_outputs
-from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.analysis.metrics import Verdict, judge_outputs
+from trtdebug.core.plans.ban_list import BanList
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.search.user_check import CheckCommand
 from trtdebug.engines.base import BuildError, Built, Engine, Marking
 from trtdebug.workflows.problem import Problem
 

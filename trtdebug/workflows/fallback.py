@@ -20,16 +20,15 @@ from typing import Any
 
 from trtdebug import __version__
 from trtdebug.artifacts.compare_report import write_compare_report
-from trtdebug.core.bans import BanList
-from trtdebug.core.cost import CostModel, shapes_of
-from trtdebug.core.criterion import CheckCommand
-from trtdebug.core.inputs import feeds_sha256
-from trtdebug.core.int8_findings import fallback_candidates, int8_provenance, pair_readers_in_float, rank_int8
-from trtdebug.core.journal import Journal, JournalLock, journal_path, lock_path
-from trtdebug.core.metrics import CompareResult
-from trtdebug.core.precision import PrecisionPlan, eligible_nodes
-from trtdebug.core.quantization import QuantizedModel
-from trtdebug.core.search import (
+from trtdebug.core.analysis.metrics import CompareResult
+from trtdebug.core.model.feeds import feeds_sha256
+from trtdebug.core.plans.ban_list import BanList
+from trtdebug.core.plans.cost import CostModel, shapes_of
+from trtdebug.core.plans.precision_plan import PrecisionPlan, eligible_nodes
+from trtdebug.core.quantized.int8 import fallback_candidates, int8_provenance, pair_readers_in_float, rank_int8
+from trtdebug.core.quantized.qdq import QuantizedModel
+from trtdebug.core.search.journal import Journal, JournalLock, journal_path, lock_path
+from trtdebug.core.search.strategies import (
     STRATEGIES,
     Evaluation,
     Evaluator,
@@ -39,6 +38,7 @@ from trtdebug.core.search import (
     rank_nodes,
     run_strategy,
 )
+from trtdebug.core.search.user_check import CheckCommand
 from trtdebug.engines.base import BuildError, Engine, Marking
 from trtdebug.errors import UserError
 from trtdebug.workflows.build import write_plan_artifacts

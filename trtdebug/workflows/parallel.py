@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Protocol
 
-from trtdebug.core.criterion import CheckCommand
-from trtdebug.core.inputs import feeds_sha256
-from trtdebug.core.metrics import Verdict
-from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.analysis.metrics import Verdict
+from trtdebug.core.model.feeds import feeds_sha256
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.search.user_check import CheckCommand
 from trtdebug.errors import UserError
 from trtdebug.workflows.problem import Case, ProblemSpec, prepare
 

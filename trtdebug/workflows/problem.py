@@ -14,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from trtdebug.core.bans import BanList
-from trtdebug.core.budget import ComparePlan, default_budget, plan_compare, release_freed_tensors, tensor_bytes
-from trtdebug.core.files import prepare_outputs
-from trtdebug.core.inputs import DEFAULT_RANGES, generate_feeds, load_feeds, resolve_shapes, validate_feeds
-from trtdebug.core.journal import JournalLock
-from trtdebug.core.metrics import Tolerance
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.reference import LazyReference, first_nonfinite, inputs_upstream, run_reference
+from trtdebug.core.analysis.metrics import Tolerance
+from trtdebug.core.model.feeds import DEFAULT_RANGES, generate_feeds, load_feeds, resolve_shapes, validate_feeds
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.ban_list import BanList
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.reference.budget import ComparePlan, plan_compare, tensor_bytes
+from trtdebug.core.reference.fp32_run import LazyReference, first_nonfinite, inputs_upstream, run_reference
+from trtdebug.core.search.journal import JournalLock
+from trtdebug.core.system.files import prepare_outputs
+from trtdebug.core.system.memory import default_budget, release_freed_tensors
 from trtdebug.engines import Engine, get_engine
 from trtdebug.errors import UserError
 from trtdebug.workflows.quantize import Calibration, calibration_files, int8_model

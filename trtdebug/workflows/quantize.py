@@ -25,11 +25,11 @@ import numpy as np
 import onnx
 
 from trtdebug.artifacts.mixed_onnx import write_model
-from trtdebug.core import files
-from trtdebug.core.inputs import feeds_sha256, generate_feeds, load_feeds, resolve_shapes, validate_feeds
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.quantization import QuantizedModel, find_pairs, has_qdq
+from trtdebug.core.model.feeds import feeds_sha256, generate_feeds, load_feeds, resolve_shapes, validate_feeds
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.quantized.qdq import QuantizedModel, find_pairs, has_qdq
+from trtdebug.core.system import files
 from trtdebug.errors import UserError
 
 Feeds = dict[str, np.ndarray]

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trtdebug import __version__
-from trtdebug.core.bans import BanEntry, BanList
-from trtdebug.core.metrics import CompareResult, TensorReport
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.analysis.metrics import CompareResult, TensorReport
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.ban_list import BanEntry, BanList
+from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.engines.base import BuildError, Built, Engine, LayerInfo, Marking, reseeded, tactic_recording
 from trtdebug.errors import UserError
 from trtdebug.workflows.compare import run_compare

@@ -13,7 +13,7 @@ from trtdebug.engines.base import MARK_MODES
 from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
 
 if TYPE_CHECKING:
-    from trtdebug.core.metrics import CompareResult
+    from trtdebug.core.analysis.metrics import CompareResult
 
 
 @click.command("compare")
@@ -44,7 +44,7 @@ def compare_command(mark_mode: str, chunk_size: int | None, top: int, json_path:
     from trtdebug.cli.interrupt import run_interruptible
     from trtdebug.cli.progress import progress_for, stop_display
     from trtdebug.cli.render.compare import render_compare
-    from trtdebug.core.criterion import CheckCommand
+    from trtdebug.core.search.user_check import CheckCommand
     from trtdebug.engines.base import Marking
     from trtdebug.workflows.compare import compare_case
     from trtdebug.workflows.problem import prepare

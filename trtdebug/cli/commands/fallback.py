@@ -10,7 +10,7 @@ import click
 from trtdebug.cli import console
 from trtdebug.cli.options import problem_options, problem_spec, verbose_option
 from trtdebug.cli.progress import quiet_option
-from trtdebug.core.search import STRATEGIES
+from trtdebug.core.search.strategies import STRATEGIES
 from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
 
 
@@ -41,8 +41,8 @@ def fallback_command(out_path: str | None, strategy: str, resume: bool, check_co
     from trtdebug.cli.interrupt import run_interruptible
     from trtdebug.cli.progress import progress_for, stop_display
     from trtdebug.cli.render.fallback import render_fallback
-    from trtdebug.core.criterion import CheckCommand
-    from trtdebug.core.journal import JournalLock
+    from trtdebug.core.search.journal import JournalLock
+    from trtdebug.core.search.user_check import CheckCommand
     from trtdebug.workflows.fallback import FallbackOutcome, fallback_outputs, output_paths, run_fallback
     from trtdebug.workflows.parallel import open_judge
     from trtdebug.workflows.problem import prepare

@@ -11,8 +11,8 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from trtdebug.cli.render.fixed_table import FixedTable
-from trtdebug.core.budget import format_size
-from trtdebug.core.metrics import CompareResult, TensorReport
+from trtdebug.core.analysis.metrics import CompareResult, TensorReport
+from trtdebug.core.system.memory import format_size
 
 REPORT_FORMAT = "trtdebug.compare-report"
 REPORT_VERSION = 1

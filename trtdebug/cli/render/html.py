@@ -20,9 +20,9 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from trtdebug import __version__
-from trtdebug.core import files
-from trtdebug.core.histogram import REPRESENTABLE, ValueHistogram
-from trtdebug.core.metrics import CompareResult, Metrics, TensorReport
+from trtdebug.core.analysis.histograms import REPRESENTABLE, ValueHistogram
+from trtdebug.core.analysis.metrics import CompareResult, Metrics, TensorReport
+from trtdebug.core.system import files
 from trtdebug.workflows.fallback import FallbackOutcome
 from trtdebug.workflows.tactics import TacticSearch
 

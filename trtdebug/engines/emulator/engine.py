@@ -27,10 +27,16 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from trtdebug.core import onnxrt
-from trtdebug.core.model import Model
-from trtdebug.core.precision import DATA_MOVEMENT_OPS, ONNX_TYPE, PrecisionPlan, precision_rank, precision_slots
-from trtdebug.core.quantization import QuantizedModel
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.precision_plan import (
+    DATA_MOVEMENT_OPS,
+    ONNX_TYPE,
+    PrecisionPlan,
+    precision_rank,
+    precision_slots,
+)
+from trtdebug.core.quantized.qdq import QuantizedModel
+from trtdebug.core.reference import ort_sessions
 from trtdebug.engines.base import BuildError, Built, Capabilities, LayerInfo, Marking
 from trtdebug.engines.emulator.tactics import Shape, ShapeOf, TacticChoice, TacticChooser, apply_variant, tensor_shapes
 from trtdebug.errors import UserError
@@ -54,7 +60,7 @@ def fold_like_builder(model: Model) -> FoldedGraph:
     """Constant folding and BatchNorm fusion in FP32, by onnxruntime's basic optimization level."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "folded.onnx")
-        onnxrt.session(model.proto, level="basic", threads=1, optimized_path=path)
+        ort_sessions.session(model.proto, level="basic", threads=1, optimized_path=path)
         folded = onnx.load(path)
     # onnxruntime may leave nodes unnamed or reuse names; layer names must be unique.
     seen: set[str] = set()
@@ -263,8 +269,8 @@ class EmulatorBuilt:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._session is None:
-            self._session = onnxrt.session(onnxrt.with_outputs(self.proto, self._exposed_names))
-        return onnxrt.run(self._session, feeds)
+            self._session = ort_sessions.session(ort_sessions.with_outputs(self.proto, self._exposed_names))
+        return ort_sessions.run(self._session, feeds)
 
     def run_local(self, reference: Mapping[str, np.ndarray],
                   tensors: Collection[str] | None = None) -> dict[str, np.ndarray]:
@@ -276,7 +282,7 @@ class EmulatorBuilt:
             self._local_session = self._build_local()
         session, feeds_from = self._local_session
         feeds = {name: reference[tensor] for name, tensor in feeds_from.items()}
-        return onnxrt.run(session, feeds)
+        return ort_sessions.run(session, feeds)
 
     def _run_local_layers(self, reference: Mapping[str, np.ndarray], tensors: Collection[str]) -> dict[str, np.ndarray]:
         """The local graph of just the layers writing `tensors` (building every layer's costs more than
@@ -286,8 +292,8 @@ class EmulatorBuilt:
         wanted = [t for t in dict.fromkeys(tensors) if t in computed]
         if not wanted:
             return {}
-        session = onnxrt.session(onnxrt.with_outputs(proto, wanted))
-        return onnxrt.run(session, {name: reference[tensor] for name, tensor in feeds_from.items()}, wanted)
+        session = ort_sessions.session(ort_sessions.with_outputs(proto, wanted))
+        return ort_sessions.run(session, {name: reference[tensor] for name, tensor in feeds_from.items()}, wanted)
 
     def run_pieces(self, feeds: Mapping[str, np.ndarray], groups: Sequence[Sequence[str]]
                    ) -> Iterator[dict[str, np.ndarray]]:
@@ -316,13 +322,13 @@ class EmulatorBuilt:
         return {t for _, sources in self._local_layers(set(groups[k])) for t in sources}
 
     def run_exposing(self, feeds: Mapping[str, np.ndarray], tensors: Sequence[str]) -> dict[str, np.ndarray]:
-        from trtdebug.core.pieces import PiecewiseGraph
+        from trtdebug.core.reference.pieces import PiecewiseGraph
 
         graph = PiecewiseGraph(self.proto, [list(range(len(self.proto.graph.node)))], tensors)
         return next(iter(graph.run(feeds)))
 
     def _piecewise(self, groups: Sequence[Sequence[str]]) -> tuple[Any, Any]:
-        from trtdebug.core.pieces import PiecewiseGraph, split_by_targets
+        from trtdebug.core.reference.pieces import PiecewiseGraph, split_by_targets
 
         key = id(groups)
         if key not in self._pieces:
@@ -350,7 +356,7 @@ class EmulatorBuilt:
             fed[SWITCH_PREFIX + tensor] = np.asarray(on)
             fed[SUBSTITUTE_PREFIX + tensor] = np.asarray(replacements[tensor]) if on else np.zeros(
                 (), self._substitute_dtype(tensor))
-        values = onnxrt.run(self._switching[1], fed, [o.name for o in self.model.outputs])
+        values = ort_sessions.run(self._switching[1], fed, [o.name for o in self.model.outputs])
         values.update({o.name: np.asarray(replacements[o.name]) for o in self.model.outputs if o.name in replacements})
         return values
 
@@ -379,11 +385,11 @@ class EmulatorBuilt:
             graph.input.append(helper.make_tensor_value_info(SWITCH_PREFIX + tensor, onnx.TensorProto.BOOL, []))
             graph.input.append(helper.make_tensor_value_info(
                 SUBSTITUTE_PREFIX + tensor, onnx.helper.np_dtype_to_tensor_dtype(dtype), None))
-        return onnxrt.session(proto)  # a switched final output is the graph's; run_substituted overrides it
+        return ort_sessions.session(proto)  # a switched final output is the graph's; run_substituted overrides it
 
     def _build_local(self) -> tuple[Any, dict[str, str]]:
         proto, feeds_from, outputs = self._local_graph()
-        return onnxrt.session(onnxrt.with_outputs(proto, outputs)), feeds_from
+        return ort_sessions.session(ort_sessions.with_outputs(proto, outputs)), feeds_from
 
     def _local_graph(self) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
         """The folded graph with every layer's non-constant inputs cut loose into graph inputs."""

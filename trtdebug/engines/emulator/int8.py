@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.quantization import QdqPair, QuantizedModel, removal_for_plan, without_pairs
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.quantized.qdq import QdqPair, QuantizedModel, removal_for_plan, without_pairs
 from trtdebug.engines.base import LayerInfo, Marking
 from trtdebug.engines.emulator.engine import EmulatorBuilt, EmulatorEngine, FoldedGraph
 

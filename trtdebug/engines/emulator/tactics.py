@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from trtdebug.core.precision import ONNX_TYPE, REDUCED
+from trtdebug.core.plans.precision_plan import ONNX_TYPE, REDUCED
 from trtdebug.errors import UserError
 
 FP32_ACCUMULATE = "fp32_accumulate"

@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from trtdebug.core.bans import BanList
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.quantization import QdqPair, QuantizedModel, qdq_for_plan, removal_for_plan
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.ban_list import BanList
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.quantized.qdq import QdqPair, QuantizedModel, qdq_for_plan, removal_for_plan
 from trtdebug.engines.base import LayerInfo
 from trtdebug.engines.tensorrt.layers import (
     NodeResolver,
@@ -112,7 +112,7 @@ class NetworkBuilder:
             return self.model.proto, False
         if self.plan.default == "fp32" and not self.plan.nodes:
             return self.model.proto, False
-        from trtdebug.core.typed_onnx import to_mixed_precision_onnx
+        from trtdebug.core.plans.cast_islands import to_mixed_precision_onnx
 
         return to_mixed_precision_onnx(self.model, self.plan), True
 

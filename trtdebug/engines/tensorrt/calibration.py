@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from trtdebug.core import files
+from trtdebug.core.system import files
 from trtdebug.engines.tensorrt.cuda_buffers import CudaRuntime, DeviceArena
 from trtdebug.errors import UserError
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from trtdebug.core.bans import BanList
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.ban_list import BanList
+from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.engines.base import BuildError, Capabilities, Marking
 from trtdebug.engines.tensorrt.builder import Chunk, NetworkBuilder
 from trtdebug.engines.tensorrt.cuda_buffers import CudaRuntime

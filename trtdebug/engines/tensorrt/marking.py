@@ -14,7 +14,7 @@ from trtdebug.engines.base import BuildError, Marking
 from trtdebug.engines.tensorrt.builder import BuildResult, Chunk
 
 if TYPE_CHECKING:
-    from trtdebug.core.model import Model
+    from trtdebug.core.model.graph import Model
     from trtdebug.engines.tensorrt.builder import NetworkBuilder
 
 

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import onnx
 
-from trtdebug.core.inputs import input_shape_hint
-from trtdebug.core.precision import PRECISIONS, PrecisionPlan
+from trtdebug.core.model.feeds import input_shape_hint
+from trtdebug.core.plans.precision_plan import PRECISIONS, PrecisionPlan
 from trtdebug.engines.base import BuildError
 from trtdebug.engines.tensorrt.layers import NodeResolver, network_layer_nodes
 from trtdebug.engines.tensorrt.support import Features, quiet_deprecations

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trtdebug.core.model import Model
-from trtdebug.core.quantization import QdqPair
+from trtdebug.core.model.graph import Model
+from trtdebug.core.quantized.qdq import QdqPair
 from trtdebug.engines.base import LayerInfo
 from trtdebug.engines.tensorrt.builder import BuildResult, Chunk
 from trtdebug.engines.tensorrt.cuda_buffers import (

@@ -18,10 +18,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from trtdebug.core.bans import BanEntry, BanList
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.reference import run_reference
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.ban_list import BanEntry, BanList
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.reference.fp32_run import run_reference
 from trtdebug.engines.base import Marking
 from trtdebug.errors import UserError
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from trtdebug.core.bans import BanList
+from trtdebug.core.plans.ban_list import BanList
 
 if TYPE_CHECKING:
     import tensorrt as trt

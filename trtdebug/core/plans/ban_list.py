@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from trtdebug.core import files
+from trtdebug.core.system import files
 from trtdebug.errors import UserError
 
 BANS_FORMAT = "trtdebug.ban-list"

@@ -22,9 +22,9 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
-from trtdebug.core.metrics import Culprit, TensorReport, Tolerance, measure
-from trtdebug.core.model import Model
-from trtdebug.core.reference import values_of
+from trtdebug.core.analysis.metrics import Culprit, TensorReport, Tolerance, measure
+from trtdebug.core.model.graph import Model
+from trtdebug.core.reference.fp32_run import values_of
 
 MAX_CULPRITS = 3
 MEASURED_CANDIDATES = 6  # substitution runs per round: the most severe introduced errors only

@@ -9,8 +9,8 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from trtdebug.core import onnxrt
-from trtdebug.core.model import Model, node_dependencies
+from trtdebug.core.model.graph import Model, node_dependencies
+from trtdebug.core.reference import ort_sessions
 
 
 class Reference:
@@ -20,10 +20,10 @@ class Reference:
         self.model = model
         tensors = model.intermediate_tensors()
         types = {t: _elem_type(model, t) for t in tensors}
-        self._session = onnxrt.session(onnxrt.with_outputs(model.proto, tensors, types))
+        self._session = ort_sessions.session(ort_sessions.with_outputs(model.proto, tensors, types))
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = onnxrt.run(self._session, feeds)
+        values = ort_sessions.run(self._session, feeds)
         values.update({k: np.asarray(v) for k, v in feeds.items()})
         return values
 
@@ -82,7 +82,7 @@ class LazyReference(Mapping[str, np.ndarray]):
     CACHED = 16
 
     def __init__(self, model: Model, feeds: Mapping[str, np.ndarray], groups: list[list[str]]):
-        from trtdebug.core.pieces import PiecewiseGraph, split_by_targets
+        from trtdebug.core.reference.pieces import PiecewiseGraph, split_by_targets
 
         self.model = model
         self.feeds = {k: np.asarray(v) for k, v in feeds.items()}
@@ -138,8 +138,8 @@ class LazyReference(Mapping[str, np.ndarray]):
         if key not in self._sessions:
             self._sessions.clear()
             types = {t: _elem_type(self.model, t) for t in key}
-            self._sessions[key] = onnxrt.session(onnxrt.with_outputs(self.model.proto, key, types))
-        values = onnxrt.run(self._sessions[key], self.feeds)  # type: ignore[arg-type]
+            self._sessions[key] = ort_sessions.session(ort_sessions.with_outputs(self.model.proto, key, types))
+        values = ort_sessions.run(self._sessions[key], self.feeds)  # type: ignore[arg-type]
         return {t: values[t] for t in key}
 
     def stream(self) -> Iterator[dict[str, np.ndarray]]:

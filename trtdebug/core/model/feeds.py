@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 
 from trtdebug import logs
-from trtdebug.core import files
-from trtdebug.core.budget import available_memory
-from trtdebug.core.model import Model, TensorSpec
+from trtdebug.core.model.graph import Model, TensorSpec
+from trtdebug.core.system import files
+from trtdebug.core.system.memory import available_memory
 from trtdebug.errors import UserError
 
 Shape = tuple[int, ...]

@@ -33,9 +33,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from trtdebug.core.metrics import CompareResult, Metrics, Verdict
-from trtdebug.core.model import Model
-from trtdebug.core.precision import PrecisionPlan
+from trtdebug.core.analysis.metrics import CompareResult, Metrics, Verdict
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.precision_plan import PrecisionPlan
 
 STRATEGIES = ("ranked", "linear", "bisect")
 

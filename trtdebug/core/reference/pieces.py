@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from trtdebug.core import onnxrt
-from trtdebug.core.model import node_dependencies
+from trtdebug.core.model.graph import node_dependencies
+from trtdebug.core.reference import ort_sessions
 
 
 def producers(proto: onnx.ModelProto) -> dict[str, int]:
@@ -115,7 +115,7 @@ class PiecewiseGraph:
         model.graph.CopyFrom(graph)
         # pieces run beside the threads measuring the piece before (run_ahead): onnxruntime's threads spinning
         # between kernels took the CPUs from them (compare on the detector: 5.4 s against 4.6 s without)
-        self._sessions[k] = onnxrt.session(model, spin=False)
+        self._sessions[k] = ort_sessions.session(model, spin=False)
         self._input_names[k] = inputs
         return self._sessions[k]
 
@@ -148,7 +148,7 @@ class PiecewiseGraph:
         if not self._outputs[k]:
             return {}
         session = self._session(k, values)
-        return onnxrt.run(session, {t: values[t] for t in self._input_names[k]})
+        return ort_sessions.run(session, {t: values[t] for t in self._input_names[k]})
 
 
 T = TypeVar("T")

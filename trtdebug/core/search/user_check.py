@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trtdebug.core import files
-from trtdebug.core.metrics import Verdict
+from trtdebug.core.analysis.metrics import Verdict
+from trtdebug.core.system import files
 from trtdebug.errors import UserError
 
 OUTPUTS_FIELD = "{outputs}"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trtdebug.core import blocks
+from trtdebug.core.analysis import blockwise
 
 BINS = 60
 MAX_CULPRITS = 12  # histograms per compare: the first culprits in topological order
@@ -37,8 +37,8 @@ class ValueHistogram:
 
 
 def value_histogram(tensor: str, reference: np.ndarray, candidate: np.ndarray, bins: int = BINS) -> ValueHistogram:
-    ref, cand = blocks.flat_float(reference), blocks.flat_float(candidate)
-    extent = blocks.reduce(ref.size, lambda a, b: _Extent.of(ref[a:b]).merge(_Extent.of(cand[a:b]))) \
+    ref, cand = blockwise.flat_float(reference), blockwise.flat_float(candidate)
+    extent = blockwise.reduce(ref.size, lambda a, b: _Extent.of(ref[a:b]).merge(_Extent.of(cand[a:b]))) \
         if ref.size == cand.size else _Extent.of(ref).merge(_Extent.of(cand))
     if extent.high > 0:
         low, high = math.floor(math.log10(extent.low)), math.ceil(math.log10(extent.high))
@@ -102,7 +102,7 @@ class _Counts:
 
     @classmethod
     def over(cls, values: np.ndarray, bins: int, low: float, high: float) -> _Counts:
-        return blocks.reduce(values.size, lambda start, stop: cls.of(values[start:stop], bins, low, high))
+        return blockwise.reduce(values.size, lambda start, stop: cls.of(values[start:stop], bins, low, high))
 
     def merge(self, other: _Counts) -> _Counts:
         return _Counts(self.bins + other.bins, self.zero + other.zero, self.inf + other.inf, self.nan + other.nan)

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from trtdebug.core.detect import Defect, detect_coarse_scale, detect_saturation, quantization_stats
-from trtdebug.core.metrics import CompareResult
-from trtdebug.core.precision import PrecisionPlan
-from trtdebug.core.quantization import QuantizedModel, QuantParams, removal_for_plan
-from trtdebug.core.search import Suspicion
+from trtdebug.core.analysis.defects import Defect
+from trtdebug.core.analysis.metrics import CompareResult
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.quantized.qdq import QuantizedModel, QuantParams, removal_for_plan
+from trtdebug.core.quantized.scale_findings import detect_coarse_scale, detect_saturation, quantization_stats
+from trtdebug.core.search.strategies import Suspicion
 
 EXPLAINED_BY_INT8 = ("precision", "underflow", "all_zero")
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from trtdebug.core import blocks
-from trtdebug.core.detect import Defect, all_close, detect
-from trtdebug.core.model import FP16_MAX, Model
+from trtdebug.core.analysis import blockwise
+from trtdebug.core.analysis.defects import Defect, all_close, detect
+from trtdebug.core.model.graph import FP16_MAX, Model
 
 DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4), "bf16": (5e-2, 5e-2), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}
 
@@ -86,15 +86,15 @@ def _measure(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float,
     be outside tolerance, instead of a dozen passes through memory. The same inf or NaN on both sides
     is no error; any other non-finite mismatch is an infinite one, and a value that became inf/NaN
     where the reference is finite makes the SNR -inf."""
-    r, c = blocks.flat_float(ref), blocks.flat_float(cand)
+    r, c = blockwise.flat_float(ref), blockwise.flat_float(cand)
     if not r.size:
         return Metrics(0.0, 0.0, 0.0, 1.0, math.inf, 0.0, 0.0, 0), np.zeros(ref.shape, bool), True
-    sums = blocks.reduce(r.size, lambda a, b: _block_sums(r[a:b], c[a:b]))
+    sums = blockwise.reduce(r.size, lambda a, b: _block_sums(r[a:b], c[a:b]))
     bound = atol * (sums.ref_max if relative_atol else 1.0)
     outside = np.zeros(r.size, dtype=bool)
     outside_count = 0
     if sums.max_abs > bound:  # otherwise no element can be outside: the second pass is needed rarely
-        outside_count = sum(blocks.map(r.size, lambda a, b: _outside_block(r[a:b], c[a:b], bound, rtol,
+        outside_count = sum(blockwise.map(r.size, lambda a, b: _outside_block(r[a:b], c[a:b], bound, rtol,
                                                                             outside[a:b])))
     norms = math.sqrt(sums.rr * sums.cc)
     cosine = max(-1.0, min(1.0, sums.rc / norms)) if norms > 0 else (1.0 if sums.rr == sums.cc == 0 else 0.0)
@@ -419,7 +419,7 @@ class TensorComparer:
 
     def _take_histogram(self, report: TensorReport, ref: np.ndarray, cand: np.ndarray) -> None:
         if report.status == "introduced" and len(self.histograms) < self.histogram_limit and cand.size:
-            from trtdebug.core.histogram import value_histogram
+            from trtdebug.core.analysis.histograms import value_histogram
 
             self.histograms[report.tensor] = value_histogram(report.tensor, ref, cand)
 
@@ -471,12 +471,12 @@ def _classify(report: TensorReport, ref: np.ndarray, cand: np.ndarray, local: np
 def masked_only(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) -> bool:
     """Wrong only where the reference lies beyond FP16's range and the candidate holds an infinity of the
     same sign (a large additive mask rounded to -inf); within tolerance everywhere else."""
-    r, c = blocks.flat_float(ref), blocks.flat_float(cand)
-    scan = blocks.reduce(r.size, lambda a, b: _MaskScan.of(r[a:b], c[a:b]))
+    r, c = blockwise.flat_float(ref), blockwise.flat_float(cand)
+    scan = blockwise.reduce(r.size, lambda a, b: _MaskScan.of(r[a:b], c[a:b]))
     if not scan.masked or (scan.rest_nonfinite and scan.nan_differs):
         return False
     tolerance = atol * scan.scale
-    return all(blocks.map(r.size, lambda a, b: _rest_close(r[a:b], c[a:b], tolerance, rtol)))
+    return all(blockwise.map(r.size, lambda a, b: _rest_close(r[a:b], c[a:b], tolerance, rtol)))
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from typing import Any
 
 import onnx
 
-from trtdebug.core import files
-from trtdebug.core.model import Model
+from trtdebug.core.model.graph import Model
+from trtdebug.core.system import files
 from trtdebug.errors import UserError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # from most to least precise

@@ -26,8 +26,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper, numpy_helper
 
-from trtdebug.core.model import Model, subgraph_outer_inputs
-from trtdebug.core.precision import ONNX_TYPE, PrecisionPlan, is_eligible, precision_slots
+from trtdebug.core.model.graph import Model, subgraph_outer_inputs
+from trtdebug.core.plans.precision_plan import ONNX_TYPE, PrecisionPlan, is_eligible, precision_slots
 from trtdebug.errors import UserError
 
 FLOAT_TYPES: tuple[int, ...] = (onnx.TensorProto.FLOAT, onnx.TensorProto.BFLOAT16,

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from trtdebug.core.model import Model
+from trtdebug.core.model.graph import Model
 from trtdebug.errors import UserError
 
 # Integer-arithmetic operators (onnxruntime's QOperator format): no float tensor exists between

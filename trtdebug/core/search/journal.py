@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trtdebug.core import files
-from trtdebug.core.search import Evaluation
+from trtdebug.core.search.strategies import Evaluation
+from trtdebug.core.system import files
 from trtdebug.errors import UserError
 
 JOURNAL_FORMAT = "trtdebug.fallback-journal"

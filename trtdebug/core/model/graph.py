@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from trtdebug.core.upcast import reduced_float_types, upcast_to_fp32
+from trtdebug.core.model.upcast import reduced_float_types, upcast_to_fp32
 from trtdebug.errors import UserError
 
 FP16_MAX = 65504.0

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from trtdebug.core.model import Model
-from trtdebug.core.precision import DATA_MOVEMENT_OPS
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.precision_plan import DATA_MOVEMENT_OPS
 
 # Operations per output element beyond plain elementwise ops (1).
 PER_ELEMENT = {"Softmax": 5, "LogSoftmax": 5, "LayerNormalization": 8, "InstanceNormalization": 8,
