@@ -1,5 +1,5 @@
 """Metrics, defect scans and histograms over large tensors run a cache-sized block at a time on threads
-(core.blocks); they say exactly what the same computation over the whole tensor says."""
+(core.analysis.blockwise); they say exactly what the same computation over the whole tensor says."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """--memory-budget: compare streams tensors a group at a time and still finds the same things.
 
-A budget changes how many tensors are held at once (core.budget, core.pieces), never a value: every
+A budget changes how many tensors are held at once (core.reference.budget, core.reference.pieces), never a value: every
 report with a budget is the report without one, apart from the memory note."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ ROWS = 65536  # the wide chain carries a [ROWS, 16] float tensor: 4 MiB per tens
 WIDE_NODES = 50  # about 200 MiB of intermediate tensors in all
 
 
-# -- core.budget -------------------------------------------------------------------------------------
+# -- core.reference.budget -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, size", [
     ("8GiB", 8 * 2**30), ("500MB", 500 * 10**6), ("1.5g", 1_500_000_000), ("1000000", 10**6),
@@ -75,7 +75,7 @@ def test_a_tiny_budget_plans_one_tensor_per_group():
     assert roomy.chunks == 1 and roomy.hold_reference
 
 
-# -- core.pieces -------------------------------------------------------------------------------------
+# -- core.reference.pieces -------------------------------------------------------------------------------------
 
 def _branching_model() -> onnx.ModelProto:
     """x -> a -> b -> c -> d = c + a (a crosses every piece) -> y = d * k; e = Relu(b) a dead end."""

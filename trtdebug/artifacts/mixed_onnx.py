@@ -1,4 +1,4 @@
-"""ONNX files written for other tools: the mixed-precision model of a plan (core.typed_onnx builds the
+"""ONNX files written for other tools: the mixed-precision model of a plan (core.plans.cast_islands builds the
 graph), and any model trtdebug writes (quantized, Q/DQ pairs removed), with the > 2 GiB path."""
 
 from __future__ import annotations

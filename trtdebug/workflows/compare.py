@@ -48,7 +48,7 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
     With `histograms`, the values of the culprits and first wrong tensors are histogrammed for the
     HTML report (`result.histograms`); nothing else reads them.
 
-    Tensors are exposed, compared and freed a group at a time (core.budget plans the groups within the
+    Tensors are exposed, compared and freed a group at a time (core.reference.budget plans the groups within the
     problem's memory budget), so reference, candidate and local-error values of every tensor are never
     held together. A model whose tensors make one group runs whole.
 
@@ -183,7 +183,7 @@ def _histograms(tensors: list[str], comparer: TensorComparer, problem: Problem, 
 
 def _culprits(problem: Problem, engine: Engine, plan: PrecisionPlan, built: Built,
               candidate: Mapping[str, np.ndarray], result: CompareResult) -> tuple[list[Culprit], float | None]:
-    """What explains the failure (core.attribution), measured where the engine can substitute tensors."""
+    """What explains the failure (core.analysis.culprits), measured where the engine can substitute tensors."""
     model = problem.model
     keepable = {n for n in eligible_nodes(model) if plan.precision_of(n) == plan.default}
     substituting = as_substituting(engine, built)

@@ -1,6 +1,6 @@
 """Judge several candidate plans at once: worker processes on this machine, or tasks on Ray.
 
-A fallback search round (core.search.speculate) hands a batch of precision plans to a `Judge`;
+A fallback search round (core.search.strategies.speculate) hands a batch of precision plans to a `Judge`;
 each plan is built and judged through the one evaluation path (workflows.evaluate) by a worker
 that prepared the problem itself, once, from the user's ProblemSpec: engines are not picklable in
 general, and a TensorRT worker must own its GPU. Only the parent process sees the answers, so the

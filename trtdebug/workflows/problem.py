@@ -40,8 +40,8 @@ class Problem:
     feeds: dict[str, np.ndarray]
     reference: Mapping[str, np.ndarray]  # a LazyReference where every tensor does not fit in the budget
     tolerance: Tolerance
-    memory_budget: int | None = None  # bytes compare may hold (None: core.budget's default)
-    memory_plan: ComparePlan | None = None  # how compare exposes the tensors within the budget (core.budget)
+    memory_budget: int | None = None  # bytes compare may hold (None: core.reference.budget's default)
+    memory_plan: ComparePlan | None = None  # how compare exposes the tensors within the budget (core.reference.budget)
 
     @classmethod
     def prepare(cls, model: Model, feeds: Mapping[str, np.ndarray], tolerance: Tolerance,

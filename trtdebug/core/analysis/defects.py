@@ -124,7 +124,7 @@ def detect(ref: np.ndarray, cand: np.ndarray, outside: np.ndarray, precision: st
 
 @dataclass
 class _Scan:
-    """What `detect` counts over a tensor, a block at a time (core.blocks), merged in block order."""
+    """What `detect` counts over a tensor, a block at a time (core.analysis.blockwise), merged in block order."""
 
     ref_max: float = 0.0  # over finite reference values
     beyond_fp16: int = 0  # finite reference values beyond FP16's range

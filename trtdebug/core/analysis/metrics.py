@@ -260,7 +260,7 @@ class CompareResult:
     output_tolerances: dict[str, tuple[float, float]] = field(default_factory=dict)  # (atol, rtol) per output
     layers: list[Any] = field(default_factory=list)  # LayerInfo of the build
     range_violations: list[Any] = field(default_factory=list)
-    # culprit tensor -> core.histogram.ValueHistogram; only with run_compare(histograms=True), for the HTML report
+    # culprit tensor -> core.analysis.histograms.ValueHistogram; only with run_compare(histograms=True): HTML report
     histograms: dict[str, Any] = field(default_factory=dict)
 
     @property

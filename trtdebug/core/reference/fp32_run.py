@@ -77,7 +77,7 @@ def values_of(reference: Mapping[str, np.ndarray], tensors: Iterable[str]) -> di
 class LazyReference(Mapping[str, np.ndarray]):
     """The FP32 reference of a model whose tensors do not fit in memory together: it holds the feeds and
     the final outputs (one plain run, nothing else exposed); `stream` computes every tensor a group at a
-    time (core.pieces), and any other tensor asked for is computed again (a few are cached: culprits)."""
+    time (core.reference.pieces), and any other tensor asked for is computed again (a few are cached: culprits)."""
 
     CACHED = 16
 

@@ -16,7 +16,7 @@ DEFAULT_SHARE = 0.5  # of MemAvailable, without --memory-budget
 
 
 # Tensors at least this large get their own mapping, returned to the system when freed. Above the
-# temporaries of a measuring block (core.blocks: 1 MiB of float32, 2 MiB of float64), which the heap
+# temporaries of a measuring block (core.analysis.blockwise: 1 MiB of float32, 2 MiB of float64), which the heap
 # then reuses: mapped afresh for each block, their pages cost more than the arithmetic on them.
 MMAP_THRESHOLD = 4 * 2**20
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter

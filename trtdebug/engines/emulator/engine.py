@@ -297,7 +297,7 @@ class EmulatorBuilt:
 
     def run_pieces(self, feeds: Mapping[str, np.ndarray], groups: Sequence[Sequence[str]]
                    ) -> Iterator[dict[str, np.ndarray]]:
-        """`run`, a group of tensors at a time (core.pieces): every layer still runs once."""
+        """`run`, a group of tensors at a time (core.reference.pieces): every layer still runs once."""
         graph = self._piecewise(groups)[0]
         return graph.run(feeds)
 
