@@ -21,9 +21,11 @@ from trtdebug.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_PROBLEM,
     EXIT_USAGE,
     EngineError,
     UserError,
+    environment_fault,
 )
 
 
@@ -45,7 +47,7 @@ for command in (compare_command, fallback_command, tactics_command, build_comman
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: turns every failure into a one-line message and an exit code."""
-    console.protect_stdout()
+    console.protect_streams()
     logs.set_verbose(False)  # until the options say otherwise: quiet from the first import on
     try:
         code = cli.main(args=argv, prog_name="trtdebug", standalone_mode=False)
@@ -71,10 +73,19 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug of ours: still one line, with a way to get the traceback
         if os.environ.get("TRTDEBUG_TRACEBACK"):
             raise
+        fault = environment_fault(exc)
+        if fault:  # a full disk or a forbidden folder is the machine's, not a bug
+            click.echo(f"trtdebug: error: {fault}", err=True)
+            sys.exit(EXIT_USAGE)
         click.echo(f"trtdebug: internal error: {type(exc).__name__}: {exc} "
                    "(please report it; TRTDEBUG_TRACEBACK=1 shows the traceback)", err=True)
         code = EXIT_INTERNAL
     sys.stdout.flush()  # a closed pipe is dropped here, not reported by the interpreter at exit
+    failure = console.stdout_failure()
+    if failure is not None and code in (EXIT_OK, EXIT_PROBLEM):  # the verdict never reached the user
+        click.echo(f"trtdebug: error: cannot write the results to standard output: "
+                   f"{failure.strerror or failure} (redirect them to a place with room)", err=True)
+        code = EXIT_USAGE
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 

@@ -10,36 +10,42 @@ from rich.console import Console
 
 # Reports are often piped to a file or CI log; 80 columns would truncate node names there.
 # emoji=False: a node or tensor name such as "block:cat:1" is printed as it is, not with an emoji in it.
-stdout = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
+stdout = Console(highlight=False, emoji=False,
+                 width=None if sys.stdout is not None and sys.stdout.isatty() else 160)
 stderr = Console(stderr=True, highlight=False, emoji=False)
 
 
-class ClosedPipeSafe:
-    """stdout that outlives a closed pipe (`trtdebug compare m.onnx | head -1`): the first
-    BrokenPipeError points the descriptor at /dev/null, as Python's signal docs recommend, and
-    every later write is dropped, so the command finishes and exits with its own code."""
+class GuardedStream:
+    """A standard stream that outlives its reader or its device. A closed pipe (`trtdebug compare
+    m.onnx | head -1`) is the reader leaving: the command finishes and keeps its own exit code. Any
+    other write failure (stdout on a full disk) is remembered, so the command can say so in one line.
+    Either way the descriptor is pointed at /dev/null, as Python's signal docs recommend, so later
+    writes (and the interpreter's flush at exit) are dropped silently."""
 
     def __init__(self, stream: TextIO):
         self._stream = stream
         self.broken = False
+        self.failure: OSError | None = None  # the first write failure that was not a closed pipe
 
     def write(self, text: str) -> int:
         if not self.broken:
             try:
                 return self._stream.write(text)
-            except BrokenPipeError:
-                self._drop()
+            except OSError as exc:
+                self._drop(exc)
         return len(text)
 
     def flush(self) -> None:
         if not self.broken:
             try:
                 self._stream.flush()
-            except BrokenPipeError:
-                self._drop()
+            except OSError as exc:
+                self._drop(exc)
 
-    def _drop(self) -> None:
+    def _drop(self, exc: OSError) -> None:
         self.broken = True
+        if not isinstance(exc, BrokenPipeError):
+            self.failure = exc
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, self._stream.fileno())
@@ -51,7 +57,35 @@ class ClosedPipeSafe:
         return getattr(self._stream, name)
 
 
-def protect_stdout() -> None:
-    """Route sys.stdout (what rich and click write to) through ClosedPipeSafe."""
-    if not isinstance(sys.stdout, ClosedPipeSafe) and sys.stdout is not None:
-        sys.stdout = ClosedPipeSafe(sys.stdout)  # type: ignore[assignment]
+def _opened(stream: TextIO | None, fd: int) -> TextIO:
+    """A stream for descriptor `fd` even when the parent closed it (`trtdebug ... >&-`): /dev/null
+    opened now takes the lowest free descriptor, which is that one."""
+    if stream is not None:
+        return stream
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    if devnull != fd:
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return open(fd, "w", closefd=False)  # noqa: SIM115 - lives as long as the process
+
+
+def _encodable(stream: TextIO) -> TextIO:
+    """A stream whose encoding cannot hold a character (PYTHONIOENCODING=ascii, a C locale) writes it
+    as an escape (conv\\u2192) instead of failing: node names stay recognisable."""
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
+    return stream
+
+
+def protect_streams() -> None:
+    """Route sys.stdout and sys.stderr (what rich and click write to) through GuardedStream."""
+    if not isinstance(sys.stdout, GuardedStream):
+        sys.stdout = GuardedStream(_encodable(_opened(sys.stdout, 1)))  # type: ignore[assignment]
+    if not isinstance(sys.stderr, GuardedStream):
+        sys.stderr = GuardedStream(_encodable(_opened(sys.stderr, 2)))  # type: ignore[assignment]
+
+
+def stdout_failure() -> OSError | None:
+    """Why results could not be written to stdout (not a reader that left), if they could not."""
+    return sys.stdout.failure if isinstance(sys.stdout, GuardedStream) else None

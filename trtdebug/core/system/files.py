@@ -24,16 +24,26 @@ from trtdebug.errors import UserError
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """A temporary path beside `path`; renamed onto `path` when the block finishes without error."""
     target = Path(path)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix + ".tmp",
-                                     dir=target.parent if str(target.parent) else ".")
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix + ".tmp",
+                                         dir=target.parent if str(target.parent) else ".")
+    except OSError as exc:
+        raise _naming(exc, target) from exc
     os.close(fd)
     try:
         yield Path(temporary)
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(temporary, target)
+    except OSError as exc:  # a full disk while writing: say which output could not be written
+        raise _naming(exc, target) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+
+
+def _naming(exc: OSError, target: Path) -> OSError:
+    """The same error, naming the output the user asked for rather than a temporary file (or none)."""
+    return OSError(exc.errno, exc.strerror, str(target)) if exc.errno is not None else exc
 
 
 def _umask() -> int:
