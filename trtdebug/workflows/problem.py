@@ -108,7 +108,15 @@ def load_bans(path: str | Path | None, model: Model) -> BanList | None:
 
 def prepare_feeds(model: Model, spec: ProblemSpec) -> dict[str, np.ndarray]:
     if spec.inputs:
-        return validate_feeds(model, load_feeds(spec.inputs))
+        if spec.input_ranges:  # the file's values are fed as they are: a range would be silently ignored
+            raise UserError("--input-range and --inputs both say what values to feed; leave --input-range out "
+                            "(or --inputs, to generate inputs)")
+        feeds = validate_feeds(model, load_feeds(spec.inputs))
+        for name, shape in spec.input_shapes.items():
+            if name in feeds and name not in spec.input_profiles and tuple(shape) != feeds[name].shape:
+                raise UserError(f"--input-shape {name}:{'x'.join(map(str, shape))} contradicts the inputs file, whose "
+                                f"{name!r} has shape {'x'.join(map(str, feeds[name].shape))}; leave --input-shape out")
+        return feeds
     return generate_feeds(model, resolve_shapes(model, spec.input_shapes), spec.input_ranges, spec.seed)
 
 

@@ -34,6 +34,9 @@ def resolve_shapes(model: Model, overrides: Mapping[str, Shape]) -> dict[str, Sh
         if spec.name in overrides:
             shape = overrides[spec.name]
             _check_shape_compatible(spec, shape, "--input-shape")
+            if 0 in shape:
+                raise UserError(f"--input-shape {spec.name}:{'x'.join(map(str, shape))} has no elements; no verdict "
+                                "can be drawn from zero elements: give every dimension at least 1")
             shapes[spec.name] = shape
         elif spec.is_static:
             shapes[spec.name] = tuple(d for d in spec.shape or () if isinstance(d, int))
@@ -144,6 +147,9 @@ def validate_feeds(model: Model, feeds: Mapping[str, np.ndarray]) -> Feeds:
                 raise UserError(f"input {name!r} has dtype {value.dtype}, but the model wants {spec.dtype}")
             value = value.astype(spec.dtype)
         _check_shape_compatible(spec, value.shape, "inputs file")
+        if value.size == 0:  # every tensor of a zero-size batch is empty: any comparison would pass
+            raise UserError(f"input {name!r} in the inputs file is empty (shape {_fmt(value.shape)}); no verdict "
+                            "can be drawn from zero elements: give at least one sample")
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             bad = int(value.size - np.count_nonzero(np.isfinite(value)))
             raise UserError(f"input {name!r} in the inputs file holds {bad} NaN/inf value(s) of {value.size}; "
