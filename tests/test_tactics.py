@@ -263,3 +263,23 @@ def test_a_default_build_that_fails_is_a_one_line_error():
 
     with pytest.raises(BuildError, match="tactic search needs failed: no kernel for layer a"):
         find_tactic_bans(_problem(BRANCHES), Unbuildable(TWO_TACTICS, {}), PrecisionPlan("fp16"))
+
+
+# -- --builds: bounded ---------------------------------------------------------------------------
+
+def test_a_huge_builds_count_is_capped_with_a_note(faulty_path, capsys):
+    code, out, _ = _cli(capsys, "tactics", faulty_path, "--builds", 1_000_000)
+    assert code in (0, 1)
+    assert "--builds 1000000 capped at 64" in out
+    builds = int(out.rsplit(" build(s) in all", 1)[0].split()[-1])
+    assert builds <= 2 * 64 + 10  # recorded with and without bans, plus the search's own
+
+
+def test_an_engine_that_always_builds_the_same_is_recorded_twice():
+    class Untuned(ScriptedEngine):  # no tactics to report, no autotuning to reseed
+        capabilities = Capabilities(exact_marking=True)
+
+    engine = Untuned({}, {})
+    search = find_tactic_bans(_problem(BRANCHES), engine, PrecisionPlan("fp16"), builds=50)
+    assert len(search.records) == 2
+    assert any("recorded 2 of 50 builds" in note for note in search.notes)

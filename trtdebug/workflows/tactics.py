@@ -90,10 +90,23 @@ class BuildRecord:
     engine: CountingEngine | None = field(default=None, repr=False)
 
 
+MAX_BUILDS = 64  # recorded builds: enough to see a tactic that turns up in one build of 20 (TensorRT's noise)
+
+
+def builds_to_record(count: int) -> tuple[int, str | None]:
+    """How many builds to record for `--builds count`, and the note that says why, if fewer."""
+    if count > MAX_BUILDS:
+        return MAX_BUILDS, f"--builds {count} capped at {MAX_BUILDS}: more builds do not find rarer tactics in time"
+    return count, None
+
+
 def record_builds(problem: Problem, engine: CountingEngine, plan: PrecisionPlan, bans: BanList | None,
                   count: int) -> list[BuildRecord]:
-    """Build `count` times (final outputs only, as deployed) and note tactics and verdicts."""
+    """Build `count` times (final outputs only, as deployed) and note tactics and verdicts. An engine
+    that can neither reseed its autotuning nor report tactics builds the same thing every time: two
+    builds show that, and more would only repeat it."""
     records = []
+    varies = reseeded(engine.engine, 1) is not None
     for index in range(count):
         repeat = repeated_engine(engine, index)
         evaluated = evaluate_build(problem, repeat, plan, bans)
@@ -101,6 +114,8 @@ def record_builds(problem: Problem, engine: CountingEngine, plan: PrecisionPlan,
         records.append(BuildRecord(index, verdict.passed, verdict.reason,
                                    {layer_key(x): x.tactic for x in layers if x.tactic},
                                    {layer_key(x): x.name for x in layers}, repeat))
+        if index == 1 and not varies and not any(r.tactics for r in records):
+            break
     return records
 
 
@@ -349,6 +364,7 @@ def find_tactic_bans(problem: Problem, engine: Engine, plan: PrecisionPlan, bans
     tally = BuildTally()
     search = _Search(problem, CountingEngine(tactic_recording(engine), tally), plan, bans, progress)
     progress.begin("searching tactics")
+    builds, capped = builds_to_record(builds)
     records = record_builds(problem, search.engine, plan, bans, builds) if builds > 1 else []
     try:
         baseline, notes = _baseline(search, records)
@@ -361,6 +377,11 @@ def find_tactic_bans(problem: Problem, engine: Engine, plan: PrecisionPlan, bans
     records_with_bans = (record_builds(problem, search.engine, plan, found, builds)
                          if records and len(found) > len(search.given) else [])
     notes.extend(_explain(baseline, suspects, unbannable, decisions, records))
+    if capped:
+        notes.append(capped)
+    if 1 < len(records) < builds:
+        notes.append(f"recorded {len(records)} of {builds} builds: {engine.name} neither reseeds its autotuning nor "
+                     "reports tactics, so every build is the same")
     found = BanList(found.entries, problem.model.sha256,
                     {"tool": f"trtdebug {__version__}", "command": "tactics", "engine": engine.name,
                      "precision": plan.default, "builds": tally.builds})

@@ -21,6 +21,8 @@ from trtdebug.errors import UserError
 
 OUTPUTS_FIELD = "{outputs}"
 REFERENCE_FIELD = "{reference}"
+# The shell's own exit codes for a command it cannot execute (126) or cannot find (127).
+CANNOT_RUN = (126, 127)
 
 
 class CheckCommand:
@@ -43,6 +45,9 @@ class CheckCommand:
         if done.returncode == 0:
             return Verdict(True, {})
         said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        if done.returncode in CANNOT_RUN:  # the shell found no such command: no verdict on the outputs at all
+            raise UserError(f"--check could not run ({said[-1] if said else f'exit {done.returncode}'}); "
+                            "fix the command so that it runs in this shell")
         return Verdict(False, {}, f"--check exited {done.returncode}" + (f": {said[-1]}" if said else ""))
 
     def require_reference_passes(self, reference: Mapping[str, np.ndarray]) -> None:
