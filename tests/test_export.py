@@ -51,7 +51,7 @@ def test_trtexec_flags_for_a_plan() -> None:
     assert trtexec_layer_spec(precisions.split("=", 1)[1]) == expected
     assert trtexec_layer_spec(output_types.split("=", 1)[1]) == expected
     assert "--precisionConstraints=obey" in trtexec_args(ISLAND, obey=True)
-    assert trtexec_args(PrecisionPlan("fp16")) == ["--fp16"]  # nothing to constrain
+    assert trtexec_args(PrecisionPlan("fp16")) == ["--fp16", "--noTF32"]  # nothing to constrain
     # --fp16 lets every layer run in FP16: an FP32-default plan holds every other layer to FP32.
     args = trtexec_args(PrecisionPlan("fp32", {"conv1": "fp16"}))
     assert args[:2] == ["--fp16", "--precisionConstraints=prefer"]
@@ -73,13 +73,13 @@ def test_fp32_default_plan_lists_every_layer_for_polygraphy() -> None:
 def test_flags_a_target_version_lacks_are_refused() -> None:
     with pytest.raises(UserError, match="TensorRT 8.6 has no bf16"):
         trtexec_args(PrecisionPlan("bf16"), target_version="8.6")
-    assert trtexec_args(PrecisionPlan("bf16"), target_version="10.13") == ["--bf16"]
+    assert trtexec_args(PrecisionPlan("bf16"), target_version="10.13") == ["--bf16", "--noTF32"]
     for plan in (PrecisionPlan("fp16"), PrecisionPlan("fp32", {"conv1": "fp16"})):
         with pytest.raises(UserError, match="TensorRT 11 .* mixed-precision ONNX"):
             trtexec_args(plan, target_version="11")
         with pytest.raises(UserError, match="TensorRT 11"):
             polygraphy_args(plan, target_version="11.1")
-    assert trtexec_args(PrecisionPlan("fp32"), target_version="11") == []
+    assert trtexec_args(PrecisionPlan("fp32"), target_version="11") == ["--noTF32"]
     with pytest.raises(UserError, match="unknown TensorRT target version"):
         trtexec_args(PrecisionPlan("fp16"), target_version="9")
 
@@ -87,8 +87,9 @@ def test_flags_a_target_version_lacks_are_refused() -> None:
 def test_int8_needs_calibration_or_qdq() -> None:
     with pytest.raises(UserError, match="placeholder dynamic ranges"):
         trtexec_args(PrecisionPlan("int8"))
-    assert trtexec_args(PrecisionPlan("int8"), calibration_cache="calib.cache") == ["--int8", "--calib=calib.cache"]
-    assert trtexec_args(PrecisionPlan("int8"), qdq=True) == ["--int8"]
+    assert trtexec_args(PrecisionPlan("int8"), calibration_cache="calib.cache") == [
+        "--int8", "--calib=calib.cache", "--noTF32"]
+    assert trtexec_args(PrecisionPlan("int8"), qdq=True) == ["--int8", "--noTF32"]
     assert polygraphy_args(PrecisionPlan("int8"), calibration_cache="c.cache") == [
         "--int8", "--calibration-cache", "c.cache"]
 
@@ -105,8 +106,10 @@ def test_trtexec_flags_use_network_layer_names_and_refuse_commas() -> None:
 
 
 def test_command_line_is_shell_quoted() -> None:
-    line = command_line("trtexec", "my model.onnx", trtexec_args(PrecisionPlan("fp16", {"a b": "fp32"})))
-    assert line.startswith("trtexec '--onnx=my model.onnx' --fp16 --precisionConstraints=prefer ")
+    line = command_line("trtexec", "my model.onnx", trtexec_args(PrecisionPlan("fp16", {"a b": "fp32"})),
+                        "my model.engine")
+    assert line.startswith("trtexec '--onnx=my model.onnx' '--saveEngine=my model.engine' --fp16 "
+                           "--precisionConstraints=prefer ")
     assert "'--layerPrecisions=a b:fp32'" in line
 
 

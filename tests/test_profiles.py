@@ -79,10 +79,16 @@ def test_the_emulator_refuses_a_profile(dynamic_batch_model: Path) -> None:
 def test_emit_prints_commands_and_refuses_what_the_target_version_lacks(dynamic_batch_model: Path,
                                                                         tmp_path: Path) -> None:
     run = trtdebug("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--emit", "trtexec",
-                   "--emit", "polygraphy")
+                   "--emit", "polygraphy", "--input-shape", "x:1x3x8x8,2x3x8x8,4x3x8x8")
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == [f"trtexec --onnx={dynamic_batch_model} --fp16",
-                                       f"polygraphy convert {dynamic_batch_model} --fp16"]
+    engine = dynamic_batch_model.with_suffix(".engine")
+    assert run.stdout.splitlines() == [
+        f"trtexec --onnx={dynamic_batch_model} --saveEngine={engine} --fp16 --minShapes=x:1x3x8x8 "
+        "--optShapes=x:2x3x8x8 --maxShapes=x:4x3x8x8 --noTF32",
+        f"polygraphy convert {dynamic_batch_model} -o {engine} --fp16 --trt-min-shapes 'x:[1,3,8,8]' "
+        "--trt-opt-shapes 'x:[2,3,8,8]' --trt-max-shapes 'x:[4,3,8,8]'"]  # quoted: [] is a shell glob
+    unshaped = trtdebug("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--emit", "trtexec")
+    assert unshaped.returncode == 2 and "input 'x' has dynamic dimensions" in unshaped.stderr, unshaped.stderr
     eleven = trtdebug("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--emit", "trtexec",
                       "--target-version", "11")
     assert eleven.returncode == 2 and "mixed-precision ONNX" in eleven.stderr

@@ -22,6 +22,11 @@ trtexec of TensorRT 11.x has none of these flags (no --fp16/--bf16/--int8, --pre
 target version lacks are refused (`target_version`); for 11.x and TensorRT-RTX write the
 mixed-precision ONNX file instead. --int8 without calibration makes trtexec use placeholder dynamic
 ranges, so it needs a calibration cache (--calib / --calibration-cache) or a Q/DQ model.
+
+Both commands build what trtdebug builds: dynamic inputs get an optimization profile (trtexec
+--minShapes/--optShapes/--maxShapes, Polygraphy --trt-min/opt/max-shapes; without one trtexec sets
+every dynamic dimension to 1), and TF32 stays off (trtexec --noTF32; Polygraphy leaves TF32 off unless
+asked with --tf32). Polygraphy's convert needs its output file (-o).
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from pathlib import Path
 
 from trtdebug.core.plans.precision_plan import PRECISIONS, PrecisionPlan
 from trtdebug.errors import UserError
+
+Shape = tuple[int, ...]
+ShapeProfile = Mapping[str, tuple[Shape, Shape, Shape]]  # dynamic input -> MIN, OPT, MAX
 
 FLAG_TOOLS = ("trtexec", "polygraphy")  # tools whose build flags a plan can be exported as
 TRTEXEC_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8"}
@@ -92,10 +100,45 @@ def _layer_precisions(plan: PrecisionPlan, layer_names: Mapping[str, Sequence[st
     return pairs
 
 
+def _no_separator_in(names: Sequence[str], tool: str) -> None:
+    for name in names:
+        if "," in name:
+            raise UserError(f"input {name!r} has a comma in its name, which {tool}'s shape options cannot express; "
+                            "write the mixed-precision ONNX file instead")
+
+
+def trtexec_shape_args(shapes: ShapeProfile | None) -> list[str]:
+    """--minShapes/--optShapes/--maxShapes=name:DxD,... (sampleOptions.cpp getShapesBuild)."""
+    if not shapes:
+        return []
+    _no_separator_in(list(shapes), "trtexec")
+    return [f"--{which}Shapes=" + ",".join(f"{name}:{'x'.join(map(str, profile[i]))}" for name, profile in
+                                           shapes.items())
+            for i, which in enumerate(("min", "opt", "max"))]
+
+
+def polygraphy_shape_args(shapes: ShapeProfile | None) -> list[str]:
+    """--trt-min-shapes name:[D,D] ... (Polygraphy's ModelArgs/TrtConfigArgs shape syntax)."""
+    if not shapes:
+        return []
+    args: list[str] = []
+    for i, which in enumerate(("min", "opt", "max")):
+        args += [f"--trt-{which}-shapes", *(f"{name}:[{','.join(map(str, profile[i]))}]"
+                                            for name, profile in shapes.items())]
+    return args
+
+
 def trtexec_args(plan: PrecisionPlan, layer_names: Mapping[str, Sequence[str]] | None = None,
                  obey: bool = False, target_version: str = "10", calibration_cache: str | None = None,
-                 qdq: bool = False) -> list[str]:
-    """trtexec arguments that build with the plan (weak typing, TensorRT 8.6 / 10.x)."""
+                 qdq: bool = False, shapes: ShapeProfile | None = None) -> list[str]:
+    """trtexec arguments that build with the plan (weak typing, TensorRT 8.6 / 10.x), with the
+    optimization profile of dynamic inputs and without TF32, as trtdebug builds."""
+    precision = _trtexec_precision_args(plan, layer_names, obey, target_version, calibration_cache, qdq)
+    return [*precision, *trtexec_shape_args(shapes), "--noTF32"]
+
+
+def _trtexec_precision_args(plan: PrecisionPlan, layer_names: Mapping[str, Sequence[str]] | None, obey: bool,
+                            target_version: str, calibration_cache: str | None, qdq: bool) -> list[str]:
     args = _check(plan, _target(target_version), calibration_cache, qdq)
     if "--int8" in args and calibration_cache:
         args.append(f"--calib={calibration_cache}")
@@ -122,11 +165,12 @@ def trtexec_args(plan: PrecisionPlan, layer_names: Mapping[str, Sequence[str]] |
 
 def polygraphy_args(plan: PrecisionPlan, layer_names: Mapping[str, Sequence[str]] | None = None,
                     obey: bool = False, target_version: str = "10", calibration_cache: str | None = None,
-                    qdq: bool = False) -> list[str]:
+                    qdq: bool = False, shapes: ShapeProfile | None = None) -> list[str]:
     """`polygraphy convert|run --trt` arguments that build with the plan (TensorRT 8.6 / 10.x)."""
     args = _check(plan, _target(target_version), calibration_cache, qdq)
     if "--int8" in args and calibration_cache:
         args += ["--calibration-cache", calibration_cache]
+    args += polygraphy_shape_args(shapes)  # before --layer-precisions, whose values run to the end
     pairs = _layer_precisions(plan, layer_names)
     others = _constrain_others(plan)
     if others is not None:
@@ -142,8 +186,9 @@ def polygraphy_args(plan: PrecisionPlan, layer_names: Mapping[str, Sequence[str]
             *(f"{name}:{POLYGRAPHY_PRECISION[p]}" for name, p in pairs)]
 
 
-def command_line(program: str, model_path: str | Path, args: Sequence[str]) -> str:
-    """A shell-quoted command line, e.g. `trtexec --onnx=model.onnx --fp16 ...`."""
+def command_line(program: str, model_path: str | Path, args: Sequence[str], engine_path: str | Path) -> str:
+    """A shell-quoted command line that builds `engine_path`, e.g. `trtexec --onnx=model.onnx
+    --saveEngine=model.engine --fp16 ...` or `polygraphy convert model.onnx -o model.engine ...`."""
     if program == "trtexec":
-        return shlex.join(["trtexec", f"--onnx={model_path}", *args])
-    return shlex.join([*program.split(), str(model_path), *args])
+        return shlex.join(["trtexec", f"--onnx={model_path}", f"--saveEngine={engine_path}", *args])
+    return shlex.join([*program.split(), str(model_path), "-o", str(engine_path), *args])

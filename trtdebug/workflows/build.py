@@ -6,9 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trtdebug.artifacts.build_flags import FLAG_TOOLS, command_line, polygraphy_args, trtexec_args
+from trtdebug.artifacts.build_flags import (
+    FLAG_TOOLS,
+    Shape,
+    ShapeProfile,
+    command_line,
+    polygraphy_args,
+    trtexec_args,
+)
 from trtdebug.artifacts.engine_file import write_engine
 from trtdebug.artifacts.mixed_onnx import write_mixed_onnx, write_model
+from trtdebug.core.model.feeds import input_shape_hint
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan
@@ -57,6 +65,23 @@ class EmitOptions:
     qdq: bool = False
 
 
+def dynamic_input_profile(model: Model, spec: ProblemSpec) -> ShapeProfile:
+    """MIN, OPT, MAX of every dynamic input, from the user's --input-shape (one shape: all three)."""
+    profile: dict[str, tuple[Shape, Shape, Shape]] = {}
+    for tensor in model.inputs:
+        if tensor.is_static:
+            continue
+        if tensor.name in spec.input_profiles:
+            profile[tensor.name] = spec.input_profiles[tensor.name]
+        elif tensor.name in spec.input_shapes:
+            shape = tuple(spec.input_shapes[tensor.name])
+            profile[tensor.name] = (shape, shape, shape)
+        else:
+            raise UserError(f"input {tensor.name!r} has dynamic dimensions: give the shapes the engine is built "
+                            f"for, {input_shape_hint(tensor.name, tensor.shape or ())}, or NAME:MIN,OPT,MAX")
+    return profile
+
+
 def build_artifact(model_path: str | Path, plan_path: str | Path, bans_path: str | Path | None = None,
                    engine_name: str = "emulator", out: str | Path | None = None,
                    emit: tuple[str, ...] = (), emit_options: EmitOptions | None = None,
@@ -75,14 +100,16 @@ def build_artifact(model_path: str | Path, plan_path: str | Path, bans_path: str
     plan = load_plan(plan_path, model, None)
     bans = load_bans(bans_path, model)
     outcome = BuildOutcome()
+    engine_path = out if out is not None and not str(out).endswith(".onnx") else Path(model_path).with_suffix(".engine")
     for tool in emit:
         if tool not in FLAG_TOOLS:
             raise UserError(f"unknown --emit {tool!r}; choose one of {', '.join(FLAG_TOOLS)}")
         make_args = trtexec_args if tool == "trtexec" else polygraphy_args
         args = make_args(plan, obey=options.obey, target_version=options.target_version,
-                         calibration_cache=options.calibration_cache, qdq=options.qdq)
+                         calibration_cache=options.calibration_cache, qdq=options.qdq,
+                         shapes=dynamic_input_profile(model, spec))
         outcome.commands[tool] = command_line("trtexec" if tool == "trtexec" else "polygraphy convert",
-                                              model_path, args)
+                                              model_path, args, engine_path)
     if out is None:
         return outcome
     path = Path(out)
