@@ -81,6 +81,12 @@ def _check(plan: PrecisionPlan, target: str, calibration_cache: str | None, qdq:
     return [BUILD_FLAG[p] for p in reduced]
 
 
+def check_target(plan: PrecisionPlan, target_version: str, calibration_cache: str | None = None,
+                 qdq: bool = False) -> None:
+    """Refuse a plan the target version's tools cannot build (before anything else is asked for)."""
+    _check(plan, _target(target_version), calibration_cache, qdq)
+
+
 def _constrain_others(plan: PrecisionPlan) -> str | None:
     """The precision every layer the plan does not name must be held to, or None. A builder flag for
     a precision other than the default lets unnamed layers use it: an FP32-default plan with FP16

@@ -10,6 +10,7 @@ from trtdebug.artifacts.build_flags import (
     FLAG_TOOLS,
     Shape,
     ShapeProfile,
+    check_target,
     command_line,
     polygraphy_args,
     trtexec_args,
@@ -104,6 +105,7 @@ def build_artifact(model_path: str | Path, plan_path: str | Path, bans_path: str
     for tool in emit:
         if tool not in FLAG_TOOLS:
             raise UserError(f"unknown --emit {tool!r}; choose one of {', '.join(FLAG_TOOLS)}")
+        check_target(plan, options.target_version, options.calibration_cache, options.qdq)
         make_args = trtexec_args if tool == "trtexec" else polygraphy_args
         args = make_args(plan, obey=options.obey, target_version=options.target_version,
                          calibration_cache=options.calibration_cache, qdq=options.qdq,
