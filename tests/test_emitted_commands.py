@@ -91,3 +91,18 @@ def test_the_option_table_is_nvidias():
     assert not {"--fp16", "--layerPrecisions", "--precisionConstraints"} & set(TRTEXEC["11"]["options"])
     assert "--bf16" not in TRTEXEC["8.6"]["options"] and "--bf16" in TRTEXEC["10"]["options"]
     assert all(len(v["commit"]) == 40 for v in TRTEXEC.values())
+
+
+def test_quantizes_next_line_runs_as_printed(dynamic_model, tmp_path):
+    model, _ = dynamic_model
+    out = tmp_path / "quantized model.qdq.onnx"
+    run = subprocess.run([sys.executable, "-m", "trtdebug", "quantize", str(model), "--out", str(out),
+                          "--input-shape", "x:2x3x8x8", "--calib-batches", "2"], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    [hint] = [line.removeprefix("next: ") for line in run.stdout.splitlines() if line.startswith("next: ")]
+    words = shlex.split(hint)
+    assert words[:2] == ["trtdebug", "compare"]
+    pasted = subprocess.run([sys.executable, "-m", "trtdebug", *words[1:]], capture_output=True, text=True,
+                            timeout=300)
+    assert pasted.returncode in (0, 1), pasted.stderr  # a verdict, not a usage error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -9,6 +10,15 @@ import click
 from trtdebug.cli import console
 from trtdebug.cli.options import InputShape, NamedPair, calibration_options, verbose_option
 from trtdebug.errors import EXIT_OK
+
+
+def compare_hint(path: str | Path, input_shapes: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...]) -> str:
+    """The compare command for the written model, with the shapes it needs (as the user gave them)."""
+    words = ["trtdebug", "compare", str(path), "--precision", "int8"]
+    for name, profile in input_shapes:
+        shapes = ["x".join(map(str, s)) for s in (profile[:1] if len(set(profile)) == 1 else profile)]
+        words += ["--input-shape", f"{name}:{','.join(shapes)}"]
+    return shlex.join(words)
 
 
 def _options(func):  # type: ignore[no-untyped-def]
@@ -46,5 +56,5 @@ def quantize_command(model: str, out_path: str | None, calib_inputs: tuple[str, 
         console.stderr.print(f"note: {note}", style="dim", markup=False)
     console.stdout.print(f"wrote {outcome.path}: {outcome.pairs} Q/DQ pairs ({outcome.activation_pairs} on "
                          f"activations), {outcome.method} calibration on {outcome.batches} batches", markup=False)
-    console.stdout.print(f"next: trtdebug compare {outcome.path} --precision int8", markup=False)
+    console.stdout.print(f"next: {compare_hint(outcome.path, input_shapes)}", markup=False)
     return EXIT_OK
