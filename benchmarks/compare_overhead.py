@@ -135,7 +135,7 @@ _TRIALS: list[tuple[list[str], list[str]]] = []
 
 def _record_substitutions() -> list[tuple[list[str], list[str]]]:
     """The emulator's substituted runs from now on, as (replaced tensors, switchable tensors)."""
-    from trtdebug.engines.emulator.engine import EmulatorBuilt
+    from trtdebug.engines.emulator.built import EmulatorBuilt
 
     _TRIALS.clear()
     original = EmulatorBuilt.run_substituted

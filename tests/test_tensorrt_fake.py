@@ -24,8 +24,8 @@ from trtdebug.core.reference.fp32_run import run_reference
 from trtdebug.engines.base import BuildError, Marking
 from trtdebug.engines.tensorrt.cuda_buffers import CudaError, CudaRuntime, device_arena
 from trtdebug.engines.tensorrt.engine import TensorRTEngine
+from trtdebug.engines.tensorrt.host_types import HOST_TYPES, host_input
 from trtdebug.engines.tensorrt.marking import bisect_markable
-from trtdebug.engines.tensorrt.runner import HOST_TYPES, host_input
 from trtdebug.engines.tensorrt.support import Features, load_tensorrt
 from trtdebug.engines.tensorrt.tactics import parse_profiling_log
 from trtdebug.errors import UserError

@@ -92,7 +92,7 @@ def test_real_rtx_parses_the_qdq_graph_and_builds_it_marked(qdq: QuantizedModel)
     from trtdebug.engines.tensorrt.support import make_logger
 
     engine = TensorRTEngine("tensorrt-rtx", compute_capabilities=("SM89",))
-    builder = NetworkBuilder(engine, qdq, PrecisionPlan("int8"), None)
+    builder = NetworkBuilder(engine.context(), qdq, PrecisionPlan("int8"), None)
     trt = engine.trt
     logger = make_logger(trt)
     network = create_network(trt, trt.Builder(logger), engine.features, strong=True)

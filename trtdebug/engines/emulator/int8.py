@@ -26,7 +26,8 @@ from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.quantized.qdq import QdqPair, QuantizedModel, removal_for_plan, without_pairs
 from trtdebug.engines.base import LayerInfo, Marking
-from trtdebug.engines.emulator.engine import EmulatorBuilt, EmulatorEngine, FoldedGraph
+from trtdebug.engines.emulator.built import EmulatorBuilt, FoldedBuilder
+from trtdebug.engines.emulator.folding import FoldedGraph
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -100,7 +101,7 @@ class Int8Built:
         return local
 
 
-def build_int8(emulator: EmulatorEngine, model: QuantizedModel, plan: PrecisionPlan, bans: Any,
+def build_int8(emulator: FoldedBuilder, model: QuantizedModel, plan: PrecisionPlan, bans: Any,
                mark: Marking) -> Int8Built:
     removed, bypass = removal_for_plan(model, plan.nodes)
     graph = Model.from_proto(without_pairs(model.qdq.proto, removed, bypass))

@@ -54,7 +54,7 @@ ShapeOf = Callable[[str], Shape | None]
 
 
 class VariantEmitter(Protocol):
-    """What a variant needs from the emulator's graph builder (engines.emulator.engine._Rounder)."""
+    """What a variant needs from the emulator's graph builder (engines.emulator.rounding.Rounder)."""
 
     initializers: dict[str, onnx.TensorProto]
 

@@ -17,6 +17,8 @@ from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.quantized.qdq import QdqPair, QuantizedModel, qdq_for_plan, removal_for_plan
 from trtdebug.engines.base import LayerInfo
+from trtdebug.engines.tensorrt.calibration import calibration_batches, make_calibrator
+from trtdebug.engines.tensorrt.context import TensorRTContext
 from trtdebug.engines.tensorrt.layers import (
     NodeResolver,
     layers_from_build_log,
@@ -37,7 +39,7 @@ from trtdebug.engines.tensorrt.network import (
     parse_onnx,
     shape_ranges_for,
 )
-from trtdebug.engines.tensorrt.support import make_logger, quiet_deprecations
+from trtdebug.engines.tensorrt.support import quiet_deprecations
 from trtdebug.engines.tensorrt.tactics import (
     TacticRecord,
     enable_editable_cache,
@@ -50,8 +52,6 @@ from trtdebug.errors import UserError
 
 if TYPE_CHECKING:
     import tensorrt as trt
-
-    from trtdebug.engines.tensorrt.engine import TensorRTEngine
 
 
 @dataclass
@@ -79,16 +79,16 @@ class Chunk:
 class NetworkBuilder:
     """Builds one model under one plan (and ban list), with any set of tensors exposed."""
 
-    def __init__(self, engine: TensorRTEngine, model: Model, plan: PrecisionPlan, bans: BanList | None):
-        self.engine = engine
-        self.trt = engine.trt
-        self.features = engine.features
-        self.options = engine.options
+    def __init__(self, context: TensorRTContext, model: Model, plan: PrecisionPlan, bans: BanList | None):
+        self.context = context
+        self.trt = context.trt
+        self.features = context.features
+        self.options = context.options
         self.model = model
         self.plan = plan
         self.bans = bans
-        self.strong = engine.strong_typing
-        self.control = engine.tactic_control(bans)
+        self.strong = context.strong_typing
+        self.control = context.tactic_control(bans)
         self.resolver = NodeResolver([n.name for n in model.nodes])
         # A Q/DQ model: the pairs the plan keeps in INT8 (their DequantizeLinear outputs stand for
         # the float tensors reports name); the plan's pair keys are graph edits, not layer precisions.
@@ -123,7 +123,7 @@ class NetworkBuilder:
         """Tensors that can be marked, in network order (parses once, builds nothing). A quantized
         float tensor is asked for by the DequantizeLinear output that stands for it in the Q/DQ
         graph (the value its INT8 readers see); where that cannot be marked, by its own name."""
-        logger = make_logger(self.trt)
+        logger = self.context.logger()
         builder = self.trt.Builder(logger)
         network = create_network(self.trt, builder, self.features, self.strong)
         _parser = parse_onnx(self.trt, network, logger, self.proto, self.modified)
@@ -150,7 +150,7 @@ class NetworkBuilder:
     def build(self, marked: Sequence[str], mode: str) -> BuildResult:
         self.builds += 1
         trt_api = self.trt
-        logger = make_logger(trt_api)
+        logger = self.context.logger()
         builder = trt_api.Builder(logger)
         network = create_network(trt_api, builder, self.features, self.strong)
         parser = parse_onnx(trt_api, network, logger, self.proto, self.modified)
@@ -217,10 +217,8 @@ class NetworkBuilder:
         if not self.options.calibration_feeds and not self.options.calibration_cache:
             raise UserError("INT8 without Q/DQ nodes needs calibration data: pass calibration feeds or a "
                             "calibration cache, or give a Q/DQ (explicitly quantized) model")
-        from trtdebug.engines.tensorrt.calibration import calibration_batches, make_calibrator
-
         batches = calibration_batches(self.trt, network, profile_shapes, self.options.calibration_feeds)
-        memory = self.engine.calibration_caches.setdefault(self.model.sha256, {})
+        memory = self.context.calibration_caches.setdefault(self.model.sha256, {})
         calibrator = make_calibrator(self.trt, batches, self.options.calibration_cache, memory=memory,
                                      method=self.options.calibration_method)
         with quiet_deprecations():
@@ -256,7 +254,7 @@ class NetworkBuilder:
         again when it runs, one at a time)."""
         assert result.serialized is not None
         layers = []
-        if self.engine.device_available():
+        if self.context.device_available():
             runtime = self.trt.Runtime(logger)
             engine = runtime.deserialize_cuda_engine(result.serialized)
             if engine is not None:

@@ -14,6 +14,8 @@ import numpy as np
 
 from trtdebug.core.system import files
 from trtdebug.engines.tensorrt.cuda_buffers import CudaRuntime, DeviceArena
+from trtdebug.engines.tensorrt.host_types import host_input, host_type
+from trtdebug.engines.tensorrt.network import dims_tuple
 from trtdebug.errors import UserError
 
 # --calib-method -> TensorRT's calibrator class (python/src/infer/pyInt8.cpp). Percentile has no
@@ -93,9 +95,6 @@ def calibration_batches(trt_api: Any, network: Any, profile: Any,
     profile's OPT shape, which TensorRT calibrates at (Polygraphy checks calibration data against
     the same: try_setup_polygraphy_calibrator, get_input_metadata_from_network(force_opt_shapes=True),
     tools/Polygraphy/polygraphy/backend/trt/util.py)."""
-    from trtdebug.engines.tensorrt.network import dims_tuple
-    from trtdebug.engines.tensorrt.runner import host_input, host_type
-
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     checked = []
     for index, batch in enumerate(batches):

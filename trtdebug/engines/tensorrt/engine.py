@@ -8,54 +8,30 @@ One code path serves every version; what differs is found by feature detection (
   `unfused` (mark_unfused_tensors_as_debug_tensors, 10.12+), optionally in chunks (marking.py);
 - tactics: IAlgorithmSelector (<= 10.x) or the editable timing cache (10.8+, 11.x), see
   tactics.py; TensorRT-RTX has no autotuning.
-Building is builder.py, running runner.py.
+Building is builder.py (marking.py: which tensors, in chunks), running runner.py; both take a
+TensorRTContext (context.py), not this engine.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Sequence
+from dataclasses import fields, replace
 from typing import Any
-
-import numpy as np
 
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.engines.base import BuildError, Capabilities, Marking
 from trtdebug.engines.tensorrt.builder import Chunk, NetworkBuilder
+from trtdebug.engines.tensorrt.context import TACTIC_CONTROLS, TYPINGS, TensorRTContext, TensorRTOptions
 from trtdebug.engines.tensorrt.cuda_buffers import CudaRuntime
 from trtdebug.engines.tensorrt.layers import NodeResolver
 from trtdebug.engines.tensorrt.marking import build_marked
-from trtdebug.engines.tensorrt.network import ShapeRange, create_network, parse_onnx
+from trtdebug.engines.tensorrt.network import create_network, parse_onnx
 from trtdebug.engines.tensorrt.runner import TensorRTBuilt
 from trtdebug.engines.tensorrt.support import Features, load_tensorrt, make_logger
 from trtdebug.errors import UserError
-
-TYPINGS = ("auto", "weak", "strong")
-TACTIC_CONTROLS = ("auto", "selector", "timing-cache", "none")
-
-
-@dataclass(frozen=True)
-class TensorRTOptions:
-    obey_constraints: bool = False  # OBEY_PRECISION_CONSTRAINTS instead of PREFER (weak typing)
-    typing: str = "auto"  # auto: weak typing where the API has it, else strong
-    input_shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)  # optimization profile
-    # name -> (min, opt, max): shapes of execution inputs, *values* of shape-tensor inputs
-    shape_ranges: Mapping[str, ShapeRange] = field(default_factory=dict)
-    # values of shape-tensor inputs (the feeds: any array per name; other inputs' entries are ignored)
-    shape_input_values: Mapping[str, Any] = field(default_factory=dict)
-    tf32: bool = False  # FP32 layers in FP32 unless asked: TF32 would blur FP32 fallback layers
-    compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets, e.g. ("SM89",) or ("CURRENT",)
-    record_tactics: bool = False  # attach tactic choices and alternatives to the layers
-    tactic_control: str = "auto"  # auto: editable timing cache where it exists, else the selector
-    calibration_feeds: Sequence[Mapping[str, np.ndarray]] = ()  # implicit INT8 (<= 10.x)
-    calibration_cache: str | None = None
-    calibration_method: str = "entropy"  # entropy or minmax (calibration.CALIBRATORS)
-    workspace_bytes: int | None = None
-    optimization_level: int | None = None  # builder_optimization_level 0-5 (0 ignores timing caches)
-    max_marking_builds: int = 64  # builds spent bisecting tensors that break the build
 
 
 class TensorRTEngine:
@@ -87,26 +63,17 @@ class TensorRTEngine:
 
     # -- what this TensorRT will do -------------------------------------------------------------
 
+    def context(self) -> TensorRTContext:
+        """What the builder and runner need of this engine (they take this, not the engine)."""
+        return TensorRTContext(self.trt, self.name, self.features, self.options, self.device_available,
+                               self.calibration_caches)
+
     @property
     def strong_typing(self) -> bool:
-        if self.options.typing == "weak" and not self.features.weak_typing:
-            raise UserError(f"{self.features.module_name} {self.features.version} has no weak typing "
-                            "(precision flags and layer constraints); use typing=strong")
-        if self.options.typing == "strong" and self.features.weak_typing and not self.features.strong_flag:
-            raise UserError(f"TensorRT {self.features.version} has no strongly typed networks; use typing=weak")
-        return self.options.typing == "strong" or not self.features.weak_typing
+        return self.context().strong_typing
 
     def tactic_control(self, bans: BanList | None) -> str:
-        wanted = self.options.tactic_control
-        if wanted == "none" or self.features.is_rtx or not (self.options.record_tactics or bans):
-            return "none"
-        if wanted in ("auto", "timing-cache") and self.features.editable_timing_cache:
-            return "timing-cache"
-        if wanted in ("auto", "selector") and self.features.algorithm_selector:
-            return "selector"
-        if wanted == "auto":
-            return "none"
-        raise UserError(f"{self.features.module_name} {self.features.version} has no {wanted} for tactics")
+        return self.context().tactic_control(bans)
 
     def device_available(self) -> bool:
         """Whether engines can be deserialized here (cuda-python and a GPU)."""
@@ -146,7 +113,8 @@ class TensorRTEngine:
         if mark.mode not in self.features.marking_modes():
             raise UserError(f"--mark {mark.mode} needs a newer TensorRT than {self.features.module_name} "
                             f"{self.features.version}; available: {', '.join(self.features.marking_modes())}")
-        builder = NetworkBuilder(self, model, plan, bans)
+        context = self.context()
+        builder = NetworkBuilder(context, model, plan, bans)
         if mark.mode in ("none", "unfused"):
             result = builder.build([], mark.mode)
             if result.serialized is None:
@@ -159,7 +127,7 @@ class TensorRTEngine:
             chunks, notes = build_marked(builder, model, mark, self.options.max_marking_builds)
         notes.update(mode=mark.mode, builds=builder.builds, chunk_size=mark.chunk_size, chunks=len(chunks),
                      **builder.describe(chunks[0].result))
-        return TensorRTBuilt(self, model, chunks, mark.mode, notes, builder.live_pairs)
+        return TensorRTBuilt(context, model, chunks, mark.mode, notes, builder.live_pairs)
 
 
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:

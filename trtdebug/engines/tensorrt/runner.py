@@ -9,7 +9,7 @@ tensor name. TensorRTBuilt runs each marking chunk's engine in turn and merges t
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,62 +19,14 @@ from trtdebug.core.model.graph import Model
 from trtdebug.core.quantized.qdq import QdqPair
 from trtdebug.engines.base import LayerInfo
 from trtdebug.engines.tensorrt.builder import BuildResult, Chunk
-from trtdebug.engines.tensorrt.cuda_buffers import (
-    CudaRuntime,
-    bf16_bits_to_float32,
-    device_arena,
-    float32_to_bf16_bits,
-    fp8_e4m3_bits_to_float32,
-)
+from trtdebug.engines.tensorrt.context import TensorRTContext
+from trtdebug.engines.tensorrt.cuda_buffers import CudaRuntime, device_arena
+from trtdebug.engines.tensorrt.host_types import HostType, host_input, host_type
 from trtdebug.engines.tensorrt.network import as_dims, dims_tuple
-from trtdebug.engines.tensorrt.support import make_logger
 from trtdebug.errors import UserError
 
 if TYPE_CHECKING:
     import tensorrt as trt
-
-    from trtdebug.engines.tensorrt.engine import TensorRTEngine
-
-@dataclass(frozen=True)
-class HostType:
-    """How a TensorRT data type lives on the host: the NumPy dtype of its bytes, and a decoder."""
-
-    dtype: np.dtype
-    decode: Callable[[np.ndarray], np.ndarray] | None = None
-
-
-HOST_TYPES = {
-    "FLOAT": HostType(np.dtype(np.float32)), "HALF": HostType(np.dtype(np.float16)),
-    "INT8": HostType(np.dtype(np.int8)), "UINT8": HostType(np.dtype(np.uint8)),
-    "INT32": HostType(np.dtype(np.int32)), "INT64": HostType(np.dtype(np.int64)),
-    "BOOL": HostType(np.dtype(np.bool_)),
-    "BF16": HostType(np.dtype(np.uint16), bf16_bits_to_float32),
-    "FP8": HostType(np.dtype(np.uint8), fp8_e4m3_bits_to_float32),
-}
-
-
-def host_type(trt_api: Any, data_type: Any) -> HostType:
-    for name, spec in HOST_TYPES.items():
-        if hasattr(trt_api.DataType, name) and data_type == getattr(trt_api.DataType, name):
-            return spec
-    raise UserError(f"trtdebug cannot read TensorRT tensors of type {data_type}; expose other tensors")
-
-
-def host_input(name: str, value: np.ndarray, spec: HostType) -> np.ndarray:
-    """A feed converted to the engine input's type (TensorRT 8.6 has no INT64: int64 -> int32)."""
-    value = np.asarray(value)
-    if spec.decode is bf16_bits_to_float32:
-        return float32_to_bf16_bits(value.astype(np.float32))
-    if value.dtype == spec.dtype:
-        return np.ascontiguousarray(value)
-    if value.dtype.kind in "iu" and spec.dtype.kind in "iu":
-        info = np.iinfo(spec.dtype)
-        if value.size and (value.min() < info.min or value.max() > info.max):
-            raise UserError(f"input {name!r} has values outside the engine's {spec.dtype} range")
-        return np.ascontiguousarray(value.astype(spec.dtype))
-    if value.dtype.kind == spec.dtype.kind or (value.dtype.kind == "b" and spec.dtype.kind in "iu"):
-        return np.ascontiguousarray(value.astype(spec.dtype))
-    raise UserError(f"input {name!r} is {value.dtype}, but the engine wants {spec.dtype}")
 
 
 def make_debug_listener(trt_api: Any, cuda: CudaRuntime) -> Any:
@@ -252,11 +204,11 @@ def _bind_output(trt_api: Any, engine: trt.ICudaEngine, context: trt.IExecutionC
 class TensorRTBuilt:
     """Built engine(s): one per marking chunk, run one after another and merged."""
 
-    def __init__(self, engine: TensorRTEngine, model: Model, chunks: list[Chunk], mode: str,
+    def __init__(self, context: TensorRTContext, model: Model, chunks: list[Chunk], mode: str,
                  notes: dict[str, Any], live_pairs: Sequence[QdqPair] = ()):
-        self.engine = engine
+        self.context = context
         self.live_pairs = list(live_pairs)  # Q/DQ model: activation pairs the engine keeps in INT8
-        self.trt = engine.trt
+        self.trt = context.trt
         self.model = model
         self.chunks = chunks
         self.mode = mode
@@ -322,7 +274,7 @@ class TensorRTBuilt:
 
     def _deserialize(self, result: BuildResult) -> tuple[Any, Any]:
         assert result.serialized is not None
-        logger = make_logger(self.trt)
+        logger = self.context.logger()
         runtime = self.trt.Runtime(logger)
         engine = runtime.deserialize_cuda_engine(result.serialized)
         if engine is None:

@@ -1,0 +1,264 @@
+"""An emulated engine once built: the rounded graph run with onnxruntime, end to end, a layer at a
+time on reference inputs (local error), in pieces, or with some tensors substituted."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.reference import ort_sessions
+from trtdebug.engines.base import LayerInfo, Marking
+from trtdebug.engines.emulator.folding import FoldedGraph
+from trtdebug.engines.emulator.rounding import (
+    FP32_INSIDE,
+    float_tensors,
+    layer_precision,
+    rounded_graph,
+    rounds_only_at_edges,
+)
+from trtdebug.engines.emulator.tactics import TacticChoice, tensor_shapes
+
+SUBSTITUTE_PREFIX = "substitute::"  # graph inputs that replace a layer output in run_substituted
+SWITCH_PREFIX = "switch::"  # ... and whether they do, in this run
+SWITCHED_PREFIX = "switched::"  # the value consumers read: the layer's own or the substitute
+REF_PREFIX = "ref::"  # graph inputs of the local-error graph carry reference values
+
+
+class FoldedBuilder(Protocol):
+    """What builds an EmulatorBuilt from a folded graph (EmulatorEngine; emulator/int8.py uses it)."""
+
+    def build_folded(self, model: Model, folded: FoldedGraph, plan: PrecisionPlan, bans: Any = None,
+                     mark: Marking | None = None) -> EmulatorBuilt: ...
+
+
+class EmulatorBuilt:
+    """An emulated engine: one onnxruntime session over the rounded graph."""
+
+    def __init__(self, model: Model, folded: FoldedGraph, plan: PrecisionPlan,
+                 tactics: dict[str, str], mark: Marking, choices: Mapping[str, TacticChoice] | None = None):
+        self.model = model
+        self.plan = plan
+        self.folded = folded
+        self.tactics = tactics
+        self.layer_precision = {name: layer_precision(model, plan, nodes)
+                                for name, nodes in folded.covers.items()}
+        self.layers = [
+            LayerInfo(name=" + ".join(folded.covers[n.name]) or n.name, onnx_nodes=folded.covers[n.name],
+                      precision=self.layer_precision[n.name], tactic=tactics.get(n.name, ""),
+                      op_type=n.op_type, outputs=tuple(o for o in n.output if o),
+                      alternatives=choices[n.name].alternatives if choices and n.name in choices else (),
+                      extra={"layer": n.name, **({"tactic_choice": asdict(choices[n.name])}
+                                                  if choices and n.name in choices else {}),
+                             **({"fidelity": FP32_INSIDE} if rounds_only_at_edges(n) else {})})
+            for n in folded.proto.graph.node
+        ]
+        self.float_tensors = float_tensors(model, folded)
+        self.proto = self._rounded_graph(folded.proto, self.float_tensors)
+        exposed = self._exposed(mark)
+        self.marking_notes: dict[str, Any] = {
+            "mode": "all" if mark.mode != "none" else "none",
+            "note": "the emulator exposes tensors without changing the computation",
+            "folded_away": list(folded.folded_away),
+        }
+        self._exposed_names = exposed
+        self._session: Any = None  # made by the first `run`: a piecewise compare never needs it
+        self._local_session: Any = None
+        self._pieces: dict[int, tuple[Any, Any]] = {}  # id(groups) -> (PiecewiseGraph, local PiecewiseGraph)
+        self._local_live: dict[str, np.ndarray] = {}
+        self._local_parts: tuple[onnx.ModelProto, dict[str, str], list[str]] | None = None
+        self._switching: tuple[tuple[str, ...], Any] | None = None  # run_substituted's switches and session
+
+    def _rounded_graph(self, source: onnx.ModelProto, floats: set[str]) -> onnx.ModelProto:
+        shapes = tensor_shapes(self.model, self.folded.proto)
+        return rounded_graph(source, self.model.opset, self.layer_precision, self.tactics, floats,
+                             lambda t: shapes(t.removeprefix(REF_PREFIX)))
+
+    def _exposed(self, mark: Marking) -> list[str]:
+        if mark.mode == "none":
+            return []
+        produced = {t for n in self.proto.graph.node for t in n.output}
+        wanted = mark.tensors if mark.tensors is not None else self.model.intermediate_tensors()
+        return [t for t in wanted if t in produced]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._session is None:
+            self._session = ort_sessions.session(ort_sessions.with_outputs(self.proto, self._exposed_names))
+        return ort_sessions.run(self._session, feeds)
+
+    def run_local(self, reference: Mapping[str, np.ndarray],
+                  tensors: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """Every layer run alone on the reference's FP32 inputs: its own error, isolated.
+        `tensors`: only the layers writing these (their own small session)."""
+        if tensors is not None:
+            return self._run_local_layers(reference, tensors)
+        if self._local_session is None:
+            self._local_session = self._build_local()
+        session, feeds_from = self._local_session
+        feeds = {name: reference[tensor] for name, tensor in feeds_from.items()}
+        return ort_sessions.run(session, feeds)
+
+    def _run_local_layers(self, reference: Mapping[str, np.ndarray], tensors: Collection[str]) -> dict[str, np.ndarray]:
+        """The local graph of just the layers writing `tensors` (building every layer's costs more than
+        running a few: compare runs again only the layers out of tolerance)."""
+        proto, feeds_from, outputs = self._make_local_graph(writing=set(tensors))
+        computed = set(outputs)
+        wanted = [t for t in dict.fromkeys(tensors) if t in computed]
+        if not wanted:
+            return {}
+        session = ort_sessions.session(ort_sessions.with_outputs(proto, wanted))
+        return ort_sessions.run(session, {name: reference[tensor] for name, tensor in feeds_from.items()}, wanted)
+
+    def run_pieces(self, feeds: Mapping[str, np.ndarray], groups: Sequence[Sequence[str]]
+                   ) -> Iterator[dict[str, np.ndarray]]:
+        """`run`, a group of tensors at a time (core.reference.pieces): every layer still runs once."""
+        graph = self._piecewise(groups)[0]
+        return graph.run(feeds)
+
+    def run_local_piece(self, k: int, reference: Mapping[str, np.ndarray],
+                        groups: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
+        """`run_local` for the layers writing group k's tensors; `reference` holds what they read."""
+        graph = self._piecewise(groups)[1]
+        if k == 0:
+            self._local_live = {}
+        live = self._local_live  # rounded copies of reference values that several groups' layers share
+        values = {name: live[name] if name in live else reference[name.removeprefix(REF_PREFIX)]
+                  for name in graph.reads(k)}
+        produced = graph.run_piece(k, values)
+        for name in [n for n in live if not graph.read_after(n, k)]:
+            del live[name]
+        live.update((n, v) for n, v in produced.items() if graph.read_after(n, k))
+        return {n: v for n, v in produced.items() if n in graph.exposed}
+
+    def local_reads(self, k: int, groups: Sequence[Sequence[str]]) -> set[str]:
+        """Reference tensors the layers writing group k's tensors read (`run_local_piece` may take some
+        of them from rounded copies an earlier piece kept; `run_local` of some of them reads them all)."""
+        return {t for _, sources in self._local_layers(set(groups[k])) for t in sources}
+
+    def run_exposing(self, feeds: Mapping[str, np.ndarray], tensors: Sequence[str]) -> dict[str, np.ndarray]:
+        from trtdebug.core.reference.pieces import PiecewiseGraph
+
+        graph = PiecewiseGraph(self.proto, [list(range(len(self.proto.graph.node)))], tensors)
+        return next(iter(graph.run(feeds)))
+
+    def _piecewise(self, groups: Sequence[Sequence[str]]) -> tuple[Any, Any]:
+        from trtdebug.core.reference.pieces import PiecewiseGraph, split_by_targets
+
+        key = id(groups)
+        if key not in self._pieces:
+            self._pieces.clear()
+            graph = PiecewiseGraph(self.proto, split_by_targets(self.proto, groups), self._exposed_names)
+            local_proto, _, outputs = self._local_graph()
+            local = PiecewiseGraph(local_proto, split_by_targets(local_proto, groups), outputs)
+            self._pieces[key] = (graph, local)
+        return self._pieces[key]
+
+    def run_substituted(self, feeds: Mapping[str, np.ndarray], replacements: Mapping[str, np.ndarray],
+                        switchable: Collection[str] = ()) -> dict[str, np.ndarray]:
+        """The emulated build with some layer outputs replaced: their consumers (and their rounding
+        casts) read the given values instead. Returns the final outputs.
+
+        One session serves every subset of `switchable` (and of `replacements`): each switchable tensor
+        passes through a Where that picks the given value when its switch is on, so a search trying
+        many subsets builds one session, not one per trial."""
+        switches = tuple(sorted({*switchable, *replacements}))
+        if self._switching is None or self._switching[0] != switches:
+            self._switching = (switches, self._switching_session(switches))
+        fed = dict(feeds)
+        for tensor in switches:
+            on = tensor in replacements
+            fed[SWITCH_PREFIX + tensor] = np.asarray(on)
+            fed[SUBSTITUTE_PREFIX + tensor] = np.asarray(replacements[tensor]) if on else np.zeros(
+                (), self._substitute_dtype(tensor))
+        values = ort_sessions.run(self._switching[1], fed, [o.name for o in self.model.outputs])
+        values.update({o.name: np.asarray(replacements[o.name]) for o in self.model.outputs if o.name in replacements})
+        return values
+
+    def _substitute_dtype(self, tensor: str) -> np.dtype:
+        """The emulated graph computes float tensors in FP32 (rounding with casts); others as declared."""
+        return np.dtype(np.float32) if self.model.is_float(tensor) else self.model.dtype(tensor) or np.dtype(np.float32)
+
+    def _switching_session(self, switches: Sequence[str]) -> Any:
+        """The emulated graph with a switch on each of these tensors (run_substituted)."""
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        graph = proto.graph
+        switched = {t: SWITCHED_PREFIX + t for t in switches}
+        nodes: list[onnx.NodeProto] = []
+        for node in graph.node:
+            for i, t in enumerate(node.input):
+                if t in switched:
+                    node.input[i] = switched[t]
+            nodes.append(node)
+            nodes.extend(helper.make_node("Where", [SWITCH_PREFIX + t, SUBSTITUTE_PREFIX + t, t], [switched[t]],
+                                          name=switched[t]) for t in node.output if t in switched)
+        del graph.node[:]
+        graph.node.extend(nodes)  # each switch right after its tensor's producer: still in topological order
+        for tensor in switches:
+            dtype = self._substitute_dtype(tensor)
+            graph.input.append(helper.make_tensor_value_info(SWITCH_PREFIX + tensor, onnx.TensorProto.BOOL, []))
+            graph.input.append(helper.make_tensor_value_info(
+                SUBSTITUTE_PREFIX + tensor, onnx.helper.np_dtype_to_tensor_dtype(dtype), None))
+        return ort_sessions.session(proto)  # a switched final output is the graph's; run_substituted overrides it
+
+    def _build_local(self) -> tuple[Any, dict[str, str]]:
+        proto, feeds_from, outputs = self._local_graph()
+        return ort_sessions.session(ort_sessions.with_outputs(proto, outputs)), feeds_from
+
+    def _local_graph(self) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
+        """The folded graph with every layer's non-constant inputs cut loose into graph inputs."""
+        if self._local_parts is None:
+            self._local_parts = self._make_local_graph()
+        return self._local_parts
+
+    def _local_layers(self, writing: Collection[str] | None = None) -> Iterator[tuple[onnx.NodeProto, list[str]]]:
+        """The folded layers a local graph holds (those writing some of `writing`, or all), each with the
+        tensors it reads from the reference (its inputs, weights aside)."""
+        initializers = {i.name for i in self.folded.proto.graph.initializer}
+        original = set(self.model.producer) | {i.name for i in self.model.inputs}
+        for node in self.folded.proto.graph.node:
+            if writing is not None and not any(o in writing for o in node.output):
+                continue
+            sources = [t for t in node.input if t and t not in initializers]
+            if any(t not in original for t in sources):
+                continue  # reads a tensor the folding invented: no reference value exists
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+                continue  # If/Loop/Scan bodies read outer-scope tensors that cannot be cut loose
+            yield node, sources
+
+    def _make_local_graph(self, writing: Collection[str] | None = None
+                          ) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
+        """The local graph (`writing`: of only the layers that write some of these tensors)."""
+        source = self.folded.proto
+        original = set(self.model.producer) | {i.name for i in self.model.inputs}
+        feeds_from: dict[str, str] = {}
+        kept = onnx.ModelProto()  # the layers' own weights only: a copy of every weight per call cost memory
+        kept.ir_version = source.ir_version
+        kept.opset_import.extend(source.opset_import)
+        kept.functions.extend(source.functions)
+        kept.graph.name = source.graph.name
+        outputs: list[str] = []
+        for node, sources in self._local_layers(writing):
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            for i, t in enumerate(copy.input):
+                if t in sources:
+                    copy.input[i] = REF_PREFIX + t
+                    feeds_from[REF_PREFIX + t] = t
+            kept.graph.node.append(copy)
+            outputs.extend(o for o in copy.output if o in original)
+        read = {t for node in kept.graph.node for t in node.input}
+        kept.graph.initializer.extend(i for i in source.graph.initializer if i.name in read)
+        for name, tensor in feeds_from.items():
+            kept.graph.input.append(helper.make_tensor_value_info(
+                name, onnx.helper.np_dtype_to_tensor_dtype(self.model.dtype(tensor) or np.dtype("float32")),
+                None))
+        cut_floats = {REF_PREFIX + t for t in feeds_from.values() if t in self.float_tensors}
+        proto = self._rounded_graph(kept, self.float_tensors | cut_floats)
+        return proto, feeds_from, outputs

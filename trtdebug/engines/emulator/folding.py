@@ -1,0 +1,70 @@
+"""Step 1 of an emulated build: the FP32 graph rewriting TensorRT's builder does first.
+
+Constant folding and BatchNormalization folded into its neighbour: onnxruntime's basic
+optimizations do the same folds, so the emulator takes the graph they produce. A node of that
+graph is one emulated *layer*; it covers every ONNX node that was folded into it, as TensorRT's
+fused layers do.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import onnx
+
+from trtdebug.core.model.graph import Model
+from trtdebug.core.reference import ort_sessions
+
+
+@dataclass
+class FoldedGraph:
+    """The model after the builder's FP32 folding, and which ONNX nodes each layer covers."""
+
+    proto: onnx.ModelProto
+    covers: dict[str, tuple[str, ...]]  # layer (optimized node name) -> original ONNX nodes
+    folded_away: tuple[str, ...]  # ONNX nodes computed at build time (constant folding)
+
+
+def fold_like_builder(model: Model) -> FoldedGraph:
+    """Constant folding and BatchNorm fusion in FP32, by onnxruntime's basic optimization level."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "folded.onnx")
+        ort_sessions.session(model.proto, level="basic", threads=1, optimized_path=path)
+        folded = onnx.load(path)
+    # onnxruntime may leave nodes unnamed or reuse names; layer names must be unique.
+    seen: set[str] = set()
+    for i, node in enumerate(folded.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.name or node.op_type}__{i}"
+        seen.add(node.name)
+    covers = _coverage(model, folded)
+    covered = {n for nodes in covers.values() for n in nodes}
+    folded_away = tuple(n.name for n in model.nodes if n.name not in covered)
+    return FoldedGraph(folded, covers, folded_away)
+
+
+def _coverage(model: Model, folded: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
+    """Map each folded-graph node to the original nodes between its inputs and its outputs."""
+    surviving = {t for n in folded.graph.node for t in [*n.input, *n.output]}
+    surviving |= {i.name for i in folded.graph.initializer} | {i.name for i in folded.graph.input}
+    covers: dict[str, tuple[str, ...]] = {}
+    for node in folded.graph.node:
+        stop = set(node.input)
+        found: list[str] = []
+        stack = [t for t in node.output if t in model.producer]
+        seen: set[str] = set()
+        while stack:
+            producer = model.producer[stack.pop()]
+            if producer in seen:
+                continue
+            seen.add(producer)
+            found.append(producer)
+            for t in model.node_by_name[producer].input:
+                if t and t not in stop and t not in surviving and t in model.producer:
+                    stack.append(t)
+        if not found and node.name in model.node_by_name:
+            found = [node.name]
+        covers[node.name] = tuple(sorted(found, key=model.node_index))
+    return covers

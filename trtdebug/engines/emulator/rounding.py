@@ -1,0 +1,178 @@
+"""Step 2 of an emulated build: reduced precision at each layer's inputs and outputs.
+
+A layer planned in FP16 (or BF16) reads its inputs and weights rounded to that type and writes
+its outputs rounded to it (beyond 65504 becomes inf, tiny values go subnormal or zero), while the
+arithmetic inside runs in FP32, like FP32 accumulation. Integer and shape computations are
+untouched; a fused layer computes in the highest precision any of its ONNX nodes asks for.
+
+The rounding is done with explicit FP32 -> FP16 -> FP32 Cast pairs inside an FP32 graph (weights:
+rounded copies): onnxruntime's CPU provider computes FP16-typed nodes in FP32 and drops
+intermediate rounding, so an FP16-typed graph would hide every overflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.precision_plan import (
+    DATA_MOVEMENT_OPS,
+    ONNX_TYPE,
+    PrecisionPlan,
+    precision_rank,
+    precision_slots,
+)
+from trtdebug.engines.emulator.folding import FoldedGraph
+from trtdebug.engines.emulator.tactics import Shape, ShapeOf, apply_variant
+
+
+class Rounder:
+    """Builds the emulated graph: the folded graph with FP16/BF16 rounding at layer I/O."""
+
+    def __init__(self, folded: onnx.ModelProto, opset: int, shape_of: ShapeOf | None = None):
+        self.opset = opset
+        self.shape_of = shape_of
+        self.graph = onnx.GraphProto()
+        self.graph.CopyFrom(folded.graph)
+        del self.graph.node[:]
+        self.initializers = {i.name: i for i in folded.graph.initializer}
+        self.rounded: dict[str, str] = {}  # tensor -> precision it is already rounded to
+        self.cast_cache: dict[tuple[str, str], str] = {}
+
+    def round_tensor(self, tensor: str, precision: str) -> str:
+        """Name of `tensor` rounded to `precision` (values still FP32)."""
+        if self.rounded.get(tensor) == precision:
+            return tensor
+        key = (tensor, precision)
+        if key in self.cast_cache:
+            return self.cast_cache[key]
+        name = f"{tensor}::{precision}"
+        if tensor in self.initializers:
+            value = numpy_helper.to_array(self.initializers[tensor])
+            if value.dtype != np.float32:
+                return tensor
+            self.graph.initializer.append(numpy_helper.from_array(round_values(value, precision), name))
+        else:
+            self._cast_pair(tensor, name, precision)
+        self.cast_cache[key] = name
+        self.rounded[name] = precision
+        return name
+
+    # -- what tactic variants (emulator_tactics.apply_variant) use to emit a layer themselves --
+
+    def emit(self, node: onnx.NodeProto) -> None:
+        self.graph.node.append(node)
+
+    def add_initializer(self, name: str, value: np.ndarray) -> str:
+        tensor = numpy_helper.from_array(np.asarray(value), name)
+        self.graph.initializer.append(tensor)
+        self.initializers[name] = tensor
+        return name
+
+    def round_into(self, source: str, target: str, precision: str) -> None:
+        """Write `source` rounded to `precision` as `target` (a layer's output)."""
+        self._cast_pair(source, target, precision)
+        self.rounded[target] = precision
+
+    def shape(self, tensor: str) -> Shape | None:
+        return self.shape_of(tensor) if self.shape_of else None
+
+    def _cast_pair(self, source: str, target: str, precision: str) -> None:
+        low = f"{target}::cast"
+        self.graph.node.append(helper.make_node("Cast", [source], [low], to=ONNX_TYPE[precision],
+                                                name=f"{low}::in"))
+        self.graph.node.append(helper.make_node("Cast", [low], [target], to=onnx.TensorProto.FLOAT,
+                                                name=f"{low}::out"))
+
+    def add(self, node: onnx.NodeProto, precision: str, float_tensors: set[str]) -> None:
+        if precision == "fp32" or node.op_type in DATA_MOVEMENT_OPS:
+            self.graph.node.append(node)
+            return
+        in_slots, out_slots = precision_slots(node, self.opset)
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        for i in in_slots:
+            t = copy.input[i]
+            if t and t in float_tensors:
+                copy.input[i] = self.round_tensor(t, precision)
+        renamed = []
+        for i in out_slots:
+            t = copy.output[i]
+            if t and t in float_tensors:
+                copy.output[i] = f"{t}::raw"
+                renamed.append((copy.output[i], t))
+        self.graph.node.append(copy)
+        for raw, final in renamed:
+            self._cast_pair(raw, final, precision)
+            self.rounded[final] = precision
+
+
+def round_values(value: np.ndarray, precision: str) -> np.ndarray:
+    if precision == "fp16":
+        with np.errstate(over="ignore"):
+            return value.astype(np.float16).astype(np.float32)
+    if precision == "bf16":  # round to nearest even on the upper 16 bits
+        bits = value.astype(np.float32).view(np.uint32).astype(np.uint64)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        return rounded.astype(np.uint32).view(np.float32)
+    return value
+
+
+# Recurrent ops step through time inside one ONNX node, and control flow runs whole subgraphs: the
+# emulator rounds such a layer's inputs and outputs, not every time step (TensorRT rounds each step).
+RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
+FP32_INSIDE = "FP32 inside: the emulator rounds this layer's inputs and outputs, not each step or subgraph node"
+
+
+def rounds_only_at_edges(node: onnx.NodeProto) -> bool:
+    return node.op_type in RECURRENT_OPS or any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
+def layer_precision(model: Model, plan: PrecisionPlan, nodes: tuple[str, ...]) -> str:
+    """A fused layer computes in the highest precision any of its ONNX nodes asks for."""
+    precisions = [plan.precision_of(n) for n in nodes
+                  if model.node_by_name[n].op_type not in DATA_MOVEMENT_OPS] or ["fp32"]
+    return max(precisions, key=precision_rank)
+
+
+def float_tensors(model: Model, folded: FoldedGraph) -> set[str]:
+    """The folded graph's float tensors: the ones a reduced-precision layer rounds."""
+    names = {t for n in folded.proto.graph.node for t in [*n.input, *n.output] if t}
+    floats = {t for t in names if model.is_float(t)}
+    for init in folded.proto.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT:
+            floats.add(init.name)
+    return floats | _new_float_tensors(model, folded)
+
+
+def _new_float_tensors(model: Model, folded: FoldedGraph) -> set[str]:
+    """Tensors the folding created (not in the original model): float if any input is."""
+    floats: set[str] = set()
+    for node in folded.proto.graph.node:
+        for t in node.output:
+            invented = t and t not in model.producer and node.op_type not in ("Shape", "Size")
+            if invented and any(model.is_float(i) or i in floats for i in node.input):
+                floats.add(t)
+    return floats
+
+
+def rounded_graph(source: onnx.ModelProto, opset: int, precisions: Mapping[str, str], tactics: Mapping[str, str],
+                  floats: set[str], shape_of: ShapeOf) -> onnx.ModelProto:
+    """`source` (the folded graph, or a part of it) with each layer rounded to its precision
+    (`precisions`, by layer name) and emitted by its tactic's arithmetic variant."""
+    rounder = Rounder(source, opset, shape_of)
+    for node in source.graph.node:
+        precision = precisions[node.name]
+        plain = apply_variant(node, tactics.get(node.name, ""), precision, rounder)
+        if plain is not None:  # None: the variant emitted the layer itself
+            rounder.add(plain, precision, floats)
+    proto = onnx.ModelProto()
+    proto.CopyFrom(source)
+    proto.graph.CopyFrom(rounder.graph)
+    del proto.graph.value_info[:]  # names changed; onnxruntime infers what it needs
+    return proto
