@@ -35,7 +35,7 @@ from trtdebug.core.plans.precision_plan import (
     precision_rank,
     precision_slots,
 )
-from trtdebug.core.quantized.qdq import QuantizedModel
+from trtdebug.core.quantized.format import format_of
 from trtdebug.core.reference import ort_sessions
 from trtdebug.engines.base import BuildError, Built, Capabilities, LayerInfo, Marking
 from trtdebug.engines.emulator.tactics import Shape, ShapeOf, TacticChoice, TacticChooser, apply_variant, tensor_shapes
@@ -488,10 +488,11 @@ class EmulatorEngine:
 
     def build(self, model: Model, plan: PrecisionPlan, bans: Any = None,
               mark: Marking | None = None) -> Built:
-        if isinstance(model, QuantizedModel):
+        quant_format = format_of(model)
+        if quant_format is not None:
             from trtdebug.engines.emulator.int8 import build_int8
 
-            return build_int8(self, model, plan, bans, mark or Marking())
+            return build_int8(self, quant_format.model, plan, bans, mark or Marking())
         if "int8" in (plan.default, *plan.nodes.values()):
             raise UserError("an INT8 plan needs its model prepared for INT8 (trtdebug compare/fallback "
                             "--precision int8 do this: a Q/DQ model as quantized, a float model calibrated)")
