@@ -84,6 +84,7 @@ class QuantFormat(Protocol):
 # Each format's claim on a model: its format object, or None when the model is not in that format.
 FORMATS: tuple[Callable[[Model], QuantFormat | None], ...] = (Int8Format.of,)
 
+# Weak: a model no problem holds any more takes its format with it.
 _chosen: weakref.WeakKeyDictionary[Model, QuantFormat | None] = weakref.WeakKeyDictionary()
 
 
