@@ -21,7 +21,7 @@ from trtdebug.core.model.feeds import input_shape_hint
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan
-from trtdebug.core.quantized.qdq import QuantizedModel, qdq_for_plan
+from trtdebug.core.quantized.format import format_for
 from trtdebug.core.system.files import prepare_outputs
 from trtdebug.engines.base import BuildError, Engine
 from trtdebug.errors import UserError
@@ -40,9 +40,10 @@ def write_plan_artifacts(engine: Engine, model: Model, plan: PrecisionPlan, bans
     emulator take) and, where the engine can serialize what it built, the engine file."""
     written: list[Path] = []
     notes: list[str] = []
-    if isinstance(model, QuantizedModel) and plan.default == "int8":
+    quant_format = format_for(model, plan)
+    if quant_format is not None:
         # The INT8 plan made concrete: the Q/DQ model with the plan's pairs (or layers) taken out.
-        write_model(qdq_for_plan(model, plan.nodes), onnx_path)
+        write_model(quant_format.plan_model(plan.nodes), onnx_path)
         return [onnx_path], notes
     try:
         written.append(write_mixed_onnx(model, plan, onnx_path))

@@ -19,8 +19,7 @@ from trtdebug.core.analysis.histograms import ValueHistogram, culprit_histograms
 from trtdebug.core.analysis.metrics import CompareResult, Culprit, Reproduction, TensorComparer
 from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan, eligible_nodes
-from trtdebug.core.quantized.int8 import annotate_int8
-from trtdebug.core.quantized.qdq import QuantizedModel
+from trtdebug.core.quantized.format import format_of
 from trtdebug.core.reference.budget import plan_compare, tensor_bytes
 from trtdebug.core.reference.fp32_run import LazyReference
 from trtdebug.core.reference.pieces import run_ahead
@@ -115,8 +114,9 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
         result.reproduction = _reproduction_check(problem, engine, plan, bans, result, check)
         progress.end()
     result.range_violations = model.fp16_range_violations()
-    if isinstance(model, QuantizedModel):  # which quantized tensors clip or flush, and where
-        annotate_int8(result, model, plan, problem.reference)
+    quant_format = format_of(model)
+    if quant_format is not None:  # which quantized tensors clip or flush, and where
+        quant_format.annotate(result, plan, problem.reference)
     if not result.passed:
         progress.begin("finding the culprits")
         result.culprits, result.culprits_explain = _culprits(problem, engine, plan, built, candidate_outputs, result)

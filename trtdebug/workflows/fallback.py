@@ -25,8 +25,7 @@ from trtdebug.core.model.feeds import feeds_sha256
 from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.cost import CostModel, shapes_of
 from trtdebug.core.plans.precision_plan import PrecisionPlan, eligible_nodes
-from trtdebug.core.quantized.int8 import fallback_candidates, int8_provenance, pair_readers_in_float, rank_int8
-from trtdebug.core.quantized.qdq import QuantizedModel
+from trtdebug.core.quantized.format import format_for, format_of
 from trtdebug.core.search.journal import Journal, JournalLock, journal_path, lock_path
 from trtdebug.core.search.strategies import (
     STRATEGIES,
@@ -119,9 +118,9 @@ def _run_fallback(case: Case, out: str | Path, strategy: str, resume: bool, chec
         raise UserError(f"a --precision {base.default} build has nothing to fall back from; "
                         "use --precision fp16, bf16 or int8")
     keep = FALLBACK_PRECISION[base.default]
-    quantized = model if isinstance(model, QuantizedModel) and base.default == "int8" else None
+    quantized = format_for(model, base)
     if quantized is not None:  # Q/DQ pairs to remove, or (implicit INT8) layers to take out of INT8
-        candidates = fallback_candidates(quantized, base)
+        candidates = quantized.fallback_candidates(base)
     else:
         candidates = [n for n in eligible_nodes(model) if base.precision_of(n) == base.default]
     if check is not None:
@@ -164,8 +163,8 @@ def _run_fallback(case: Case, out: str | Path, strategy: str, resume: bool, chec
         journal=journal.path, rounds_this_run=evaluator.rounds + ranked_now, resumed=journal.resumed,
         reasons=reasons, op_types={n.name: n.op_type for n in model.nodes}, ranking_compare=ranking_compare,
         history=history)
-    if quantized is not None and not quantized.implicit:
-        outcome.op_types = {**outcome.op_types, **dict.fromkeys(quantized.pairs, "Q/DQ pair")}
+    if quantized is not None:
+        outcome.op_types = {**outcome.op_types, **quantized.candidate_kinds()}
     if resume and not journal.resumed:
         outcome.notes.append(f"nothing to resume in {journal.path}; this was a new search")
     elif earlier_journal and not resume:
@@ -193,8 +192,9 @@ def journal_settings(problem: Problem, engine: Engine, base: PrecisionPlan, bans
                 "criterion": criterion, "engine": engine.name, "inputs_sha256": feeds_sha256(problem.feeds),
                 "bans_sha256": _json_sha256(bans.to_json()) if bans else None,
                 "base_plan": dict(sorted(base.nodes.items()))}
-    if isinstance(problem.model, QuantizedModel):  # an implicit INT8 model's scales come from calibration
-        settings["quantization"] = {"qdq_sha256": problem.model.qdq.sha256, **problem.model.calibration}
+    quant_format = format_of(problem.model)
+    if quant_format is not None:  # an implicit INT8 model's scales come from calibration
+        settings["quantization"] = quant_format.identity()
     return settings
 
 
@@ -221,10 +221,8 @@ def _ranking(journal: Journal, problem: Problem, engine: Engine, base: Precision
     except BuildError:
         compare = None  # rank by static signals only
     model = problem.model
-    if isinstance(model, QuantizedModel) and base.default == "int8":
-        suspicions = rank_int8(model, candidates, compare)
-    else:
-        suspicions = rank_nodes(model, candidates, compare)
+    quantized = format_for(model, base)
+    suspicions = quantized.rank(candidates, compare) if quantized else rank_nodes(model, candidates, compare)
     order = [s.node for s in suspicions]
     reasons = {s.node: list(s.reasons) for s in suspicions if s.reasons}
     # An exact-marking engine's compare run is the unmarked build of the empty kept set: its
@@ -258,8 +256,9 @@ def _write_outputs(outcome: FallbackOutcome, case: Case, plan_path: Path, strate
         "one_minimal": result.one_minimal, "prefix": result.prefix, "used_regions": result.used_regions,
         "criterion": criterion, "journal": outcome.journal.name, "kept": list(result.kept),
     }
-    if isinstance(model, QuantizedModel) and case.plan.default == "int8":
-        provenance["int8"] = int8_provenance(model, result.kept)
+    quantized = format_for(model, case.plan)
+    if quantized is not None:
+        provenance[quantized.precision] = quantized.provenance(result.kept)
     plan = plan_keeping(case.plan, result.kept, outcome.keep_precision)
     plan = PrecisionPlan(plan.default, plan.nodes, model.sha256, provenance)
     plan.save(plan_path)
@@ -270,5 +269,6 @@ def _write_outputs(outcome: FallbackOutcome, case: Case, plan_path: Path, strate
     outcome.artifacts, notes = write_plan_artifacts(engine, model, plan, bans, paths["onnx"], paths["engine"])
     outcome.notes.extend(notes)
     costs = CostModel(model, shapes_of(problem.reference))
-    kept_layers = pair_readers_in_float(model, result.kept) if isinstance(model, QuantizedModel) else result.kept
+    quant_format = format_of(model)
+    kept_layers = quant_format.layers_of(result.kept) if quant_format else result.kept
     outcome.flops_share, outcome.params_share = costs.shares(kept_layers)

@@ -1,26 +1,34 @@
-"""INT8 findings per tensor: how each quantized tensor's scale treats the reference's values.
+"""INT8, a quantized format (core.quantized.format.QuantFormat): findings per quantized tensor, and
+what an INT8 fallback takes out of INT8 first.
 
 For every tensor an INT8 build quantizes (a live Q/DQ pair), the reference values are quantized
 with that pair's scale: the share clipped (saturation: scale too small), the share of nonzero
 values that become 0 (scale too coarse), and the signal-to-quantization-noise ratio. A wrong
 tensor gets the matching defect, so a report names the tensor where a bad scale introduces error.
+
+A fallback takes Q/DQ pairs out of INT8 (explicit quantization) or, for a float model calibrated
+here (implicit INT8), layers; pairs whose tensor has an INT8 defect are suspected first.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import onnx
 
 from trtdebug.core.analysis.defects import Defect
 from trtdebug.core.analysis.metrics import CompareResult
+from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
-from trtdebug.core.quantized.qdq import QuantizedModel, QuantParams, removal_for_plan
+from trtdebug.core.quantized.qdq import QdqPair, QuantizedModel, QuantParams, qdq_for_plan, removal_for_plan
 from trtdebug.core.quantized.scale_findings import detect_coarse_scale, detect_saturation, quantization_stats
 from trtdebug.core.search.strategies import Suspicion
 
+INT8_DEFECT_KINDS = ("saturation", "coarse_scale")
 EXPLAINED_BY_INT8 = ("precision", "underflow", "all_zero")
 
 
@@ -28,52 +36,146 @@ def _db(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def annotate_int8(result: CompareResult, model: QuantizedModel, plan: PrecisionPlan,
-                  reference: Mapping[str, np.ndarray]) -> None:
-    """Attach quantization statistics to each quantized tensor's report and INT8 defects to the
-    wrong ones (first: they say why)."""
-    removed, _ = removal_for_plan(model, plan.nodes)
-    gone = {p.quantize for p in removed}
-    findings: dict[str, Any] = {}
-    for report in result.tensors:
-        pair = model.pair_of_tensor.get(report.tensor)
-        if pair is None or pair.quantize in gone or report.tensor not in reference:
-            continue
-        stats = quantization_stats(np.asarray(reference[report.tensor]), pair.params)
-        findings[report.tensor] = {
-            "pair": pair.quantize, "scale": pair.params.describe(), "clipped_share": stats.clipped_share,
-            "zeroed_share": stats.zeroed_share, "quantization_sqnr_db": _db(stats.sqnr_db),
-            "local_sqnr_db": _db(report.local.snr_db) if report.local else None,
-            "accumulated_sqnr_db": _db(report.accumulated.snr_db) if report.accumulated else None}
-        if report.status in ("ok", "missing"):
-            continue
-        absorber = absorbing_reader(model, report.tensor, np.asarray(reference[report.tensor]), pair.params)
-        if absorber and stats.clipped_share:
-            # Quantizers often take a following ReLU/Clip's range (onnxruntime does): what the
-            # quantizer clips, the reader would clip the same way, so nothing the network computes
-            # changes and nothing downstream inherits the difference.
-            findings[report.tensor]["clipping_absorbed_by"] = absorber
-            report.status, report.defects = "ok", []
-            continue
-        found = [d for d in (detect_saturation(stats, pair.params), detect_coarse_scale(stats, pair.params)) if d]
-        for defect in found:
-            defect.details.update(pair=pair.quantize, local_sqnr_db=findings[report.tensor]["local_sqnr_db"],
-                                  accumulated_sqnr_db=findings[report.tensor]["accumulated_sqnr_db"])
-        # An INT8 defect explains the generic ones (FP16 underflow, all zeros, rounding) it causes.
-        report.defects = found + [d for d in report.defects if not found or d.kind not in EXPLAINED_BY_INT8]
-    for spec in model.inputs:  # graph inputs have no report of their own, but may be quantized
-        pair = model.pair_of_tensor.get(spec.name)
-        if pair is not None and pair.quantize not in gone and spec.name in reference:
-            stats = quantization_stats(np.asarray(reference[spec.name]), pair.params)
-            findings[spec.name] = {"pair": pair.quantize, "scale": pair.params.describe(), "graph_input": True,
-                                   "clipped_share": stats.clipped_share, "zeroed_share": stats.zeroed_share,
-                                   "quantization_sqnr_db": _db(stats.sqnr_db)}
-    result.marking.setdefault("int8", {})["tensors"] = findings
+class Int8Format:
+    """INT8 of one Q/DQ model (given as such, or calibrated here from a float model)."""
 
+    precision = "int8"
 
-def int8_defects(result: CompareResult) -> list[tuple[str, Defect]]:
-    """(tensor, defect) for every INT8 defect of a compare result, in topological order."""
-    return [(t.tensor, d) for t in result.tensors for d in t.defects if d.kind in ("saturation", "coarse_scale")]
+    def __init__(self, model: QuantizedModel):
+        self.model = model
+
+    @classmethod
+    def of(cls, model: Model) -> Int8Format | None:
+        """INT8 when the model is a Q/DQ model: its pairs are those with integer codes (find_pairs)."""
+        return cls(model) if isinstance(model, QuantizedModel) else None
+
+    # -- findings ---------------------------------------------------------------------------------
+
+    def annotate(self, result: CompareResult, plan: PrecisionPlan, reference: Mapping[str, np.ndarray]) -> None:
+        """Attach quantization statistics to each quantized tensor's report and INT8 defects to the
+        wrong ones (first: they say why)."""
+        model = self.model
+        removed, _ = removal_for_plan(model, plan.nodes)
+        gone = {p.quantize for p in removed}
+        findings: dict[str, Any] = {}
+        for report in result.tensors:
+            pair = model.pair_of_tensor.get(report.tensor)
+            if pair is None or pair.quantize in gone or report.tensor not in reference:
+                continue
+            stats = quantization_stats(np.asarray(reference[report.tensor]), pair.params)
+            findings[report.tensor] = {
+                "pair": pair.quantize, "scale": pair.params.describe(), "clipped_share": stats.clipped_share,
+                "zeroed_share": stats.zeroed_share, "quantization_sqnr_db": _db(stats.sqnr_db),
+                "local_sqnr_db": _db(report.local.snr_db) if report.local else None,
+                "accumulated_sqnr_db": _db(report.accumulated.snr_db) if report.accumulated else None}
+            if report.status in ("ok", "missing"):
+                continue
+            absorber = absorbing_reader(model, report.tensor, np.asarray(reference[report.tensor]), pair.params)
+            if absorber and stats.clipped_share:
+                # Quantizers often take a following ReLU/Clip's range (onnxruntime does): what the
+                # quantizer clips, the reader would clip the same way, so nothing the network computes
+                # changes and nothing downstream inherits the difference.
+                findings[report.tensor]["clipping_absorbed_by"] = absorber
+                report.status, report.defects = "ok", []
+                continue
+            found = [d for d in (detect_saturation(stats, pair.params), detect_coarse_scale(stats, pair.params))
+                     if d]
+            for defect in found:
+                defect.details.update(pair=pair.quantize, local_sqnr_db=findings[report.tensor]["local_sqnr_db"],
+                                      accumulated_sqnr_db=findings[report.tensor]["accumulated_sqnr_db"])
+            # An INT8 defect explains the generic ones (FP16 underflow, all zeros, rounding) it causes.
+            report.defects = found + [d for d in report.defects if not found or d.kind not in EXPLAINED_BY_INT8]
+        for spec in model.inputs:  # graph inputs have no report of their own, but may be quantized
+            pair = model.pair_of_tensor.get(spec.name)
+            if pair is not None and pair.quantize not in gone and spec.name in reference:
+                stats = quantization_stats(np.asarray(reference[spec.name]), pair.params)
+                findings[spec.name] = {"pair": pair.quantize, "scale": pair.params.describe(), "graph_input": True,
+                                       "clipped_share": stats.clipped_share, "zeroed_share": stats.zeroed_share,
+                                       "quantization_sqnr_db": _db(stats.sqnr_db)}
+        result.marking.setdefault(self.precision, {})["tensors"] = findings
+
+    def defects(self, result: CompareResult) -> list[tuple[str, Defect]]:
+        """(tensor, defect) for every INT8 defect of a compare result, in topological order."""
+        return [(t.tensor, d) for t in result.tensors for d in t.defects if d.kind in INT8_DEFECT_KINDS]
+
+    # -- fallback: which pairs (explicit) or layers (implicit) to take out of INT8 first -------------
+
+    def fallback_candidates(self, base: PrecisionPlan) -> list[str]:
+        """What an INT8 fallback chooses from, in graph order: the Q/DQ pairs of a Q/DQ model, or the
+        INT8 layers of an implicitly quantized one; only those the base plan leaves in INT8."""
+        model = self.model
+        if model.implicit:
+            return [n for n in model.int8_layers() if base.precision_of(n) == "int8"]
+        order = model.qdq.node_index
+        return sorted((p for p in model.pairs if base.precision_of(p) == "int8"), key=order)
+
+    def rank(self, candidates: list[str], compare: CompareResult | None) -> list[Suspicion]:
+        """Candidates from most to least suspicious: a pair (or a layer reading it) whose tensor has an
+        INT8 defect first, then those whose quantized tensor is wrong on its own, ordered by how wrong."""
+        model = self.model
+        reports = {t.tensor: t for t in compare.tensors} if compare else {}
+        position = {name: i for i, name in enumerate(candidates)}
+        suspicions = []
+        for name in candidates:
+            pairs = [model.pairs[name]] if name in model.pairs else model.pair_readers.get(name, [])
+            tier, severity, reasons = 0, (0.0, 0.0), []
+            for pair in pairs:
+                report = reports.get(pair.source)
+                if report is None:
+                    continue
+                kinds = [d.kind for d in report.defects if d.kind in INT8_DEFECT_KINDS]
+                metrics = report.local or report.accumulated
+                if kinds:
+                    tier = max(tier, 3)
+                    reasons.append(f"{', '.join(kinds)} at {pair.source}")
+                elif report.status == "introduced" and metrics is not None and metrics.bad:
+                    tier = max(tier, 2)
+                    reasons.append(f"{pair.source} wrong on its own ({metrics.frac_outside:.0%} out of tolerance)")
+                if metrics is not None:
+                    severity = max(severity, (metrics.frac_outside, _noise(metrics.snr_db)))
+            suspicions.append(Suspicion(name, tier, severity, tuple(reasons)))
+        return sorted(suspicions, key=lambda s: (-s.tier, -s.severity[0], -s.severity[1], position[s.node]))
+
+    def layers_of(self, kept: Iterable[str]) -> list[str]:
+        """The float-counterpart layers whose INT8 inputs the named pairs (or layers) are."""
+        model = self.model
+        chosen = set(kept)
+        layers = {n for n in chosen if n in model.node_by_name}
+        for node, pairs in model.pair_readers.items():
+            if node in model.node_by_name and any(p.quantize in chosen for p in pairs):
+                layers.add(node)
+        return sorted(layers, key=model.node_index)
+
+    def candidate_kinds(self) -> dict[str, str]:
+        """A Q/DQ model's candidates are its pairs; an implicit one's are layers."""
+        return {} if self.model.implicit else dict.fromkeys(self.model.pairs, "Q/DQ pair")
+
+    def provenance(self, kept: Iterable[str]) -> dict[str, Any]:
+        """What an INT8 plan takes out of INT8, in words a reader of the plan file can check."""
+        model = self.model
+        kept = list(kept)
+        if model.implicit:
+            return {"mode": "implicit", "layers_out_of_int8": kept, "calibration": model.calibration}
+        return {"mode": "explicit (Q/DQ)",
+                "removed_qdq_pairs": [{"quantize": p, "tensor": model.pairs[p].source,
+                                       "dequantize": list(model.pairs[p].dequantize)}
+                                      for p in kept if p in model.pairs]}
+
+    def identity(self) -> dict[str, Any]:
+        """The Q/DQ model and, for implicit INT8, the calibration (data and method) its scales come from."""
+        return {"qdq_sha256": self.model.qdq.sha256, **self.model.calibration}
+
+    # -- a plan made concrete -----------------------------------------------------------------------
+
+    def plan_model(self, plan_nodes: Mapping[str, str]) -> onnx.ModelProto:
+        return qdq_for_plan(self.model, plan_nodes)
+
+    def live_pairs(self, plan_nodes: Mapping[str, str]) -> list[QdqPair]:
+        gone = {p.quantize for p in removal_for_plan(self.model, plan_nodes)[0]}
+        return [p for p in self.model.pairs.values() if p.quantize not in gone and not p.is_weight]
+
+    def layer_plan(self, plan: PrecisionPlan) -> PrecisionPlan:
+        return replace(plan, nodes={n: p for n, p in plan.nodes.items() if n not in self.model.pairs})
 
 
 def _clip_bounds(model: QuantizedModel, node_name: str) -> tuple[float, float] | None:
@@ -111,63 +213,5 @@ def absorbing_reader(model: QuantizedModel, tensor: str, ref: np.ndarray, params
     return readers[0] if np.allclose(after_quantizer, np.clip(ref64, *bounds), rtol=0, atol=step) else ""
 
 
-# -- INT8 fallback: which pairs (explicit) or layers (implicit) to take out of INT8 first -----------
-
-def fallback_candidates(model: QuantizedModel, base: PrecisionPlan) -> list[str]:
-    """What an INT8 fallback chooses from, in graph order: the Q/DQ pairs of a Q/DQ model, or the
-    INT8 layers of an implicitly quantized one; only those the base plan leaves in INT8."""
-    if model.implicit:
-        return [n for n in model.int8_layers() if base.precision_of(n) == "int8"]
-    order = model.qdq.node_index
-    return sorted((p for p in model.pairs if base.precision_of(p) == "int8"), key=order)
-
-
-def pair_readers_in_float(model: QuantizedModel, names: Iterable[str]) -> list[str]:
-    """The float-counterpart layers whose INT8 inputs the named pairs (or layers) are."""
-    chosen = set(names)
-    layers = {n for n in chosen if n in model.node_by_name}
-    for node, pairs in model.pair_readers.items():
-        if node in model.node_by_name and any(p.quantize in chosen for p in pairs):
-            layers.add(node)
-    return sorted(layers, key=model.node_index)
-
-
-def rank_int8(model: QuantizedModel, candidates: Sequence[str], compare: CompareResult | None) -> list[Suspicion]:
-    """Candidates from most to least suspicious: a pair (or a layer reading it) whose tensor has an
-    INT8 defect first, then those whose quantized tensor is wrong on its own, ordered by how wrong."""
-    reports = {t.tensor: t for t in compare.tensors} if compare else {}
-    position = {name: i for i, name in enumerate(candidates)}
-    suspicions = []
-    for name in candidates:
-        pairs = [model.pairs[name]] if name in model.pairs else model.pair_readers.get(name, [])
-        tier, severity, reasons = 0, (0.0, 0.0), []
-        for pair in pairs:
-            report = reports.get(pair.source)
-            if report is None:
-                continue
-            kinds = [d.kind for d in report.defects if d.kind in ("saturation", "coarse_scale")]
-            metrics = report.local or report.accumulated
-            if kinds:
-                tier = max(tier, 3)
-                reasons.append(f"{', '.join(kinds)} at {pair.source}")
-            elif report.status == "introduced" and metrics is not None and metrics.bad:
-                tier = max(tier, 2)
-                reasons.append(f"{pair.source} wrong on its own ({metrics.frac_outside:.0%} out of tolerance)")
-            if metrics is not None:
-                severity = max(severity, (metrics.frac_outside, _noise(metrics.snr_db)))
-        suspicions.append(Suspicion(name, tier, severity, tuple(reasons)))
-    return sorted(suspicions, key=lambda s: (-s.tier, -s.severity[0], -s.severity[1], position[s.node]))
-
-
 def _noise(snr_db: float) -> float:
     return 0.0 if snr_db == math.inf else (math.inf if snr_db == -math.inf else 10 ** (-snr_db / 10))
-
-
-def int8_provenance(model: QuantizedModel, kept: Iterable[str]) -> dict[str, Any]:
-    """What an INT8 plan takes out of INT8, in words a reader of the plan file can check."""
-    kept = list(kept)
-    if model.implicit:
-        return {"mode": "implicit", "layers_out_of_int8": kept, "calibration": model.calibration}
-    return {"mode": "explicit (Q/DQ)",
-            "removed_qdq_pairs": [{"quantize": p, "tensor": model.pairs[p].source,
-                                   "dequantize": list(model.pairs[p].dequantize)} for p in kept if p in model.pairs]}

@@ -16,7 +16,7 @@ from typing import Any
 
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
-from trtdebug.core.quantized.qdq import QuantizedModel
+from trtdebug.core.quantized.format import format_of
 from trtdebug.engines.base import BuildError, Built, Capabilities, Marking
 from trtdebug.engines.emulator.built import EmulatorBuilt
 from trtdebug.engines.emulator.folding import FoldedGraph, fold_like_builder
@@ -52,8 +52,9 @@ class EmulatorEngine:
 
     def build(self, model: Model, plan: PrecisionPlan, bans: Any = None,
               mark: Marking | None = None) -> Built:
-        if isinstance(model, QuantizedModel):
-            return build_int8(self, model, plan, bans, mark or Marking())
+        quant_format = format_of(model)
+        if quant_format is not None:
+            return build_int8(self, quant_format.model, plan, bans, mark or Marking())
         if "int8" in (plan.default, *plan.nodes.values()):
             raise UserError("an INT8 plan needs its model prepared for INT8 (trtdebug compare/fallback "
                             "--precision int8 do this: a Q/DQ model as quantized, a float model calibrated)")

@@ -9,13 +9,14 @@ describes the engine's layers from the inspector (GPU) or the build log (no GPU)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan
-from trtdebug.core.quantized.qdq import QdqPair, QuantizedModel, qdq_for_plan, removal_for_plan
+from trtdebug.core.quantized.format import format_of
+from trtdebug.core.quantized.qdq import QdqPair
 from trtdebug.engines.base import LayerInfo
 from trtdebug.engines.tensorrt.calibration import calibration_batches, make_calibrator
 from trtdebug.engines.tensorrt.context import TensorRTContext
@@ -94,20 +95,21 @@ class NetworkBuilder:
         # the float tensors reports name); the plan's pair keys are graph edits, not layer precisions.
         self.live_pairs: list[QdqPair] = []
         self.layer_plan = plan
-        if isinstance(model, QuantizedModel):
-            gone = {p.quantize for p in removal_for_plan(model, plan.nodes)[0]}
-            self.live_pairs = [p for p in model.pairs.values() if p.quantize not in gone and not p.is_weight]
-            self.layer_plan = replace(plan, nodes={n: p for n, p in plan.nodes.items() if n not in model.pairs})
+        quant_format = format_of(model)
+        if quant_format is not None:
+            self.live_pairs = quant_format.live_pairs(plan.nodes)
+            self.layer_plan = quant_format.layer_plan(plan)
         self.proto, self.modified = self._graph()
         self.builds = 0
         self.failures: dict[str, str] = {}
         self._unmarked: dict[str, BuildResult] = {}
 
     def _graph(self) -> tuple[Any, bool]:
-        if isinstance(self.model, QuantizedModel):
+        quant_format = format_of(self.model)
+        if quant_format is not None:
             # The Q/DQ graph the plan describes (model.proto is its float counterpart, the reference):
             # strongly typed networks take INT8 from the Q/DQ layers, weakly typed ones with the INT8 flag.
-            return qdq_for_plan(self.model, self.plan.nodes), bool(self.plan.nodes)
+            return quant_format.plan_model(self.plan.nodes), bool(self.plan.nodes)
         if not self.strong:
             return self.model.proto, False
         if self.plan.default == "fp32" and not self.plan.nodes:
