@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from trtdebug.core.analysis.defects import Defect
-from trtdebug.core.analysis.metrics import CompareResult
+from trtdebug.core.analysis.metrics import CompareResult, TensorReport
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.quantized.qdq import QuantizedModel, QuantParams, removal_for_plan
 from trtdebug.core.quantized.scale_findings import detect_coarse_scale, detect_saturation, quantization_stats
@@ -28,14 +28,14 @@ def _db(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def annotate_int8(result: CompareResult, model: QuantizedModel, plan: PrecisionPlan,
-                  reference: Mapping[str, np.ndarray]) -> None:
-    """Attach quantization statistics to each quantized tensor's report and INT8 defects to the
-    wrong ones (first: they say why)."""
+def annotate_int8(tensors: Sequence[TensorReport], model: QuantizedModel, plan: PrecisionPlan,
+                  reference: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Attach INT8 defects to the wrong quantized tensors' reports (first: they say why); returns the
+    quantization statistics of each quantized tensor (the report's notes.marking.int8.tensors)."""
     removed, _ = removal_for_plan(model, plan.nodes)
     gone = {p.quantize for p in removed}
     findings: dict[str, Any] = {}
-    for report in result.tensors:
+    for report in tensors:
         pair = model.pair_of_tensor.get(report.tensor)
         if pair is None or pair.quantize in gone or report.tensor not in reference:
             continue
@@ -68,7 +68,7 @@ def annotate_int8(result: CompareResult, model: QuantizedModel, plan: PrecisionP
             findings[spec.name] = {"pair": pair.quantize, "scale": pair.params.describe(), "graph_input": True,
                                    "clipped_share": stats.clipped_share, "zeroed_share": stats.zeroed_share,
                                    "quantization_sqnr_db": _db(stats.sqnr_db)}
-    result.marking.setdefault("int8", {})["tensors"] = findings
+    return findings
 
 
 def int8_defects(result: CompareResult) -> list[tuple[str, Defect]]:
