@@ -84,7 +84,6 @@ def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: s
     """In this process: one measurement of `kind`; seconds and peak RSS in MiB."""
     from rich.console import Console  # imports are not what is measured
 
-    from trtdebug.artifacts.compare_report import compare_to_json
     from trtdebug.cli.render.compare import render_compare
     from trtdebug.core.analysis.metrics import Tolerance
     from trtdebug.core.plans.precision_plan import PrecisionPlan
@@ -117,7 +116,7 @@ def measure_once(kind: str, path: str, shapes: Shapes, ranges: Ranges, budget: s
         result = run_compare(problem, EmulatorEngine(), PrecisionPlan("fp16"))
         # as the CLI's stdout prints
         render_compare(result, Console(file=io.StringIO(), width=160, highlight=False, emoji=False))
-        compare_to_json(result)
+        result.to_json()
     seconds = time.perf_counter() - start
     notes: dict[str, Any] = {}
     if kind == "compare":

@@ -201,16 +201,15 @@ def problem_spec(model: str, precision: str | None = None, engine_name: str = "e
                  bans_path: str | None = None, results_path: str | None = None, obey: bool = False,
                  calib_inputs: tuple[str, ...] = (), calib_method: str = "minmax",
                  memory_budget: int | None = None) -> ProblemSpec:
-    """The parsed shared options as the library's typed ProblemSpec."""
-    from trtdebug.workflows.problem import ProblemSpec  # onnxruntime loads only when a command runs
+    """The parsed shared options as the library's typed ProblemSpec, built by the API's own
+    problem_spec, so the CLI and the Python API cannot drift."""
+    from trtdebug.api import problem_spec as api_problem_spec  # onnxruntime loads only when a command runs
 
-    profiles = {name: shapes for name, shapes in input_shapes if len(set(shapes)) > 1}
-    return ProblemSpec(model=model, precision=precision, engine=engine_name,
-                       input_shapes={name: shapes[1] for name, shapes in input_shapes}, input_profiles=profiles,
-                       input_ranges=dict(input_ranges), inputs=inputs_path, seed=seed, atol=atol, rtol=rtol,
-                       output_tolerances=dict(output_tols), plan=plan_path, bans=bans_path,
-                       results=results_path, obey=obey, calib_inputs=tuple(calib_inputs), calib_method=calib_method,
-                       memory_budget=memory_budget)
+    return api_problem_spec(model, precision=precision, engine=engine_name, input_shape=dict(input_shapes),
+                            input_range=dict(input_ranges), inputs=inputs_path, seed=seed, atol=atol, rtol=rtol,
+                            output_tol=dict(output_tols), plan=plan_path, bans=bans_path, results=results_path,
+                            obey=obey, calib_inputs=calib_inputs, calib_method=calib_method,
+                            memory_budget=memory_budget)
 
 
 def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:

@@ -8,7 +8,7 @@ compares builds with it. Whether final outputs are good enough is `workflows.eva
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -16,7 +16,7 @@ import numpy as np
 from trtdebug.core.analysis.culprits import find_culprits
 from trtdebug.core.analysis.histograms import MAX_CULPRITS as HISTOGRAM_LIMIT
 from trtdebug.core.analysis.histograms import ValueHistogram, culprit_histograms
-from trtdebug.core.analysis.metrics import CompareResult, Culprit, Reproduction, TensorComparer
+from trtdebug.core.analysis.metrics import CompareResult, Culprit, Reproduction, TensorComparer, TensorReport
 from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan, eligible_nodes
 from trtdebug.core.quantized.format import format_of
@@ -25,7 +25,16 @@ from trtdebug.core.reference.fp32_run import LazyReference
 from trtdebug.core.reference.pieces import run_ahead
 from trtdebug.core.search.user_check import CheckCommand
 from trtdebug.core.system.memory import default_budget
-from trtdebug.engines.base import Built, Engine, Marking, PiecewiseBuilt, as_local_error, as_piecewise, as_substituting
+from trtdebug.engines.base import (
+    Built,
+    Engine,
+    LayerInfo,
+    Marking,
+    PiecewiseBuilt,
+    as_local_error,
+    as_piecewise,
+    as_substituting,
+)
 from trtdebug.workflows.evaluate import evaluate_plan, judge
 from trtdebug.workflows.problem import Case, Problem
 from trtdebug.workflows.progress import SILENT, Progress
@@ -95,36 +104,42 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
                 problem.reference, [r.tensor for r in comparer.undecided]))
             progress.end()
     candidate = None
-    result = comparer.finish()
+    compared = comparer.finish()  # the tensors and the tolerance's verdict; what follows adds to it
     candidate_outputs = comparer.candidate_outputs
+    passed, verdict_reason, check_template = compared.passed, compared.verdict, ""
     if check is not None:
         verdict = judge(problem, candidate_outputs, check)
-        result.passed, result.verdict, result.check = verdict.passed, verdict.reason, check.template
-    result.layers = list(built.layers)
-    _note_fidelity(result)
-    result.marking = dict(built.marking_notes)
-    result.marking["memory"] = {"budget_bytes": budget, "tensor_bytes": cplan.total, "chunks": chunks,
-                                "reference_held": not isinstance(problem.reference, LazyReference)}
-    result.local_error = local_runner is not None
-    result.local_scope = local_scope if result.local_error else ""
-    result.kept = plan.kept()
-    result.bans = len(bans) if bans else 0
+        passed, verdict_reason, check_template = verdict.passed, verdict.reason, check.template
+    layers = tuple(built.layers)
+    _note_fidelity(compared.tensors, layers)
+    marking = dict(built.marking_notes)
+    marking["memory"] = {"budget_bytes": budget, "tensor_bytes": cplan.total, "chunks": chunks,
+                         "reference_held": not isinstance(problem.reference, LazyReference)}
+    reproduction = None
     if not engine.capabilities.exact_marking:
         progress.begin("checking that the unmarked build shows the same verdict")
-        result.reproduction = _reproduction_check(problem, engine, plan, bans, result, check)
+        reproduction = _reproduction_check(problem, engine, plan, bans, passed, check)
         progress.end()
-    result.range_violations = model.fp16_range_violations()
     quant_format = format_of(model)
     if quant_format is not None:  # which quantized tensors clip or flush, and where
-        quant_format.annotate(result, plan, problem.reference)
-    if not result.passed:
+        findings = quant_format.annotate(compared.tensors, plan, problem.reference)
+        marking[quant_format.precision] = {**marking.get(quant_format.precision, {}), "tensors": findings}
+    culprits: list[Culprit] = []
+    culprits_explain = None
+    if not passed:
         progress.begin("finding the culprits")
-        result.culprits, result.culprits_explain = _culprits(problem, engine, plan, built, candidate_outputs, result)
+        culprits, culprits_explain = _culprits(problem, engine, plan, built, candidate_outputs, compared.tensors)
         progress.end()
+    histogrammed: dict[str, ValueHistogram] = {}
     if histograms:
-        culprits = dict.fromkeys([c.tensor for c in result.culprits] + [t.tensor for t in result.introduced])
-        result.histograms = _histograms(list(culprits), comparer, problem, built, as_piecewise(engine, built))
-    return result
+        wanted = dict.fromkeys([c.tensor for c in culprits] + [t.tensor for t in compared.introduced])
+        histogrammed = _histograms(list(wanted), comparer, problem, built, as_piecewise(engine, built))
+    local_error = local_runner is not None
+    return replace(compared, passed=passed, verdict=verdict_reason, check=check_template, marking=marking,
+                   local_error=local_error, local_scope=local_scope if local_error else "",
+                   kept=tuple(plan.kept()), bans=len(bans) if bans else 0, reproduction=reproduction,
+                   culprits=tuple(culprits), culprits_explain=culprits_explain, layers=layers,
+                   range_violations=tuple(model.fp16_range_violations()), histograms=histogrammed)
 
 
 HISTOGRAMS = 24  # introduced tensors whose histograms are taken while their values are alive
@@ -182,7 +197,8 @@ def _histograms(tensors: list[str], comparer: TensorComparer, problem: Problem, 
 
 
 def _culprits(problem: Problem, engine: Engine, plan: PrecisionPlan, built: Built,
-              candidate: Mapping[str, np.ndarray], result: CompareResult) -> tuple[list[Culprit], float | None]:
+              candidate: Mapping[str, np.ndarray], tensors: Sequence[TensorReport]
+              ) -> tuple[list[Culprit], float | None]:
     """What explains the failure (core.analysis.culprits), measured where the engine can substitute tensors."""
     model = problem.model
     keepable = {n for n in eligible_nodes(model) if plan.precision_of(n) == plan.default}
@@ -190,14 +206,14 @@ def _culprits(problem: Problem, engine: Engine, plan: PrecisionPlan, built: Buil
     outputs = {o.name: candidate[o.name] for o in model.outputs if o.name in candidate}
     run = (lambda replacements, switchable: substituting.run_substituted(problem.feeds, replacements, switchable)
            ) if substituting else None
-    return find_culprits(model, result.tensors, keepable or set(model.node_by_name), problem.reference,
+    return find_culprits(model, tensors, keepable or set(model.node_by_name), problem.reference,
                          problem.tolerance, run, outputs if substituting else None)
 
 
-def _note_fidelity(result: CompareResult) -> None:
+def _note_fidelity(tensors: Sequence[TensorReport], layers: Sequence[LayerInfo]) -> None:
     """Carry the engine's own fidelity notes (e.g. the emulator's FP32-inside recurrent layers) to tensors."""
-    by_tensor = {t.tensor: t for t in result.tensors}
-    for layer in result.layers:
+    by_tensor = {t.tensor: t for t in tensors}
+    for layer in layers:
         note = layer.extra.get("fidelity", "")
         for tensor in layer.outputs if note else ():
             if tensor in by_tensor:
@@ -212,11 +228,11 @@ def compare_case(case: Case, mark: Marking | None = None, progress: Progress = S
 
 
 def _reproduction_check(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: BanList | None,
-                        marked: CompareResult, check: CheckCommand | None = None) -> Reproduction:
+                        marked_passed: bool, check: CheckCommand | None = None) -> Reproduction:
     """Marking can change fusions and tactics; say whether the marked build still shows the
     unmarked build's verdict on the final outputs."""
     unmarked = evaluate_plan(problem, engine, plan, bans, check)
     if unmarked.build_failed:
         return Reproduction(False, reason=f"unmarked {unmarked.reason}")
-    return Reproduction(True, unmarked_passed=unmarked.passed, marked_passed=marked.passed,
+    return Reproduction(True, unmarked_passed=unmarked.passed, marked_passed=marked_passed,
                         unmarked_reason=unmarked.reason)

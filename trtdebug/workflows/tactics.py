@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trtdebug import __version__
-from trtdebug.core.analysis.metrics import CompareResult, TensorReport
+from trtdebug.core.analysis.metrics import CompareResult, EngineLayer, TensorReport
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.ban_list import BanEntry, BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan
-from trtdebug.engines.base import BuildError, Built, Engine, LayerInfo, Marking, reseeded, tactic_recording
+from trtdebug.engines.base import BuildError, Built, Engine, Marking, reseeded, tactic_recording
 from trtdebug.errors import UserError
 from trtdebug.workflows.compare import run_compare
 from trtdebug.workflows.evaluate import evaluate_build
@@ -44,7 +44,7 @@ MAX_ROUNDS = 3  # bans can reveal errors hidden downstream; a few rounds catch c
 LayerKey = tuple[str, ...]
 
 
-def layer_key(layer: LayerInfo) -> LayerKey:
+def layer_key(layer: EngineLayer) -> LayerKey:
     """What identifies a layer across builds: the ONNX nodes it covers (names can change)."""
     return tuple(layer.onnx_nodes) or (layer.name,)
 
@@ -156,7 +156,7 @@ def rank_tactics(records: Sequence[BuildRecord]) -> list[TacticRank]:
 
 @dataclass(frozen=True)
 class Suspect:
-    layer: LayerInfo
+    layer: EngineLayer
     tensors: tuple[TensorReport, ...]  # the tensors where this layer introduces error
 
     @property
@@ -213,7 +213,7 @@ def find_suspects(result: CompareResult) -> tuple[list[Suspect], list[Suspect]]:
     alternative the builder could pick instead)."""
     by_tensor = {t: layer for layer in result.layers for t in layer.outputs}
     by_node = {n: layer for layer in result.layers for n in layer.onnx_nodes}
-    grouped: dict[LayerKey, tuple[LayerInfo, list[TensorReport]]] = {}
+    grouped: dict[LayerKey, tuple[EngineLayer, list[TensorReport]]] = {}
     for tensor in result.introduced:
         layer = by_tensor.get(tensor.tensor) or by_node.get(tensor.node)
         if layer is not None:

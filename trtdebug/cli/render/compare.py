@@ -134,10 +134,13 @@ def _render_notes(result: CompareResult, console: Console) -> None:
     compared = len(result.tensors) - missing
     console.print(f"{compared} tensors compared" + (f", {missing} not exposed by the engine (fused)"
                                                      if missing else ""), style="dim")
-    memory = result.marking.get("memory") or {}
-    if memory.get("chunks", 1) > 1:
+    memory = result.marking.get("memory")
+    chunks = memory.get("chunks") if isinstance(memory, dict) else None
+    if isinstance(memory, dict) and isinstance(chunks, int) and chunks > 1:
         held = "held" if memory.get("reference_held", True) else "computed again chunk by chunk"
-        console.print(f"compared in {memory['chunks']} chunks within the {format_size(memory['budget_bytes'])} "
+        budget = memory.get("budget_bytes")
+        console.print(f"compared in {chunks} chunks within the "
+                      f"{format_size(budget if isinstance(budget, int) else 0)} "
                       f"memory budget (FP32 reference {held})", style="dim")
     repro = result.reproduction
     if repro is not None and repro.checked and not repro.reproduces:

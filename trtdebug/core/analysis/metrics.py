@@ -22,13 +22,19 @@ import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 
+from trtdebug import __version__
 from trtdebug.core.analysis import blockwise
 from trtdebug.core.analysis.defects import Defect, all_close, detect
-from trtdebug.core.model.graph import FP16_MAX, Model
+from trtdebug.core.analysis.histograms import ValueHistogram, value_histogram
+from trtdebug.core.model.graph import FP16_MAX, Model, RangeViolation
+from trtdebug.core.system import files
+
+# What the JSON report holds: an engine's notes in its own words are of this shape.
+JsonValue: TypeAlias = "None | bool | int | float | str | list[JsonValue] | dict[str, JsonValue]"
 
 DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4), "bf16": (5e-2, 5e-2), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}
 
@@ -238,30 +244,62 @@ class Reproduction:
     def reproduces(self) -> bool | None:
         return None if not self.checked else self.unmarked_passed == self.marked_passed
 
+    def to_json(self) -> dict[str, Any]:
+        return {"checked": self.checked, "reason": self.reason, "unmarked_passed": self.unmarked_passed,
+                "marked_passed": self.marked_passed, "reproduces": self.reproduces,
+                "unmarked_reason": self.unmarked_reason}
 
-@dataclass
+
+class EngineLayer(Protocol):
+    """One layer of the build as a comparison reports it (engines.base.LayerInfo is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def onnx_nodes(self) -> tuple[str, ...]: ...
+    @property
+    def precision(self) -> str: ...
+    @property
+    def tactic(self) -> str: ...
+    @property
+    def op_type(self) -> str: ...
+    @property
+    def outputs(self) -> tuple[str, ...]: ...
+    @property
+    def alternatives(self) -> tuple[str, ...]: ...
+    @property
+    def extra(self) -> Mapping[str, Any]: ...
+
+
+REPORT_FORMAT = "trtdebug.compare-report"
+REPORT_VERSION = 1
+
+
+@dataclass(frozen=True)
 class CompareResult:
+    """Where a build is wrong: built once by workflows.compare.run_compare, never changed after."""
+
     model: str
     engine: str
     precision: str
     tolerance: Tolerance
-    tensors: list[TensorReport]
+    tensors: tuple[TensorReport, ...]
     passed: bool
     verdict: str = ""  # why the final outputs failed ("" when they passed)
     check: str = ""  # the --check command that judged the outputs instead of the tolerance
-    marking: dict[str, Any] = field(default_factory=dict)  # what the engine exposed, in its own words
+    marking: Mapping[str, JsonValue] = field(default_factory=dict)  # what the engine exposed, in its own words
     local_error: bool = False  # whether local (per-layer, reference-fed) error was computed
     local_scope: str = ""  # for which layers: "wrong" (those writing tensors out of tolerance) or "all"
-    kept: list[str] = field(default_factory=list)  # nodes the plan keeps above the default precision
+    kept: tuple[str, ...] = ()  # nodes the plan keeps above the default precision
     bans: int = 0  # tactic bans the build applied
     reproduction: Reproduction | None = None  # None: the engine marks exactly, nothing to check
-    culprits: list[Culprit] = field(default_factory=list)  # what explains the failure, most important first
+    culprits: tuple[Culprit, ...] = ()  # what explains the failure, most important first
     culprits_explain: float | None = None  # share of the output error all culprits together account for
-    output_tolerances: dict[str, tuple[float, float]] = field(default_factory=dict)  # (atol, rtol) per output
-    layers: list[Any] = field(default_factory=list)  # LayerInfo of the build
-    range_violations: list[Any] = field(default_factory=list)
-    # culprit tensor -> core.analysis.histograms.ValueHistogram; only with run_compare(histograms=True): HTML report
-    histograms: dict[str, Any] = field(default_factory=dict)
+    output_tolerances: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # (atol, rtol) per output
+    layers: tuple[EngineLayer, ...] = ()  # the build's layers
+    range_violations: tuple[RangeViolation, ...] = ()  # constants beyond FP16's range
+    # culprit tensor -> its values' histograms; only with run_compare(histograms=True), for the HTML report
+    histograms: Mapping[str, ValueHistogram] = field(default_factory=dict)
 
     @property
     def outputs(self) -> list[TensorReport]:
@@ -282,6 +320,69 @@ class CompareResult:
 
     def tensor(self, name: str) -> TensorReport:
         return next(t for t in self.tensors if t.tensor == name)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON report `trtdebug compare --json` writes (schema: docs/report-schema.md)."""
+        first = self.culprits[0].tensor if self.culprits else None
+        return files.versioned(REPORT_FORMAT, REPORT_VERSION, {
+            "trtdebug": __version__,
+            "model": self.model,
+            "engine": self.engine,
+            "precision": self.precision,
+            "tolerance": {"atol": self.tolerance.atol, "rtol": self.tolerance.rtol,
+                          "per_output": {k: list(v) for k, v in self.tolerance.per_output.items()}},
+            "passed": self.passed,
+            "verdict": self.verdict,
+            "check": self.check or None,
+            "first_introduced": first,
+            "culprits": [{"tensor": c.tensor, "node": c.node, "op_type": c.op_type,
+                          "creates_nonfinite": c.creates_nonfinite, "explained": c.explained, "reason": c.reason}
+                         for c in self.culprits],
+            "culprits_explain": self.culprits_explain,
+            "outputs": {t.tensor: self._output_json(t) for t in self.outputs},
+            "tensors": [_tensor_json(t) for t in self.tensors],
+            "layers": [_layer_json(layer) for layer in self.layers],
+            "range_violations": [{"tensor": v.tensor, "max_abs": v.max_abs, "consumers": list(v.consumers),
+                                  "folded_by_builder": v.folded_by_builder} for v in self.range_violations],
+            "notes": _jsonable({"marking": self.marking, "local_error": self.local_error,
+                                "local_error_scope": self.local_scope,
+                                "plan": {"default": self.precision, "kept": list(self.kept)}, "bans": self.bans,
+                                "reproduction": None if self.reproduction is None else self.reproduction.to_json()}),
+        })
+
+    def _output_json(self, t: TensorReport) -> dict[str, Any]:
+        """An output judged exactly as the verdict judges it, with the tolerance used."""
+        atol, rtol = self.output_tolerances.get(t.tensor, (self.tolerance.atol, self.tolerance.rtol))
+        return {"passed": t.status in ("ok", "absorbed"), "atol": atol, "rtol": rtol,
+                "metrics": None if t.accumulated is None else t.accumulated.to_json()}
+
+
+def _tensor_json(t: TensorReport) -> dict[str, Any]:
+    return {"tensor": t.tensor, "node": t.node, "op_type": t.op_type, "index": t.index,
+            "shape": list(t.shape), "is_output": t.is_output, "status": t.status, "layer": t.layer,
+            "precision": t.precision, "fidelity": t.fidelity,
+            "accumulated": None if t.accumulated is None else t.accumulated.to_json(),
+            "local": None if t.local is None else t.local.to_json(),
+            "defects": [{"kind": d.kind, "message": d.message, "details": _jsonable(d.details)}
+                        for d in t.defects]}
+
+
+def _layer_json(layer: EngineLayer) -> dict[str, Any]:
+    return {"name": layer.name, "onnx_nodes": list(layer.onnx_nodes), "precision": layer.precision,
+            "tactic": layer.tactic, "op_type": layer.op_type, "outputs": list(layer.outputs),
+            "alternatives": list(layer.alternatives)}
+
+
+def _jsonable(value: object) -> JsonValue:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
 
 
 def _badness(t: TensorReport) -> tuple[int, float, float]:
@@ -354,7 +455,7 @@ class TensorComparer:
         self.masked: set[str] = set()  # wrong tensors that only carry a mask's pattern (masked_only)
         self.reference_outputs: dict[str, np.ndarray] = {}
         self.candidate_outputs: dict[str, np.ndarray] = {}
-        self.histograms: dict[str, Any] = {}
+        self.histograms: dict[str, ValueHistogram] = {}
         self.histogram_limit = histograms
         self.undecided: list[TensorReport] = []  # out of tolerance, awaiting their local error (`decide`)
 
@@ -419,14 +520,12 @@ class TensorComparer:
 
     def _take_histogram(self, report: TensorReport, ref: np.ndarray, cand: np.ndarray) -> None:
         if report.status == "introduced" and len(self.histograms) < self.histogram_limit and cand.size:
-            from trtdebug.core.analysis.histograms import value_histogram
-
             self.histograms[report.tensor] = value_histogram(report.tensor, ref, cand)
 
     def finish(self) -> CompareResult:
         _absorb(self.model, self.reports, self.masked)
         verdict = judge_outputs(self.model, self.reference_outputs, self.candidate_outputs, self.tolerance)
-        return CompareResult(self.model.name, self.engine, self.precision, self.tolerance, self.reports,
+        return CompareResult(self.model.name, self.engine, self.precision, self.tolerance, tuple(self.reports),
                              verdict.passed, verdict.reason,
                              output_tolerances={o: self.tolerance.for_output(o) for o in self.output_names})
 

@@ -10,14 +10,14 @@ models it quantizes (by its Q/DQ pairs' code types), listed in FORMATS below.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import onnx
 
 from trtdebug.core.analysis.defects import Defect
-from trtdebug.core.analysis.metrics import CompareResult
+from trtdebug.core.analysis.metrics import CompareResult, TensorReport
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.quantized.int8 import Int8Format
@@ -40,9 +40,10 @@ class QuantFormat(Protocol):
 
     # -- findings ---------------------------------------------------------------------------------
 
-    def annotate(self, result: CompareResult, plan: PrecisionPlan, reference: Mapping[str, np.ndarray]) -> None:
-        """Attach each quantized tensor's statistics to `result` and this format's defects (bad
-        scales) to the wrong tensors they explain."""
+    def annotate(self, tensors: Sequence[TensorReport], plan: PrecisionPlan,
+                 reference: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+        """Attach this format's defects (bad scales) to the wrong tensors they explain; return each
+        quantized tensor's statistics (the report's notes.marking.<format>.tensors)."""
 
     def defects(self, result: CompareResult) -> list[tuple[str, Defect]]:
         """(tensor, defect) for every defect of this format in `result`, in topological order."""

@@ -13,7 +13,7 @@ here (implicit INT8), layers; pairs whose tensor has an INT8 defect are suspecte
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from trtdebug.core.analysis.defects import Defect
-from trtdebug.core.analysis.metrics import CompareResult
+from trtdebug.core.analysis.metrics import CompareResult, TensorReport
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.quantized.qdq import QdqPair, QuantizedModel, QuantParams, qdq_for_plan, removal_for_plan
@@ -51,14 +51,15 @@ class Int8Format:
 
     # -- findings ---------------------------------------------------------------------------------
 
-    def annotate(self, result: CompareResult, plan: PrecisionPlan, reference: Mapping[str, np.ndarray]) -> None:
-        """Attach quantization statistics to each quantized tensor's report and INT8 defects to the
-        wrong ones (first: they say why)."""
+    def annotate(self, tensors: Sequence[TensorReport], plan: PrecisionPlan,
+                 reference: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+        """Attach INT8 defects to the wrong quantized tensors' reports (first: they say why); returns the
+        quantization statistics of each quantized tensor (the report's notes.marking.int8.tensors)."""
         model = self.model
         removed, _ = removal_for_plan(model, plan.nodes)
         gone = {p.quantize for p in removed}
         findings: dict[str, Any] = {}
-        for report in result.tensors:
+        for report in tensors:
             pair = model.pair_of_tensor.get(report.tensor)
             if pair is None or pair.quantize in gone or report.tensor not in reference:
                 continue
@@ -92,7 +93,7 @@ class Int8Format:
                 findings[spec.name] = {"pair": pair.quantize, "scale": pair.params.describe(), "graph_input": True,
                                        "clipped_share": stats.clipped_share, "zeroed_share": stats.zeroed_share,
                                        "quantization_sqnr_db": _db(stats.sqnr_db)}
-        result.marking.setdefault(self.precision, {})["tensors"] = findings
+        return findings
 
     def defects(self, result: CompareResult) -> list[tuple[str, Defect]]:
         """(tensor, defect) for every INT8 defect of a compare result, in topological order."""

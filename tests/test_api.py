@@ -1,0 +1,65 @@
+"""The Python API: the same results as the CLI, typed and immutable, and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+import trtdebug
+
+ROOT = Path(__file__).resolve().parent.parent
+CONVNET = ROOT / "examples" / "overflow_convnet.onnx"
+
+
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "trtdebug", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_docs_api_example_runs(tmp_path):
+    block = re.search(r"```python\n(.*?)```", (ROOT / "docs" / "api.md").read_text(), re.S)
+    assert block
+    run = subprocess.run([sys.executable, "-c", block.group(1)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr
+    assert "passed: False" in run.stdout and "culprit:" in run.stdout and "found: True" in run.stdout
+    assert "error: model file not found: no/such/model.onnx" in run.stdout
+
+
+def test_compare_equals_the_cli_json_and_a_model_proto_equals_the_path(tmp_path):
+    report = tmp_path / "report.json"
+    # the same memory budget: by default it is a share of the memory available at the moment
+    assert _cli("compare", str(CONVNET), "--memory-budget", "1GiB", "--json", str(report)).returncode == 1
+    from_path = trtdebug.compare(str(CONVNET), memory_budget="1GiB")
+    cli = json.loads(report.read_text())
+    assert from_path.to_json() == cli
+    from_proto = trtdebug.compare(onnx.load(str(CONVNET)), memory_budget=2**30).to_json()
+    assert {k: v for k, v in from_proto.items() if k != "model"} == {k: v for k, v in cli.items() if k != "model"}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        from_path.passed = True  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("options", "args"), [
+    ({"output_tol": {"nope": (0.1, 0.1)}}, ["--output-tol", "nope:0.1,0.1"]),
+    ({"plan": "missing.plan.json"}, ["--plan", "missing.plan.json"]),
+])
+def test_bad_options_raise_the_user_error_the_cli_prints(options, args):
+    with pytest.raises(trtdebug.UserError) as raised:
+        trtdebug.compare(str(CONVNET), **options)
+    run = _cli("compare", str(CONVNET), *args)
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"trtdebug: error: {raised.value}"
+
+
+def test_a_bad_option_value_is_a_user_error():
+    with pytest.raises(trtdebug.UserError, match="--precision 'fp8' is not one of"):
+        trtdebug.compare(str(CONVNET), precision="fp8")
+    with pytest.raises(trtdebug.UserError, match="--atol"):
+        trtdebug.compare(str(CONVNET), atol=-1.0)
