@@ -30,7 +30,10 @@ EXIT_INTERNAL = 3
 PROMISES = ("exits_cleanly", "verdict_agrees", "exact_fp32_not_introduced", "printed_commands_parse")
 
 # (model, promise) -> what breaks today, one line.
-KNOWN_FAILURES: dict[tuple[str, str], str] = {}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {
+    ("orientation_qdq", "exact_fp32_not_introduced"):
+        "104 FP32 DequantizeLinear layers with local max_abs 0 are marked introduced (QDQ model at fp16)",
+}
 
 
 @dataclass(frozen=True)
