@@ -38,6 +38,7 @@ TRTEXEC_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "in
 POLYGRAPHY_PRECISION = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
 BUILD_FLAG = {"fp16": "--fp16", "bf16": "--bf16", "int8": "--int8"}
 TARGET_VERSIONS = ("8.6", "10", "11")
+DEFAULT_TARGET_VERSION = "10"
 # What each target's trtexec lacks (sampleOptions.cpp per branch): 8.6 has no BF16 (no --bf16, and
 # DataType has no BF16); 11.x dropped every weak-typing option.
 LACKS = {"8.6": frozenset({"bf16"}), "10": frozenset(), "11": frozenset({"fp16", "bf16", "int8", "layers"})}
@@ -93,7 +94,7 @@ def _layer_precisions(plan: PrecisionPlan, layer_names: Mapping[str, Sequence[st
 
 
 def trtexec_args(plan: PrecisionPlan, layer_names: Mapping[str, Sequence[str]] | None = None,
-                 obey: bool = False, target_version: str = "10", calibration_cache: str | None = None,
+                 obey: bool = False, target_version: str = DEFAULT_TARGET_VERSION, calibration_cache: str | None = None,
                  qdq: bool = False) -> list[str]:
     """trtexec arguments that build with the plan (weak typing, TensorRT 8.6 / 10.x)."""
     args = _check(plan, _target(target_version), calibration_cache, qdq)
@@ -121,8 +122,8 @@ def trtexec_args(plan: PrecisionPlan, layer_names: Mapping[str, Sequence[str]] |
 
 
 def polygraphy_args(plan: PrecisionPlan, layer_names: Mapping[str, Sequence[str]] | None = None,
-                    obey: bool = False, target_version: str = "10", calibration_cache: str | None = None,
-                    qdq: bool = False) -> list[str]:
+                    obey: bool = False, target_version: str = DEFAULT_TARGET_VERSION,
+                    calibration_cache: str | None = None, qdq: bool = False) -> list[str]:
     """`polygraphy convert|run --trt` arguments that build with the plan (TensorRT 8.6 / 10.x)."""
     args = _check(plan, _target(target_version), calibration_cache, qdq)
     if "--int8" in args and calibration_cache:

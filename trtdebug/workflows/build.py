@@ -6,7 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trtdebug.artifacts.build_flags import FLAG_TOOLS, command_line, polygraphy_args, trtexec_args
+from trtdebug.artifacts.build_flags import (
+    DEFAULT_TARGET_VERSION,
+    FLAG_TOOLS,
+    command_line,
+    polygraphy_args,
+    trtexec_args,
+)
 from trtdebug.artifacts.engine_file import write_engine
 from trtdebug.artifacts.mixed_onnx import write_mixed_onnx, write_model
 from trtdebug.core.model.graph import Model
@@ -52,7 +58,7 @@ class EmitOptions:
     """How to export the build flags: the TensorRT version they are for, INT8 calibration."""
 
     obey: bool = False
-    target_version: str = "10"
+    target_version: str = DEFAULT_TARGET_VERSION
     calibration_cache: str | None = None
     qdq: bool = False
 

@@ -239,6 +239,11 @@ class Reproduction:
         return None if not self.checked else self.unmarked_passed == self.marked_passed
 
 
+# Which layers' local error compare computes: those writing tensors out of tolerance, or every one.
+LOCAL_SCOPES = ("wrong", "all")
+DEFAULT_LOCAL_SCOPE = "wrong"
+
+
 @dataclass
 class CompareResult:
     model: str
