@@ -90,8 +90,10 @@ def parallel_rounds(n: int, k: int, folder: Path, seed: int, job_counts: Sequenc
     path = planted.save(folder / f"chain_{n}_{k}.onnx")
     cells, kept = [], set()
     for jobs in job_counts:
-        case = prepare(ProblemSpec(str(path)))
-        outcome = run_fallback(case, folder / f"jobs{jobs}_{n}_{k}.json", judge=InProcessJudge(case, jobs))
+        spec = ProblemSpec(str(path))
+        case = prepare(spec)
+        outcome = run_fallback(spec, folder / f"jobs{jobs}_{n}_{k}.json", prepared=case,
+                               judge=InProcessJudge(case, jobs))
         kept.add(outcome.search.kept)
         cells.append(f"{outcome.builds:>4} / {outcome.rounds_this_run:<4}")
         totals.setdefault(jobs, [0, 0])
@@ -106,7 +108,7 @@ def benchmark(n: int, k: int, folder: Path, linear_limit: int, seed: int) -> str
     path = planted.save(folder / f"chain_{n}_{k}.onnx")
     culprits = set(planted.culprits)
     started = time.perf_counter()
-    ranked = run_fallback(prepare(ProblemSpec(str(path))), folder / f"plan_{n}_{k}.json")
+    ranked = run_fallback(ProblemSpec(str(path)), folder / f"plan_{n}_{k}.json")
     ranked_seconds = time.perf_counter() - started
 
     session = prepare(ProblemSpec(str(path)))

@@ -18,7 +18,7 @@ from fixtures.real_models import silero_vad_with_overflow
 from tests.conftest import SILERO_RANGES, SILERO_SHAPES
 from trtdebug.core.search.journal import journal_path
 from trtdebug.workflows.fallback import run_fallback
-from trtdebug.workflows.problem import ProblemSpec, prepare
+from trtdebug.workflows.problem import ProblemSpec
 
 
 def trtdebug(*args, cwd=None):
@@ -166,7 +166,7 @@ def test_sigint_mid_search_then_resume_repeats_no_evaluation(tmp_path):
     assert provenance["builds"] == len(records)
     assert provenance["builds_this_run"] == len(records) - interrupted
     assert set(provenance["kept"]) == set(planted.culprits)
-    uninterrupted = run_fallback(prepare(ProblemSpec(str(model))), tmp_path / "reference.json")
+    uninterrupted = run_fallback(ProblemSpec(str(model)), tmp_path / "reference.json")
     assert uninterrupted.builds == provenance["builds"]
 
 

@@ -169,12 +169,12 @@ def test_ray_tasks_find_the_sequential_plan(chain, tmp_path):
     try:
         judge = RayJudge(spec, 2, problem_fingerprint(case))
         try:
-            outcome = run_fallback(case, tmp_path / "ray.json", judge=judge)
+            outcome = run_fallback(spec, tmp_path / "ray.json", prepared=case, judge=judge)
         finally:
             judge.close()
     finally:
         ray.shutdown()
-    sequential = run_fallback(prepare(spec), tmp_path / "seq.json")
+    sequential = run_fallback(spec, tmp_path / "seq.json")
     assert outcome.search.kept == sequential.search.kept
     assert set(outcome.search.kept or ()) == set(planted.culprits)
     assert outcome.rounds_this_run < sequential.rounds_this_run

@@ -52,12 +52,13 @@ def test_problem_of_a_qdq_model_at_int8_carries_the_int8_format(tmp_path):
 
 
 def test_int8_fallback_chooses_among_the_formats_candidates_and_removes_the_saturating_pair(tmp_path):
-    case = prepare(ProblemSpec(str(_saturating_qdq_model(tmp_path / "qdq.onnx")), precision="int8"))
+    spec = ProblemSpec(str(_saturating_qdq_model(tmp_path / "qdq.onnx")), precision="int8")
+    case = prepare(spec)
     quant_format = format_of(case.problem.model)
     assert quant_format is not None
     candidates = quant_format.fallback_candidates(case.plan)
     assert candidates == PAIRS  # the Q/DQ pairs, in graph order, not the layers conv1, relu1, conv2
-    outcome = run_fallback(case, tmp_path / "plan.json")
+    outcome = run_fallback(spec, tmp_path / "plan.json", prepared=case)
     assert outcome.candidates == candidates
     assert {outcome.op_types[p] for p in PAIRS} == {"Q/DQ pair"}
     # The format's ranking suspects the saturating pair for its INT8 defect; the search keeps it alone.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from fixtures.chain_models import planted_chain
 from trtdebug.core.analysis.metrics import Verdict
 from trtdebug.core.plans.precision_plan import PrecisionPlan
-from trtdebug.core.search.journal import Journal, journal_path
+from trtdebug.core.search.journal import Journal, JournalSettings, journal_path
 from trtdebug.core.search.strategies import (
     Evaluation,
     Evaluator,
@@ -143,12 +144,17 @@ def _session(path: Path, **options):
     return prepare(ProblemSpec(str(path), **options))
 
 
+def _fallback(session, out: Path, **options):
+    """run_fallback on a prepared session, whose engine a test may have substituted."""
+    return run_fallback(ProblemSpec(str(session.problem.model.path)), out, prepared=session, **options)
+
+
 @pytest.mark.parametrize(("n", "k", "seed"), [(50, 1, 0), (50, 3, 1), (50, 8, 2), (200, 3, 3), (200, 8, 4)])
 def test_fallback_finds_exactly_the_planted_culprits(tmp_path, n, k, seed):
     planted = planted_chain(n, k, seed=seed)
     assert any(kind.endswith("pair") for kind in planted.kinds) == (k >= 2)
     session = _session(planted.save(tmp_path / "chain.onnx"))
-    outcome = run_fallback(session, tmp_path / "plan.json")
+    outcome = _fallback(session, tmp_path / "plan.json")
     assert outcome.found
     assert set(outcome.search.kept) == set(planted.culprits)
     assert outcome.builds <= target_builds(n, k)
@@ -160,7 +166,7 @@ def test_fallback_finds_exactly_the_planted_culprits(tmp_path, n, k, seed):
 def test_found_set_is_one_minimal_on_the_real_engine(tmp_path):
     planted = planted_chain(80, 5, seed=7)
     session = _session(planted.save(tmp_path / "chain.onnx"))
-    outcome = run_fallback(session, tmp_path / "plan.json")
+    outcome = _fallback(session, tmp_path / "plan.json")
     kept = set(outcome.search.kept)
     base = session.plan
 
@@ -189,7 +195,7 @@ def test_misleading_ranking_on_a_real_model_still_finds_the_culprits(tmp_path):
 def test_baselines_keep_a_passing_prefix(tmp_path):
     planted = planted_chain(60, 3, seed=11)
     path = planted.save(tmp_path / "chain.onnx")
-    outcomes = {s: run_fallback(_session(path), tmp_path / f"{s}.json", strategy=s)
+    outcomes = {s: run_fallback(ProblemSpec(str(path)), tmp_path / f"{s}.json", strategy=s)
                 for s in ("linear", "bisect", "ranked")}
     last_culprit = max(outcomes["linear"].candidates.index(c) for c in planted.culprits)
     for strategy in ("linear", "bisect"):
@@ -214,7 +220,7 @@ def test_build_failure_through_the_engine_protocol_counts_as_failed(tmp_path):
             return super().build(model, plan, bans, mark)
 
     session.engine = PickyEngine()
-    outcome = run_fallback(session, tmp_path / "plan.json")
+    outcome = _fallback(session, tmp_path / "plan.json")
     assert set(outcome.search.kept) == set(planted.culprits)
     records = _journal_records(tmp_path / "plan.json")
     failed = [r for r in records if r["build_failed"]]
@@ -245,16 +251,16 @@ class InterruptingEngine(EmulatorEngine):
 def test_interrupted_search_resumes_without_repeating_an_evaluation(tmp_path, interrupt_after):
     planted = planted_chain(200, 8, seed=4)
     path = planted.save(tmp_path / "chain.onnx")
-    reference = run_fallback(_session(path), tmp_path / "reference.json")
+    reference = run_fallback(ProblemSpec(str(path)), tmp_path / "reference.json")
 
     session = _session(path)
     session.engine = InterruptingEngine(interrupt_after)
     with pytest.raises(KeyboardInterrupt, match="--resume"):
-        run_fallback(session, tmp_path / "plan.json")
+        _fallback(session, tmp_path / "plan.json")
     journaled = _journal_records(tmp_path / "plan.json")
     assert len(journaled) == interrupt_after  # the compare run is the first: its verdict is journaled too
 
-    resumed = run_fallback(_session(path), tmp_path / "plan.json", resume=True)
+    resumed = run_fallback(ProblemSpec(str(path)), tmp_path / "plan.json", resume=True)
     assert resumed.resumed and resumed.search.kept == reference.search.kept
     records = _journal_records(tmp_path / "plan.json")
     kept_sets = [frozenset(r["kept"]) for r in records]
@@ -269,11 +275,11 @@ def test_resume_ignores_a_torn_last_line_and_continues_cleanly(tmp_path):
     session = _session(path)
     session.engine = InterruptingEngine(5)
     with pytest.raises(KeyboardInterrupt):
-        run_fallback(session, tmp_path / "plan.json")
+        _fallback(session, tmp_path / "plan.json")
     journal = journal_path(tmp_path / "plan.json")
     with open(journal, "ab") as handle:
         handle.write(b'{"type": "evaluation", "kept": ["n00')  # a write cut short by a crash
-    resumed = run_fallback(_session(path), tmp_path / "plan.json", resume=True)
+    resumed = run_fallback(ProblemSpec(str(path)), tmp_path / "plan.json", resume=True)
     assert set(resumed.search.kept) == set(planted.culprits)
     lines = journal.read_text().splitlines()
     assert all(json.loads(line) for line in lines)  # every line parses again
@@ -283,12 +289,12 @@ def test_resume_ignores_a_torn_last_line_and_continues_cleanly(tmp_path):
 def test_resume_with_other_settings_is_refused(tmp_path):
     planted = planted_chain(40, 1, seed=9)
     path = planted.save(tmp_path / "chain.onnx")
-    run_fallback(_session(path), tmp_path / "plan.json")
-    with pytest.raises(UserError, match=r"--resume refused: .*pass criterion") as info:
-        run_fallback(_session(path, atol=0.5), tmp_path / "plan.json", resume=True)
+    run_fallback(ProblemSpec(str(path)), tmp_path / "plan.json")
+    with pytest.raises(UserError, match=r"--resume: this journal was written with --atol 0.01, not 0.5") as info:
+        run_fallback(ProblemSpec(str(path), atol=0.5), tmp_path / "plan.json", resume=True)
     assert "\n" not in str(info.value)
-    with pytest.raises(UserError, match=r"input feeds .*differs"):
-        run_fallback(_session(path, seed=3), tmp_path / "plan.json", resume=True)
+    with pytest.raises(UserError, match=r"--seed 0, not 3"):
+        run_fallback(ProblemSpec(str(path), seed=3), tmp_path / "plan.json", resume=True)
 
 
 def test_fallback_refuses_an_engine_that_does_not_build(tmp_path):
@@ -300,11 +306,17 @@ def test_fallback_refuses_an_engine_that_does_not_build(tmp_path):
 
     session.engine = SavedResults()
     with pytest.raises(UserError, match="no precision plan changes"):
-        run_fallback(session, tmp_path / "plan.json")
+        _fallback(session, tmp_path / "plan.json")
 
 
 def test_journal_refuses_another_model(tmp_path):
     journal = tmp_path / "plan.journal.jsonl"
-    Journal(journal, {"model_sha256": "a" * 64}, resume=False).close()
-    with pytest.raises(UserError, match="model differs"):
-        Journal(journal, {"model_sha256": "b" * 64}, resume=True)
+    settings = JournalSettings(
+        model_sha256="a" * 64, precision="fp16", keep_precision="fp32", engine="emulator", obey=False,
+        calib_method=None, calib_inputs_sha256=None, check=None, atol=0.01, rtol=0.01, output_tolerances=None,
+        input_shapes=None, input_ranges=None, seed=0, feeds_sha256="c" * 64, base_plan_sha256="d" * 64,
+        bans_sha256=None, quantized_sha256=None)
+    Journal(journal, settings, resume=False).close()
+    with pytest.raises(UserError, match=r"^--resume: this journal was written with model digest aaaaaaaaaaaa…, "
+                                        r"not bbbbbbbbbbbb…; run without --resume or with the same option$"):
+        Journal(journal, replace(settings, model_sha256="b" * 64), resume=True)

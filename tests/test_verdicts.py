@@ -208,5 +208,5 @@ def test_compares_first_culprit_is_a_node_fallback_keeps(planted_models, tmp_pat
     case = prepare(ProblemSpec(str(path)))
     result = compare_case(case)
     assert not result.passed and result.culprits[0].node == truth.node
-    outcome = run_fallback(prepare(ProblemSpec(str(path))), tmp_path / "plan.json")
+    outcome = run_fallback(ProblemSpec(str(path)), tmp_path / "plan.json")
     assert outcome.search.kept is not None and result.culprits[0].node in outcome.search.kept

@@ -27,7 +27,7 @@ from trtdebug.engines.base import MARK_MODES, Marking
 from trtdebug.errors import UserError
 from trtdebug.workflows.build import BuildOutcome, EmitOptions, build_artifact
 from trtdebug.workflows.compare import LOCAL_SCOPES, compare_case
-from trtdebug.workflows.fallback import FallbackOutcome, fallback_outputs, run_fallback
+from trtdebug.workflows.fallback import FallbackOutcome, run_fallback
 from trtdebug.workflows.problem import ProblemSpec, prepare
 from trtdebug.workflows.progress import SILENT, Progress
 from trtdebug.workflows.quantize import Calibration, QuantizeOutcome, run_quantize
@@ -92,8 +92,8 @@ def fallback(model: ModelSource, *, out: str | Path | None = None, strategy: str
     _choice("strategy", strategy, STRATEGIES)
     with _model_path(model) as path:
         plan_path = Path(out or f"{Path(path).stem}.plan.json")
-        case = prepare(problem_spec(path, **options), outputs=fallback_outputs(plan_path))  # type: ignore[arg-type]
-        return run_fallback(case, plan_path, strategy, resume, _check(check), progress)
+        return run_fallback(problem_spec(path, **options), plan_path,  # type: ignore[arg-type]
+                            strategy=strategy, resume=resume, check=_check(check), progress=progress)
 
 
 def tactics(model: ModelSource, *, out: str | Path | None = None, builds: int = 1, progress: Progress = SILENT,

@@ -46,6 +46,7 @@ TRTEXEC_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "in
 POLYGRAPHY_PRECISION = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
 BUILD_FLAG = {"fp16": "--fp16", "bf16": "--bf16", "int8": "--int8"}
 TARGET_VERSIONS = ("8.6", "10", "11")
+DEFAULT_TARGET_VERSION = "10"
 # What each target's trtexec lacks (sampleOptions.cpp per branch): 8.6 has no BF16 (no --bf16, and
 # DataType has no BF16); 11.x dropped every weak-typing option.
 LACKS = {"8.6": frozenset({"bf16"}), "10": frozenset(), "11": frozenset({"fp16", "bf16", "int8", "layers"})}
@@ -135,7 +136,7 @@ def polygraphy_shape_args(shapes: ShapeProfile | None) -> list[str]:
 
 
 def trtexec_args(plan: PrecisionPlan, layer_names: Mapping[str, Sequence[str]] | None = None,
-                 obey: bool = False, target_version: str = "10", calibration_cache: str | None = None,
+                 obey: bool = False, target_version: str = DEFAULT_TARGET_VERSION, calibration_cache: str | None = None,
                  qdq: bool = False, shapes: ShapeProfile | None = None) -> list[str]:
     """trtexec arguments that build with the plan (weak typing, TensorRT 8.6 / 10.x), with the
     optimization profile of dynamic inputs and without TF32, as trtdebug builds."""
@@ -170,8 +171,9 @@ def _trtexec_precision_args(plan: PrecisionPlan, layer_names: Mapping[str, Seque
 
 
 def polygraphy_args(plan: PrecisionPlan, layer_names: Mapping[str, Sequence[str]] | None = None,
-                    obey: bool = False, target_version: str = "10", calibration_cache: str | None = None,
-                    qdq: bool = False, shapes: ShapeProfile | None = None) -> list[str]:
+                    obey: bool = False, target_version: str = DEFAULT_TARGET_VERSION,
+                    calibration_cache: str | None = None, qdq: bool = False,
+                    shapes: ShapeProfile | None = None) -> list[str]:
     """`polygraphy convert|run --trt` arguments that build with the plan (TensorRT 8.6 / 10.x)."""
     args = _check(plan, _target(target_version), calibration_cache, qdq)
     if "--int8" in args and calibration_cache:

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from trtdebug.core.plans.precision_plan import PRECISIONS
-from trtdebug.engines import ENGINE_NAMES
+from trtdebug.engines import DEFAULT_ENGINE, ENGINE_NAMES
+from trtdebug.workflows.quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD
 
 if TYPE_CHECKING:
     from trtdebug.workflows.problem import ProblemSpec
@@ -146,8 +147,9 @@ def calibration_options(generated_help: str = "the inputs compared") -> list[Cal
         click.option("--calib-inputs", "calib_inputs", type=click.Path(path_type=str), multiple=True,
                      help="INT8 calibration batches: .npz files or a folder of them (repeatable) "
                           f"[default: {generated_help}]."),
-        click.option("--calib-method", "calib_method", type=click.Choice(["minmax", "entropy", "percentile"]),
-                     default="minmax", show_default=True, help="How INT8 ranges are chosen from calibration data."),
+        click.option("--calib-method", "calib_method", type=click.Choice(list(CALIBRATION_METHODS)),
+                     default=DEFAULT_CALIBRATION_METHOD, show_default=True,
+                     help="How INT8 ranges are chosen from calibration data."),
     ]
 
 
@@ -157,7 +159,7 @@ def problem_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.argument("model", type=click.Path(dir_okay=True, path_type=str)),
         click.option("--precision", type=PRECISION, default=None,
                      help="Precision of the build under test [default: fp16, or the --plan's]."),
-        click.option("--engine", "engine_name", type=ENGINE, default="emulator", show_default=True,
+        click.option("--engine", "engine_name", type=ENGINE, default=DEFAULT_ENGINE, show_default=True,
                      help="Engine under test."),
         click.option("--input-shape", "input_shapes", type=InputShape(), multiple=True,
                      help="Shape of an input with dynamic dimensions, e.g. x:1x3x224x224; NAME:MIN,OPT,MAX gives "
@@ -193,13 +195,13 @@ def problem_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def problem_spec(model: str, precision: str | None = None, engine_name: str = "emulator",
+def problem_spec(model: str, precision: str | None = None, engine_name: str = DEFAULT_ENGINE,
                  input_shapes: tuple[tuple[str, tuple[Shape, Shape, Shape]], ...] = (),
                  input_ranges: tuple[tuple[str, tuple[float, float]], ...] = (), inputs_path: str | None = None,
                  seed: int = 0, atol: float | None = None, rtol: float | None = None,
                  output_tols: tuple[tuple[str, tuple[float, float]], ...] = (), plan_path: str | None = None,
                  bans_path: str | None = None, results_path: str | None = None, obey: bool = False,
-                 calib_inputs: tuple[str, ...] = (), calib_method: str = "minmax",
+                 calib_inputs: tuple[str, ...] = (), calib_method: str = DEFAULT_CALIBRATION_METHOD,
                  memory_budget: int | None = None) -> ProblemSpec:
     """The parsed shared options as the library's typed ProblemSpec, built by the API's own
     problem_spec, so the CLI and the Python API cannot drift."""

@@ -6,6 +6,7 @@ from trtdebug.engines.base import BuildError, Built, Engine, LayerInfo, Marking
 from trtdebug.errors import UserError
 
 ENGINE_NAMES = ("emulator", "tensorrt", "tensorrt-rtx", "results")
+DEFAULT_ENGINE = "emulator"
 
 
 def get_engine(name: str, **options: object) -> Engine:
@@ -25,4 +26,4 @@ def get_engine(name: str, **options: object) -> Engine:
     raise UserError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}")
 
 
-__all__ = ["ENGINE_NAMES", "BuildError", "Built", "Engine", "LayerInfo", "Marking", "get_engine"]
+__all__ = ["DEFAULT_ENGINE", "ENGINE_NAMES", "BuildError", "Built", "Engine", "LayerInfo", "Marking", "get_engine"]

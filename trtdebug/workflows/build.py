@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trtdebug.artifacts.build_flags import (
+    DEFAULT_TARGET_VERSION,
     FLAG_TOOLS,
     Shape,
     ShapeProfile,
@@ -62,7 +63,7 @@ class EmitOptions:
     """How to export the build flags: the TensorRT version they are for, INT8 calibration."""
 
     obey: bool = False
-    target_version: str = "10"
+    target_version: str = DEFAULT_TARGET_VERSION
     calibration_cache: str | None = None
     qdq: bool = False
 

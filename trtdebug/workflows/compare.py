@@ -16,7 +16,15 @@ import numpy as np
 from trtdebug.core.analysis.culprits import find_culprits
 from trtdebug.core.analysis.histograms import MAX_CULPRITS as HISTOGRAM_LIMIT
 from trtdebug.core.analysis.histograms import ValueHistogram, culprit_histograms
-from trtdebug.core.analysis.metrics import CompareResult, Culprit, Reproduction, TensorComparer, TensorReport
+from trtdebug.core.analysis.metrics import (
+    DEFAULT_LOCAL_SCOPE,
+    LOCAL_SCOPES,
+    CompareResult,
+    Culprit,
+    Reproduction,
+    TensorComparer,
+    TensorReport,
+)
 from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan, eligible_nodes
 from trtdebug.core.quantized.format import format_of
@@ -45,12 +53,9 @@ def layer_map(built: Built) -> dict[str, tuple[str, str]]:
     return {t: (layer.name, layer.precision) for layer in built.layers for t in layer.outputs}
 
 
-LOCAL_SCOPES = ("wrong", "all")
-
-
 def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: BanList | None = None,
                 mark: Marking | None = None, progress: Progress = SILENT,
-                check: CheckCommand | None = None, local_scope: str = "wrong",
+                check: CheckCommand | None = None, local_scope: str = DEFAULT_LOCAL_SCOPE,
                 histograms: bool = False) -> CompareResult:
     """Where the build is wrong. With `check`, the verdict is the user's command's (as in fallback).
     With `histograms`, the values of the culprits and first wrong tensors are histogrammed for the
@@ -221,7 +226,7 @@ def _note_fidelity(tensors: Sequence[TensorReport], layers: Sequence[LayerInfo])
 
 
 def compare_case(case: Case, mark: Marking | None = None, progress: Progress = SILENT,
-                 check: CheckCommand | None = None, local_scope: str = "wrong",
+                 check: CheckCommand | None = None, local_scope: str = DEFAULT_LOCAL_SCOPE,
                  histograms: bool = False) -> CompareResult:
     return run_compare(case.problem, case.engine, case.plan, case.bans, mark, progress, check, local_scope,
                        histograms)

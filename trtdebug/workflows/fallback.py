@@ -8,6 +8,7 @@ and the rebuilt artefacts (workflows.build). It returns a FallbackOutcome; the C
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -26,8 +27,9 @@ from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.cost import CostModel, shapes_of
 from trtdebug.core.plans.precision_plan import PrecisionPlan, eligible_nodes
 from trtdebug.core.quantized.format import format_for, format_of
-from trtdebug.core.search.journal import Journal, JournalLock, journal_path, lock_path
+from trtdebug.core.search.journal import Journal, JournalLock, JournalSettings, journal_path, lock_path
 from trtdebug.core.search.strategies import (
+    DEFAULT_STRATEGY,
     STRATEGIES,
     Evaluation,
     Evaluator,
@@ -43,9 +45,10 @@ from trtdebug.errors import UserError
 from trtdebug.workflows.build import write_plan_artifacts
 from trtdebug.workflows.compare import run_compare
 from trtdebug.workflows.evaluate import evaluate_plan
-from trtdebug.workflows.parallel import Judge
-from trtdebug.workflows.problem import Case, Problem
+from trtdebug.workflows.parallel import Judge, judging
+from trtdebug.workflows.problem import Case, Problem, ProblemSpec, load_model, prepare
 from trtdebug.workflows.progress import SILENT, Progress
+from trtdebug.workflows.quantize import calibration_files
 
 # What a node falls back to: FP32 from FP16/BF16 builds, FP16 from INT8 builds.
 FALLBACK_PRECISION = {"fp16": "fp32", "bf16": "fp32", "int8": "fp16"}
@@ -95,21 +98,46 @@ def fallback_outputs(plan_path: Path) -> dict[str, Path]:
             "engine file": paths["engine"], "journal lock": lock_path(paths["journal"])}
 
 
-def run_fallback(case: Case, out: str | Path, strategy: str = "ranked", resume: bool = False,
-                 check: CheckCommand | None = None, progress: Progress = SILENT,
-                 judge: Judge | None = None) -> FallbackOutcome:
-    """The search; one run at a time per --out (a second one is refused naming the first's pid).
-    `judge` (workflows.parallel) evaluates each search round's candidates at once, in worker
-    processes or on Ray; the plan is the one the sequential search finds."""
-    with JournalLock(output_paths(Path(out))["journal"]):
-        return _run_fallback(case, out, strategy, resume, check, progress, judge)
+def run_fallback(spec: ProblemSpec, out: str | Path, *, strategy: str = DEFAULT_STRATEGY, resume: bool = False,
+                 check: CheckCommand | None = None, jobs: int | str = 1, ray_address: str | None = None,
+                 progress: Progress = SILENT, other_outputs: Mapping[str, str | Path | None] | None = None,
+                 prepared: Case | None = None, judge: Judge | None = None) -> FallbackOutcome:
+    """Search the fewest nodes to keep in higher precision for `spec`'s model; write the plan to `out`,
+    its journal, a compare report and the rebuilt artefacts beside it.
 
-
-def _run_fallback(case: Case, out: str | Path, strategy: str, resume: bool, check: CheckCommand | None,
-                  progress: Progress, judge: Judge | None) -> FallbackOutcome:
+    The run owns, from start to end, the lock on `out`'s journal (a second run on the same `out` is
+    refused at once, naming the first's pid), the journal (`resume`: replay it, refused in one line
+    when any JournalSettings differs) and the worker pool `jobs` opens (a count, or "ray";
+    workflows.parallel); the plan is the one the sequential search finds. `other_outputs` (label ->
+    path) are files the caller will write, checked with the run's own before any work. `prepared`:
+    a Case already prepared from `spec` (e.g. with a substituted engine); `judge`: judges each
+    round's candidates instead of the pool `jobs` would open."""
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
-    problem, engine, base, bans = case.problem, case.engine, case.plan, case.bans
+    plan_path = Path(out)
+    journal_file = output_paths(plan_path)["journal"]
+    model = None if prepared is not None else load_model(spec, {**fallback_outputs(plan_path), **(other_outputs or {})})
+    with JournalLock(journal_file), contextlib.ExitStack() as closing:
+        if prepared is None:
+            progress.begin("loading the model and running the FP32 reference (onnxruntime)")
+            prepared = prepare(spec, model=model)
+            progress.end()
+        case = prepared
+        keep, candidates = _fallback_candidates(case)
+        if check is not None:
+            check.require_reference_passes(case.problem.reference_outputs())
+        settings = journal_settings(spec, case, keep, check)
+        earlier_journal = journal_file.is_file()
+        journal = closing.enter_context(Journal(journal_file, settings, resume))
+        if judge is None:
+            judge = closing.enter_context(judging(spec, case, jobs, check, ray_address))
+        return _search(case, journal, plan_path, strategy, keep, candidates, check, progress, judge,
+                       resume, earlier_journal)
+
+
+def _fallback_candidates(case: Case) -> tuple[str, list[str]]:
+    """The precision kept nodes fall back to, and the nodes that may fall back."""
+    problem, engine, base = case.problem, case.engine, case.plan
     model = problem.model
     if not engine.capabilities.rebuilds:
         raise UserError("--engine results replays saved outputs, which no precision plan changes; run "
@@ -123,46 +151,50 @@ def _run_fallback(case: Case, out: str | Path, strategy: str, resume: bool, chec
         candidates = quantized.fallback_candidates(base)
     else:
         candidates = [n for n in eligible_nodes(model) if base.precision_of(n) == base.default]
-    if check is not None:
-        check.require_reference_passes(problem.reference_outputs())
-    plan_path = Path(out)
-    settings = journal_settings(problem, engine, base, bans, keep, check)
-    earlier_journal = output_paths(plan_path)["journal"].is_file()
-    with Journal(output_paths(plan_path)["journal"], settings, resume) as journal:
-        counter = itertools.count(len(journal.evaluations))
-        listeners: list[Callable[[Evaluation], None]] = [lambda e: journal.record_evaluation(e, next(counter)),
-                                                         lambda e: progress.advance(describe_evaluation(e))]
-        known = list(journal.evaluations)
-        history = list(known)
-        listeners.append(history.append)
-        ranking: list[str] = candidates
-        reasons: dict[str, Any] = {}
-        ranking_builds = ranked_now = 0
-        ranking_compare: CompareResult | None = None
-        try:
-            if strategy == "ranked":
-                progress.begin("ranking suspects (one compare run)")
-                ranking, reasons, ranking_builds, ranked_now, ranking_compare = _ranking(
-                    journal, problem, engine, base, bans, candidates, check, known, listeners, progress)
-                progress.end()
-            evaluate = lambda plan: evaluate_plan(problem, engine, plan, bans, check)  # noqa: E731
-            check_many = None if judge is None else (
-                lambda sets: judge.judge([plan_keeping(base, kept, keep) for kept in sets]))
-            evaluator = Evaluator(kept_set_check(evaluate, base, keep), known, listeners, check_many,
-                                  judge.jobs if judge is not None else 1)
-            jobs = f", {judge.jobs} at a time" if judge is not None else ""
-            progress.begin(f"{strategy} search over {len(candidates)} candidate nodes{jobs}")
-            result = run_strategy(strategy, ranking, candidates, evaluator)
+    return keep, candidates
+
+
+def _search(case: Case, journal: Journal, plan_path: Path, strategy: str, keep: str, candidates: list[str],
+            check: CheckCommand | None, progress: Progress, judge: Judge | None, resume: bool,
+            earlier_journal: bool) -> FallbackOutcome:
+    """Rank, search (replaying and extending the journal), and on success write the outputs."""
+    problem, engine, base, bans = case.problem, case.engine, case.plan, case.bans
+    model = problem.model
+    counter = itertools.count(len(journal.evaluations))
+    listeners: list[Callable[[Evaluation], None]] = [lambda e: journal.record_evaluation(e, next(counter)),
+                                                     lambda e: progress.advance(describe_evaluation(e))]
+    known = list(journal.evaluations)
+    history = list(known)
+    listeners.append(history.append)
+    ranking: list[str] = candidates
+    reasons: dict[str, Any] = {}
+    ranking_builds = ranked_now = 0
+    ranking_compare: CompareResult | None = None
+    try:
+        if strategy == "ranked":
+            progress.begin("ranking suspects (one compare run)")
+            ranking, reasons, ranking_builds, ranked_now, ranking_compare = _ranking(
+                journal, problem, engine, base, bans, candidates, check, known, listeners, progress)
             progress.end()
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(f"interrupted; the journal {journal.path} keeps every finished build: "
-                                    "rerun with --resume to continue") from None
+        evaluate = lambda plan: evaluate_plan(problem, engine, plan, bans, check)  # noqa: E731
+        check_many = None if judge is None else (
+            lambda sets: judge.judge([plan_keeping(base, kept, keep) for kept in sets]))
+        evaluator = Evaluator(kept_set_check(evaluate, base, keep), known, listeners, check_many,
+                              judge.jobs if judge is not None else 1)
+        at_once = f", {judge.jobs} at a time" if judge is not None else ""
+        progress.begin(f"{strategy} search over {len(candidates)} candidate nodes{at_once}")
+        result = run_strategy(strategy, ranking, candidates, evaluator)
+        progress.end()
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted; the journal {journal.path} keeps every finished build: "
+                                "rerun with --resume to continue") from None
     outcome = FallbackOutcome(
         search=result, candidates=candidates, keep_precision=keep,
         builds=ranking_builds + evaluator.evaluations, builds_this_run=evaluator.builds + ranked_now,
         journal=journal.path, rounds_this_run=evaluator.rounds + ranked_now, resumed=journal.resumed,
         reasons=reasons, op_types={n.name: n.op_type for n in model.nodes}, ranking_compare=ranking_compare,
         history=history)
+    quantized = format_for(model, base)
     if quantized is not None:
         outcome.op_types = {**outcome.op_types, **quantized.candidate_kinds()}
     if resume and not journal.resumed:
@@ -181,21 +213,57 @@ def describe_evaluation(evaluation: Evaluation) -> str:
     return f"{evaluation.phase:<8} keep {len(evaluation.kept):>4} -> {verdict} ({evaluation.seconds:.2f}s)"
 
 
-def journal_settings(problem: Problem, engine: Engine, base: PrecisionPlan, bans: BanList | None,
-                     keep: str, check: CheckCommand | None) -> dict[str, Any]:
-    """What every evaluation depends on; a resume must match all of it."""
+def journal_settings(spec: ProblemSpec, case: Case, keep: str, check: CheckCommand | None) -> JournalSettings:
+    """Everything that decides this run's verdicts (core.search.journal); a resume must match all of it."""
+    problem, base = case.problem, case.plan
+    model = problem.model
+    int8 = "int8" in {base.default, *base.nodes.values()}
+    quant_format = format_of(model)
+    explicit = quant_format is not None and not quant_format.model.implicit  # scales in the model: no calibration
+    calibrates = int8 and not explicit
     tolerance = problem.tolerance
-    criterion: dict[str, Any] = {"check": check.template} if check else {
-        "atol": tolerance.atol, "rtol": tolerance.rtol,
-        "per_output": {k: list(v) for k, v in sorted(tolerance.per_output.items())}}
-    settings = {"model_sha256": problem.model.sha256, "precision": base.default, "keep_precision": keep,
-                "criterion": criterion, "engine": engine.name, "inputs_sha256": feeds_sha256(problem.feeds),
-                "bans_sha256": _json_sha256(bans.to_json()) if bans else None,
-                "base_plan": dict(sorted(base.nodes.items()))}
-    quant_format = format_of(problem.model)
-    if quant_format is not None:  # an implicit INT8 model's scales come from calibration
-        settings["quantization"] = quant_format.identity()
-    return settings
+    judged_by_tolerance = check is None
+    return JournalSettings(
+        model_sha256=model.sha256,
+        quantized_sha256=_json_sha256(quant_format.identity()) if quant_format is not None else None,
+        precision=base.default, keep_precision=keep, engine=case.engine.name,
+        obey=spec.obey, calib_method=spec.calib_method if calibrates else None,
+        calib_inputs_sha256=_files_sha256(calibration_files(spec.calib_inputs)) if calibrates and spec.calib_inputs
+        else None,
+        check=check.template if check is not None else None,
+        atol=tolerance.atol if judged_by_tolerance else None, rtol=tolerance.rtol if judged_by_tolerance else None,
+        output_tolerances=_named(tolerance.per_output) if judged_by_tolerance else None,
+        input_shapes=_named({name: "x".join(map(str, shape)) for name, shape in spec.input_shapes.items()}
+                            | {name: ",".join("x".join(map(str, s)) for s in shapes)
+                               for name, shapes in spec.input_profiles.items()}),
+        input_ranges=None if spec.inputs else _named(spec.input_ranges),
+        seed=None if spec.inputs else spec.seed,
+        feeds_sha256=feeds_sha256(problem.feeds),
+        base_plan_sha256=_json_sha256({"default": base.default, "nodes": dict(sorted(base.nodes.items()))}),
+        bans_sha256=_json_sha256(case.bans.to_json()) if case.bans else None)
+
+
+def _named(values: Mapping[str, Any]) -> str | None:
+    """NAME:VALUE pairs as the options take them, sorted; None for none."""
+    def shown(value: Any) -> str:
+        return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
+    return " ".join(f"{name}:{shown(value)}" for name, value in sorted(values.items())) or None
+
+
+def _files_sha256(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _criterion(problem: Problem, check: CheckCommand | None) -> dict[str, Any]:
+    """The pass criterion, as the plan's provenance records it."""
+    if check is not None:
+        return {"check": check.template}
+    tolerance = problem.tolerance
+    return {"atol": tolerance.atol, "rtol": tolerance.rtol,
+            "per_output": {k: list(v) for k, v in sorted(tolerance.per_output.items())}}
 
 
 def _json_sha256(data: Any) -> str:
@@ -246,8 +314,7 @@ def _write_outputs(outcome: FallbackOutcome, case: Case, plan_path: Path, strate
     model = problem.model
     result = outcome.search
     assert result.kept is not None
-    criterion = {"check": check.template} if check else journal_settings(
-        problem, engine, case.plan, bans, outcome.keep_precision, None)["criterion"]
+    criterion = _criterion(problem, check)
     provenance = {
         "tool": f"trtdebug {__version__} fallback", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "strategy": strategy, "engine": engine.name, "keep_precision": outcome.keep_precision,

@@ -15,12 +15,13 @@ journal stays the single record of the search.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Protocol
 
@@ -172,13 +173,22 @@ class RayJudge:
         self._actors = []
 
 
-def open_judge(spec: ProblemSpec, case: Case, jobs: int | str, check: CheckCommand | None = None,
-               ray_address: str | None = None) -> Judge | None:
-    """The judge for `--jobs` (a count, or "ray"), or None to judge in this process."""
+@contextlib.contextmanager
+def judging(spec: ProblemSpec, case: Case, jobs: int | str, check: CheckCommand | None = None,
+            ray_address: str | None = None) -> Iterator[Judge | None]:
+    """The judge for `jobs` (a count, or "ray"), or None to judge in this process; its workers stop
+    however the block ends."""
     expected = problem_fingerprint(case)
+    judge: Judge | None
     if jobs == "ray" or ray_address is not None:  # --ray-address alone: one job per GPU (CPU) of the cluster
-        return RayJudge(spec, 0 if jobs in ("ray", 1) else int(jobs), expected, check, ray_address)
-    count = int(jobs)
-    if count <= 1:
-        return None
-    return ProcessJudge(spec, count, expected, check)
+        judge = RayJudge(spec, 0 if jobs in ("ray", 1) else int(jobs), expected, check, ray_address)
+    else:
+        count = int(jobs)
+        if count < 1:
+            raise UserError(f"jobs must be a positive count or 'ray', not {jobs!r}")
+        judge = ProcessJudge(spec, count, expected, check) if count > 1 else None
+    try:
+        yield judge
+    finally:
+        if judge is not None:
+            judge.close()

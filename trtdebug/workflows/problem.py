@@ -21,12 +21,11 @@ from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.reference.budget import ComparePlan, plan_compare, tensor_bytes
 from trtdebug.core.reference.fp32_run import LazyReference, first_nonfinite, inputs_upstream, run_reference
-from trtdebug.core.search.journal import JournalLock
 from trtdebug.core.system.files import prepare_outputs
 from trtdebug.core.system.memory import default_budget, release_freed_tensors
-from trtdebug.engines import Engine, get_engine
+from trtdebug.engines import DEFAULT_ENGINE, Engine, get_engine
 from trtdebug.errors import UserError
-from trtdebug.workflows.quantize import Calibration, calibration_files, int8_model
+from trtdebug.workflows.quantize import DEFAULT_CALIBRATION_METHOD, Calibration, calibration_files, int8_model
 
 Shape = tuple[int, ...]
 DEFAULT_PRECISION = "fp16"
@@ -62,7 +61,7 @@ class ProblemSpec:
 
     model: str | Path
     precision: str | None = None
-    engine: str = "emulator"
+    engine: str = DEFAULT_ENGINE
     input_shapes: Mapping[str, Shape] = field(default_factory=dict)  # the shapes run; OPT of a profile
     input_profiles: Mapping[str, tuple[Shape, Shape, Shape]] = field(default_factory=dict)  # MIN, OPT, MAX
     input_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
@@ -76,7 +75,7 @@ class ProblemSpec:
     results: str | Path | None = None
     obey: bool = False
     calib_inputs: tuple[str | Path, ...] = ()  # implicit INT8 on the emulator: calibration batches
-    calib_method: str = "minmax"
+    calib_method: str = DEFAULT_CALIBRATION_METHOD
     memory_budget: int | None = None  # bytes compare may hold (None: a share of available memory)
 
 
@@ -128,16 +127,21 @@ def input_files(spec: ProblemSpec, model: Model) -> dict[str, Path | str | None]
     return files
 
 
-def prepare(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None = None,
-            lock: JournalLock | None = None) -> Case:
-    """Validate every choice and run the FP32 reference. `outputs` (label -> path) are the files the
-    workflow will write: checked against the inputs, and their folders created, before any work;
-    `lock` (a fallback journal's) is then taken, so a second run on the same --out is refused at once."""
+def load_model(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None = None) -> Model:
+    """The model, once `outputs` (label -> path: the files the workflow will write) are checked against
+    the inputs and their folders created, so a bad output path is refused before any work."""
     model = Model.load(spec.model)
     if outputs:
         prepare_outputs(outputs, input_files(spec, model))
-    if lock is not None:
-        lock.acquire()
+    return model
+
+
+def prepare(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None = None,
+            model: Model | None = None) -> Case:
+    """Validate every choice and run the FP32 reference. `outputs`: as load_model checks them;
+    `model`: the one load_model returned already (a workflow may take a lock in between)."""
+    if model is None:
+        model = load_model(spec, outputs)
     unknown = sorted(set(spec.output_tolerances) - {o.name for o in model.outputs})
     if unknown:
         raise UserError(f"--output-tol names {unknown[0]!r}, which is not a model output")
@@ -185,7 +189,7 @@ def _range_hint(name: str, value: np.ndarray, spec: ProblemSpec) -> str:
 def open_engine(name: str, results: str | Path | None = None, obey: bool = False,
                 feeds: Mapping[str, np.ndarray] | None = None,
                 profiles: Mapping[str, tuple[Shape, Shape, Shape]] | None = None,
-                calib_inputs: Sequence[str | Path] = (), calib_method: str = "entropy") -> Engine:
+                calib_inputs: Sequence[str | Path] = (), calib_method: str = DEFAULT_CALIBRATION_METHOD) -> Engine:
     """The engine by name. TensorRT builds get an optimization profile around the feeds' shapes, or the
     user's MIN/OPT/MAX profiles, the values of shape-tensor inputs from the feeds, and, for implicit
     INT8, the --calib-inputs batches (else the feeds, as the emulator calibrates)."""

@@ -34,6 +34,7 @@ from trtdebug.errors import UserError
 
 Feeds = dict[str, np.ndarray]
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_CALIBRATION_METHOD = "minmax"  # every command's: quantize, compare, fallback, build's TensorRT calibrator
 PER_CHANNEL_OPSET = 13  # QuantizeLinear's axis attribute (per-channel scales) arrived in opset 13
 DEFAULT_GENERATED_BATCHES = 8
 
@@ -43,7 +44,7 @@ class Calibration:
     """Where calibration data comes from and how ranges are chosen from it."""
 
     inputs: tuple[str | Path, ...] = ()  # .npz files or folders of them; empty: generated batches
-    method: str = "minmax"
+    method: str = DEFAULT_CALIBRATION_METHOD
     batches: int = DEFAULT_GENERATED_BATCHES  # generated batches when no inputs are given
     seed: int = 0
 
@@ -127,7 +128,7 @@ def upgraded(model: Model) -> tuple[onnx.ModelProto, int | None]:
 
 
 def quantize_proto(model: Model, batches: Sequence[Feeds],
-                   method: str = "minmax") -> tuple[onnx.ModelProto, int | None]:
+                   method: str = DEFAULT_CALIBRATION_METHOD) -> tuple[onnx.ModelProto, int | None]:
     """A Q/DQ version of `model`, calibrated on `batches`. Returns it and the opset it was upgraded from."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from trtdebug.artifacts.build_flags import FLAG_TOOLS
+from trtdebug.artifacts.build_flags import DEFAULT_TARGET_VERSION, FLAG_TOOLS, TARGET_VERSIONS
 from trtdebug.cli import console
 from trtdebug.cli.options import BUILDING_ENGINE, InputShape, NamedPair, problem_spec, verbose_option
+from trtdebug.engines import DEFAULT_ENGINE
 from trtdebug.errors import EXIT_OK, UserError
 
 
@@ -16,14 +17,15 @@ from trtdebug.errors import EXIT_OK, UserError
 @click.option("--plan", "plan_path", type=click.Path(path_type=str), required=True,
               help="Precision plan (from `trtdebug fallback`).")
 @click.option("--bans", "bans_path", type=click.Path(path_type=str), help="Tactic ban list to build with.")
-@click.option("--engine", "engine_name", type=BUILDING_ENGINE, default="emulator", show_default=True,
+@click.option("--engine", "engine_name", type=BUILDING_ENGINE, default=DEFAULT_ENGINE, show_default=True,
               help="Engine that builds a non-ONNX --out.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=str),
               help="NAME.onnx: the mixed-precision ONNX model; any other name: the serialized engine.")
 @click.option("--emit", "emit", type=click.Choice(list(FLAG_TOOLS)), multiple=True,
               help="Print the command that builds the plan with this tool (TensorRT <= 10.x; repeatable).")
 @click.option("--obey", is_flag=True, help="OBEY precision constraints instead of PREFER (TensorRT <= 10).")
-@click.option("--target-version", type=click.Choice(["8.6", "10", "11"]), default="10", show_default=True,
+@click.option("--target-version", type=click.Choice(list(TARGET_VERSIONS)), default=DEFAULT_TARGET_VERSION,
+              show_default=True,
               help="With --emit: the TensorRT version the flags are for (11 has no precision flags).")
 @click.option("--calib-cache", "calibration_cache", type=click.Path(dir_okay=False, path_type=str),
               help="With --emit and an INT8 plan: the calibration cache the build reads.")

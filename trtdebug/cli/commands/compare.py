@@ -9,7 +9,8 @@ import click
 from trtdebug.cli import console
 from trtdebug.cli.options import problem_options, problem_spec, verbose_option
 from trtdebug.cli.progress import quiet_option
-from trtdebug.engines.base import MARK_MODES
+from trtdebug.core.analysis.metrics import DEFAULT_LOCAL_SCOPE, LOCAL_SCOPES
+from trtdebug.engines.base import MARK_MODES, Marking
 from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 @click.command("compare")
 @verbose_option
 @problem_options
-@click.option("--mark", "mark_mode", type=click.Choice(list(MARK_MODES)), default="outputs",
+@click.option("--mark", "mark_mode", type=click.Choice(list(MARK_MODES)), default=Marking().mode,
               show_default=True, help="How TensorRT exposes layer outputs.")
 @click.option("--chunk", "chunk_size", type=click.IntRange(min=1), help="Expose at most this many tensors per build.")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
                    "of the engine outputs ({reference}: of the FP32 ones); exit 0 = pass.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
               help="Write a self-contained HTML report: error plot, every tensor, culprits' value histograms.")
-@click.option("--local-error", "local_scope", type=click.Choice(["wrong", "all"]), default="wrong", show_default=True,
+@click.option("--local-error", "local_scope", type=click.Choice(list(LOCAL_SCOPES)),
+              default=DEFAULT_LOCAL_SCOPE, show_default=True,
               help="Which layers run again alone on the reference's inputs (emulator): those writing tensors out "
                    "of tolerance (enough to tell introduced from propagated error), or all (local SNR of every "
                    "layer in the reports; costs about one more run of the model).")

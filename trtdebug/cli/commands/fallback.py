@@ -10,7 +10,7 @@ import click
 from trtdebug.cli import console
 from trtdebug.cli.options import problem_options, problem_spec, verbose_option
 from trtdebug.cli.progress import quiet_option
-from trtdebug.core.search.strategies import STRATEGIES
+from trtdebug.core.search.strategies import DEFAULT_STRATEGY, STRATEGIES
 from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
 
 
@@ -20,7 +20,7 @@ from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=str),
               help="Precision plan to write (default: MODEL.plan.json here); the journal, compare report "
                    "and rebuilt artefact are written beside it.")
-@click.option("--strategy", type=click.Choice(list(STRATEGIES)), default="ranked",
+@click.option("--strategy", type=click.Choice(list(STRATEGIES)), default=DEFAULT_STRATEGY,
               show_default=True, help="ranked: minimal set; linear/bisect: Polygraphy's first-K-layers baselines.")
 @click.option("--resume", is_flag=True, help="Continue the search recorded in the plan's journal.")
 @click.option("--check", "check_command", metavar="CMD",
@@ -41,11 +41,8 @@ def fallback_command(out_path: str | None, strategy: str, resume: bool, check_co
     from trtdebug.cli.interrupt import run_interruptible
     from trtdebug.cli.progress import progress_for, stop_display
     from trtdebug.cli.render.fallback import render_fallback
-    from trtdebug.core.search.journal import JournalLock
     from trtdebug.core.search.user_check import CheckCommand
-    from trtdebug.workflows.fallback import FallbackOutcome, fallback_outputs, output_paths, run_fallback
-    from trtdebug.workflows.parallel import open_judge
-    from trtdebug.workflows.problem import prepare
+    from trtdebug.workflows.fallback import FallbackOutcome, output_paths, run_fallback
 
     check = CheckCommand(check_command) if check_command is not None else None
     out = Path(out_path or f"{Path(problem_args['model']).stem}.plan.json")
@@ -55,19 +52,9 @@ def fallback_command(out_path: str | None, strategy: str, resume: bool, check_co
     progress = progress_for(console.stderr, quiet)
 
     def work() -> FallbackOutcome:
-        lock = JournalLock(output_paths(out)["journal"])
-        try:
-            progress.begin("loading the model and running the FP32 reference (onnxruntime)")
-            case = prepare(spec, outputs={**fallback_outputs(out), "--html": html_path}, lock=lock)
-            progress.end()
-            judge = open_judge(spec, case, jobs if jobs == "ray" else int(jobs), check, ray_address)
-            try:
-                return run_fallback(case, out, strategy, resume, check, progress, judge)
-            finally:
-                if judge is not None:
-                    judge.close()
-        finally:
-            lock.release()
+        return run_fallback(spec, out, strategy=strategy, resume=resume, check=check,
+                            jobs=jobs if jobs == "ray" else int(jobs), ray_address=ray_address, progress=progress,
+                            other_outputs={"--html": html_path})
 
     def interrupted() -> str:
         journal = output_paths(out)["journal"]

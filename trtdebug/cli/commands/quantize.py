@@ -10,6 +10,7 @@ import click
 from trtdebug.cli import console
 from trtdebug.cli.options import InputShape, NamedPair, calibration_options, verbose_option
 from trtdebug.errors import EXIT_OK
+from trtdebug.workflows.quantize import DEFAULT_GENERATED_BATCHES
 
 
 def compare_hint(path: str | Path, input_shapes: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...]) -> str:
@@ -33,7 +34,7 @@ def _options(func):  # type: ignore[no-untyped-def]
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=str),
               help="The Q/DQ model to write [default: MODEL's name with .qdq.onnx, beside it].")
 @_options
-@click.option("--calib-batches", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--calib-batches", type=click.IntRange(min=1), default=DEFAULT_GENERATED_BATCHES, show_default=True,
               help="Generated calibration batches (without --calib-inputs).")
 @click.option("--input-shape", "input_shapes", type=InputShape(), multiple=True,
               help="Shape of an input with dynamic dimensions, for generated batches, e.g. x:1x3x224x224.")

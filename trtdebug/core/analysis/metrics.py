@@ -271,6 +271,10 @@ class EngineLayer(Protocol):
     def extra(self) -> Mapping[str, Any]: ...
 
 
+# Which layers' local error compare computes: those writing tensors out of tolerance, or every one.
+LOCAL_SCOPES = ("wrong", "all")
+DEFAULT_LOCAL_SCOPE = "wrong"
+
 REPORT_FORMAT = "trtdebug.compare-report"
 REPORT_VERSION = 1
 

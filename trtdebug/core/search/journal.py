@@ -2,9 +2,9 @@
 
 Every line is written with a single write() on an O_APPEND descriptor and fsync'ed before the
 search goes on, so Ctrl-C or a crash leaves at worst a torn last line, which reading ignores
-(and cuts off, so the next append starts on a clean line). The first line records what the
-evaluations depend on (model, precision, pass criterion, engine, inputs, bans, base plan); a
-resume with other settings is refused, because its answers would not mean the same thing.
+(and cuts off, so the next append starts on a clean line). The first line holds the
+JournalSettings, everything that decides a verdict; a resume with any other setting is refused
+in one line naming it, because the journal's answers would not mean the same thing.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +23,69 @@ from trtdebug.core.system import files
 from trtdebug.errors import UserError
 
 JOURNAL_FORMAT = "trtdebug.fallback-journal"
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: the header's settings are JournalSettings, compared field by field on --resume
 
-# Header keys, in the order a mismatch is reported, with how to name them to the user.
-SETTING_NAMES = {
-    "model_sha256": "model", "precision": "--precision", "keep_precision": "fallback precision",
-    "criterion": "pass criterion (--atol/--rtol/--output-tol/--check)", "engine": "--engine",
-    "inputs_sha256": "input feeds (--inputs/--seed/--input-shape/--input-range)",
-    "bans_sha256": "--bans", "base_plan": "--plan",
-}
+NONE_SHOWN = "(none)"
+
+
+def _option(label: str) -> Any:
+    """A settings field and the option the user sets it with, as a refusal names it."""
+    return field(metadata={"option": label})
+
+
+@dataclass(frozen=True)
+class JournalSettings:
+    """Everything that decides a verdict, so a resumed search replays only answers that still hold.
+
+    Fields are JSON scalars (digests for files and plans), in the order a difference is reported:
+    the option a user typed before the digest it changes. The strategy is absent: it orders the
+    questions, not their answers, so a search may be resumed with another one."""
+
+    model_sha256: str = _option("model digest")
+    precision: str = _option("--precision")
+    keep_precision: str = _option("fallback precision")
+    engine: str = _option("--engine")
+    obey: bool = _option("--obey")
+    calib_method: str | None = _option("--calib-method")  # None: the build calibrates nothing
+    calib_inputs_sha256: str | None = _option("--calib-inputs digest")  # None: calibrated on the feeds
+    check: str | None = _option("--check")  # the command judges instead of the tolerances
+    atol: float | None = _option("--atol")
+    rtol: float | None = _option("--rtol")
+    output_tolerances: str | None = _option("--output-tol")  # NAME:ATOL,RTOL ..., sorted
+    input_shapes: str | None = _option("--input-shape")  # NAME:MIN,OPT,MAX ..., sorted
+    input_ranges: str | None = _option("--input-range")
+    seed: int | None = _option("--seed")  # None: the feeds come from --inputs
+    feeds_sha256: str = _option("input feeds digest")
+    base_plan_sha256: str = _option("--plan digest")
+    bans_sha256: str | None = _option("--bans digest")
+    # Last: it changes with the options above (calibration), which name the difference better.
+    quantized_sha256: str | None = _option("Q/DQ model and calibration digest")  # None: not a quantized model
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def refusal(self, recorded: Mapping[str, Any]) -> str | None:
+        """One line naming the first setting `recorded` (a journal's) differs in, or None."""
+        for setting in fields(self):
+            now = getattr(self, setting.name)
+            if setting.name not in recorded or recorded[setting.name] != now:
+                label = setting.metadata["option"]
+                return (f"--resume: this journal was written with {label} {_shown(recorded.get(setting.name))}, "
+                        f"not {_shown(now)}; run without --resume or with the same option")
+        return None
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return NONE_SHOWN
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    text = str(value)
+    if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+        return text[:12] + "…"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def journal_path(plan_path: str | Path) -> Path:
@@ -45,28 +100,21 @@ def lock_path(journal: str | Path) -> Path:
     return path.with_name(f"{path.name}.lock")
 
 
-_HELD: dict[Path, int] = {}  # lock files this process holds, and how many holders share each
-
-
 class JournalLock:
-    """An exclusive lock on a journal (fcntl.flock on a lock file beside it), held while a run writes
-    the journal and the files named after it. The OS releases it when its process dies, so a lock
-    file a crashed run left behind is simply taken over; the pid inside only names the holder."""
+    """An exclusive lock on a journal (fcntl.flock on a lock file beside it), held for a whole fallback
+    run: the FP32 reference, the search and the files named after the journal. Used as a context
+    manager, so every exit (an error, Ctrl-C) releases it; the OS releases it when its process dies,
+    so a lock file a crashed run left behind is simply taken over; the pid inside only names the holder."""
 
     def __init__(self, journal: str | Path):
         self.path = lock_path(journal)
         self._fd = -1
-        self._nested = False
 
-    def acquire(self) -> JournalLock:
-        """Re-entrant within a process: the CLI takes the lock before the FP32 reference runs (a second
-        run is refused at once), and run_fallback takes it again for library callers."""
-        key = self.path.resolve()
-        if key in _HELD:
-            _HELD[key] += 1
-            self._nested = True
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __enter__(self) -> JournalLock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the folder of {self.path}: {exc.strerror or exc}") from None
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
@@ -88,28 +136,15 @@ class JournalLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
-        _HELD[key] = 1
         return self
 
-    def release(self) -> None:
-        key = self.path.resolve()
-        if self._nested:
-            _HELD[key] -= 1
-            self._nested = False
-            return
+    def __exit__(self, *exc: object) -> None:
         if self._fd < 0:
             return
-        _HELD.pop(key, None)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # while still locked, so no other run can hold this file
         os.close(self._fd)
         self._fd = -1
-
-    def __enter__(self) -> JournalLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 def _read_pid(fd: int) -> int | None:
@@ -123,9 +158,9 @@ def _read_pid(fd: int) -> int | None:
 class Journal:
     """Append-only record of evaluations; `evaluations` and `ranking` hold what a resume replays."""
 
-    def __init__(self, path: str | Path, settings: Mapping[str, Any], resume: bool):
+    def __init__(self, path: str | Path, settings: JournalSettings, resume: bool):
         self.path = Path(path)
-        self.settings = dict(settings)
+        self.settings = settings
         self.evaluations: list[Evaluation] = []
         self.ranking: dict[str, Any] | None = None
         self.resumed = False
@@ -136,7 +171,7 @@ class Journal:
             self.path.write_bytes(b"")
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
             self._append(files.versioned(JOURNAL_FORMAT, JOURNAL_VERSION,
-                                         {"type": "header", "settings": self.settings}))
+                                         {"type": "header", "settings": self.settings.to_json()}))
             return
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
 
@@ -166,21 +201,20 @@ class Journal:
             return False
         if records[0].get("type") != "header":
             raise UserError(f"{self.path} is not a trtdebug fallback journal; pass another --out or delete it")
+        if records[0].get("format") == JOURNAL_FORMAT and records[0].get("version") != JOURNAL_VERSION:
+            raise UserError(f"--resume: {self.path} is fallback journal version {records[0].get('version')}, "
+                            f"which this trtdebug does not replay (it writes version {JOURNAL_VERSION}); "
+                            "run without --resume to start over")
         header = files.require_format(records[0], JOURNAL_FORMAT, JOURNAL_VERSION, str(self.path), "fallback journal")
-        self._check_settings(header.get("settings") or {})
+        refusal = self.settings.refusal(header.get("settings") or {})
+        if refusal is not None:
+            raise UserError(refusal)
         for record in records[1:]:
             if record.get("type") == "evaluation":
                 self.evaluations.append(_evaluation_from_json(record))
             elif record.get("type") == "ranking":
                 self.ranking = record
         return True
-
-    def _check_settings(self, recorded: Mapping[str, Any]) -> None:
-        for key, name in SETTING_NAMES.items():
-            if recorded.get(key) != self.settings.get(key):
-                raise UserError(f"--resume refused: the {name} differs from the run that wrote {self.path} "
-                                f"({_short(recorded.get(key))}, now {_short(self.settings.get(key))}); "
-                                "rerun with the same options, or without --resume to start over")
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -221,9 +255,3 @@ def _evaluation_from_json(record: Mapping[str, Any]) -> Evaluation:
     except (KeyError, TypeError) as exc:
         raise UserError(f"a journal evaluation record lacks {exc}; delete the journal to start over") from None
 
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
-    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
-        return value[:12] + "…"
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -38,6 +38,7 @@ from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 
 STRATEGIES = ("ranked", "linear", "bisect")
+DEFAULT_STRATEGY = "ranked"
 
 # Ops whose FP16 inputs or outputs commonly leave FP16's range or lose what matters: powers and
 # exponentials overflow, reductions and normalizations sum many values, divisions and roots
