@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,14 +14,14 @@ import onnx
 import pytest
 
 import trtdebug
+from tests.cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CONVNET = ROOT / "examples" / "overflow_convnet.onnx"
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "trtdebug", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    return run_cli(*args, cwd=cwd, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def test_docs_api_example_runs(tmp_path):

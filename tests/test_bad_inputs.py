@@ -1,13 +1,13 @@
 """Bad inputs as users bring them, through the real CLI: every one ends in exit 2 and exactly one
-line on stderr starting with "trtdebug: error:", no traceback, and every input file unchanged.
+line on stderr starting with "trtdebug: error:" that names the problem, no traceback, and nothing
+written: the folder holding every input (the command's working directory) is unchanged.
+All the CLI's bad-input cases live in the one table here, BAD.
 Model classes that must simply work (IR 3 with initializers as inputs, all-FP16, all-BF16, a graph
 without nodes) run compare and fallback to a verdict, quietly."""
 
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +16,9 @@ import onnx
 import pytest
 
 from fixtures import odd_models, planted
+from tests.cli import run_cli
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
-
-
-def trtdebug(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "trtdebug", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +42,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     PrecisionPlan(default="fp16").for_model(Model.load(files["clean"])).save(files["fp16_plan"])
     files["blocker"] = folder / "blocker"
     files["blocker"].write_text("a regular file, so nothing can be created under it\n")
+    files["garbage"] = folder / "garbage.onnx"
+    files["garbage"].write_bytes(b"\x00\x01 not a protobuf at all \xff" * 10)
+    files["wrong_names"] = folder / "wrong_names.npz"
+    np.savez(files["wrong_names"], other=np.zeros(planted.INPUT_SHAPE, np.float32))
+    files["wrong_shape"] = folder / "wrong_shape.npz"
+    np.savez(files["wrong_shape"], input=np.zeros((1, 3, 8, 8), np.float32))
+    files["pickled"] = folder / "pickled.npz"
+    np.savez(files["pickled"], input=np.array([{"a": 1}], dtype=object))
+    files["empty_batch"] = folder / "empty_batch.npz"  # zero samples: every comparison would pass
+    np.savez(files["empty_batch"], x=np.zeros((0, 3, 4, 4), np.float32))
+    files["one_batch"] = folder / "one_batch.npz"
+    np.savez(files["one_batch"], x=np.ones((1, 3, 4, 4), np.float32))
+    files["not_a_plan"] = folder / "not_a_plan.json"
+    files["not_a_plan"].write_text('{"hello": 1}')
     return files
 
 
@@ -58,6 +68,26 @@ class Bad:
 
 
 BAD = [
+    Bad("model-missing", ("compare", "missing.onnx"), ("model file not found",)),
+    Bad("model-not-onnx", ("compare", "{garbage}"), ("is not a readable ONNX model",)),
+    Bad("input-shape-unknown-input", ("compare", "{clean}", "--input-shape", "nope:1x2"), ("not a model input",)),
+    Bad("input-shape-without-dims", ("compare", "{clean}", "--input-shape", "input"),
+        ("Invalid value for '--input-shape'",)),
+    Bad("input-shape-wrong-rank", ("compare", "{clean}", "--input-shape", "input:1x3x8"), ("does not fit",)),
+    Bad("inputs-file-wrong-names", ("compare", "{clean}", "--inputs", "{wrong_names}"),
+        ("'other', which is not a model input",)),
+    Bad("inputs-file-wrong-shape", ("compare", "{clean}", "--inputs", "{wrong_shape}"), ("does not fit",)),
+    Bad("inputs-file-pickled", ("compare", "{clean}", "--inputs", "{pickled}"), ("pickled objects",)),
+    Bad("inputs-file-empty-batch", ("compare", "{dynamic}", "--inputs", "{empty_batch}"), ("'x'", "is empty")),
+    Bad("input-shape-contradicts-inputs", ("compare", "{dynamic}", "--inputs", "{one_batch}", "--input-shape",
+                                           "x:2x3x4x4"), ("contradicts the inputs file",)),
+    Bad("input-range-with-inputs", ("compare", "{dynamic}", "--inputs", "{one_batch}", "--input-range", "x:0,1"),
+        ("--input-range and --inputs",)),
+    Bad("check-that-cannot-run", ("compare", "{clean}", "--check", "no_such_tool_anywhere {{outputs}}"),
+        ("--check could not run",)),
+    Bad("plan-not-a-plan", ("compare", "{clean}", "--plan", "{not_a_plan}"), ("not a trtdebug precision plan",)),
+    Bad("results-engine-without-results", ("compare", "{clean}", "--engine", "results"), ("needs --results",)),
+    Bad("precision-unknown", ("compare", "{clean}", "--precision", "fp8"), ("Invalid value for '--precision'",)),
     Bad("nan-in-inputs-file", ("compare", "{clean}", "--inputs", "{nan_feeds}"), ("'input'",)),
     Bad("inf-in-inputs-file", ("compare", "{clean}", "--inputs", "{inf_feeds}"), ("'input'",)),
     Bad("atol-negative", ("compare", "{clean}", "--atol", "-1"), ("--atol",)),
@@ -93,24 +123,24 @@ BAD = [
 ]
 
 
-def _hashes(world: dict[str, Path]) -> dict[Path, str]:
-    folder = world["clean"].parent
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+def _hashes(folder: Path) -> dict[Path, str]:
+    """Every file under the folder (new ones included) and its content."""
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=False)]
                                                if c.xfail else []) for c in BAD])
-def test_bad_input_is_one_line_and_exit_2_and_touches_no_input(world, case: Bad):
-    before = _hashes(world)
-    run = trtdebug(*(a.format(**world) for a in case.args))
+def test_bad_input_is_one_line_and_exit_2_and_writes_nothing(world, case: Bad):
+    folder = world["clean"].parent
+    before = _hashes(folder)
+    run = run_cli(*(a.format(**world) for a in case.args), cwd=folder)
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2, run.stdout + run.stderr
     assert len(lines) == 1 and lines[0].startswith("trtdebug: error:"), run.stderr
     assert "Traceback" not in run.stdout + run.stderr
     for text in case.says:
         assert text in lines[0], lines[0]
-    after = _hashes(world)
-    assert {p: h for p, h in after.items() if p in before} == before  # every input file unchanged
+    assert _hashes(folder) == before  # every input unchanged, no file created
 
 
 def test_the_memory_check_counts_every_input_against_what_is_available(world):

@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.cli import start_cli
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "overflow_convnet.onnx"
 
 
 def _start(model: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "trtdebug", "compare", str(model)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return start_cli("compare", model)
 
 
 def _assert_quiet(stderr: str) -> None:

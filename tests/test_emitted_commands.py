@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.cli import run_cli
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 
@@ -23,8 +23,7 @@ TRTEXEC = json.loads((Path(__file__).parent / "data" / "trtexec_options.json").r
 
 
 def _emit(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "trtdebug", "build", *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
+    return run_cli("build", *args)
 
 
 @pytest.fixture
@@ -96,13 +95,10 @@ def test_the_option_table_is_nvidias():
 def test_quantizes_next_line_runs_as_printed(dynamic_model, tmp_path):
     model, _ = dynamic_model
     out = tmp_path / "quantized model.qdq.onnx"
-    run = subprocess.run([sys.executable, "-m", "trtdebug", "quantize", str(model), "--out", str(out),
-                          "--input-shape", "x:2x3x8x8", "--calib-batches", "2"], capture_output=True, text=True,
-                         timeout=300)
+    run = run_cli("quantize", model, "--out", out, "--input-shape", "x:2x3x8x8", "--calib-batches", "2")
     assert run.returncode == 0, run.stderr
     [hint] = [line.removeprefix("next: ") for line in run.stdout.splitlines() if line.startswith("next: ")]
     words = shlex.split(hint)
     assert words[:2] == ["trtdebug", "compare"]
-    pasted = subprocess.run([sys.executable, "-m", "trtdebug", *words[1:]], capture_output=True, text=True,
-                            timeout=300)
+    pasted = run_cli(*words[1:])
     assert pasted.returncode in (0, 1), pasted.stderr  # a verdict, not a usage error

@@ -7,14 +7,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import onnx
 import pytest
 
+from tests.cli import cli_command
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "overflow_convnet.onnx"
-COMPARE = [sys.executable, "-m", "trtdebug", "compare"]
+COMPARE = cli_command("compare")
 
 
 def _quiet(stderr: str) -> bool:

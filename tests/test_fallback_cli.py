@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,15 +14,11 @@ import pytest
 
 from fixtures.chain_models import planted_chain
 from fixtures.real_models import silero_vad_with_overflow
+from tests.cli import run_cli, start_cli
 from tests.conftest import SILERO_RANGES, SILERO_SHAPES
 from trtdebug.core.search.journal import journal_path
 from trtdebug.workflows.fallback import run_fallback
 from trtdebug.workflows.problem import ProblemSpec
-
-
-def trtdebug(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "trtdebug", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
 
 
 def _evaluations(plan: Path) -> list[dict]:
@@ -49,7 +44,7 @@ def chain(tmp_path_factory):
 def test_fallback_writes_plan_artefact_and_report_and_build_reuses_the_plan(chain, tmp_path):
     model, planted = chain
     plan = tmp_path / "plan.json"
-    run = trtdebug("fallback", model, "--out", plan)
+    run = run_cli("fallback", model, "--out", plan)
     assert run.returncode == 0, run.stderr
     assert "FOUND keep 3 of 60 eligible nodes in fp32, 1-minimal" in run.stdout
     assert "of FLOPs" in run.stdout and "of parameters" in run.stdout
@@ -69,22 +64,22 @@ def test_fallback_writes_plan_artefact_and_report_and_build_reuses_the_plan(chai
     onnx.checker.check_model(mixed)
     assert any(n.op_type == "Cast" for n in mixed.graph.node)
 
-    assert trtdebug("compare", model, "--plan", plan).returncode == 0
-    built = trtdebug("build", model, "--plan", plan, "--out", tmp_path / "again.onnx")
+    assert run_cli("compare", model, "--plan", plan).returncode == 0
+    built = run_cli("build", model, "--plan", plan, "--out", tmp_path / "again.onnx")
     assert built.returncode == 0, built.stderr
     assert (tmp_path / "again.onnx").read_bytes() == (tmp_path / "plan.mixed.onnx").read_bytes()
-    no_engine = trtdebug("build", model, "--plan", plan, "--out", tmp_path / "model.engine")
+    no_engine = run_cli("build", model, "--plan", plan, "--out", tmp_path / "model.engine")
     assert no_engine.returncode == 2 and "no serialized form" in no_engine.stderr
 
 
 def test_a_plan_for_another_model_is_refused_in_one_line(chain, tmp_path):
     model, _ = chain
     plan = tmp_path / "plan.json"
-    assert trtdebug("fallback", model, "--out", plan).returncode == 0
+    assert run_cli("fallback", model, "--out", plan).returncode == 0
     other = planted_chain(50, 1, seed=22).save(tmp_path / "other.onnx")
     for args in (("compare", other, "--plan", plan), ("build", other, "--plan", plan, "--out", tmp_path / "x.onnx"),
                  ("fallback", other, "--plan", plan, "--out", tmp_path / "other.plan.json")):
-        run = trtdebug(*args)
+        run = run_cli(*args)
         assert run.returncode == 2, (args, run.stderr)
         assert run.stderr.count("\n") == 1 and "was made for another model" in run.stderr
 
@@ -112,7 +107,7 @@ def test_check_command_is_the_pass_criterion(chain, tmp_path):
     metric = tmp_path / "metric.py"
     metric.write_text(METRIC)
     plan = tmp_path / "plan.json"
-    run = trtdebug("fallback", model, "--out", plan, "--check", f"{sys.executable} {metric} {{outputs}} {{reference}}")
+    run = run_cli("fallback", model, "--out", plan, "--check", f"{sys.executable} {metric} {{outputs}} {{reference}}")
     assert run.returncode == 0, run.stderr
     data = json.loads(plan.read_text())
     assert set(data["nodes"]) == set(planted.culprits)
@@ -123,8 +118,8 @@ def test_no_plan_exits_1_and_says_even_all_fp32_fails(chain, tmp_path):
     model, _ = chain
     script = tmp_path / "first_only.py"
     script.write_text(FIRST_CALL_ONLY)
-    run = trtdebug("fallback", model, "--out", tmp_path / "plan.json",
-                   "--check", f"{sys.executable} {script} {tmp_path / 'marker'} {{outputs}}")
+    run = run_cli("fallback", model, "--out", tmp_path / "plan.json",
+                  "--check", f"{sys.executable} {script} {tmp_path / 'marker'} {{outputs}}")
     assert run.returncode == 1, run.stderr
     assert "NO PLAN" in run.stdout and "even with all 60 candidate nodes in higher precision" in run.stdout
     assert not (tmp_path / "plan.json").exists()
@@ -132,9 +127,9 @@ def test_no_plan_exits_1_and_says_even_all_fp32_fails(chain, tmp_path):
 
 def test_bad_check_commands_are_usage_errors(chain, tmp_path):
     model, _ = chain
-    no_field = trtdebug("fallback", model, "--check", "python metric.py", "--out", tmp_path / "p.json")
+    no_field = run_cli("fallback", model, "--check", "python metric.py", "--out", tmp_path / "p.json")
     assert no_field.returncode == 2 and "{outputs}" in no_field.stderr
-    failing = trtdebug("fallback", model, "--check", "exit 3 # {outputs}", "--out", tmp_path / "p.json")
+    failing = run_cli("fallback", model, "--check", "exit 3 # {outputs}", "--out", tmp_path / "p.json")
     assert failing.returncode == 2 and "fails on the FP32 reference" in failing.stderr
 
 
@@ -143,8 +138,7 @@ def test_sigint_mid_search_then_resume_repeats_no_evaluation(tmp_path):
     planted = planted_chain(1000, 8, seed=23)
     model = planted.save(tmp_path / "chain.onnx")
     plan = tmp_path / "plan.json"
-    process = subprocess.Popen([sys.executable, "-m", "trtdebug", "fallback", str(model), "--out", str(plan)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = start_cli("fallback", model, "--out", plan)
     deadline = time.monotonic() + 120
     while len(_evaluations(plan)) < 4:
         assert process.poll() is None, "the search ended before it could be interrupted"
@@ -156,7 +150,7 @@ def test_sigint_mid_search_then_resume_repeats_no_evaluation(tmp_path):
     assert "rerun with --resume" in stderr
     interrupted = len(_evaluations(plan))
 
-    resumed = trtdebug("fallback", model, "--out", plan, "--resume")
+    resumed = run_cli("fallback", model, "--out", plan, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     records = _evaluations(plan)
     kept_sets = [frozenset(r["kept"]) for r in records]
@@ -174,12 +168,12 @@ def test_real_silero_vad_with_a_planted_overflow_is_repaired(tmp_path):
     model, planted_nodes = silero_vad_with_overflow(tmp_path)
     options = [a for s in SILERO_SHAPES for a in ("--input-shape", s)]
     options += [a for r in SILERO_RANGES for a in ("--input-range", r)]
-    broken = trtdebug("compare", model, *options)
+    broken = run_cli("compare", model, *options)
     assert broken.returncode == 1, broken.stderr  # the planted overflow breaks the FP16 build
     plan = tmp_path / "plan.json"
-    run = trtdebug("fallback", model, *options, "--out", plan)
+    run = run_cli("fallback", model, *options, "--out", plan)
     assert run.returncode == 0, run.stderr
     data = json.loads(plan.read_text())
     assert set(data["nodes"]) == set(planted_nodes)
     assert json.loads((tmp_path / "plan.compare.json").read_text())["passed"] is True
-    assert trtdebug("compare", model, *options, "--plan", plan).returncode == 0
+    assert run_cli("compare", model, *options, "--plan", plan).returncode == 0

@@ -13,16 +13,12 @@ import numpy as np
 import pytest
 
 from fixtures.chain_models import planted_chain
+from tests.cli import run_cli
 from trtdebug.core.search.journal import JOURNAL_FORMAT, journal_path, lock_path
 from trtdebug.engines.emulator.engine import EmulatorEngine
 from trtdebug.errors import UserError
 from trtdebug.workflows.fallback import run_fallback
 from trtdebug.workflows.problem import ProblemSpec, prepare
-
-
-def trtdebug(*args):
-    return subprocess.run([sys.executable, "-m", "trtdebug", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
 
 
 def _one_error(run: subprocess.CompletedProcess) -> str:
@@ -39,15 +35,15 @@ def chain(tmp_path_factory) -> Path:
 def test_resume_with_another_calibration_method_is_refused(chain, tmp_path):
     # Implicit INT8 on the emulator: the float model is calibrated in memory, so the method decides verdicts.
     plan = tmp_path / "plan.json"
-    first = trtdebug("fallback", chain, "--precision", "int8", "--calib-method", "entropy", "--out", plan)
+    first = run_cli("fallback", chain, "--precision", "int8", "--calib-method", "entropy", "--out", plan)
     assert first.returncode in (0, 1), first.stderr
     journal_before = journal_path(plan).read_bytes()
-    resumed = trtdebug("fallback", chain, "--precision", "int8", "--calib-method", "minmax", "--out", plan, "--resume")
+    resumed = run_cli("fallback", chain, "--precision", "int8", "--calib-method", "minmax", "--out", plan, "--resume")
     error = _one_error(resumed)
     assert "this journal was written with --calib-method entropy, not minmax" in error
     assert "without --resume" in error
     assert journal_path(plan).read_bytes() == journal_before  # the refused run replayed and wrote nothing
-    same = trtdebug("fallback", chain, "--precision", "int8", "--calib-method", "entropy", "--out", plan, "--resume")
+    same = run_cli("fallback", chain, "--precision", "int8", "--calib-method", "entropy", "--out", plan, "--resume")
     assert same.returncode == first.returncode, same.stderr
     assert "(0 in this run" in same.stdout  # every verdict replayed
 
@@ -79,9 +75,9 @@ def test_resume_with_another_verdict_setting_is_refused_naming_it(chain, tmp_pat
     folder = [str(tmp_path / a) if a.endswith(".npz") else a for a in first]
     again = [str(tmp_path / a) if a.endswith(".npz") else a for a in second]
     plan = tmp_path / "plan.json"
-    written = trtdebug("fallback", chain, *folder, "--out", plan)
+    written = run_cli("fallback", chain, *folder, "--out", plan)
     assert written.returncode in (0, 1), written.stderr
-    error = _one_error(trtdebug("fallback", chain, *again, "--out", plan, "--resume"))
+    error = _one_error(run_cli("fallback", chain, *again, "--out", plan, "--resume"))
     assert "--resume: this journal was written with " + expected in error, error
     assert error.endswith("run without --resume or with the same option"), error
 
@@ -91,7 +87,7 @@ def test_a_journal_of_the_previous_format_is_refused_in_one_line(chain, tmp_path
     header = {"format": JOURNAL_FORMAT, "version": 1, "type": "header",
               "settings": {"model_sha256": "0" * 64, "precision": "fp16"}}
     journal_path(plan).write_text(json.dumps(header) + "\n")
-    error = _one_error(trtdebug("fallback", chain, "--out", plan, "--resume"))
+    error = _one_error(run_cli("fallback", chain, "--out", plan, "--resume"))
     assert "version 1" in error and "without --resume" in error, error
 
 

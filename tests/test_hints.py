@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from fixtures import odd_models, planted
 from tests import trt_fake
+from tests.cli import run_cli
 from trtdebug.cli.options import InputShape, NamedPair
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
@@ -25,10 +25,6 @@ from trtdebug.errors import UserError
 # A suggestion, as messages word one: "give one with --input-shape x:1x3", "e.g. --check \"...\"".
 HINT = re.compile(r"(?:with|e\.g\.|use|pass) (--input-shape|--input-range|--output-tol|--check) (\"[^\"]*\"|\S+)")
 
-
-def trtdebug(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "trtdebug", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
 
 
 def hints(message: str) -> list[tuple[str, str]]:
@@ -56,11 +52,11 @@ def dynamic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_dynamic_shape_hint_parses_and_the_suggested_command_works(dynamic):
-    run = trtdebug("compare", dynamic)
+    run = run_cli("compare", dynamic)
     assert run.returncode == 2
     (option, value), = hints(run.stderr)
     parses(option, value)
-    assert trtdebug("compare", dynamic, option, value).returncode == 0
+    assert run_cli("compare", dynamic, option, value).returncode == 0
 
 
 def test_the_check_hint_parses(tmp_path):
@@ -96,8 +92,8 @@ def test_the_integer_range_hint_parses_and_the_suggested_command_works(tmp_path)
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])])
     model = tmp_path / "ints.onnx"
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), model)
-    run = trtdebug("compare", model, "--input-range", "ids:0.2,0.7")
+    run = run_cli("compare", model, "--input-range", "ids:0.2,0.7")
     assert run.returncode == 2, run.stderr
     (option, value), = hints(run.stderr)
     parses(option, value)
-    assert trtdebug("compare", model, option, value).returncode == 0
+    assert run_cli("compare", model, option, value).returncode == 0

@@ -14,14 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli import run_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TMUX = shutil.which("tmux")
 
-
-def trtdebug(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "trtdebug", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
 
 
 def _tensor_data(page: str) -> dict:
@@ -34,7 +32,7 @@ def _tensor_data(page: str) -> dict:
 def overflow_report(planted_models, tmp_path_factory) -> tuple[Path, Path]:
     model, truth = planted_models["overflow"]
     folder = tmp_path_factory.mktemp("html")
-    run = trtdebug("compare", model, "--html", folder / "report.html", "--json", folder / "report.json", "--quiet")
+    run = run_cli("compare", model, "--html", folder / "report.html", "--json", folder / "report.json", "--quiet")
     assert run.returncode == 1, run.stderr
     assert run.stderr == "", "--quiet prints no progress"
     return folder / "report.html", folder / "report.json"
@@ -60,7 +58,7 @@ def test_compare_html_is_self_contained_and_holds_every_tensor(overflow_report, 
 
 def test_fallback_and_tactics_html_show_kept_nodes_journal_and_bans(planted_models, tmp_path):
     model, truth = planted_models["overflow"]
-    fallback = trtdebug("fallback", model, "--out", tmp_path / "plan.json", "--html", tmp_path / "fallback.html")
+    fallback = run_cli("fallback", model, "--out", tmp_path / "plan.json", "--html", tmp_path / "fallback.html")
     assert fallback.returncode == 0, fallback.stderr
     page = (tmp_path / "fallback.html").read_text()
     kept = json.loads((tmp_path / "plan.json").read_text())["provenance"]["kept"]
@@ -70,7 +68,7 @@ def test_fallback_and_tactics_html_show_kept_nodes_journal_and_bans(planted_mode
     evaluations = sum(1 for line in journal_lines if json.loads(line).get("type") == "evaluation")
     assert f"Journal: {evaluations} evaluations" in page
 
-    tactics = trtdebug("tactics", model, "--html", tmp_path / "tactics.html", "--quiet")
+    tactics = run_cli("tactics", model, "--html", tmp_path / "tactics.html", "--quiet")
     assert tactics.returncode in (0, 1), tactics.stderr
     page = (tmp_path / "tactics.html").read_text()
     assert "Ban list and its evidence" in page and truth.node in page
@@ -78,7 +76,7 @@ def test_fallback_and_tactics_html_show_kept_nodes_journal_and_bans(planted_mode
 
 def test_html_output_is_checked_before_work(planted_models, tmp_path):
     model, _ = planted_models["overflow"]
-    run = trtdebug("compare", model, "--html", model)
+    run = run_cli("compare", model, "--html", model)
     assert run.returncode == 2 and "--html" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
 

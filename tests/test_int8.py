@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +23,13 @@ from fixtures.int8_models import (
     planted_scale,
     quantized_classifier,
 )
+from tests.cli import run_cli
 from trtdebug.core.model.graph import Model
 from trtdebug.core.quantized.qdq import QuantizedModel, QuantParams
 from trtdebug.core.quantized.scale_findings import detect_coarse_scale, detect_saturation, quantization_stats
 
 SHAPE = ("--input-shape", CLASSIFIER_SHAPE_OPTION)
 
-
-def trtdebug(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "trtdebug", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +42,7 @@ def int8_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
 
 def _compare_json(model: Path, tmp_path: Path, *extra) -> tuple[subprocess.CompletedProcess, dict]:
     report = tmp_path / f"{model.stem}.json"
-    run = trtdebug("compare", model, "--precision", "int8", *SHAPE, "--json", report, *extra)
+    run = run_cli("compare", model, "--precision", "int8", *SHAPE, "--json", report, *extra)
     return run, json.loads(report.read_text())
 
 
@@ -60,7 +56,7 @@ def _int8_defects(report: dict) -> list[tuple[str, str]]:
 def test_quantize_writes_a_per_channel_qdq_model_upgraded_from_opset_11(tmp_path):
     source = tmp_path / "cls.onnx"
     source.write_bytes(ocr_classifier().read_bytes())
-    run = trtdebug("quantize", source, *SHAPE, "--calib-batches", "2", "--calib-method", "percentile")
+    run = run_cli("quantize", source, *SHAPE, "--calib-batches", "2", "--calib-method", "percentile")
     assert run.returncode == 0, run.stderr
     out = tmp_path / "cls.qdq.onnx"
     assert f"wrote {out}" in run.stdout and "opset 11" in run.stderr
@@ -76,13 +72,13 @@ def test_quantize_writes_a_per_channel_qdq_model_upgraded_from_opset_11(tmp_path
 def test_quantize_refuses_to_overwrite_its_input_and_reads_calibration_folders(tmp_path):
     source = tmp_path / "cls.onnx"
     source.write_bytes(ocr_classifier().read_bytes())
-    refused = trtdebug("quantize", source, "--out", source, *SHAPE)
+    refused = run_cli("quantize", source, "--out", source, *SHAPE)
     assert refused.returncode == 2 and "would overwrite" in refused.stderr
     batches = tmp_path / "calib"
     batches.mkdir()
     for i in range(2):
         np.savez(batches / f"b{i}.npz", x=np.random.default_rng(i).uniform(0, 1, CLASSIFIER_SHAPE).astype(np.float32))
-    run = trtdebug("quantize", source, "--out", tmp_path / "q.onnx", "--calib-inputs", batches)
+    run = run_cli("quantize", source, "--out", tmp_path / "q.onnx", "--calib-inputs", batches)
     assert run.returncode == 0, run.stderr
     assert "on 2 batches" in run.stdout
 
@@ -183,7 +179,7 @@ def test_compare_names_the_planted_tensor(int8_models, tmp_path, fixture, kind):
 def test_fallback_removes_the_planted_pair(int8_models, tmp_path, fixture):
     path, pair = int8_models[fixture]
     plan_path = tmp_path / "plan.json"
-    run = trtdebug("fallback", path, "--precision", "int8", *SHAPE, "--out", plan_path)
+    run = run_cli("fallback", path, "--precision", "int8", *SHAPE, "--out", plan_path)
     assert run.returncode == 0, run.stdout + run.stderr
     plan = json.loads(plan_path.read_text())
     assert plan["default"] == "int8" and plan["nodes"] == {pair: "fp16"}
@@ -192,9 +188,9 @@ def test_fallback_removes_the_planted_pair(int8_models, tmp_path, fixture):
     # The artefact is the Q/DQ model without that pair, and it passes as it is.
     artefact = tmp_path / "plan.mixed.onnx"
     assert not any(n.name == pair for n in onnx.load(str(artefact)).graph.node)
-    assert trtdebug("compare", artefact, "--precision", "int8", *SHAPE).returncode == 0
+    assert run_cli("compare", artefact, "--precision", "int8", *SHAPE).returncode == 0
     # The plan applies to the planted model too.
-    assert trtdebug("compare", path, "--plan", plan_path, *SHAPE).returncode == 0
+    assert run_cli("compare", path, "--plan", plan_path, *SHAPE).returncode == 0
 
 
 # -- implicit INT8: a float model calibrated in memory ----------------------------------------------------
@@ -204,11 +200,11 @@ def test_implicit_int8_calibrates_the_float_model(tmp_path):
     narrow.mkdir()
     np.savez(narrow / "b0.npz", x=np.random.default_rng(0).uniform(-0.05, 0.05, CLASSIFIER_SHAPE).astype(np.float32))
     model = ocr_classifier()
-    same_data = trtdebug("compare", model, "--precision", "int8", *SHAPE, "--json", tmp_path / "same.json")
+    same_data = run_cli("compare", model, "--precision", "int8", *SHAPE, "--json", tmp_path / "same.json")
     assert same_data.returncode == 0, same_data.stdout + same_data.stderr
     # Calibrated on inputs 20x narrower than those compared, the first layer's input saturates.
-    narrow_run = trtdebug("compare", model, "--precision", "int8", *SHAPE, "--calib-inputs", narrow,
-                          "--json", tmp_path / "narrow.json")
+    narrow_run = run_cli("compare", model, "--precision", "int8", *SHAPE, "--calib-inputs", narrow,
+                         "--json", tmp_path / "narrow.json")
     report = json.loads((tmp_path / "narrow.json").read_text())
     assert narrow_run.returncode in (0, 1), narrow_run.stderr  # the classifier's argmax may survive it
     first_conv = "batch_norm_0.tmp_2"

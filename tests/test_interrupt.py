@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from fixtures.chain_models import planted_chain
+from tests.cli import start_cli
 from trtdebug.core.search.journal import journal_path
 
 RAN = "layer outputs exposed, and running: done"  # the marked run is over; the local-error setup follows
 
 
 def _start(*args: object) -> tuple[subprocess.Popen[str], list[str]]:
-    process = subprocess.Popen([sys.executable, "-m", "trtdebug", *map(str, args)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = start_cli(*args)
     lines: list[str] = []
     assert process.stderr is not None
     stream = process.stderr

@@ -5,24 +5,17 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 from fixtures.chain_models import planted_chain
+from tests.cli import run_cli, start_cli
 from trtdebug.core.search.journal import journal_path, lock_path
-
-
-def trtdebug(*args):
-    return subprocess.run([sys.executable, "-m", "trtdebug", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
 
 
 def test_a_second_fallback_on_the_same_out_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path):
     slow = planted_chain(1500, 10, seed=5).save(tmp_path / "slow.onnx")  # a search of many seconds
     plan = tmp_path / "plan.json"
-    first = subprocess.Popen([sys.executable, "-m", "trtdebug", "fallback", str(slow), "--out", str(plan)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = start_cli("fallback", slow, "--out", plan)
     try:
         deadline = time.monotonic() + 120
         while not journal_path(plan).is_file() or journal_path(plan).stat().st_size == 0:
@@ -30,7 +23,7 @@ def test_a_second_fallback_on_the_same_out_is_refused_and_a_killed_runs_lock_is_
             assert time.monotonic() < deadline
             time.sleep(0.02)
         journal_before = journal_path(plan).read_bytes()
-        second = trtdebug("fallback", slow, "--out", plan)
+        second = run_cli("fallback", slow, "--out", plan)
         assert first.poll() is None, "the first run ended before the second started; make the model slower"
         assert second.returncode == 2, second.stderr
         errors = [line for line in second.stderr.splitlines() if line.startswith("trtdebug: error:")]
@@ -45,7 +38,7 @@ def test_a_second_fallback_on_the_same_out_is_refused_and_a_killed_runs_lock_is_
     assert lock.read_text().strip() == str(first.pid)  # left behind, naming a dead process
 
     small = planted_chain(20, 1, seed=3).save(tmp_path / "small.onnx")
-    third = trtdebug("fallback", small, "--out", plan)
+    third = run_cli("fallback", small, "--out", plan)
     assert third.returncode == 0, third.stderr
     assert json.loads(plan.read_text())["format"] == "trtdebug.precision-plan"
     assert not lock.exists()  # a finished run removes its lock file

@@ -4,12 +4,11 @@ tolerance), and says exactly what `--local-error all` says about where error is 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from fixtures.chain_models import planted_chain
+from tests.cli import run_cli
 from trtdebug.core.analysis.metrics import Tolerance
 from trtdebug.core.model.feeds import generate_feeds, resolve_shapes
 from trtdebug.core.model.graph import Model
@@ -56,8 +55,7 @@ def test_compare_local_error_option_reaches_the_json_report(four_culprits, tmp_p
     _, path = four_culprits
     for scope in ("wrong", "all"):
         report = tmp_path / f"{scope}.json"
-        run = subprocess.run([sys.executable, "-m", "trtdebug", "compare", str(path), "--local-error", scope,
-                              "--json", str(report)], capture_output=True, text=True, check=False)
+        run = run_cli("compare", path, "--local-error", scope, "--json", report)
         assert run.returncode == 1, run.stderr
         data = json.loads(report.read_text())
         assert data["notes"]["local_error_scope"] == scope

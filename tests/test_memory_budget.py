@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fixtures.chain_models import planted_chain
 from fixtures.planted import write_all
+from tests.cli import cli_command, run_cli
 from trtdebug.artifacts.compare_report import write_compare_report
 from trtdebug.core.model.graph import Model
 from trtdebug.core.reference import ort_sessions
@@ -57,8 +58,7 @@ def test_format_size_is_binary():
 @pytest.mark.parametrize("text", ["12XB", "0", "lots"])
 def test_a_bad_memory_budget_is_one_line_and_exit_2(text, tmp_path):
     model = planted_chain(20, 1, seed=0).save(tmp_path / "chain.onnx")
-    done = subprocess.run([sys.executable, "-m", "trtdebug", "compare", str(model), "--memory-budget", text],
-                          capture_output=True, text=True)
+    done = run_cli("compare", model, "--memory-budget", text)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "--memory-budget" in lines[0], done.stderr
@@ -166,8 +166,7 @@ print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 def _compare_measured(model: Path, report: Path, *extra: str) -> tuple[int, int]:
     """Exit code and peak RSS (KiB) of one compare, measured in a fresh process so that no earlier
     child counts."""
-    command = [sys.executable, "-m", "trtdebug", "compare", str(model), "--input-shape", f"x:{ROWS}x16",
-               "--json", str(report), *extra]
+    command = cli_command("compare", model, "--input-shape", f"x:{ROWS}x16", "--json", report, *extra)
     done = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, check=True)
     code, peak = done.stdout.split()
     return int(code), int(peak)
@@ -204,8 +203,7 @@ def test_a_64mb_budget_finds_the_same_culprit_in_chunks_with_less_memory(wide_ch
 @pytest.mark.slow
 def test_the_report_says_how_many_chunks(wide_chain, tmp_path):
     model, _ = wide_chain
-    done = subprocess.run([sys.executable, "-m", "trtdebug", "compare", str(model), "--input-shape",
-                           f"x:{ROWS}x16", "--memory-budget", "64MB"], capture_output=True, text=True)
+    done = run_cli("compare", model, "--input-shape", f"x:{ROWS}x16", "--memory-budget", "64MB")
     assert done.returncode == 1, done.stderr
     notes = [line for line in done.stdout.splitlines() if line.startswith("compared in ")]
     assert len(notes) == 1 and notes[0].endswith(

@@ -5,8 +5,6 @@ the candidate is the model as given), and one with an FP16 overflow found in suc
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +12,9 @@ import onnx
 import pytest
 
 from fixtures import odd_models
+from tests.cli import run_cli
 from trtdebug.core.model.graph import Model
 from trtdebug.workflows.problem import ProblemSpec, prepare
-
-
-def trtdebug(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "trtdebug", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +24,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("name", ["ir3", "fp16", "bf16"])
 def test_compare_and_fallback_run_the_model_class(models, name, tmp_path):
-    compared = trtdebug("compare", models[name])
+    compared = run_cli("compare", models[name])
     assert compared.returncode == 0, compared.stdout + compared.stderr
     assert "error" not in compared.stderr and "Traceback" not in compared.stderr, compared.stderr
     assert f"PASS {name}.onnx" in compared.stdout
     plan = tmp_path / "plan.json"
-    fallback = trtdebug("fallback", models[name], "--out", plan)
+    fallback = run_cli("fallback", models[name], "--out", plan)
     assert fallback.returncode == 0, fallback.stdout + fallback.stderr
     assert "error" not in fallback.stderr and "Traceback" not in fallback.stderr
     assert json.loads(plan.read_text())["format"] == "trtdebug.precision-plan"
@@ -61,11 +55,11 @@ def test_fp16_and_bf16_models_get_feeds_in_their_type_and_an_fp32_reference(mode
 
 
 def test_an_overflow_in_an_all_fp16_model_is_found_and_fixed(models, tmp_path):
-    compared = trtdebug("compare", models["fp16_overflow"])
+    compared = run_cli("compare", models["fp16_overflow"])
     assert compared.returncode == 1, compared.stdout + compared.stderr
     assert "Culprit: amplify (Mul), tensor m2" in compared.stdout
     plan = tmp_path / "plan.json"
-    fallback = trtdebug("fallback", models["fp16_overflow"], "--out", plan)
+    fallback = run_cli("fallback", models["fp16_overflow"], "--out", plan)
     assert fallback.returncode == 0, fallback.stdout + fallback.stderr
     assert set(json.loads(plan.read_text())["nodes"]) == {"amplify", "scale_down"}
-    assert trtdebug("compare", models["fp16_overflow"], "--plan", plan).returncode == 0
+    assert run_cli("compare", models["fp16_overflow"], "--plan", plan).returncode == 0

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from fixtures.chain_models import planted_chain
+from tests.cli import run_cli
 from tests.test_search import Oracle
 from trtdebug.core.search.journal import journal_path
 from trtdebug.core.search.strategies import Evaluation, Evaluator, run_strategy
@@ -98,10 +97,6 @@ def test_with_four_jobs_rounds_halve_for_at_most_a_quarter_more_builds_on_good_r
 
 # -- worker processes through the CLI --------------------------------------------------------------
 
-def trtdebug(*args):
-    return subprocess.run([sys.executable, "-m", "trtdebug", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
-
 
 def _records(plan: Path) -> list[dict]:
     lines = journal_path(plan).read_text().splitlines()
@@ -120,7 +115,7 @@ def test_jobs_2_writes_the_plan_of_jobs_1_and_one_journal(chain, tmp_path):
     plans = {}
     for jobs in (1, 2):
         plan = tmp_path / f"plan{jobs}.json"
-        run = trtdebug("fallback", model, "--out", plan, "--jobs", jobs)
+        run = run_cli("fallback", model, "--out", plan, "--jobs", jobs)
         assert run.returncode == 0, run.stderr
         plans[jobs] = json.loads(plan.read_text())
     assert plans[2]["nodes"] == plans[1]["nodes"]
@@ -137,24 +132,24 @@ def test_jobs_2_writes_the_plan_of_jobs_1_and_one_journal(chain, tmp_path):
 def test_resume_works_across_job_counts(chain, tmp_path):
     model, planted = chain
     plan = tmp_path / "plan.json"
-    assert trtdebug("fallback", model, "--out", plan, "--jobs", 1).returncode == 0
+    assert run_cli("fallback", model, "--out", plan, "--jobs", 1).returncode == 0
     journal = journal_path(plan)
     lines = journal.read_text().splitlines(keepends=True)
     journal.write_text("".join(lines[:6]))  # as if interrupted after a few builds
-    resumed = trtdebug("fallback", model, "--out", plan, "--resume", "--jobs", 2)
+    resumed = run_cli("fallback", model, "--out", plan, "--resume", "--jobs", 2)
     assert resumed.returncode == 0, resumed.stderr
     data = json.loads(plan.read_text())
     assert set(data["nodes"]) == set(planted.culprits) and data["provenance"]["resumed"] is True
     kept = [frozenset(r["kept"]) for r in _records(plan) if r["type"] == "evaluation"]
     assert len(kept) == len(set(kept)), "an evaluation was repeated after --resume"
-    again = trtdebug("fallback", model, "--out", plan, "--resume", "--jobs", 1)
+    again = run_cli("fallback", model, "--out", plan, "--resume", "--jobs", 1)
     assert again.returncode == 0, again.stderr
     assert json.loads(plan.read_text())["provenance"]["builds_this_run"] == 0  # all replayed
 
 
 def test_jobs_must_be_a_count_or_ray(chain, tmp_path):
     model, _ = chain
-    run = trtdebug("fallback", model, "--out", tmp_path / "p.json", "--jobs", "zero")
+    run = run_cli("fallback", model, "--out", tmp_path / "p.json", "--jobs", "zero")
     assert run.returncode == 2 and "--jobs" in run.stderr
 
 

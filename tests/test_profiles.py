@@ -3,8 +3,6 @@ saved engine; engines that run one shape refuse it; bad profiles are one-line er
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fixtures import odd_models
+from tests.cli import run_cli
 from trtdebug.core.plans.precision_plan import PrecisionPlan
-
-
-def trtdebug(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "trtdebug", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
 
 
 @pytest.fixture
@@ -54,8 +48,8 @@ def test_profile_reaches_the_tensorrt_engine_options(dynamic_batch_model: Path) 
 @pytest.mark.rtx
 def test_build_saves_an_engine_with_the_users_profile(dynamic_batch_model: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorrt_rtx_bindings")
-    run = trtdebug("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--engine", "tensorrt-rtx",
-                   "--input-shape", "x:1x3x8x8,2x3x8x8,4x3x8x8", "--out", tmp_path / "out" / "dyn.engine")
+    run = run_cli("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--engine", "tensorrt-rtx",
+                  "--input-shape", "x:1x3x8x8,2x3x8x8,4x3x8x8", "--out", tmp_path / "out" / "dyn.engine")
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "out" / "dyn.engine").stat().st_size > 1000
 
@@ -67,19 +61,19 @@ def test_build_saves_an_engine_with_the_users_profile(dynamic_batch_model: Path,
     ("x:0x3x8x8", "at least 1"),
 ])
 def test_bad_profiles_are_one_line_errors(dynamic_batch_model: Path, shape: str, message: str) -> None:
-    run = trtdebug("compare", dynamic_batch_model, "--input-shape", shape)
+    run = run_cli("compare", dynamic_batch_model, "--input-shape", shape)
     assert run.returncode == 2 and message in run.stderr and run.stderr.count("\n") == 1, run.stderr
 
 
 def test_the_emulator_refuses_a_profile(dynamic_batch_model: Path) -> None:
-    run = trtdebug("compare", dynamic_batch_model, "--input-shape", "x:1x3x8x8,2x3x8x8,4x3x8x8")
+    run = run_cli("compare", dynamic_batch_model, "--input-shape", "x:1x3x8x8,2x3x8x8,4x3x8x8")
     assert run.returncode == 2 and "optimization profile" in run.stderr and "NAME:DxDx" in run.stderr
 
 
 def test_emit_prints_commands_and_refuses_what_the_target_version_lacks(dynamic_batch_model: Path,
                                                                         tmp_path: Path) -> None:
-    run = trtdebug("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--emit", "trtexec",
-                   "--emit", "polygraphy", "--input-shape", "x:1x3x8x8,2x3x8x8,4x3x8x8")
+    run = run_cli("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--emit", "trtexec",
+                  "--emit", "polygraphy", "--input-shape", "x:1x3x8x8,2x3x8x8,4x3x8x8")
     assert run.returncode == 0, run.stderr
     engine = dynamic_batch_model.with_suffix(".engine")
     assert run.stdout.splitlines() == [
@@ -87,15 +81,15 @@ def test_emit_prints_commands_and_refuses_what_the_target_version_lacks(dynamic_
         "--optShapes=x:2x3x8x8 --maxShapes=x:4x3x8x8 --noTF32",
         f"polygraphy convert {dynamic_batch_model} -o {engine} --fp16 --trt-min-shapes 'x:[1,3,8,8]' "
         "--trt-opt-shapes 'x:[2,3,8,8]' --trt-max-shapes 'x:[4,3,8,8]'"]  # quoted: [] is a shell glob
-    unshaped = trtdebug("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--emit", "trtexec")
+    unshaped = run_cli("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--emit", "trtexec")
     assert unshaped.returncode == 2 and "input 'x' has dynamic dimensions" in unshaped.stderr, unshaped.stderr
-    eleven = trtdebug("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--emit", "trtexec",
-                      "--target-version", "11")
+    eleven = run_cli("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--emit", "trtexec",
+                     "--target-version", "11")
     assert eleven.returncode == 2 and "mixed-precision ONNX" in eleven.stderr
 
 
 def test_outputs_get_the_usual_file_permissions(dynamic_batch_model: Path, tmp_path: Path) -> None:
-    run = trtdebug("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--out", tmp_path / "m.onnx")
+    run = run_cli("build", dynamic_batch_model, "--plan", tmp_path / "plan.json", "--out", tmp_path / "m.onnx")
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "m.onnx").stat().st_mode & 0o044  # readable by others, like any file the user writes
 
@@ -111,7 +105,7 @@ def test_build_takes_shape_tensor_values_from_inputs(tmp_path: Path) -> None:
     from trtdebug.core.model.graph import Model
 
     PrecisionPlan("fp16").for_model(Model.load(tmp_path / "reshape.onnx")).save(tmp_path / "plan.json")
-    run = trtdebug("build", tmp_path / "reshape.onnx", "--plan", tmp_path / "plan.json", "--engine", "tensorrt-rtx",
-                   "--inputs", tmp_path / "feeds.npz", "--out", tmp_path / "reshape.engine")
+    run = run_cli("build", tmp_path / "reshape.onnx", "--plan", tmp_path / "plan.json", "--engine", "tensorrt-rtx",
+                  "--inputs", tmp_path / "feeds.npz", "--out", tmp_path / "reshape.engine")
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "reshape.engine").stat().st_size > 1000

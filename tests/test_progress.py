@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -14,8 +14,7 @@ def test_piped_progress_lines_are_never_wrapped(planted_models):
     """rich gives a pipe 80 columns; a step line longer than that must not leave its time on a line
     of its own ("...reference's inputs: done in" then "0.0s")."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"}
-    run = subprocess.run([sys.executable, "-m", "trtdebug", "compare", str(planted_models["overflow"][0])],
-                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    run = run_cli("compare", planted_models["overflow"][0], env=env, cwd=ROOT)
     assert run.returncode == 1, run.stderr
     lines = run.stderr.splitlines()
     long_steps = [line for line in lines if len(line) > 80]

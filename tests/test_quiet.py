@@ -4,7 +4,6 @@ Polygraphy's [I]/[W] lines with --engine results, onnxruntime's log, numpy's Run
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -12,15 +11,12 @@ import pytest
 from polygraphy.comparator import RunResults
 
 from fixtures import odd_models, planted
+from tests.cli import run_cli
 from trtdebug.core.model.graph import Model
 from trtdebug.core.reference.fp32_run import run_reference
 
 NOISE = ("[W]", "[I]", "Warning", "RuntimeWarning", "onnxruntime:")
 
-
-def trtdebug(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "trtdebug", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
 
 
 def assert_quiet(run: subprocess.CompletedProcess[str]) -> None:
@@ -48,10 +44,10 @@ def results_case(tmp_path_factory: pytest.TempPathFactory):
 def test_polygraphy_results_are_read_quietly_and_verbose_shows_its_log(results_case):
     model, feeds, results = results_case
     args = ("compare", model, "--engine", "results", "--results", results, "--inputs", feeds)
-    run = trtdebug(*args)
+    run = run_cli(*args)
     assert run.returncode == 0, run.stdout + run.stderr
     assert_quiet(run)
-    verbose = trtdebug("--verbose", *args)
+    verbose = run_cli("--verbose", *args)
     assert verbose.returncode == 0
     assert "[I] Loading inference results" in verbose.stdout + verbose.stderr
 
@@ -59,12 +55,12 @@ def test_polygraphy_results_are_read_quietly_and_verbose_shows_its_log(results_c
 def test_onnxruntime_log_only_when_verbose(tmp_path):
     model = tmp_path / "fp16.onnx"
     onnx.save(odd_models.all_fp16(), model)
-    run = trtdebug("compare", model)
+    run = run_cli("compare", model)
     assert run.returncode == 0, run.stdout + run.stderr
     assert_quiet(run)
-    verbose = trtdebug("-v", "compare", model)
+    verbose = run_cli("-v", "compare", model)
     assert "[W:onnxruntime" in verbose.stderr  # its graph optimizer's notes on the emulator's folding
-    after_the_command = trtdebug("compare", "--verbose", model)  # where users often put it
+    after_the_command = run_cli("compare", "--verbose", model)  # where users often put it
     assert "[W:onnxruntime" in after_the_command.stderr
 
 
@@ -73,8 +69,8 @@ def test_numpy_warnings_only_when_verbose(tmp_path):
     onnx.save(odd_models.all_fp16(), model)
     feeds = tmp_path / "big.npz"  # FP32 values beyond FP16: the cast to the model's FP16 input overflows
     np.savez(feeds, x=np.full(odd_models.SHAPE, 1e5, dtype=np.float32))
-    run = trtdebug("compare", model, "--inputs", feeds)
+    run = run_cli("compare", model, "--inputs", feeds)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr  # refused: the feeds became inf
     assert_quiet(run)
-    verbose = trtdebug("-v", "compare", model, "--inputs", feeds)
+    verbose = run_cli("-v", "compare", model, "--inputs", feeds)
     assert "RuntimeWarning: overflow" in verbose.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,14 +14,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fixtures import real_models as rm
+from tests.cli import run_cli
 from trtdebug.core.analysis.defects import detect
 from trtdebug.core.model.feeds import generate_feeds
 from trtdebug.core.model.graph import Model
-
-
-def trtdebug(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "trtdebug", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
 
 
 def _shape_args(shapes: dict) -> list[str]:
@@ -41,8 +36,8 @@ def test_nan_or_inf_in_an_inputs_file_is_refused(planted_models, tmp_path):
     values[0, 1, 2, :3] = [np.nan, np.inf, -np.inf]
     np.savez(tmp_path / "feeds.npz", input=values)
     for command in ("compare", "fallback"):
-        run = trtdebug(command, model, "--inputs", tmp_path / "feeds.npz", "--out" if command == "fallback" else
-                       "--top", tmp_path / "p.json" if command == "fallback" else 5, cwd=tmp_path)
+        run = run_cli(command, model, "--inputs", tmp_path / "feeds.npz", "--out" if command == "fallback" else
+                      "--top", tmp_path / "p.json" if command == "fallback" else 5, cwd=tmp_path)
         assert run.returncode == 2, run.stdout + run.stderr
         assert "input 'input'" in run.stderr and "3 NaN/inf" in run.stderr and run.stderr.count("\n") == 1
     assert not (tmp_path / "p.json").exists()
@@ -52,14 +47,15 @@ def test_nan_or_inf_in_an_inputs_file_is_refused(planted_models, tmp_path):
 def test_encoder_whose_generated_mask_makes_the_reference_nan_is_refused_with_a_hint_that_works():
     path = rm.text_encoder()
     shapes = _shape_args(rm.ENCODER_SHAPES)
-    run = trtdebug("compare", path, *shapes)  # default integers in [0, 7]: mask values the model never sees
+    run = run_cli("compare", path, *shapes, timeout=600)  # default integers in [0, 7]: mask values the model never sees
     assert run.returncode == 2, run.stdout + run.stderr
     assert "reference itself is not finite" in run.stderr and rm.ENCODER_MASK_NONFINITE_TENSOR in run.stderr
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
     hint = run.stderr.split("e.g. ")[1].split(" (or")[0]
     assert hint == "--input-range attention_mask:0,1"
     # The hint is accepted as written and gives a reference that is finite: a verdict (0 or 1), not exit 2.
-    fixed = trtdebug("compare", path, *shapes, *shlex.split(hint), "--input-range", "input_ids:0,30521")
+    fixed = run_cli("compare", path, *shapes, *shlex.split(hint), "--input-range", "input_ids:0,30521",
+                    timeout=600)
     assert fixed.returncode in (0, 1), fixed.stderr
 
 
@@ -68,8 +64,8 @@ def test_encoder_whose_generated_mask_makes_the_reference_nan_is_refused_with_a_
 @pytest.mark.slow
 def test_real_detector_headline_names_the_overflow_not_an_earlier_small_rounding(tmp_path):
     path, culprit, decoy = rm.detector_with_planted_overflow(tmp_path)
-    run = trtdebug("compare", path, *_shape_args(rm.DETECTOR_SHAPES), *_range_args(rm.DETECTOR_RANGES),
-                   "--json", tmp_path / "report.json")
+    run = run_cli("compare", path, *_shape_args(rm.DETECTOR_SHAPES), *_range_args(rm.DETECTOR_RANGES),
+                  "--json", tmp_path / "report.json", timeout=600)
     assert run.returncode == 1, run.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["culprits"][0]["node"] == culprit == rm.DETECTOR_OVERFLOW_NODE
@@ -85,7 +81,7 @@ def test_real_detector_headline_names_the_overflow_not_an_earlier_small_rounding
 
 def test_pass_prints_no_culprit_line(planted_models):
     path, _ = planted_models["clean"]
-    run = trtdebug("compare", path)
+    run = run_cli("compare", path)
     assert run.returncode == 0 and "PASS" in run.stdout
     assert "Culprit" not in run.stdout and "introduced" not in run.stdout.split("Worst layers")[0]
 
@@ -93,7 +89,7 @@ def test_pass_prints_no_culprit_line(planted_models):
 @pytest.mark.parametrize("fixture", ["clean", "overflow", "underflow", "all_zero"])
 def test_json_outputs_agree_with_the_verdict_at_its_tolerance(planted_models, tmp_path, fixture):
     path, _ = planted_models[fixture]
-    run = trtdebug("compare", path, "--json", tmp_path / "r.json", "--output-tol", "logits:0.05,0.05")
+    run = run_cli("compare", path, "--json", tmp_path / "r.json", "--output-tol", "logits:0.05,0.05")
     report = json.loads((tmp_path / "r.json").read_text())
     output = report["outputs"]["logits"]
     assert (output["atol"], output["rtol"]) == (0.05, 0.05)
@@ -110,12 +106,12 @@ def test_compare_check_uses_the_users_criterion(planted_models, tmp_path):
     metric.write_text("import sys, numpy as np\n"
                       "out = np.load(sys.argv[1])['logits']\n"
                       "sys.exit(0 if np.isfinite(out).all() else 1)\n")
-    failing = trtdebug("compare", path, "--check", f"{sys.executable} {metric} {{outputs}}")
+    failing = run_cli("compare", path, "--check", f"{sys.executable} {metric} {{outputs}}")
     assert failing.returncode == 1 and "--check exited 1" in failing.stdout
     assert "Culprit: conv_amplify" in failing.stdout
     lenient = tmp_path / "lenient.py"
     lenient.write_text("import sys\nsys.exit(0)\n")
-    passing = trtdebug("compare", path, "--check", f"{sys.executable} {lenient} {{outputs}}")
+    passing = run_cli("compare", path, "--check", f"{sys.executable} {lenient} {{outputs}}")
     assert passing.returncode == 0 and "pass the --check command" in passing.stdout and "Culprit" not in passing.stdout
 
 
@@ -142,8 +138,8 @@ def test_an_additive_mask_that_becomes_inf_in_fp16_is_not_a_defect(tmp_path):
     bias[..., 5:] = -1e9  # beyond FP16: -inf there, and Softmax gives 0 either way
     np.savez(tmp_path / "feeds.npz", x=np.random.default_rng(2).uniform(-1, 1, (1, 8, 8)).astype(np.float32),
              mask_bias=bias)
-    run = trtdebug("compare", tmp_path / "attn.onnx", "--inputs", tmp_path / "feeds.npz", "--json",
-                   tmp_path / "r.json")
+    run = run_cli("compare", tmp_path / "attn.onnx", "--inputs", tmp_path / "feeds.npz", "--json",
+                  tmp_path / "r.json")
     assert run.returncode == 0, run.stdout
     statuses = {t["tensor"]: t["status"] for t in json.loads((tmp_path / "r.json").read_text())["tensors"]}
     assert statuses["masked"] == "absorbed" and statuses["probs"] == "ok"
@@ -191,7 +187,7 @@ def test_recurrent_layers_are_marked_fp32_inside(tmp_path):
         "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 1, features])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, hidden])], weights)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "lstm.onnx")
-    run = trtdebug("compare", tmp_path / "lstm.onnx", "--json", tmp_path / "r.json")
+    run = run_cli("compare", tmp_path / "lstm.onnx", "--json", tmp_path / "r.json")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 layer(s) run in FP32 inside (lstm)" in run.stdout
     fidelity = {t["tensor"]: t["fidelity"] for t in json.loads((tmp_path / "r.json").read_text())["tensors"]}

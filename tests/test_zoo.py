@@ -14,7 +14,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import click
 import pytest
 
 from fixtures.zoo import ZOO, ZooModel
+from tests.cli import cli_command
 from trtdebug.cli.app import cli
 
 pytestmark = pytest.mark.slow
@@ -52,8 +52,7 @@ def _run(model: ZooModel, folder: Path) -> Run:
     """One `trtdebug compare` process per model, shared by every promise checked on it."""
     if model.name not in _runs:
         report_path = folder / f"{model.name}.json"
-        command = [sys.executable, "-m", "trtdebug", "compare", str(model.path()), "--json", str(report_path),
-                   *model.cli_args(folder)]
+        command = cli_command("compare", model.path(), "--json", report_path, *model.cli_args(folder))
         env = {k: v for k, v in os.environ.items() if k != "TRTDEBUG_TRACEBACK"}
         done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
         report = json.loads(report_path.read_text()) if report_path.is_file() else None

@@ -1079,6 +1079,14 @@ class FakeStream:
         return self.handle
 
 
+def get_cuda_native_handle(stream: Any) -> int:
+    """`cuda.bindings.utils.get_cuda_native_handle` for the fake's streams; like the real one, it
+    refuses an object it does not know."""
+    if not isinstance(stream, FakeStream):
+        raise TypeError(f"Unknown type: {type(stream)}")
+    return stream.handle
+
+
 class FakeCudart:
     """cuda-python's runtime module, with device memory in host memory (ctypes buffers)."""
 
