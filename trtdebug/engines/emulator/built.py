@@ -3,6 +3,7 @@ time on reference inputs (local error), in pieces, or with some tensors substitu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Protocol
@@ -14,6 +15,7 @@ from onnx import helper
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.reference import ort_sessions
+from trtdebug.core.reference.random_ops import RANDOM_OPS
 from trtdebug.engines.base import LayerInfo, Marking
 from trtdebug.engines.emulator.folding import FoldedGraph
 from trtdebug.engines.emulator.rounding import (
@@ -220,17 +222,44 @@ class EmulatorBuilt:
     def _local_layers(self, writing: Collection[str] | None = None) -> Iterator[tuple[onnx.NodeProto, list[str]]]:
         """The folded layers a local graph holds (those writing some of `writing`, or all), each with the
         tensors it reads from the reference (its inputs, weights aside)."""
-        initializers = {i.name for i in self.folded.proto.graph.initializer}
+        constants = self._constants
         original = set(self.model.producer) | {i.name for i in self.model.inputs}
         for node in self.folded.proto.graph.node:
             if writing is not None and not any(o in writing for o in node.output):
                 continue
-            sources = [t for t in node.input if t and t not in initializers]
+            sources = [t for t in node.input if t and t not in constants]
             if any(t not in original for t in sources):
                 continue  # reads a tensor the folding invented: no reference value exists
             if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
                 continue  # If/Loop/Scan bodies read outer-scope tensors that cannot be cut loose
             yield node, sources
+
+    @functools.cached_property
+    def _constants(self) -> set[str]:
+        """Tensors computed from weights alone (weights included): a layer reading one reads it as a
+        weight, computed in the local graph, not cut loose (a Q/DQ model's INT8 weights stored
+        quantized are read through DequantizeLinear nodes of constants: the reference has no such
+        tensor, its float counterpart holds their values as weights)."""
+        constants = {i.name for i in self.folded.proto.graph.initializer}
+        for node in self.folded.proto.graph.node:
+            draws = node.op_type in RANDOM_OPS
+            subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+            if not draws and not subgraph and all(t in constants for t in node.input if t):
+                constants.update(t for t in node.output if t)
+        return constants
+
+    def _constant_producers(self, reads: Collection[str], kept: Collection[str]) -> list[onnx.NodeProto]:
+        """The nodes (in graph order) computing the constants in `reads` that no kept layer writes."""
+        producer = {t: n for n in self.folded.proto.graph.node for t in n.output if t}
+        needed: set[str] = set()
+        stack = [t for t in reads if t in producer and t in self._constants]
+        while stack:
+            node = producer[stack.pop()]
+            if node.name in needed or node.name in kept:
+                continue
+            needed.add(node.name)
+            stack.extend(t for t in node.input if t in producer)
+        return [n for n in self.folded.proto.graph.node if n.name in needed]
 
     def _make_local_graph(self, writing: Collection[str] | None = None
                           ) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
@@ -253,6 +282,12 @@ class EmulatorBuilt:
                     feeds_from[REF_PREFIX + t] = t
             kept.graph.node.append(copy)
             outputs.extend(o for o in copy.output if o in original)
+        layers = [n.name for n in kept.graph.node]
+        producers = self._constant_producers({t for n in kept.graph.node for t in n.input}, layers)
+        if producers:  # before their readers: the graph stays in topological order
+            nodes = [*producers, *kept.graph.node]
+            del kept.graph.node[:]
+            kept.graph.node.extend(nodes)
         read = {t for node in kept.graph.node for t in node.input}
         kept.graph.initializer.extend(i for i in source.graph.initializer if i.name in read)
         for name, tensor in feeds_from.items():
