@@ -60,10 +60,16 @@ def _shared_arena() -> bool:
     return True
 
 
+class BuiltGraphRejected(RuntimeError):
+    """onnxruntime cannot load a graph trtdebug built from the user's model (emulated, local-error,
+    substituting graph, a piece): a bug of trtdebug, never the model's fault (exit 3, not 2)."""
+
+
 def session(proto: onnx.ModelProto, level: str = "disable", threads: int = 0,
-            optimized_path: str | None = None, spin: bool = True) -> ort.InferenceSession:
+            optimized_path: str | None = None, spin: bool = True, built: str = "") -> ort.InferenceSession:
     """`spin` False: onnxruntime's idle threads sleep instead of spinning, leaving the CPUs to work that
-    runs beside the session (compare measures one piece while the next runs)."""
+    runs beside the session (compare measures one piece while the next runs).
+    `built`: what trtdebug built `proto` as ("the local-error graph"); empty for the user's model."""
     options = ort.SessionOptions()
     if _shared_arena():
         options.add_session_config_entry("session.use_env_allocators", "1")
@@ -80,13 +86,16 @@ def session(proto: onnx.ModelProto, level: str = "disable", threads: int = 0,
     except Exception as exc:
         newest_ir = _max_ir_version(str(exc))
         if newest_ir is None or proto.ir_version <= newest_ir:
+            if built:
+                raise BuiltGraphRejected(f"onnxruntime cannot load {built} trtdebug built from the model (a bug "
+                                         f"in trtdebug, not in the model): {first_line(exc)}") from None
             raise UserError(_load_error(proto, exc)) from None
     # A newer onnx package stamps an IR version onnxruntime does not know yet; the graph itself
     # rarely uses anything new, so retry with the newest IR version onnxruntime accepts.
     downgraded = onnx.ModelProto()
     downgraded.CopyFrom(proto)
     downgraded.ir_version = newest_ir
-    return session(downgraded, level, threads, optimized_path, spin)
+    return session(downgraded, level, threads, optimized_path, spin, built)
 
 
 def _load_error(proto: onnx.ModelProto, exc: BaseException) -> str:

@@ -63,10 +63,13 @@ def split_by_targets(proto: onnx.ModelProto, groups: Sequence[Iterable[str]]) ->
 
 
 class PiecewiseGraph:
-    """A model run piece by piece (module docstring). `exposed`: tensors each piece returns."""
+    """A model run piece by piece (module docstring). `exposed`: tensors each piece returns.
+    `built`: what trtdebug built `proto` as (ort_sessions.session), empty for the user's model."""
 
-    def __init__(self, proto: onnx.ModelProto, pieces: Sequence[Sequence[int]], exposed: Iterable[str]):
+    def __init__(self, proto: onnx.ModelProto, pieces: Sequence[Sequence[int]], exposed: Iterable[str],
+                 built: str = ""):
         self.proto = proto
+        self.built = built
         self.pieces = [list(p) for p in pieces]
         self.exposed = set(exposed)
         nodes = proto.graph.node
@@ -115,7 +118,7 @@ class PiecewiseGraph:
         model.graph.CopyFrom(graph)
         # pieces run beside the threads measuring the piece before (run_ahead): onnxruntime's threads spinning
         # between kernels took the CPUs from them (compare on the detector: 5.4 s against 4.6 s without)
-        self._sessions[k] = ort_sessions.session(model, spin=False)
+        self._sessions[k] = ort_sessions.session(model, spin=False, built=f"a piece of {self.built}" * bool(self.built))
         self._input_names[k] = inputs
         return self._sessions[k]
 

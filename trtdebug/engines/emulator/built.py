@@ -3,6 +3,7 @@ time on reference inputs (local error), in pieces, or with some tensors substitu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Protocol
@@ -14,6 +15,7 @@ from onnx import helper
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.reference import ort_sessions
+from trtdebug.core.reference.random_ops import RANDOM_OPS
 from trtdebug.engines.base import LayerInfo, Marking
 from trtdebug.engines.emulator.folding import FoldedGraph
 from trtdebug.engines.emulator.rounding import (
@@ -29,6 +31,8 @@ SUBSTITUTE_PREFIX = "substitute::"  # graph inputs that replace a layer output i
 SWITCH_PREFIX = "switch::"  # ... and whether they do, in this run
 SWITCHED_PREFIX = "switched::"  # the value consumers read: the layer's own or the substitute
 REF_PREFIX = "ref::"  # graph inputs of the local-error graph carry reference values
+# what trtdebug built, as onnxruntime's load errors name it (they are trtdebug's bugs, not the model's)
+EMULATED, LOCAL, SUBSTITUTING = "the emulated graph", "the local-error graph", "the substituting graph"
 
 
 class FoldedBuilder(Protocol):
@@ -89,7 +93,8 @@ class EmulatorBuilt:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._session is None:
-            self._session = ort_sessions.session(ort_sessions.with_outputs(self.proto, self._exposed_names))
+            self._session = ort_sessions.session(ort_sessions.with_outputs(self.proto, self._exposed_names),
+                                                 built=EMULATED)
         return ort_sessions.run(self._session, feeds)
 
     def run_local(self, reference: Mapping[str, np.ndarray],
@@ -112,7 +117,7 @@ class EmulatorBuilt:
         wanted = [t for t in dict.fromkeys(tensors) if t in computed]
         if not wanted:
             return {}
-        session = ort_sessions.session(ort_sessions.with_outputs(proto, wanted))
+        session = ort_sessions.session(ort_sessions.with_outputs(proto, wanted), built=LOCAL)
         return ort_sessions.run(session, {name: reference[tensor] for name, tensor in feeds_from.items()}, wanted)
 
     def run_pieces(self, feeds: Mapping[str, np.ndarray], groups: Sequence[Sequence[str]]
@@ -144,7 +149,7 @@ class EmulatorBuilt:
     def run_exposing(self, feeds: Mapping[str, np.ndarray], tensors: Sequence[str]) -> dict[str, np.ndarray]:
         from trtdebug.core.reference.pieces import PiecewiseGraph
 
-        graph = PiecewiseGraph(self.proto, [list(range(len(self.proto.graph.node)))], tensors)
+        graph = PiecewiseGraph(self.proto, [list(range(len(self.proto.graph.node)))], tensors, EMULATED)
         return next(iter(graph.run(feeds)))
 
     def _piecewise(self, groups: Sequence[Sequence[str]]) -> tuple[Any, Any]:
@@ -153,9 +158,9 @@ class EmulatorBuilt:
         key = id(groups)
         if key not in self._pieces:
             self._pieces.clear()
-            graph = PiecewiseGraph(self.proto, split_by_targets(self.proto, groups), self._exposed_names)
+            graph = PiecewiseGraph(self.proto, split_by_targets(self.proto, groups), self._exposed_names, EMULATED)
             local_proto, _, outputs = self._local_graph()
-            local = PiecewiseGraph(local_proto, split_by_targets(local_proto, groups), outputs)
+            local = PiecewiseGraph(local_proto, split_by_targets(local_proto, groups), outputs, LOCAL)
             self._pieces[key] = (graph, local)
         return self._pieces[key]
 
@@ -205,11 +210,12 @@ class EmulatorBuilt:
             graph.input.append(helper.make_tensor_value_info(SWITCH_PREFIX + tensor, onnx.TensorProto.BOOL, []))
             graph.input.append(helper.make_tensor_value_info(
                 SUBSTITUTE_PREFIX + tensor, onnx.helper.np_dtype_to_tensor_dtype(dtype), None))
-        return ort_sessions.session(proto)  # a switched final output is the graph's; run_substituted overrides it
+        # a switched final output is the graph's; run_substituted overrides it
+        return ort_sessions.session(proto, built=SUBSTITUTING)
 
     def _build_local(self) -> tuple[Any, dict[str, str]]:
         proto, feeds_from, outputs = self._local_graph()
-        return ort_sessions.session(ort_sessions.with_outputs(proto, outputs)), feeds_from
+        return ort_sessions.session(ort_sessions.with_outputs(proto, outputs), built=LOCAL), feeds_from
 
     def _local_graph(self) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
         """The folded graph with every layer's non-constant inputs cut loose into graph inputs."""
@@ -220,17 +226,53 @@ class EmulatorBuilt:
     def _local_layers(self, writing: Collection[str] | None = None) -> Iterator[tuple[onnx.NodeProto, list[str]]]:
         """The folded layers a local graph holds (those writing some of `writing`, or all), each with the
         tensors it reads from the reference (its inputs, weights aside)."""
-        initializers = {i.name for i in self.folded.proto.graph.initializer}
+        constants = self._constants
         original = set(self.model.producer) | {i.name for i in self.model.inputs}
         for node in self.folded.proto.graph.node:
             if writing is not None and not any(o in writing for o in node.output):
                 continue
-            sources = [t for t in node.input if t and t not in initializers]
+            sources = [t for t in node.input if t and t not in constants]
             if any(t not in original for t in sources):
                 continue  # reads a tensor the folding invented: no reference value exists
             if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
                 continue  # If/Loop/Scan bodies read outer-scope tensors that cannot be cut loose
             yield node, sources
+
+    @functools.cached_property
+    def _constants(self) -> set[str]:
+        """Tensors computed from weights alone (weights included): a layer reading one reads it as a
+        weight, computed in the local graph, not cut loose (a Q/DQ model's INT8 weights stored
+        quantized are read through DequantizeLinear nodes of constants: the reference has no such
+        tensor, its float counterpart holds their values as weights)."""
+        constants = {i.name for i in self.folded.proto.graph.initializer}
+        for node in self.folded.proto.graph.node:
+            draws = node.op_type in RANDOM_OPS
+            subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+            if not draws and not subgraph and all(t in constants for t in node.input if t):
+                constants.update(t for t in node.output if t)
+        return constants
+
+    def _constant_producers(self, reads: Collection[str], kept: Collection[str]) -> list[onnx.NodeProto]:
+        """The nodes (in graph order) computing the constants in `reads` that no kept layer writes."""
+        producer = {t: n for n in self.folded.proto.graph.node for t in n.output if t}
+        needed: set[str] = set()
+        stack = [t for t in reads if t in producer and t in self._constants]
+        while stack:
+            node = producer[stack.pop()]
+            if node.name in needed or node.name in kept:
+                continue
+            needed.add(node.name)
+            stack.extend(t for t in node.input if t in producer)
+        return [n for n in self.folded.proto.graph.node if n.name in needed]
+
+    def _declared_shape(self, tensor: str) -> list[int | str | None] | None:
+        """The shape a cut-loose integer tensor is declared with: onnx's shape inference reads a shape
+        input it cannot see the values of (Resize's `sizes` cut loose from its Shape/Concat) as having
+        none, and rejects the graph, unless its length is declared. Float inputs stay undeclared."""
+        if self.model.is_float(tensor):
+            return None
+        shape = self.model.spec(tensor).shape
+        return list(shape) if shape is not None else None
 
     def _make_local_graph(self, writing: Collection[str] | None = None
                           ) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
@@ -253,12 +295,18 @@ class EmulatorBuilt:
                     feeds_from[REF_PREFIX + t] = t
             kept.graph.node.append(copy)
             outputs.extend(o for o in copy.output if o in original)
+        layers = [n.name for n in kept.graph.node]
+        producers = self._constant_producers({t for n in kept.graph.node for t in n.input}, layers)
+        if producers:  # before their readers: the graph stays in topological order
+            nodes = [*producers, *kept.graph.node]
+            del kept.graph.node[:]
+            kept.graph.node.extend(nodes)
         read = {t for node in kept.graph.node for t in node.input}
         kept.graph.initializer.extend(i for i in source.graph.initializer if i.name in read)
         for name, tensor in feeds_from.items():
             kept.graph.input.append(helper.make_tensor_value_info(
                 name, onnx.helper.np_dtype_to_tensor_dtype(self.model.dtype(tensor) or np.dtype("float32")),
-                None))
+                self._declared_shape(tensor)))
         cut_floats = {REF_PREFIX + t for t in feeds_from.values() if t in self.float_tensors}
         proto = self._rounded_graph(kept, self.float_tensors | cut_floats)
         return proto, feeds_from, outputs
