@@ -70,6 +70,8 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
     run again on the reference's inputs; "all" runs every layer (fallback ranks bystanders by it)."""
     if local_scope not in LOCAL_SCOPES:
         raise ValueError(f"local_scope must be one of {LOCAL_SCOPES}")
+    if check is not None:  # a command that cannot run, or fails the reference itself, gives no verdict
+        check.require_reference_passes(problem.reference_outputs())
     model = problem.model
     cplan = problem.memory_plan or plan_compare(model, tensor_bytes(model, problem.feeds),
                                                 problem.memory_budget or default_budget())

@@ -58,6 +58,8 @@ def compare_command(mark_mode: str, chunk_size: int | None, top: int, json_path:
     def work() -> CompareResult:
         progress.begin("loading the model and running the FP32 reference (onnxruntime)")
         case = prepare(spec, outputs={"--json": json_path, "--html": html_path})
+        if check is not None:  # refused here, before any build, if it cannot run or fails the reference
+            check.require_reference_passes(case.problem.reference_outputs())
         progress.end()
         return compare_case(case, Marking(mode=mark_mode, chunk_size=chunk_size),  # type: ignore[arg-type]
                             progress=progress, check=check, local_scope=local_scope,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from trtdebug.core.analysis.metrics import Verdict
+from trtdebug.core.model.feeds import feeds_sha256
 from trtdebug.core.system import files
 from trtdebug.errors import UserError
 
@@ -31,6 +32,7 @@ class CheckCommand:
             raise UserError(f"--check needs {OUTPUTS_FIELD} in the command, where trtdebug puts the .npz of "
                             "engine outputs, e.g. --check \"python my_metric.py {outputs}\"")
         self.template = template
+        self._passing_references: set[str] = set()
 
     def verdict(self, outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> Verdict:
         with tempfile.TemporaryDirectory(prefix="trtdebug-check-") as folder:
@@ -51,8 +53,13 @@ class CheckCommand:
         return Verdict(False, {}, f"--check exited {done.returncode}" + (f": {said[-1]}" if said else ""))
 
     def require_reference_passes(self, reference: Mapping[str, np.ndarray]) -> None:
-        """A criterion the FP32 reference itself fails can never be met: say so before searching."""
+        """A criterion the FP32 reference itself fails can never be met: say so before searching.
+        Asked again for the same reference, it does not run the command again."""
+        key = feeds_sha256(reference)
+        if key in self._passing_references:
+            return
         verdict = self.verdict(reference, reference)
         if not verdict.passed:
             raise UserError(f"--check fails on the FP32 reference outputs themselves ({verdict.reason}); "
                             "fix the command or its threshold")
+        self._passing_references.add(key)
