@@ -74,3 +74,15 @@ def test_every_dotted_module_reference_resolves():
 def test_the_dotted_finder_refuses_an_old_flat_module():
     assert not _resolves("core.attribution")
     assert _resolves("core.analysis.culprits") and _resolves("trtdebug.core.analysis.metrics.CompareResult")
+
+
+def _readme_commands() -> list[str]:
+    blocks = (ROOT / "README.md").read_text().split("## Set-up")[1].split("```")[1::2]
+    return [block.strip() for block in blocks[:2]]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    install_and_run, test = _readme_commands()
+    assert install_and_run.startswith("python3 -m venv .venv && ") and "trtdebug compare examples/" in install_and_run
+    assert test.startswith("python3 -m venv .venv && ") and test.endswith("python -m pytest")
+    assert test in (ROOT / ".ci" / "run").read_text().splitlines()
