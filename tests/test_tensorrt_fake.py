@@ -411,6 +411,26 @@ def test_timing_cache_ban_by_kernel_name(rtx_checked: trt_fake.Recorder, overflo
     assert conv2.tactic == conv.extra["kernels"][conv.alternatives[0]]
 
 
+# A conv kernel of TensorRT 10.13's TREx example engines (tools/experimental/trt-engine-explorer/examples/
+# pytorch/resnet/A100/qat-residual/resnet-qat-residual.onnx.engine.graph.json): 164 characters.
+LONG_KERNEL = ("sm80_xmma_fprop_implicit_gemm_interleaved_i8f16_i8i32_f32_nchw_vect_c_32kcrs_vect_c_32_nchw_vect_c_32_"
+               "tilesize128x128x64_stage4_warpsize2x2x1_g1_tensor16x8x32_t1r3s3")
+
+
+def test_kernel_names_longer_than_128_characters_get_alternatives_and_bans(rtx_checked: trt_fake.Recorder,
+                                                                           overflow_model: Model) -> None:
+    rtx_checked.kernel_prefix = LONG_KERNEL + "_"
+    engine = TensorRTEngine("tensorrt", record_tactics=True)
+    first = engine.build(overflow_model, PrecisionPlan("fp16"), None, Marking("none"))
+    conv = next(layer for layer in first.layers if layer.onnx_nodes == ("conv_amplify",))
+    kernel = conv.extra["kernels"][conv.extra["cache_tactic"]]
+    assert len(kernel) > 128 and len(conv.alternatives) == 2
+    ban = BanEntry(layer=conv.extra["tactic_layer"], tactic=kernel)
+    second = engine.build(overflow_model, PrecisionPlan("fp16"), BanList((ban,)), Marking("none"))
+    conv2 = next(la for la in second.layers if la.onnx_nodes == ("conv_amplify",))
+    assert conv2.extra["cache_tactic"] == conv.alternatives[0] and conv2.tactic != kernel
+
+
 # -- running (fake cuda-python: device memory is host memory) ---------------------------------------------
 
 def test_run_returns_every_marked_tensor_and_frees_buffers(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart,

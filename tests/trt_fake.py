@@ -193,6 +193,7 @@ class Recorder:
         self.most_live_engines = 0
         self.ignore_cache_edits = False  # the builder re-times edited entries and keeps its fastest kernel
         self.log_autotuning = True  # verbose "Autotuning op" tables in the build log
+        self.kernel_prefix = ""  # put before every kernel name (real ones run past 128 characters)
 
     def allows(self, owner: str, name: str) -> bool:
         if (owner, name) in self.missing or not self.api.has(owner, name):
@@ -705,7 +706,8 @@ class PlanInfo:
 def tactic_table(index: int, name: str) -> list[tuple[str, str, float]]:
     """Three tactics per compute layer, fastest first: (hash, kernel, milliseconds)."""
     base = 0x1000 * (index + 1)
-    return [(f"{base + k:#x}", f"sm80_kernel_{name}_{'abc'[k]}", 0.01 * (k + 1)) for k in range(3)]
+    prefix = recorder().kernel_prefix
+    return [(f"{base + k:#x}", f"{prefix}sm80_kernel_{name}_{'abc'[k]}", 0.01 * (k + 1)) for k in range(3)]
 
 
 class Builder(Checked):
