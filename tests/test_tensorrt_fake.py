@@ -169,6 +169,27 @@ def test_fp32_default_with_fp16_layers_holds_every_other_layer_to_fp32(fake: trt
     assert built.marking_notes["precision"]["others_held_to"] == "fp32"
 
 
+@pytest.mark.parametrize("suffix", [" | Local Function: block",  # 10.x parsers, 8.6 with a local function
+                                    " | computes the logits | Local Function: block"])  # 8.6: doc string lines
+def test_layer_metadata_with_properties_maps_to_its_node(fake: trt_fake.Recorder, overflow_model: Model,
+                                                         suffix: str) -> None:
+    """'[ONNX Layer: logits | ...]' (onnx-tensorrt processMetadata): the Gemm's bias-add layer
+    `logits_0`, whose name names no node, is planned and reported by its metadata."""
+    fake.metadata_suffix = suffix
+    built = TensorRTEngine("tensorrt").build(overflow_model, PrecisionPlan("fp16", {"logits": "fp32"}), None,
+                                             Marking("none"))
+    assert {name for name, _ in fake.called("ILayer", "precision")} == {"logits", "logits_0"}
+    assert next(la for la in built.layers if la.name == "logits_0").onnx_nodes == ("logits",)
+
+
+def test_metadata_names_the_calling_node_of_a_local_function() -> None:
+    from trtdebug.engines.tensorrt.layers import NodeResolver, metadata_nodes
+
+    # Newer parsers list the call stack, innermost first: "<calling node> (<function>)".
+    metadata = "[ONNX Layer: inner_add | block_call (Block)]\x1e[ONNX Layer: relu1]"
+    assert NodeResolver(["block_call", "relu1"]).known(metadata_nodes(metadata)) == ("block_call", "relu1")
+
+
 def test_empty_plan_sets_only_the_builder_flag(fake: trt_fake.Recorder, overflow_model: Model) -> None:
     TensorRTEngine("tensorrt").build(overflow_model, PrecisionPlan("fp16"), None, Marking("none"))
     assert [a[0] for a in fake.called("IBuilderConfig", "set_flag")] == ["FP16"]

@@ -193,6 +193,7 @@ class Recorder:
         self.most_live_engines = 0
         self.ignore_cache_edits = False  # the builder re-times edited entries and keeps its fastest kernel
         self.log_autotuning = True  # verbose "Autotuning op" tables in the build log
+        self.metadata_suffix = ""  # after the node name in layer metadata (" | Local Function: f")
         self.kernel_prefix = ""  # put before every kernel name (real ones run past 128 characters)
 
     def allows(self, owner: str, name: str) -> bool:
@@ -429,7 +430,7 @@ class ILayer(Checked):
 
     def __init__(self, name: str, kind: str, nodes: list[str], outputs: list[ITensor], inputs: list[str]):
         self._name, self._type, self._outputs, self._inputs = name, LayerType._members[kind], outputs, inputs
-        self._metadata = "".join(f"[ONNX Layer: {n}]" for n in nodes)
+        self._metadata = "".join(f"[ONNX Layer: {n}{recorder().metadata_suffix}]" for n in nodes)
         self._precision: EnumValue | None = None
         self._output_types: dict[int, EnumValue] = {}
 
