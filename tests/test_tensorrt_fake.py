@@ -469,6 +469,17 @@ def test_run_returns_every_marked_tensor_and_frees_buffers(fake: trt_fake.Record
     assert not cudart.buffers and not cudart.streams  # all freed, stream destroyed
 
 
+def test_a_tensor_mark_debug_refuses_is_not_expected(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart,
+                                                    overflow_model: Model) -> None:
+    refused = overflow_model.intermediate_tensors()[0]
+    fake.refuse_debug = {refused}  # mark_debug returns False: TensorRT did not mark it
+    built = TensorRTEngine("tensorrt").build(overflow_model, PrecisionPlan("fp16"), None, Marking("debug"))
+    assert refused not in built.marking_notes["marked"] and built.marking_notes["marked"]
+    assert {"tensor": refused, "reason": "mark_debug returned False: TensorRT did not mark it as a debug tensor"} \
+        in built.marking_notes["dropped"]
+    assert refused not in built.run(feeds_for(overflow_model))
+
+
 @pytest.mark.parametrize("mode", ["debug", "unfused"])
 def test_debug_tensors_come_back_through_the_listener(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart,
                                                       overflow_model: Model, mode: str,

@@ -193,6 +193,7 @@ class Recorder:
         self.most_live_engines = 0
         self.ignore_cache_edits = False  # the builder re-times edited entries and keeps its fastest kernel
         self.log_autotuning = True  # verbose "Autotuning op" tables in the build log
+        self.refuse_debug: set[str] = set()  # mark_debug returns False for these
         self.metadata_suffix = ""  # after the node name in layer metadata (" | Local Function: f")
         self.kernel_prefix = ""  # put before every kernel name (real ones run past 128 characters)
 
@@ -497,6 +498,8 @@ class INetworkDefinition(Checked):
 
     def mark_debug(self, tensor: ITensor) -> bool:
         recorder().call("INetworkDefinition", "mark_debug", tensor.name)
+        if tensor.name in recorder().refuse_debug:
+            return False
         tensor._debug = True
         return True
 

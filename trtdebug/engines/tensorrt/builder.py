@@ -64,6 +64,7 @@ class BuildResult:
     layer_source: str = ""
     records: list[TacticRecord] = field(default_factory=list)
     precision: PrecisionNotes = field(default_factory=PrecisionNotes)
+    refused: list[str] = field(default_factory=list)  # tensors mark_debug did not mark
 
     def failure(self) -> str:
         reason = self.errors[-1] if self.errors else "build_serialized_network returned nothing"
@@ -159,8 +160,9 @@ class NetworkBuilder:
         ranges = shape_ranges_for(network, self.options.input_shapes, self.options.shape_ranges,
                                   self.options.shape_input_values)
         profile = add_profile(builder, config, ranges)
+        refused: list[str] = []
         if mode in ("outputs", "debug"):
-            mark(network, marked, mode)
+            refused = mark(network, marked, mode)
         elif mode == "unfused":
             mark_unfused(network)
         precision = PrecisionNotes()
@@ -176,7 +178,7 @@ class NetworkBuilder:
             if calibrator is not None:
                 calibrator.release()
         del parser  # the parser owns the weights until the build is done
-        result = BuildResult(serialized, logger.errors(), records=records, precision=precision)
+        result = BuildResult(serialized, logger.errors(), records=records, precision=precision, refused=refused)
         if calibrator is not None and calibrator.errors:
             result.errors.append(f"calibration: {calibrator.errors[0]}")
         if serialized is not None:

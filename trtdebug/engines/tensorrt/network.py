@@ -248,17 +248,21 @@ def markable_tensors(trt_api: Any, network: trt.INetworkDefinition, wanted: set[
     return names
 
 
-def mark(network: trt.INetworkDefinition, names: Sequence[str], mode: str) -> None:
-    """Expose `names` as network outputs ("outputs") or debug tensors ("debug")."""
+def mark(network: trt.INetworkDefinition, names: Sequence[str], mode: str) -> list[str]:
+    """Expose `names` as network outputs ("outputs") or debug tensors ("debug"). Returns the names
+    TensorRT refused: `markDebug` returns false when the tensor is not marked (NvInfer.h,
+    INetworkDefinition::markDebug; `mark_output` returns nothing)."""
     tensors = network_tensors(network)
+    refused = []
     for name in names:
         tensor = tensors.get(name)
         if tensor is None:
             raise BuildError(f"the network has no tensor {name!r} to mark")
         if mode == "outputs":
             network.mark_output(tensor)
-        elif mode == "debug":
-            network.mark_debug(tensor)
+        elif mode == "debug" and not network.mark_debug(tensor):
+            refused.append(name)
+    return refused
 
 
 def mark_unfused(network: Any) -> None:
