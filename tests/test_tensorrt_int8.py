@@ -163,6 +163,25 @@ def test_weakly_typed_qdq_network_sets_int8_and_fp16_flags(fake: trt_fake.Record
     assert built.marking_notes["precision"]["flags"] == ["INT8", "FP16"]
 
 
+def test_qdq_model_built_at_fp32_gets_no_fp16_flag(fake: trt_fake.Recorder, qdq: QuantizedModel) -> None:
+    built = TensorRTEngine("tensorrt").build(qdq, PrecisionPlan("fp32"), None, Marking("none"))
+    assert "INT8" in flags_of(fake) and "FP16" not in flags_of(fake)
+    assert built.marking_notes["precision"]["flags"] == ["INT8"]
+
+
+def test_implicit_int8_baseline_gets_the_flags_of_its_candidates(fake: trt_fake.Recorder,
+                                                                cudart: trt_fake.FakeCudart) -> None:
+    model = Model.from_proto(planted.overflow()[0])
+    engine = TensorRTEngine("tensorrt", calibration_feeds=[{"input": np.zeros(planted.INPUT_SHAPE, np.float32)}])
+    flags = []
+    for plan in (PrecisionPlan("int8"), PrecisionPlan("int8", {"conv_amplify": "fp16"}),
+                 PrecisionPlan("int8", {"conv_amplify": "fp32"})):
+        fake.calls.clear()
+        engine.build(model, plan, None, Marking("none"))
+        flags.append({f for f in flags_of(fake) if f in ("INT8", "FP16", "BF16")})
+    assert flags == [{"INT8", "FP16"}] * 3
+
+
 def test_strongly_typed_qdq_network_sets_no_precision_flag(fake: trt_fake.Recorder, qdq: QuantizedModel) -> None:
     TensorRTEngine("tensorrt", typing="strong").build(qdq, PrecisionPlan("int8"), None, Marking("none"))
     assert not {"INT8", "FP16"} & set(flags_of(fake))

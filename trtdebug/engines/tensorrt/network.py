@@ -253,7 +253,7 @@ def mark(network: trt.INetworkDefinition, names: Sequence[str], mode: str) -> li
     TensorRT refused: `markDebug` returns false when the tensor is not marked (NvInfer.h,
     INetworkDefinition::markDebug; `mark_output` returns nothing)."""
     tensors = network_tensors(network)
-    refused = []
+    refused: list[str] = []
     for name in names:
         tensor = tensors.get(name)
         if tensor is None:
@@ -286,9 +286,14 @@ class PrecisionNotes:
 
 
 def builder_precision_flags(features: Features, plan: PrecisionPlan) -> list[str]:
-    """BuilderFlag names a plan needs: every reduced precision it uses anywhere."""
-    used = {plan.default, *plan.nodes.values()}
-    flags = [PRECISION_FLAG[p] for p in PRECISIONS if p in used and p in PRECISION_FLAG]
+    """BuilderFlag names a plan needs: its default's, then every other reduced precision it uses.
+
+    An INT8 default always comes with FP16 (INT8 with FP16 fallback, as the weakly typed Q/DQ build
+    does): the candidates a search makes from it plan nodes FP16, and a baseline built without the
+    FP16 flag would differ from every candidate in more than the nodes they move."""
+    used = {plan.default, *plan.nodes.values()} | ({"fp16"} if plan.default == "int8" else set())
+    ordered = [plan.default, *(p for p in PRECISIONS if p != plan.default)]
+    flags = [PRECISION_FLAG[p] for p in ordered if p in used and p in PRECISION_FLAG]
     if "BF16" in flags and not features.bf16_flag:
         raise UserError(f"this TensorRT ({features.version}) has no BF16 builder flag; use --precision fp16")
     return flags
@@ -388,13 +393,14 @@ def has_explicit_quantization(trt_api: Any, network: trt.INetworkDefinition) -> 
 
 def enable_explicit_int8(trt_api: Any, config: trt.IBuilderConfig, notes: PrecisionNotes) -> None:
     """A weakly typed network with Q/DQ layers (TensorRT 8.x-10.x) builds its INT8 layers only under
-    BuilderFlag.INT8, and its other layers in FP16 only under BuilderFlag.FP16: NVIDIA's QAT flows
-    build Q/DQ ONNX with `trtexec --int8` (tools/pytorch-quantization/examples/torchvision/
-    classification_flow.py, tools/tensorflow-quantization/examples/README.md), and trtexec sets no
-    flag by itself for Q/DQ networks (samples/common/sampleEngines.cpp, setupNetworkAndConfig).
-    Strongly typed networks take no precision flags: their Q/DQ layers say it all."""
-    with quiet_deprecations():
-        for flag in ("INT8", "FP16"):
-            if flag not in notes.flags:
-                config.set_flag(getattr(trt_api.BuilderFlag, flag))
-                notes.flags.append(flag)
+    BuilderFlag.INT8: NVIDIA's QAT flows build Q/DQ ONNX with `trtexec --int8` (tools/pytorch-
+    quantization/examples/torchvision/classification_flow.py, tools/tensorflow-quantization/
+    examples/README.md), and trtexec sets no flag by itself for Q/DQ networks (samples/common/
+    sampleEngines.cpp, setupNetworkAndConfig). Its other layers run in FP16 only under
+    BuilderFlag.FP16, which the plan sets when it uses FP16 (an INT8 default does): a Q/DQ model
+    built at FP32 keeps its float layers in FP32. Strongly typed networks take no precision flags:
+    their Q/DQ layers say it all."""
+    if "INT8" not in notes.flags:
+        with quiet_deprecations():
+            config.set_flag(trt_api.BuilderFlag.INT8)
+        notes.flags.append("INT8")
