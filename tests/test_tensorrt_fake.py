@@ -143,13 +143,14 @@ def test_weak_typing_constrains_planned_layers_with_prefer(fake: trt_fake.Record
     assert ("TF32",) in fake.called("IBuilderConfig", "clear_flag")
     constrained = {(name, value.name) for name, value in fake.called("ILayer", "precision")}
     # A Gemm parses into two layers (matrix multiply + bias add); both carry its metadata.
+    # The Flatten (a SHUFFLE: data movement) is held too, or the builder could move FP32 data in FP16.
     assert constrained == {("conv_amplify", "FLOAT"), ("relu_amplify", "FLOAT"), ("logits", "FLOAT"),
-                           ("logits_0", "FLOAT")}
+                           ("logits_0", "FLOAT"), ("flatten", "FLOAT")}
     assert {(name, i) for name, i, _ in fake.called("ILayer", "set_output_type")} == {
-        ("conv_amplify", 0), ("relu_amplify", 0), ("logits", 0), ("logits_0", 0)}
+        ("conv_amplify", 0), ("relu_amplify", 0), ("logits", 0), ("logits_0", 0), ("flatten", 0)}
     # `logits` is a network output: set_output_type does not reach it, tensor.dtype does.
     assert [(name, value.name) for name, value in fake.called("ITensor", "dtype")] == [("logits", "FLOAT")]
-    assert built.marking_notes["precision"]["skipped_layers"] == ["flatten"]  # a shuffle takes no precision
+    assert built.marking_notes["precision"]["skipped_layers"] == []
     assert built.marking_notes["typing"] == "weak"
 
 
@@ -165,7 +166,7 @@ def test_fp32_default_with_fp16_layers_holds_every_other_layer_to_fp32(fake: trt
     compute = {layer.name for layer in overflow_model.nodes if layer.op_type not in ("Flatten", "Constant")}
     assert set(constrained) >= (compute - {"conv_amplify"}) | {"logits_0"}
     assert set(constrained.values()) == {"FLOAT"}
-    assert "flatten" not in constrained  # a shuffle takes no precision
+    assert constrained["flatten"] == "FLOAT"  # data movement inside the FP32 region is held too
     assert built.marking_notes["precision"]["others_held_to"] == "fp32"
 
 
@@ -548,7 +549,7 @@ def test_unparseable_model_is_a_user_error(fake: trt_fake.Recorder) -> None:
 def test_network_layer_names_for_export(fake: trt_fake.Recorder, overflow_model: Model) -> None:
     names = TensorRTEngine("tensorrt").network_layer_names(overflow_model)
     assert names["logits"] == ["logits", "logits_0"] and names["conv_amplify"] == ["conv_amplify"]
-    assert "flatten" not in names  # a shuffle takes no precision
+    assert names["flatten"] == ["flatten"]  # a shuffle (data movement) is held by plans too
 
 
 

@@ -34,10 +34,13 @@ if TYPE_CHECKING:
 Shape = tuple[int, ...]
 ShapeRange = tuple[Shape, Shape, Shape]  # min, opt, max
 
-# Layer types that cannot take a float precision constraint (data movement, casts, control flow).
-NO_PRECISION_LAYER_TYPES = ("SHAPE", "SHUFFLE", "IDENTITY", "CONCATENATION", "SLICE", "CONSTANT", "CAST",
-                            "SQUEEZE", "UNSQUEEZE", "ASSERTION", "TRIP_LIMIT", "ITERATOR", "RECURRENCE",
-                            "LOOP_OUTPUT", "CONDITION", "CONDITIONAL_INPUT", "CONDITIONAL_OUTPUT",
+# Layer types that take no float precision constraint: shape math, constants, casts (IDENTITY is
+# weak typing's cast), control flow and Q/DQ. Data-movement layers (SHUFFLE for Reshape/Transpose/
+# Flatten, CONCATENATION, SLICE, SQUEEZE, UNSQUEEZE) with float outputs *are* constrained: left
+# free inside a region a plan holds in FP32, the builder may move that region's data in FP16
+# (NvInfer.h, ILayer::setOutputType: without it "the output type depends on the chosen implementation").
+NO_PRECISION_LAYER_TYPES = ("SHAPE", "IDENTITY", "CONSTANT", "CAST", "ASSERTION", "TRIP_LIMIT", "ITERATOR",
+                            "RECURRENCE", "LOOP_OUTPUT", "CONDITION", "CONDITIONAL_INPUT", "CONDITIONAL_OUTPUT",
                             "QUANTIZE", "DEQUANTIZE")
 FLOAT_DATA_TYPES = ("FLOAT", "HALF", "BF16")
 # Polygraphy's mark-all filter (polygraphy/backend/trt/util.py, mark_layerwise).
