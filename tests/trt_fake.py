@@ -949,6 +949,14 @@ class ICudaEngine(Checked):
         return EngineInspector(self._info)
 
 
+class UncomputedDims:
+    """Dims{-1, {}}: a shape TensorRT could not compute. pybind's Dims.__len__ returns nbDims, so
+    len() of it raises ValueError as here."""
+
+    def __len__(self) -> int:
+        return -1
+
+
 class IExecutionContext(Checked):
     _stub = "IExecutionContext"
 
@@ -980,12 +988,24 @@ class IExecutionContext(Checked):
         session = ort_sessions.session(ort_sessions.with_outputs(info.proto, produced))
         return ort_sessions.run(session, feeds)
 
-    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+    def get_tensor_shape(self, name: str) -> Any:
         if name in self._shapes:
             return self._shapes[name]
+        try:
+            values = self._values()
+        except Exception:  # the inputs' shapes or values do not fit the network (a Reshape's target)
+            return UncomputedDims()
         if name in self._engine._info.data_dependent:  # known only after the run, as in TensorRT
-            return tuple(-1 for _ in self._values()[name].shape)
-        return tuple(self._values()[name].shape)
+            return tuple(-1 for _ in values[name].shape)
+        return tuple(values[name].shape)
+
+    def infer_shapes(self) -> list[str]:
+        """As pyCore.cpp's infer_shapes: RuntimeError for "other errors" (a negative dimension)."""
+        try:
+            self._values()
+        except Exception:
+            raise RuntimeError("infer_shapes error code: -1") from None
+        return []
 
     def set_output_allocator(self, name: str, output_allocator: Any) -> bool:
         self._allocators[name] = output_allocator
