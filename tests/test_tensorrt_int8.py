@@ -150,6 +150,23 @@ def test_rebuild_after_a_timing_cache_ban_reuses_the_calibration(fake: trt_fake.
     assert fake.timing_cache_updates and len(fake.called("IInt8EntropyCalibrator2", "cache_read")) == 1
 
 
+@pytest.mark.parametrize("control", ["selector", "timing-cache"])
+def test_calibration_network_tactics_stay_out_of_the_records(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart,
+                                                             control: str) -> None:
+    """Implicit INT8 builds and autotunes a calibration network before the engine, in the same
+    build_serialized_network call: only the engine's tactics are recorded."""
+    model = Model.from_proto(planted.overflow()[0])
+    feeds = {"input": np.zeros(planted.INPUT_SHAPE, np.float32)}
+    engine = TensorRTEngine("tensorrt", calibration_feeds=[feeds], record_tactics=True, tactic_control=control)
+    built = engine.build(model, PrecisionPlan("int8"), None, Marking("none"))
+    assert len(fake.called("IInt8EntropyCalibrator2", "batch")) == 1  # it did calibrate
+    conv = next(layer for layer in built.layers if layer.onnx_nodes == ("conv_amplify",))
+    assert len(conv.alternatives) == 2 and "calibration" not in conv.tactic
+    records = built.chunks[0].result.records
+    assert records and not any("calibration" in k for r in records for k in (r.chosen, *r.kernels.values()))
+    assert len(records) == len({r.layer for r in records})  # one per engine op: none of the calibration network
+
+
 # -- 4. weakly typed Q/DQ networks get the INT8 (and FP16) flags ---------------------------------
 
 def test_weakly_typed_qdq_network_sets_int8_and_fp16_flags(fake: trt_fake.Recorder, qdq: QuantizedModel) -> None:

@@ -71,6 +71,26 @@ class BuildResult:
         return f"TensorRT build failed: {reason.strip().splitlines()[0]}"
 
 
+class CalibrationEnd:
+    """Where implicit-INT8 calibration ended inside one build_serialized_network call. TensorRT
+    first builds (and autotunes) a calibration network, runs the batches through it, then builds
+    the engine: tactic records start here, or they would mix the calibration network's choices
+    (and its autotuning log) with the engine's."""
+
+    def __init__(self, logger: Any):
+        self.logger = logger
+        self.log_start = 0  # index into logger.messages
+        self.listeners: list[Callable[[], None]] = []
+
+    def then(self, listener: Callable[[], None]) -> None:
+        self.listeners.append(listener)
+
+    def reached(self) -> None:
+        self.log_start = len(self.logger.messages)
+        for listener in self.listeners:
+            listener()
+
+
 @dataclass
 class Chunk:
     marked: list[str]
@@ -171,9 +191,10 @@ class NetworkBuilder:
                                           self.options.obey_constraints)
             if has_explicit_quantization(trt_api, network):
                 enable_explicit_int8(trt_api, config, precision)
-        calibrator = self._calibrate(network, config, profile, ranges, precision)
+        calibration = CalibrationEnd(logger)
+        calibrator = self._calibrate(network, config, profile, ranges, precision, calibration)
         try:
-            serialized, records = self._build_with_tactics(builder, network, config, logger)
+            serialized, records = self._build_with_tactics(builder, network, config, logger, calibration)
         finally:
             if calibrator is not None:
                 calibrator.release()
@@ -211,7 +232,7 @@ class NetworkBuilder:
             config.set_compute_capability(getattr(enum, target), index)
 
     def _calibrate(self, network: trt.INetworkDefinition, config: trt.IBuilderConfig, profile: Any,
-                   profile_shapes: Profile, precision: PrecisionNotes) -> Any:
+                   profile_shapes: Profile, precision: PrecisionNotes, calibration: CalibrationEnd) -> Any:
         if "INT8" not in precision.flags or has_explicit_quantization(self.trt, network):
             return None
         if not self.features.calibrators:
@@ -222,17 +243,19 @@ class NetworkBuilder:
         batches = calibration_batches(self.trt, network, profile_shapes, self.options.calibration_feeds)
         memory = self.context.calibration_caches.setdefault(self.model.sha256, {})
         calibrator = make_calibrator(self.trt, batches, self.options.calibration_cache, memory=memory,
-                                     method=self.options.calibration_method)
+                                     method=self.options.calibration_method, on_finished=calibration.reached)
         with quiet_deprecations():
             config.int8_calibrator = calibrator
             config.set_calibration_profile(profile)
         return calibrator
 
     def _build_with_tactics(self, builder: trt.Builder, network: trt.INetworkDefinition,
-                            config: trt.IBuilderConfig, logger: Any) -> tuple[bytes | None, list[TacticRecord]]:
+                            config: trt.IBuilderConfig, logger: Any,
+                            calibration: CalibrationEnd) -> tuple[bytes | None, list[TacticRecord]]:
         trt_api = self.trt
         if self.control == "selector":
             selector = make_algorithm_selector(trt_api, self.bans, self.nodes_of)
+            calibration.then(selector.forget)
             with quiet_deprecations():
                 config.algorithm_selector = selector
             config.set_flag(trt_api.BuilderFlag.DISABLE_TIMING_CACHE)  # cached tactics skip selection
@@ -242,7 +265,7 @@ class NetworkBuilder:
         if self.control == "timing-cache":
             cache = enable_editable_cache(trt_api, config)
             serialized = _serialize(builder, network, config, logger)
-            records = records_from_profiling(parse_profiling_log(logger.lines()))
+            records = records_from_profiling(parse_profiling_log(logger.lines()[calibration.log_start:]))
             if serialized is not None and self.bans and force_unbanned_tactics(trt_api, cache, records, self.bans,
                                                                                 self.nodes_of):
                 serialized = _serialize(builder, network, config, logger)

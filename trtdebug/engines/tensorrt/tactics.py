@@ -105,6 +105,12 @@ def make_algorithm_selector(trt_api: Any, bans: BanList | None, nodes_of: NodesO
             except Exception as exc:
                 self.errors.append(f"report_algorithms: {type(exc).__name__}: {exc}")
 
+        def forget(self) -> None:
+            """Drop what was recorded so far (the calibration network's choices, not the engine's)."""
+            self.offered.clear()
+            self.excluded.clear()
+            self.chosen.clear()
+
         def records(self) -> list[TacticRecord]:
             names = list(dict.fromkeys([*self.chosen, *self.offered]))
             return [TacticRecord(layer=n, chosen=self.chosen.get(n, ""), offered=tuple(self.offered.get(n, ())),
