@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import trt_fake
 from qdq_models import INPUT_SHAPE, qdq_conv_model
@@ -231,3 +232,25 @@ def test_problem_forwards_calib_inputs_to_the_tensorrt_engine(fake: trt_fake.Rec
     assert [float(b["input"].flat[0]) for b in batches] == [0.0, 1.0]
     fallback = open_engine("tensorrt", feeds=feeds).options.calibration_feeds  # type: ignore[attr-defined]
     assert len(fallback) == 1 and np.array_equal(fallback[0]["input"], feeds["input"])
+
+
+def test_build_calibrates_as_compare_does(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart,
+                                          tmp_path: Path) -> None:
+    """`build --engine tensorrt --out` takes compare's and fallback's calibration: the same
+    --calib-inputs batches and --calib-method calibrator (problem.prepare -> open_engine)."""
+    from trtdebug.workflows.build import build_artifact
+    from trtdebug.workflows.problem import ProblemSpec
+
+    model_path = tmp_path / "model.onnx"
+    onnx.save(planted.overflow()[0], str(model_path))
+    plan_path = tmp_path / "plan.json"
+    PrecisionPlan("int8").save(plan_path)
+    batches = tmp_path / "calibration"
+    batches.mkdir()
+    for i in range(3):
+        np.savez(batches / f"batch{i}.npz", input=np.full(planted.INPUT_SHAPE, i, np.float32))
+    spec = ProblemSpec(str(model_path), calib_inputs=(str(batches),), calib_method="minmax")
+    outcome = build_artifact(model_path, plan_path, engine_name="tensorrt", out=tmp_path / "model.engine", inputs=spec)
+    assert outcome.written == tmp_path / "model.engine"
+    assert fake.called("IInt8MinMaxCalibrator", "__init__") and not fake.called("IInt8EntropyCalibrator2", "__init__")
+    assert len(fake.called("IInt8EntropyCalibrator2", "batch")) == 3  # the three --calib-inputs batches
