@@ -396,10 +396,10 @@ def has_explicit_quantization(trt_api: Any, network: trt.INetworkDefinition) -> 
 
 def enable_explicit_int8(trt_api: Any, config: trt.IBuilderConfig, notes: PrecisionNotes) -> None:
     """A weakly typed network with Q/DQ layers (TensorRT 8.x-10.x) builds its INT8 layers only under
-    BuilderFlag.INT8: NVIDIA's QAT flows build Q/DQ ONNX with `trtexec --int8` (tools/pytorch-
-    quantization/examples/torchvision/classification_flow.py, tools/tensorflow-quantization/
-    examples/README.md), and trtexec sets no flag by itself for Q/DQ networks (samples/common/
-    sampleEngines.cpp, setupNetworkAndConfig). Its other layers run in FP16 only under
+    BuilderFlag.INT8: NVIDIA's QAT flows build Q/DQ ONNX with `trtexec --int8`
+    (tools/pytorch-quantization/examples/torchvision/classification_flow.py,
+    tools/tensorflow-quantization/examples/README.md), and trtexec sets no flag by itself for Q/DQ
+    networks (samples/common/sampleEngines.cpp, setupNetworkAndConfig). Its other layers run in FP16 only under
     BuilderFlag.FP16, which the plan sets when it uses FP16 (an INT8 default does): a Q/DQ model
     built at FP32 keeps its float layers in FP32. Strongly typed networks take no precision flags:
     their Q/DQ layers say it all."""
