@@ -143,13 +143,14 @@ def test_weak_typing_constrains_planned_layers_with_prefer(fake: trt_fake.Record
     assert ("TF32",) in fake.called("IBuilderConfig", "clear_flag")
     constrained = {(name, value.name) for name, value in fake.called("ILayer", "precision")}
     # A Gemm parses into two layers (matrix multiply + bias add); both carry its metadata.
+    # The Flatten (a SHUFFLE: data movement) is held too, or the builder could move FP32 data in FP16.
     assert constrained == {("conv_amplify", "FLOAT"), ("relu_amplify", "FLOAT"), ("logits", "FLOAT"),
-                           ("logits_0", "FLOAT")}
+                           ("logits_0", "FLOAT"), ("flatten", "FLOAT")}
     assert {(name, i) for name, i, _ in fake.called("ILayer", "set_output_type")} == {
-        ("conv_amplify", 0), ("relu_amplify", 0), ("logits", 0), ("logits_0", 0)}
+        ("conv_amplify", 0), ("relu_amplify", 0), ("logits", 0), ("logits_0", 0), ("flatten", 0)}
     # `logits` is a network output: set_output_type does not reach it, tensor.dtype does.
     assert [(name, value.name) for name, value in fake.called("ITensor", "dtype")] == [("logits", "FLOAT")]
-    assert built.marking_notes["precision"]["skipped_layers"] == ["flatten"]  # a shuffle takes no precision
+    assert built.marking_notes["precision"]["skipped_layers"] == []
     assert built.marking_notes["typing"] == "weak"
 
 
@@ -165,8 +166,29 @@ def test_fp32_default_with_fp16_layers_holds_every_other_layer_to_fp32(fake: trt
     compute = {layer.name for layer in overflow_model.nodes if layer.op_type not in ("Flatten", "Constant")}
     assert set(constrained) >= (compute - {"conv_amplify"}) | {"logits_0"}
     assert set(constrained.values()) == {"FLOAT"}
-    assert "flatten" not in constrained  # a shuffle takes no precision
+    assert constrained["flatten"] == "FLOAT"  # data movement inside the FP32 region is held too
     assert built.marking_notes["precision"]["others_held_to"] == "fp32"
+
+
+@pytest.mark.parametrize("suffix", [" | Local Function: block",  # 10.x parsers, 8.6 with a local function
+                                    " | computes the logits | Local Function: block"])  # 8.6: doc string lines
+def test_layer_metadata_with_properties_maps_to_its_node(fake: trt_fake.Recorder, overflow_model: Model,
+                                                         suffix: str) -> None:
+    """'[ONNX Layer: logits | ...]' (onnx-tensorrt processMetadata): the Gemm's bias-add layer
+    `logits_0`, whose name names no node, is planned and reported by its metadata."""
+    fake.metadata_suffix = suffix
+    built = TensorRTEngine("tensorrt").build(overflow_model, PrecisionPlan("fp16", {"logits": "fp32"}), None,
+                                             Marking("none"))
+    assert {name for name, _ in fake.called("ILayer", "precision")} == {"logits", "logits_0"}
+    assert next(la for la in built.layers if la.name == "logits_0").onnx_nodes == ("logits",)
+
+
+def test_metadata_names_the_calling_node_of_a_local_function() -> None:
+    from trtdebug.engines.tensorrt.layers import NodeResolver, metadata_nodes
+
+    # Newer parsers list the call stack, innermost first: "<calling node> (<function>)".
+    metadata = "[ONNX Layer: inner_add | block_call (Block)]\x1e[ONNX Layer: relu1]"
+    assert NodeResolver(["block_call", "relu1"]).known(metadata_nodes(metadata)) == ("block_call", "relu1")
 
 
 def test_empty_plan_sets_only_the_builder_flag(fake: trt_fake.Recorder, overflow_model: Model) -> None:
@@ -411,6 +433,26 @@ def test_timing_cache_ban_by_kernel_name(rtx_checked: trt_fake.Recorder, overflo
     assert conv2.tactic == conv.extra["kernels"][conv.alternatives[0]]
 
 
+# A conv kernel of TensorRT 10.13's TREx example engines (tools/experimental/trt-engine-explorer/examples/
+# pytorch/resnet/A100/qat-residual/resnet-qat-residual.onnx.engine.graph.json): 164 characters.
+LONG_KERNEL = ("sm80_xmma_fprop_implicit_gemm_interleaved_i8f16_i8i32_f32_nchw_vect_c_32kcrs_vect_c_32_nchw_vect_c_32_"
+               "tilesize128x128x64_stage4_warpsize2x2x1_g1_tensor16x8x32_t1r3s3")
+
+
+def test_kernel_names_longer_than_128_characters_get_alternatives_and_bans(rtx_checked: trt_fake.Recorder,
+                                                                           overflow_model: Model) -> None:
+    rtx_checked.kernel_prefix = LONG_KERNEL + "_"
+    engine = TensorRTEngine("tensorrt", record_tactics=True)
+    first = engine.build(overflow_model, PrecisionPlan("fp16"), None, Marking("none"))
+    conv = next(layer for layer in first.layers if layer.onnx_nodes == ("conv_amplify",))
+    kernel = conv.extra["kernels"][conv.extra["cache_tactic"]]
+    assert len(kernel) > 128 and len(conv.alternatives) == 2
+    ban = BanEntry(layer=conv.extra["tactic_layer"], tactic=kernel)
+    second = engine.build(overflow_model, PrecisionPlan("fp16"), BanList((ban,)), Marking("none"))
+    conv2 = next(la for la in second.layers if la.onnx_nodes == ("conv_amplify",))
+    assert conv2.extra["cache_tactic"] == conv.alternatives[0] and conv2.tactic != kernel
+
+
 # -- running (fake cuda-python: device memory is host memory) ---------------------------------------------
 
 def test_run_returns_every_marked_tensor_and_frees_buffers(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart,
@@ -426,6 +468,17 @@ def test_run_returns_every_marked_tensor_and_frees_buffers(fake: trt_fake.Record
     for name, value in values.items():
         np.testing.assert_allclose(value, reference[name], rtol=1e-5, atol=1e-5)
     assert not cudart.buffers and not cudart.streams  # all freed, stream destroyed
+
+
+def test_a_tensor_mark_debug_refuses_is_not_expected(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart,
+                                                    overflow_model: Model) -> None:
+    refused = overflow_model.intermediate_tensors()[0]
+    fake.refuse_debug = {refused}  # mark_debug returns False: TensorRT did not mark it
+    built = TensorRTEngine("tensorrt").build(overflow_model, PrecisionPlan("fp16"), None, Marking("debug"))
+    assert refused not in built.marking_notes["marked"] and built.marking_notes["marked"]
+    assert {"tensor": refused, "reason": "mark_debug returned False: TensorRT did not mark it as a debug tensor"} \
+        in built.marking_notes["dropped"]
+    assert refused not in built.run(feeds_for(overflow_model))
 
 
 @pytest.mark.parametrize("mode", ["debug", "unfused"])
@@ -496,7 +549,7 @@ def test_unparseable_model_is_a_user_error(fake: trt_fake.Recorder) -> None:
 def test_network_layer_names_for_export(fake: trt_fake.Recorder, overflow_model: Model) -> None:
     names = TensorRTEngine("tensorrt").network_layer_names(overflow_model)
     assert names["logits"] == ["logits", "logits_0"] and names["conv_amplify"] == ["conv_amplify"]
-    assert "flatten" not in names  # a shuffle takes no precision
+    assert names["flatten"] == ["flatten"]  # a shuffle (data movement) is held by plans too
 
 
 

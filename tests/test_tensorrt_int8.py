@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import trt_fake
 from qdq_models import INPUT_SHAPE, qdq_conv_model
@@ -150,6 +151,23 @@ def test_rebuild_after_a_timing_cache_ban_reuses_the_calibration(fake: trt_fake.
     assert fake.timing_cache_updates and len(fake.called("IInt8EntropyCalibrator2", "cache_read")) == 1
 
 
+@pytest.mark.parametrize("control", ["selector", "timing-cache"])
+def test_calibration_network_tactics_stay_out_of_the_records(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart,
+                                                             control: str) -> None:
+    """Implicit INT8 builds and autotunes a calibration network before the engine, in the same
+    build_serialized_network call: only the engine's tactics are recorded."""
+    model = Model.from_proto(planted.overflow()[0])
+    feeds = {"input": np.zeros(planted.INPUT_SHAPE, np.float32)}
+    engine = TensorRTEngine("tensorrt", calibration_feeds=[feeds], record_tactics=True, tactic_control=control)
+    built = engine.build(model, PrecisionPlan("int8"), None, Marking("none"))
+    assert len(fake.called("IInt8EntropyCalibrator2", "batch")) == 1  # it did calibrate
+    conv = next(layer for layer in built.layers if layer.onnx_nodes == ("conv_amplify",))
+    assert len(conv.alternatives) == 2 and "calibration" not in conv.tactic
+    records = built.chunks[0].result.records
+    assert records and not any("calibration" in k for r in records for k in (r.chosen, *r.kernels.values()))
+    assert len(records) == len({r.layer for r in records})  # one per engine op: none of the calibration network
+
+
 # -- 4. weakly typed Q/DQ networks get the INT8 (and FP16) flags ---------------------------------
 
 def test_weakly_typed_qdq_network_sets_int8_and_fp16_flags(fake: trt_fake.Recorder, qdq: QuantizedModel) -> None:
@@ -161,6 +179,25 @@ def test_weakly_typed_qdq_network_sets_int8_and_fp16_flags(fake: trt_fake.Record
     built = TensorRTEngine("tensorrt").build(qdq, PrecisionPlan("int8"), None, Marking("none"))
     assert {"INT8", "FP16"} <= set(flags_of(fake)) and not fake.called("IInt8EntropyCalibrator2", "batch")
     assert built.marking_notes["precision"]["flags"] == ["INT8", "FP16"]
+
+
+def test_qdq_model_built_at_fp32_gets_no_fp16_flag(fake: trt_fake.Recorder, qdq: QuantizedModel) -> None:
+    built = TensorRTEngine("tensorrt").build(qdq, PrecisionPlan("fp32"), None, Marking("none"))
+    assert "INT8" in flags_of(fake) and "FP16" not in flags_of(fake)
+    assert built.marking_notes["precision"]["flags"] == ["INT8"]
+
+
+def test_implicit_int8_baseline_gets_the_flags_of_its_candidates(fake: trt_fake.Recorder,
+                                                                cudart: trt_fake.FakeCudart) -> None:
+    model = Model.from_proto(planted.overflow()[0])
+    engine = TensorRTEngine("tensorrt", calibration_feeds=[{"input": np.zeros(planted.INPUT_SHAPE, np.float32)}])
+    flags = []
+    for plan in (PrecisionPlan("int8"), PrecisionPlan("int8", {"conv_amplify": "fp16"}),
+                 PrecisionPlan("int8", {"conv_amplify": "fp32"})):
+        fake.calls.clear()
+        engine.build(model, plan, None, Marking("none"))
+        flags.append({f for f in flags_of(fake) if f in ("INT8", "FP16", "BF16")})
+    assert flags == [{"INT8", "FP16"}] * 3
 
 
 def test_strongly_typed_qdq_network_sets_no_precision_flag(fake: trt_fake.Recorder, qdq: QuantizedModel) -> None:
@@ -195,3 +232,25 @@ def test_problem_forwards_calib_inputs_to_the_tensorrt_engine(fake: trt_fake.Rec
     assert [float(b["input"].flat[0]) for b in batches] == [0.0, 1.0]
     fallback = open_engine("tensorrt", feeds=feeds).options.calibration_feeds  # type: ignore[attr-defined]
     assert len(fallback) == 1 and np.array_equal(fallback[0]["input"], feeds["input"])
+
+
+def test_build_calibrates_as_compare_does(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart,
+                                          tmp_path: Path) -> None:
+    """`build --engine tensorrt --out` takes compare's and fallback's calibration: the same
+    --calib-inputs batches and --calib-method calibrator (problem.prepare -> open_engine)."""
+    from trtdebug.workflows.build import build_artifact
+    from trtdebug.workflows.problem import ProblemSpec
+
+    model_path = tmp_path / "model.onnx"
+    onnx.save(planted.overflow()[0], str(model_path))
+    plan_path = tmp_path / "plan.json"
+    PrecisionPlan("int8").save(plan_path)
+    batches = tmp_path / "calibration"
+    batches.mkdir()
+    for i in range(3):
+        np.savez(batches / f"batch{i}.npz", input=np.full(planted.INPUT_SHAPE, i, np.float32))
+    spec = ProblemSpec(str(model_path), calib_inputs=(str(batches),), calib_method="minmax")
+    outcome = build_artifact(model_path, plan_path, engine_name="tensorrt", out=tmp_path / "model.engine", inputs=spec)
+    assert outcome.written == tmp_path / "model.engine"
+    assert fake.called("IInt8MinMaxCalibrator", "__init__") and not fake.called("IInt8EntropyCalibrator2", "__init__")
+    assert len(fake.called("IInt8EntropyCalibrator2", "batch")) == 3  # the three --calib-inputs batches

@@ -41,6 +41,17 @@ def test_shape_tensor_input_without_values_names_the_input(fake: trt_fake.Record
         TensorRTEngine("tensorrt").build(reshape_model(), PrecisionPlan("fp16"), None, Marking("none"))
 
 
+def test_inputs_whose_shapes_cannot_be_computed_are_one_line(fake: trt_fake.Recorder,
+                                                            cudart: trt_fake.FakeCudart) -> None:
+    feeds = {"x": np.zeros((2, 3, 4), np.float32), "shape": np.array([5, 5], np.int64)}  # 24 values into 5x5
+    built = TensorRTEngine("tensorrt", shape_input_values=feeds).build(reshape_model(), PrecisionPlan("fp16"), None,
+                                                                      Marking("none"))
+    with pytest.raises(UserError, match=r"cannot compute the engine's shapes for these inputs \(infer_shapes "
+                                        r"error code: -1\): check the input shapes and shape-tensor values"):
+        built.run(feeds)
+    assert not cudart.buffers  # the inputs' device memory was freed
+
+
 def nonzero_model() -> Model:
     """x -> NonZero -> Cast(float) -> Relu -> y: every tensor after NonZero has a data-dependent shape."""
     nodes = [helper.make_node("NonZero", ["x"], ["nz"], name="nonzero"),

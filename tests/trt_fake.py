@@ -193,6 +193,9 @@ class Recorder:
         self.most_live_engines = 0
         self.ignore_cache_edits = False  # the builder re-times edited entries and keeps its fastest kernel
         self.log_autotuning = True  # verbose "Autotuning op" tables in the build log
+        self.refuse_debug: set[str] = set()  # mark_debug returns False for these
+        self.metadata_suffix = ""  # after the node name in layer metadata (" | Local Function: f")
+        self.kernel_prefix = ""  # put before every kernel name (real ones run past 128 characters)
 
     def allows(self, owner: str, name: str) -> bool:
         if (owner, name) in self.missing or not self.api.has(owner, name):
@@ -428,7 +431,7 @@ class ILayer(Checked):
 
     def __init__(self, name: str, kind: str, nodes: list[str], outputs: list[ITensor], inputs: list[str]):
         self._name, self._type, self._outputs, self._inputs = name, LayerType._members[kind], outputs, inputs
-        self._metadata = "".join(f"[ONNX Layer: {n}]" for n in nodes)
+        self._metadata = "".join(f"[ONNX Layer: {n}{recorder().metadata_suffix}]" for n in nodes)
         self._precision: EnumValue | None = None
         self._output_types: dict[int, EnumValue] = {}
 
@@ -495,6 +498,8 @@ class INetworkDefinition(Checked):
 
     def mark_debug(self, tensor: ITensor) -> bool:
         recorder().call("INetworkDefinition", "mark_debug", tensor.name)
+        if tensor.name in recorder().refuse_debug:
+            return False
         tensor._debug = True
         return True
 
@@ -702,10 +707,12 @@ class PlanInfo:
     profile: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)  # profile 0: min/opt/max shapes
 
 
-def tactic_table(index: int, name: str) -> list[tuple[str, str, float]]:
-    """Three tactics per compute layer, fastest first: (hash, kernel, milliseconds)."""
-    base = 0x1000 * (index + 1)
-    return [(f"{base + k:#x}", f"sm80_kernel_{name}_{'abc'[k]}", 0.01 * (k + 1)) for k in range(3)]
+def tactic_table(index: int, name: str, calibration: bool = False) -> list[tuple[str, str, float]]:
+    """Three tactics per compute layer, fastest first: (hash, kernel, milliseconds). The FP32
+    calibration network of implicit INT8 has tactics of its own."""
+    base = 0x1000 * (index + 1) + (0x100000 if calibration else 0)
+    prefix = recorder().kernel_prefix + ("calibration_" if calibration else "")
+    return [(f"{base + k:#x}", f"{prefix}sm80_kernel_{name}_{'abc'[k]}", 0.01 * (k + 1)) for k in range(3)]
 
 
 class Builder(Checked):
@@ -746,20 +753,21 @@ class Builder(Checked):
         if missing:  # as TensorRT-RTX reports it (IBuilder::buildSerializedNetwork, Error Code 4)
             self._log("ERROR", f"Optimization profile 0 is missing values for shape input tensor {missing[0]}.")
             return None
-        if config._calibrator is not None and not self._calibrate(config._calibrator, network):
+        if config._calibrator is not None and not self._calibrate(config._calibrator, network, config):
             # As TensorRT reports a calibration that saw no data (and had no cache to read).
             self._log("ERROR", "Calibration failure occurred with no scaling factors detected.")
             return None
         chosen = self._choose_tactics(network, config)
         return self._plan(network, config, chosen)
 
-    def _calibrate(self, calibrator: Any, network: INetworkDefinition) -> bool:
+    def _calibrate(self, calibrator: Any, network: INetworkDefinition, config: IBuilderConfig) -> bool:
         """TensorRT reads the cache first and calibrates only without one; False: no scales."""
         names = [t.name for t in network._inputs]
         calibrator.get_batch_size()
         if calibrator.read_calibration_cache():
             recorder().call("IInt8EntropyCalibrator2", "cache_read")
             return True
+        self._choose_tactics(network, config, calibration=True)  # the calibration network is built first
         batches = 0
         while True:
             pointers = calibrator.get_batch(names)
@@ -772,24 +780,27 @@ class Builder(Checked):
         calibrator.write_calibration_cache(b"calibration-cache")
         return True
 
-    def _choose_tactics(self, network: INetworkDefinition, config: IBuilderConfig) -> dict[str, str]:
+    def _choose_tactics(self, network: INetworkDefinition, config: IBuilderConfig,
+                        calibration: bool = False) -> dict[str, str]:
         compute = [(i, layer) for i, layer in enumerate(network._layers) if layer.type.name in COMPUTE_TYPES]
         chosen: dict[str, str] = {}
+
         if config._selector is not None:
             contexts, picks = [], []
             for i, layer in compute:
-                choices = [IAlgorithm(i + 1, int(h, 16), ms) for h, _, ms in tactic_table(i, layer.name)]
+                table = tactic_table(i, layer.name, calibration)
+                choices = [IAlgorithm(i + 1, int(h, 16), ms) for h, _, ms in table]
                 indices = config._selector.select_algorithms(IAlgorithmContext(layer.name), choices)
                 assert isinstance(indices, list) and indices and all(0 <= k < len(choices) for k in indices)
                 pick = choices[min(indices)]  # the fastest allowed
                 contexts.append(IAlgorithmContext(layer.name))
                 picks.append(pick)
-                chosen[layer.name] = tactic_table(i, layer.name)[choices.index(pick)][1]
+                chosen[layer.name] = table[choices.index(pick)][1]
             config._selector.report_algorithms(contexts, picks)
         elif "EDITABLE_TIMING_CACHE" in config._flags and config._cache is not None:
             for i, layer in compute:
-                key = f"0x{(0xabc0 + i):032x}"
-                table = tactic_table(i, layer.name)
+                key = f"0x{(0xabc0 + i + (0xca100 if calibration else 0)):032x}"
+                table = tactic_table(i, layer.name, calibration)
                 cached = config._cache._entries.get(key)
                 if cached is not None and recorder().ignore_cache_edits:
                     cached = None  # TensorRT ignores the edit: times again, picks the fastest
@@ -943,6 +954,14 @@ class ICudaEngine(Checked):
         return EngineInspector(self._info)
 
 
+class UncomputedDims:
+    """Dims{-1, {}}: a shape TensorRT could not compute. pybind's Dims.__len__ returns nbDims, so
+    len() of it raises ValueError as here."""
+
+    def __len__(self) -> int:
+        return -1
+
+
 class IExecutionContext(Checked):
     _stub = "IExecutionContext"
 
@@ -974,12 +993,24 @@ class IExecutionContext(Checked):
         session = ort_sessions.session(ort_sessions.with_outputs(info.proto, produced))
         return ort_sessions.run(session, feeds)
 
-    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+    def get_tensor_shape(self, name: str) -> Any:
         if name in self._shapes:
             return self._shapes[name]
+        try:
+            values = self._values()
+        except Exception:  # the inputs' shapes or values do not fit the network (a Reshape's target)
+            return UncomputedDims()
         if name in self._engine._info.data_dependent:  # known only after the run, as in TensorRT
-            return tuple(-1 for _ in self._values()[name].shape)
-        return tuple(self._values()[name].shape)
+            return tuple(-1 for _ in values[name].shape)
+        return tuple(values[name].shape)
+
+    def infer_shapes(self) -> list[str]:
+        """As pyCore.cpp's infer_shapes: RuntimeError for "other errors" (a negative dimension)."""
+        try:
+            self._values()
+        except Exception:
+            raise RuntimeError("infer_shapes error code: -1") from None
+        return []
 
     def set_output_allocator(self, name: str, output_allocator: Any) -> bool:
         self._allocators[name] = output_allocator

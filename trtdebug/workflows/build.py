@@ -120,7 +120,9 @@ def build_artifact(model_path: str | Path, plan_path: str | Path, bans_path: str
     if path.suffix == ".onnx":
         outcome.written = write_mixed_onnx(model, plan, path)
         return outcome
-    engine = open_engine(engine_name, obey=options.obey, feeds=prepare_feeds(model, spec), profiles=spec.input_profiles)
+    # Implicit INT8 calibrates as compare and fallback do (problem.prepare): --calib-inputs, else the feeds.
+    engine = open_engine(engine_name, obey=options.obey, feeds=prepare_feeds(model, spec), profiles=spec.input_profiles,
+                         calib_inputs=spec.calib_inputs, calib_method=spec.calib_method)
     try:
         serialized = write_engine(engine, model, plan, bans, path)
     except BuildError as exc:

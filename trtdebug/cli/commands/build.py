@@ -6,9 +6,19 @@ import click
 
 from trtdebug.artifacts.build_flags import DEFAULT_TARGET_VERSION, FLAG_TOOLS, TARGET_VERSIONS
 from trtdebug.cli import console
-from trtdebug.cli.options import BUILDING_ENGINE, InputShape, NamedPair, problem_spec, verbose_option
+from trtdebug.cli.options import (
+    BUILDING_ENGINE,
+    InputShape,
+    NamedPair,
+    calibration_options,
+    problem_spec,
+    verbose_option,
+)
 from trtdebug.engines import DEFAULT_ENGINE
 from trtdebug.errors import EXIT_OK, UserError
+
+# Implicit INT8 engine files calibrate as compare and fallback do.
+CALIB_INPUTS, CALIB_METHOD = calibration_options("the --inputs feeds")
 
 
 @click.command("build")
@@ -40,9 +50,12 @@ from trtdebug.errors import EXIT_OK, UserError
               help="Engine files without --inputs: range of a generated input (shape-tensor values; repeatable).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Engine files without --inputs: seed of generated inputs.")
+@CALIB_INPUTS
+@CALIB_METHOD
 def build_command(model: str, plan_path: str, bans_path: str | None, engine_name: str, out_path: str | None,
                   emit: tuple[str, ...], obey: bool, target_version: str, calibration_cache: str | None,
-                  qdq: bool, input_shapes: tuple, inputs_path: str | None, input_ranges: tuple, seed: int) -> int:
+                  qdq: bool, input_shapes: tuple, inputs_path: str | None, input_ranges: tuple, seed: int,
+                  calib_inputs: tuple[str, ...], calib_method: str) -> int:
     """Apply a precision plan: write the mixed-precision ONNX model or the built engine, or print the
     trtexec / Polygraphy command that builds it."""
     from trtdebug.workflows.build import EmitOptions, build_artifact
@@ -50,7 +63,7 @@ def build_command(model: str, plan_path: str, bans_path: str | None, engine_name
     if out_path is None and not emit:
         raise UserError("trtdebug build needs --out FILE (NAME.onnx or an engine file) or --emit trtexec|polygraphy")
     spec = problem_spec(model, input_shapes=input_shapes, inputs_path=inputs_path, input_ranges=input_ranges,
-                        seed=seed)
+                        seed=seed, calib_inputs=calib_inputs, calib_method=calib_method)
     outcome = build_artifact(model, plan_path, bans_path, engine_name, out_path, emit,
                              EmitOptions(obey, target_version, calibration_cache, qdq), spec)
     for command in outcome.commands.values():

@@ -65,10 +65,31 @@ class BuildResult:
     layer_source: str = ""
     records: list[TacticRecord] = field(default_factory=list)
     precision: PrecisionNotes = field(default_factory=PrecisionNotes)
+    refused: list[str] = field(default_factory=list)  # tensors mark_debug did not mark
 
     def failure(self) -> str:
         reason = self.errors[-1] if self.errors else "build_serialized_network returned nothing"
         return f"TensorRT build failed: {reason.strip().splitlines()[0]}"
+
+
+class CalibrationEnd:
+    """Where implicit-INT8 calibration ended inside one build_serialized_network call. TensorRT
+    first builds (and autotunes) a calibration network, runs the batches through it, then builds
+    the engine: tactic records start here, or they would mix the calibration network's choices
+    (and its autotuning log) with the engine's."""
+
+    def __init__(self, logger: Any):
+        self.logger = logger
+        self.log_start = 0  # index into logger.messages
+        self.listeners: list[Callable[[], None]] = []
+
+    def then(self, listener: Callable[[], None]) -> None:
+        self.listeners.append(listener)
+
+    def reached(self) -> None:
+        self.log_start = len(self.logger.messages)
+        for listener in self.listeners:
+            listener()
 
 
 @dataclass
@@ -161,8 +182,9 @@ class NetworkBuilder:
         ranges = shape_ranges_for(network, self.options.input_shapes, self.options.shape_ranges,
                                   self.options.shape_input_values)
         profile = add_profile(builder, config, ranges)
+        refused: list[str] = []
         if mode in ("outputs", "debug"):
-            mark(network, marked, mode)
+            refused = mark(network, marked, mode)
         elif mode == "unfused":
             mark_unfused(network)
         precision = PrecisionNotes()
@@ -171,14 +193,15 @@ class NetworkBuilder:
                                           self.options.obey_constraints)
             if has_explicit_quantization(trt_api, network):
                 enable_explicit_int8(trt_api, config, precision)
-        calibrator = self._calibrate(network, config, profile, ranges, precision)
+        calibration = CalibrationEnd(logger)
+        calibrator = self._calibrate(network, config, profile, ranges, precision, calibration)
         try:
-            serialized, records = self._build_with_tactics(builder, network, config, logger)
+            serialized, records = self._build_with_tactics(builder, network, config, logger, calibration)
         finally:
             if calibrator is not None:
                 calibrator.release()
         del parser  # the parser owns the weights until the build is done
-        result = BuildResult(serialized, logger.errors(), records=records, precision=precision)
+        result = BuildResult(serialized, logger.errors(), records=records, precision=precision, refused=refused)
         if calibrator is not None and calibrator.errors:
             result.errors.append(f"calibration: {calibrator.errors[0]}")
         if serialized is not None:
@@ -211,7 +234,7 @@ class NetworkBuilder:
             config.set_compute_capability(getattr(enum, target), index)
 
     def _calibrate(self, network: trt.INetworkDefinition, config: trt.IBuilderConfig, profile: Any,
-                   profile_shapes: Profile, precision: PrecisionNotes) -> Any:
+                   profile_shapes: Profile, precision: PrecisionNotes, calibration: CalibrationEnd) -> Any:
         if "INT8" not in precision.flags or has_explicit_quantization(self.trt, network):
             return None
         if not self.features.calibrators:
@@ -222,17 +245,19 @@ class NetworkBuilder:
         batches = calibration_batches(self.trt, network, profile_shapes, self.options.calibration_feeds)
         memory = self.context.calibration_caches.setdefault(self.model.sha256, {})
         calibrator = make_calibrator(self.trt, batches, self.options.calibration_cache, memory=memory,
-                                     method=self.options.calibration_method)
+                                     method=self.options.calibration_method, on_finished=calibration.reached)
         with quiet_deprecations():
             config.int8_calibrator = calibrator
             config.set_calibration_profile(profile)
         return calibrator
 
     def _build_with_tactics(self, builder: trt.Builder, network: trt.INetworkDefinition,
-                            config: trt.IBuilderConfig, logger: Any) -> tuple[bytes | None, list[TacticRecord]]:
+                            config: trt.IBuilderConfig, logger: Any,
+                            calibration: CalibrationEnd) -> tuple[bytes | None, list[TacticRecord]]:
         trt_api = self.trt
         if self.control == "selector":
             selector = make_algorithm_selector(trt_api, self.bans, self.nodes_of)
+            calibration.then(selector.forget)
             with quiet_deprecations():
                 config.algorithm_selector = selector
             config.set_flag(trt_api.BuilderFlag.DISABLE_TIMING_CACHE)  # cached tactics skip selection
@@ -242,7 +267,7 @@ class NetworkBuilder:
         if self.control == "timing-cache":
             cache = enable_editable_cache(trt_api, config)
             serialized = _serialize(builder, network, config, logger)
-            records = records_from_profiling(parse_profiling_log(logger.lines()))
+            records = records_from_profiling(parse_profiling_log(logger.lines()[calibration.log_start:]))
             if serialized is not None and self.bans and force_unbanned_tactics(trt_api, cache, records, self.bans,
                                                                                 self.nodes_of):
                 serialized = _serialize(builder, network, config, logger)

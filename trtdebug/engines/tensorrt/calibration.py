@@ -6,7 +6,7 @@ and TensorRT-RTX carry Q/DQ nodes instead, which need no calibrator.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,17 @@ CALIBRATORS = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalib
 
 def make_calibrator(trt_api: Any, batches: Sequence[Mapping[str, np.ndarray]], cache_path: str | None,
                     runtime: CudaRuntime | None = None, memory: dict[str, bytes] | None = None,
-                    method: str = "entropy") -> Any:
+                    method: str = "entropy", on_finished: Callable[[], None] | None = None) -> Any:
     """A calibrator (`method`: entropy or minmax) that hands TensorRT one feed dict per batch.
 
     `memory` keeps the cache TensorRT writes after calibrating ("cache" key) across builds: a later
     build of the same model (another plan, marking chunk, or the rebuild after a timing-cache ban,
     whose calibrator's batches are spent) reads it back instead of calibrating again, as Polygraphy's
-    calibrator returns its `cache_contents` (tools/Polygraphy/polygraphy/backend/trt/calibrator.py)."""
+    calibrator returns its `cache_contents` (tools/Polygraphy/polygraphy/backend/trt/calibrator.py).
+
+    `on_finished` is called once, when calibration is over within build_serialized_network: the
+    cache was read (TensorRT then builds no calibration network), or the batches ran out. What the
+    builder autotuned before that belongs to the calibration network, not the engine."""
     kept = memory if memory is not None else {}
     if method not in CALIBRATORS:
         raise UserError(f"--calib-method {method} has no TensorRT calibrator; use --calib-method "
@@ -46,6 +50,13 @@ def make_calibrator(trt_api: Any, batches: Sequence[Mapping[str, np.ndarray]], c
             self.runtime = runtime
             self.arena: DeviceArena | None = None
             self.errors: list[str] = []
+            self.finished = False
+
+        def finish(self) -> None:
+            if not self.finished:
+                self.finished = True
+                if on_finished is not None:
+                    on_finished()
 
         def get_batch_size(self) -> int:
             return 1  # explicit batch: the batch dimension lives in each input's shape
@@ -53,6 +64,7 @@ def make_calibrator(trt_api: Any, batches: Sequence[Mapping[str, np.ndarray]], c
         def get_batch(self, names: list[str]) -> list[int] | None:
             self.release()  # TensorRT is done with the previous batch when it asks for the next
             if self.index >= len(self.batches):
+                self.finish()
                 return None  # None ends calibration
             feeds = self.batches[self.index]
             self.index += 1
@@ -70,11 +82,12 @@ def make_calibrator(trt_api: Any, batches: Sequence[Mapping[str, np.ndarray]], c
                 return None
 
         def read_calibration_cache(self) -> bytes | None:
-            if kept.get("cache"):
-                return kept["cache"]
-            if cache_path and Path(cache_path).is_file():
-                return Path(cache_path).read_bytes() or None  # empty: calibrate again
-            return None
+            cache = kept.get("cache") or None
+            if cache is None and cache_path and Path(cache_path).is_file():
+                cache = Path(cache_path).read_bytes() or None  # empty: calibrate again
+            if cache is not None:
+                self.finish()
+            return cache
 
         def write_calibration_cache(self, cache: Any) -> None:
             kept["cache"] = bytes(cache)

@@ -24,6 +24,7 @@ from trtdebug.engines.base import LayerInfo
 
 ONNX_LAYER = re.compile(r"\[ONNX Layer: (.*?)\](?=[\x1e\x1f]|\[ONNX Layer: |\s*$)", re.DOTALL)
 FOREIGN_NODE = re.compile(r"^\{?ForeignNode\[(?P<first>.*?)\.\.\.(?P<last>.*)\]\}?$")
+CALL_SITE = re.compile(r"(?P<node>.+) \((?P<function>[^()]+)\)")
 MYELIN_SUFFIX = re.compile(r"_myl\d+_\d+$")
 NAME_SEPARATORS = re.compile(r" \+ |, |PWN\(|\)")
 
@@ -42,8 +43,19 @@ class EngineLayer:
 
 
 def metadata_nodes(metadata: str) -> list[str]:
-    """ONNX node names in a layer's metadata ("[ONNX Layer: a]\\x1e[ONNX Layer: b]")."""
-    return ONNX_LAYER.findall(metadata or "")
+    """ONNX node names in a layer's metadata ("[ONNX Layer: a]\\x1e[ONNX Layer: b]").
+
+    The parser writes "[ONNX Layer: <name> | property | ...]" (onnx-tensorrt processMetadata): the
+    8.6 parser adds the node's doc string lines and " | Local Function: <function>", 10.x parsers
+    the local function, newer ones the call stack as " | <calling node> (<function>)". So each entry
+    yields its whole text (a name may hold " | "), the name before the first " | ", and the calling
+    nodes; the resolver keeps those the model has."""
+    names: list[str] = []
+    for entry in ONNX_LAYER.findall(metadata or ""):
+        fields = entry.split(" | ")
+        names += [entry, fields[0]]
+        names += [call["node"] for f in fields[1:] if (call := CALL_SITE.fullmatch(f))]
+    return list(dict.fromkeys(names))
 
 
 def precision_of_datatype(text: str) -> str:

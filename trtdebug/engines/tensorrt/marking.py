@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from trtdebug.engines.tensorrt.builder import NetworkBuilder
 
 
+REFUSED_BY_MARK_DEBUG = "mark_debug returned False: TensorRT did not mark it as a debug tensor"
+
+
 def build_marked(builder: NetworkBuilder, model: Model, mark: Marking, max_builds: int
                  ) -> tuple[list[Chunk], dict[str, Any]]:
     """One build per chunk of the markable tensors `mark` asks for; tensors that break a build are
@@ -44,6 +47,10 @@ def build_marked(builder: NetworkBuilder, model: Model, mark: Marking, max_build
             dropped = [d for d in dropped if fallbacks[d["tensor"]] not in kept]
         dropped.extend({"tensor": t, "reason": builder.failures.get(t, "not tried: marking retry budget spent")}
                        for t in failed)
+    for chunk in chunks:  # built, but TensorRT said it did not mark these: expect nothing of them
+        refused = [t for t in chunk.marked if t in chunk.result.refused]
+        chunk.marked = [t for t in chunk.marked if t not in refused]
+        dropped.extend({"tensor": t, "reason": REFUSED_BY_MARK_DEBUG} for t in refused)
     marked = [t for c in chunks for t in c.marked]
     return chunks, {"requested": len(candidates), "marked": marked, "dropped": dropped}
 

@@ -34,10 +34,13 @@ if TYPE_CHECKING:
 Shape = tuple[int, ...]
 ShapeRange = tuple[Shape, Shape, Shape]  # min, opt, max
 
-# Layer types that cannot take a float precision constraint (data movement, casts, control flow).
-NO_PRECISION_LAYER_TYPES = ("SHAPE", "SHUFFLE", "IDENTITY", "CONCATENATION", "SLICE", "CONSTANT", "CAST",
-                            "SQUEEZE", "UNSQUEEZE", "ASSERTION", "TRIP_LIMIT", "ITERATOR", "RECURRENCE",
-                            "LOOP_OUTPUT", "CONDITION", "CONDITIONAL_INPUT", "CONDITIONAL_OUTPUT",
+# Layer types that take no float precision constraint: shape math, constants, casts (IDENTITY is
+# weak typing's cast), control flow and Q/DQ. Data-movement layers (SHUFFLE for Reshape/Transpose/
+# Flatten, CONCATENATION, SLICE, SQUEEZE, UNSQUEEZE) with float outputs *are* constrained: left
+# free inside a region a plan holds in FP32, the builder may move that region's data in FP16
+# (NvInfer.h, ILayer::setOutputType: without it "the output type depends on the chosen implementation").
+NO_PRECISION_LAYER_TYPES = ("SHAPE", "IDENTITY", "CONSTANT", "CAST", "ASSERTION", "TRIP_LIMIT", "ITERATOR",
+                            "RECURRENCE", "LOOP_OUTPUT", "CONDITION", "CONDITIONAL_INPUT", "CONDITIONAL_OUTPUT",
                             "QUANTIZE", "DEQUANTIZE")
 FLOAT_DATA_TYPES = ("FLOAT", "HALF", "BF16")
 # Polygraphy's mark-all filter (polygraphy/backend/trt/util.py, mark_layerwise).
@@ -248,17 +251,21 @@ def markable_tensors(trt_api: Any, network: trt.INetworkDefinition, wanted: set[
     return names
 
 
-def mark(network: trt.INetworkDefinition, names: Sequence[str], mode: str) -> None:
-    """Expose `names` as network outputs ("outputs") or debug tensors ("debug")."""
+def mark(network: trt.INetworkDefinition, names: Sequence[str], mode: str) -> list[str]:
+    """Expose `names` as network outputs ("outputs") or debug tensors ("debug"). Returns the names
+    TensorRT refused: `markDebug` returns false when the tensor is not marked (NvInfer.h,
+    INetworkDefinition::markDebug; `mark_output` returns nothing)."""
     tensors = network_tensors(network)
+    refused: list[str] = []
     for name in names:
         tensor = tensors.get(name)
         if tensor is None:
             raise BuildError(f"the network has no tensor {name!r} to mark")
         if mode == "outputs":
             network.mark_output(tensor)
-        elif mode == "debug":
-            network.mark_debug(tensor)
+        elif mode == "debug" and not network.mark_debug(tensor):
+            refused.append(name)
+    return refused
 
 
 def mark_unfused(network: Any) -> None:
@@ -282,9 +289,14 @@ class PrecisionNotes:
 
 
 def builder_precision_flags(features: Features, plan: PrecisionPlan) -> list[str]:
-    """BuilderFlag names a plan needs: every reduced precision it uses anywhere."""
-    used = {plan.default, *plan.nodes.values()}
-    flags = [PRECISION_FLAG[p] for p in PRECISIONS if p in used and p in PRECISION_FLAG]
+    """BuilderFlag names a plan needs: its default's, then every other reduced precision it uses.
+
+    An INT8 default always comes with FP16 (INT8 with FP16 fallback, as the weakly typed Q/DQ build
+    does): the candidates a search makes from it plan nodes FP16, and a baseline built without the
+    FP16 flag would differ from every candidate in more than the nodes they move."""
+    used = {plan.default, *plan.nodes.values()} | ({"fp16"} if plan.default == "int8" else set())
+    ordered = [plan.default, *(p for p in PRECISIONS if p != plan.default)]
+    flags = [PRECISION_FLAG[p] for p in ordered if p in used and p in PRECISION_FLAG]
     if "BF16" in flags and not features.bf16_flag:
         raise UserError(f"this TensorRT ({features.version}) has no BF16 builder flag; use --precision fp16")
     return flags
@@ -384,13 +396,14 @@ def has_explicit_quantization(trt_api: Any, network: trt.INetworkDefinition) -> 
 
 def enable_explicit_int8(trt_api: Any, config: trt.IBuilderConfig, notes: PrecisionNotes) -> None:
     """A weakly typed network with Q/DQ layers (TensorRT 8.x-10.x) builds its INT8 layers only under
-    BuilderFlag.INT8, and its other layers in FP16 only under BuilderFlag.FP16: NVIDIA's QAT flows
-    build Q/DQ ONNX with `trtexec --int8` (tools/pytorch-quantization/examples/torchvision/
-    classification_flow.py, tools/tensorflow-quantization/examples/README.md), and trtexec sets no
-    flag by itself for Q/DQ networks (samples/common/sampleEngines.cpp, setupNetworkAndConfig).
-    Strongly typed networks take no precision flags: their Q/DQ layers say it all."""
-    with quiet_deprecations():
-        for flag in ("INT8", "FP16"):
-            if flag not in notes.flags:
-                config.set_flag(getattr(trt_api.BuilderFlag, flag))
-                notes.flags.append(flag)
+    BuilderFlag.INT8: NVIDIA's QAT flows build Q/DQ ONNX with `trtexec --int8`
+    (tools/pytorch-quantization/examples/torchvision/classification_flow.py,
+    tools/tensorflow-quantization/examples/README.md), and trtexec sets no flag by itself for Q/DQ
+    networks (samples/common/sampleEngines.cpp, setupNetworkAndConfig). Its other layers run in FP16 only under
+    BuilderFlag.FP16, which the plan sets when it uses FP16 (an INT8 default does): a Q/DQ model
+    built at FP32 keeps its float layers in FP32. Strongly typed networks take no precision flags:
+    their Q/DQ layers say it all."""
+    if "INT8" not in notes.flags:
+        with quiet_deprecations():
+            config.set_flag(trt_api.BuilderFlag.INT8)
+        notes.flags.append("INT8")

@@ -23,7 +23,7 @@ from trtdebug.engines.tensorrt.context import TensorRTContext
 from trtdebug.engines.tensorrt.cuda_buffers import CudaRuntime, device_arena
 from trtdebug.engines.tensorrt.host_types import HostType, host_input, host_type
 from trtdebug.engines.tensorrt.network import as_dims, dims_tuple
-from trtdebug.errors import UserError
+from trtdebug.errors import EngineError, UserError, first_line
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -114,6 +114,7 @@ def run_engine(trt_api: Any, engine: trt.ICudaEngine, feeds: Mapping[str, np.nda
                 context.set_tensor_address(name, host.ctypes.data)
             else:
                 context.set_tensor_address(name, arena.upload(host))
+        _infer_shapes(context)
         allocator = make_output_allocator(trt_api, arena)  # for data-dependent output shapes only
         outputs = {name: _bind_output(trt_api, engine, context, arena, name, allocator)
                    for name in names if name not in inputs}
@@ -182,9 +183,27 @@ def _fetch_allocated(arena: Any, allocator: Any, name: str, spec: HostType) -> n
     return arena.download(pointer, shape, spec.dtype)
 
 
+def _infer_shapes(context: trt.IExecutionContext) -> None:
+    """The engine's shapes for these inputs, or one line. infer_shapes raises RuntimeError for an
+    invalid shape ("a tensor ends up with a negative dimension": a Reshape the inputs do not fit)
+    and names the inputs left unspecified (NvInferRuntime.h, IExecutionContext::inferShapes;
+    python/src/infer/pyCore.cpp)."""
+    try:
+        unspecified = context.infer_shapes()
+    except RuntimeError as exc:
+        raise UserError(f"TensorRT cannot compute the engine's shapes for these inputs ({first_line(exc)}): "
+                        "check the input shapes and shape-tensor values against the model") from None
+    if unspecified:
+        raise UserError(f"TensorRT cannot compute the engine's shapes: input {str(unspecified[0])!r} is not "
+                        "fully specified; give its shape with --input-shape or its values with --inputs")
+
+
 def _bind_output(trt_api: Any, engine: trt.ICudaEngine, context: trt.IExecutionContext, arena: Any,
                  name: str, allocator: Any) -> OutputBinding:
-    shape = dims_tuple(context.get_tensor_shape(name))
+    try:
+        shape = dims_tuple(context.get_tensor_shape(name))
+    except ValueError:  # Dims{-1, {}}: len() of it fails; infer_shapes passed, so TensorRT is at fault
+        raise EngineError(f"TensorRT reports no shape for output {name!r} although it inferred the shapes") from None
     spec = host_type(trt_api, engine.get_tensor_dtype(name))
     if any(d < 0 for d in shape):  # known only after the run: TensorRT asks the allocator for memory
         if not context.set_output_allocator(name, allocator):

@@ -105,6 +105,12 @@ def make_algorithm_selector(trt_api: Any, bans: BanList | None, nodes_of: NodesO
             except Exception as exc:
                 self.errors.append(f"report_algorithms: {type(exc).__name__}: {exc}")
 
+        def forget(self) -> None:
+            """Drop what was recorded so far (the calibration network's choices, not the engine's)."""
+            self.offered.clear()
+            self.excluded.clear()
+            self.chosen.clear()
+
         def records(self) -> list[TacticRecord]:
             names = list(dict.fromkeys([*self.chosen, *self.offered]))
             return [TacticRecord(layer=n, chosen=self.chosen.get(n, ""), offered=tuple(self.offered.get(n, ())),
@@ -126,10 +132,14 @@ class ProfilingRecord:
     selected: str = ""
 
 
-_OP_KEY = re.compile(r"Autotuning op (?P<op>[^(]{1,128})\(key: (?P<key>[^)]{1,128})\)")
+# The sample's sscanf patterns ("%128[^(](key: %128[^)])", "%*d, %*f, %*f, %*f, %128[^,], %128[^,]"),
+# without their 128-character caps: those are the sample's buffer sizes, and real kernel names are
+# longer (TensorRT 10.13's TREx example engines hold 160+ character conv kernel names, e.g.
+# tools/experimental/trt-engine-explorer/examples/pytorch/resnet/A100/qat-residual/*.graph.json).
+_OP_KEY = re.compile(r"Autotuning op (?P<op>[^(]+)\(key: (?P<key>[^)]+)\)")
 _TACTIC_HEADER = "tactic_id, cost(in ms), cost/fastest_cost"
-# Read from the line's first digit on, as the sample's sscanf("%*d, %*f, %*f, %*f, %128[^,], %128[^,]") does.
-_TACTIC_ROW = re.compile(r"\d+, *[^,\s]+, *[^,\s]+, *[^,\s]+, *(?P<kernel>[^,]{1,128}), *(?P<hash>[^,]{1,128})")
+# Read from the line's first digit on, as the sample's sscanf does.
+_TACTIC_ROW = re.compile(r"\d+, *[^,\s]+, *[^,\s]+, *[^,\s]+, *(?P<kernel>[^,]+), *(?P<hash>[^,]+)")
 _FIRST_DIGIT = re.compile(r"\d")
 _SELECTION = "(tactic hash, cost(in ms)):"
 
