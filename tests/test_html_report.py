@@ -7,6 +7,7 @@ import html
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -133,25 +134,31 @@ def test_report_renders_in_headless_chromium_without_errors(overflow_report, pla
     print(f"screenshot of the report: {screenshot}")
 
 
-@pytest.mark.skipif(TMUX is None, reason="tmux is not installed (.ci/run installs it: apt-get install tmux)")
-def test_80_column_terminal_table_identifies_every_layer(tmp_path):
-    socket = f"trtdebug-test-{os.getpid()}"
+def _tmux_screen(args: list[str], tmp_path: Path) -> str:
+    """What `trtdebug compare ARGS` leaves on a real 80-column tmux pane."""
+    assert TMUX is not None
+    socket = f"trtdebug-test-{os.getpid()}-{tmp_path.name}"
     done = tmp_path / "done"
-    command = (f"env PYTHONPATH={ROOT} {sys.executable} -m trtdebug compare {ROOT / 'examples/overflow_convnet.onnx'}"
+    command = (f"env PYTHONPATH={ROOT} {sys.executable} -m trtdebug compare {shlex.join(args)}"
                f"; touch {done}; sleep 60")
     tmux = [TMUX, "-L", socket, "-f", "/dev/null"]
     subprocess.run([*tmux, "new-session", "-d", "-s", "report", "-x", "80", "-y", "40", command], check=True,
                    env={**os.environ, "TERM": "xterm-256color"})
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while not done.exists():
             assert time.monotonic() < deadline, "compare did not finish in the tmux pane"
             time.sleep(0.1)
         time.sleep(0.3)
-        screen = subprocess.run([*tmux, "capture-pane", "-p", "-t", "report", "-S", "-200"], capture_output=True,
-                                text=True, check=True).stdout
+        return subprocess.run([*tmux, "capture-pane", "-p", "-t", "report", "-S", "-300"], capture_output=True,
+                              text=True, check=True).stdout
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+@pytest.mark.skipif(TMUX is None, reason="tmux is not installed (.ci/run installs it: apt-get install tmux)")
+def test_80_column_terminal_table_identifies_every_layer(tmp_path):
+    screen = _tmux_screen([str(ROOT / "examples/overflow_convnet.onnx")], tmp_path)
     print(screen)
     lines = screen.splitlines()
     assert max(len(line) for line in lines) <= 80
@@ -161,6 +168,39 @@ def test_80_column_terminal_table_identifies_every_layer(tmp_path):
         row = next((line for line in worst if re.match(rf"\s+\d+\s+{node} \(", line)), None)
         assert row is not None, f"no row of the table names {node}:\n{screen}"
     assert re.search(r"^\s+3\s+conv_amplify \(Conv\) introduced overflow", screen, re.M)
+
+
+NUMBER = r"(?:-?[\d.]+(?:e[+-]\d+)?|-?inf|nan|-)"
+PIECE = (rf"(?:max abs {NUMBER}|max rel {NUMBER}|SNR {NUMBER} dB|[\d.]+% out of tol|local SNR {NUMBER} dB)")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TMUX is None, reason="tmux is not installed (.ci/run installs it: apt-get install tmux)")
+@pytest.mark.parametrize("name", ["overflow", "ppocrv6_rec", "yolov8n_nudenet_tight"])
+def test_80_column_table_never_wraps_a_layers_numbers(name, planted_models, tmp_path):
+    """Two lines (or more) per layer on 80 columns: the numbers break only between whole pieces."""
+    args_of, _ = REPORTS[name]
+    report = tmp_path / "report.json"
+    screen = _tmux_screen([*args_of(planted_models, tmp_path), "--local-error", "all", "--json", str(report)],
+                          tmp_path)
+    print(screen)
+    lines = screen.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    start = next(i for i, line in enumerate(lines) if line.startswith("Worst layers"))
+    table = []
+    for line in lines[start + 1:]:
+        if not line.startswith(" "):
+            break
+        table.append(line)
+    heads = [line for line in table if re.match(r"\s{0,3}\d+  \S", line)]
+    numbers = [line for line in table if line not in heads]
+    assert heads and numbers
+    for line in numbers:
+        assert re.fullmatch(rf" {{6}}{PIECE}(?:  {PIECE})*", line), f"a broken line of numbers: {line!r}\n{screen}"
+    tensors = {t["node"]: t for t in json.loads(report.read_text())["tensors"]}
+    for head in heads:
+        node = re.match(r"\s*\d+  (.*?) \(", head).group(1)
+        assert node in tensors, f"{node!r} is cut short or wrapped:\n{screen}"
 
 
 def test_value_histograms_are_taken_only_for_the_html_report(planted_models):
