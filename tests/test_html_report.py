@@ -341,7 +341,8 @@ def test_html_verdict_agrees_with_text_and_json(reports, name):
     outputs = dict(re.findall(r"data-output='([^']*)' data-passed='(\w+)'", page))
     assert {html.unescape(k): v == "true" for k, v in outputs.items()} == \
         {k: v["passed"] for k, v in report["outputs"].items()}
-    html_culprits = [html.unescape(n) for n in re.findall(r"<b>(?:Culprit|Also): <span class='fail'>(.*?)</span>", page)]
+    named = re.findall(r"<b>(?:Culprit|Also): <span class='fail'>(.*?)</span>", page)
+    html_culprits = [html.unescape(n) for n in named]
     text_culprits = re.findall(r"^(?:Culprit|Also): (.*?) \(", made.text, re.M)
     assert html_culprits == text_culprits == [c["node"] for c in report["culprits"]]
 

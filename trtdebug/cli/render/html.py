@@ -465,7 +465,8 @@ def _summary_section(result: CompareResult) -> str:
         failed = _output_failed(t)
         m = t.accumulated
         numbers = "" if m is None else f": max abs {_fmt(m.max_abs)}, {_share(m.frac_outside)} of it out of tolerance"
-        lines.append(f"<span class='output' data-output='{html.escape(t.tensor)}' data-passed='{str(not failed).lower()}'>"
+        passed = "false" if failed else "true"
+        lines.append(f"<span class='output' data-output='{html.escape(t.tensor)}' data-passed='{passed}'>"
                      f"output {html.escape(t.tensor)} <b class='{'fail' if failed else 'pass'}'>"
                      f"{'fails' if failed else 'passes'}</b>{numbers}</span>")
     others = [t for t in result.introduced if t.tensor not in {c.tensor for c in result.culprits}]
