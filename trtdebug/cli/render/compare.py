@@ -67,12 +67,29 @@ def _worst_layers(rows: list[TensorReport], with_local: bool, width: int) -> Ren
         head.append(f" ({t.op_type}) {t.status}")
         if t.defects:
             head.append(" " + ", ".join(d.kind for d in t.defects), style="yellow")
-        numbers = (f"      max abs {_fmt(m.max_abs)}  max rel {_fmt(m.max_rel)}  SNR {_fmt(m.snr_db)} dB  "
-                   f"{m.frac_outside:.1%} out of tol")
+        numbers = [f"max abs {_fmt(m.max_abs)}", f"max rel {_fmt(m.max_rel)}", f"SNR {_fmt(m.snr_db)} dB",
+                   f"{m.frac_outside:.1%} out of tol"]
         if with_local:
-            numbers += f"  local SNR {_fmt(t.local.snr_db) if t.local else '-'} dB"
-        lines += [head, Text(numbers, style="dim")]
+            numbers.append(f"local SNR {_fmt(t.local.snr_db) if t.local else '-'} dB")
+        lines += [head, *(Text(line, style="dim") for line in _packed(numbers, width, NUMBERS_INDENT))]
     return Group(*lines)
+
+
+NUMBERS_INDENT = 6  # under the node's name
+
+
+def _packed(pieces: list[str], width: int, indent: int) -> list[str]:
+    """The pieces joined by two spaces into lines of at most `width` columns, each indented; a line
+    breaks only between pieces, so a number never parts from its unit (no lone "dB" on a line)."""
+    lines: list[str] = []
+    line = ""
+    for piece in pieces:
+        joined = f"{line}  {piece}" if line else piece
+        if line and indent + cell_len(joined) > width:
+            lines.append(line)
+            joined = piece
+        line = joined
+    return [" " * indent + line for line in [*lines, line]]
 
 
 def _cells_width(column: Column) -> int:

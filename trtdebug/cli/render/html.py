@@ -109,6 +109,28 @@ def scaled_error(m: Metrics) -> float:
     return max(value, ZERO_ERROR)
 
 
+def output_error(result: CompareResult, t: TensorReport, m: Metrics) -> float:
+    """Where an output sits against the plot's atol line, on the side its verdict puts it.
+
+    Outputs are judged by |c - r| <= atol + rtol * |r| with an absolute atol (per output with
+    --output-tol), not by the intermediate tensors' relative rule, so their max |c - r| / max |r|
+    can sit below the line while they fail. A failing output has some |c - r| above its own atol:
+    drawn at atol * max|c - r| / its atol, it is above the line. A passing one has every |c - r|
+    within atol + rtol * max|r|: drawn at atol * max|c - r| / that bound, it is at or below it."""
+    if m.new_nonfinite or not math.isfinite(m.max_abs):
+        return math.inf
+    atol, rtol = result.output_tolerances.get(t.tensor, result.tolerance.for_output(t.tensor))
+    failed = _output_failed(t)
+    bound = atol if failed else atol + rtol * m.ref_max_abs
+    if bound <= 0:
+        return math.inf if failed else ZERO_ERROR
+    return max(result.tolerance.atol * m.max_abs / bound, ZERO_ERROR)
+
+
+def _output_failed(t: TensorReport) -> bool:
+    return t.status not in ("ok", "absorbed")  # as CompareResult.to_json's `outputs` judges it
+
+
 def _category(t: TensorReport) -> str:
     return t.defects[0].kind if t.defects else t.status
 
@@ -119,19 +141,28 @@ def _hover(t: TensorReport, m: Metrics, which: str) -> str:
         return f"<b>{html.escape(t.node)}</b> alone: max abs {_fmt(m.max_abs)}, SNR {_fmt(m.snr_db)} dB"
     defects = ", ".join(d.kind for d in t.defects)
     tensor = "" if t.tensor == t.node else f" → {html.escape(t.tensor)}"
+    output = (f"<br>output, judged by |c − r| ≤ atol + rtol·|r|: {'FAIL' if _output_failed(t) else 'pass'}"
+              if t.is_output else "")
     return (f"<b>{html.escape(t.node)}</b>{tensor} ({html.escape(t.op_type)}) #{t.index}<br>{t.status}"
             f"{' ' + defects if defects else ''}: max abs {_fmt(m.max_abs)}, max rel {_fmt(m.max_rel)}, "
-            f"SNR {_fmt(m.snr_db)} dB, {m.frac_outside:.2%} out of tol")
+            f"SNR {_fmt(m.snr_db)} dB, {m.frac_outside:.2%} out of tol{output}")
+
+
+LABELLED_CULPRITS = 8  # culprits numbered on the plot and named in its legend; the rest share one entry
 
 
 def error_figure(result: CompareResult, kept: Sequence[str] = (), title: str = "") -> go.Figure:
     measured = [t for t in result.tensors if t.accumulated is not None]
-    finite = [e for t in measured for m in (t.accumulated, t.local) if m is not None
-              for e in [scaled_error(m)] if math.isfinite(e)]
-    ceiling = 10 ** math.ceil(math.log10(max([1.0, *finite]) * 10))  # where inf and NaN errors are drawn
 
-    def y_of(m: Metrics) -> float:
-        error = scaled_error(m)
+    def error_of(t: TensorReport, m: Metrics, which: str = "accumulated") -> float:
+        return output_error(result, t, m) if t.is_output and which == "accumulated" else scaled_error(m)
+
+    finite = [e for t in measured for which, m in (("accumulated", t.accumulated), ("local", t.local))
+              if m is not None for e in [error_of(t, m, which)] if math.isfinite(e)]
+    ceiling = 10 ** math.ceil(math.log10(max([1.0, *finite]) * 10))  # the row where inf and NaN errors sit
+
+    def y_of(t: TensorReport, m: Metrics, which: str = "accumulated") -> float:
+        error = error_of(t, m, which)
         return ceiling if math.isinf(error) else float(f"{error:.4g}")
 
     figure = go.Figure()
@@ -139,29 +170,51 @@ def error_figure(result: CompareResult, kept: Sequence[str] = (), title: str = "
     for t in measured:
         by_kind.setdefault(_category(t), []).append(t)
     for kind in sorted(by_kind, key=lambda k: (k in ("ok", "propagated"), k)):
-        rows = by_kind[kind]
-        figure.add_trace(go.Scatter(
-            x=[t.index for t in rows], y=[y_of(t.accumulated) for t in rows if t.accumulated], mode="markers",
-            name=f"{kind} ({len(rows)})", marker={"color": KIND_COLOURS.get(kind, "#333"), "size": 7},
-            hovertext=[_hover(t, t.accumulated, "accumulated") for t in rows if t.accumulated],
-            hoverinfo="text", legendgroup="accumulated", legendgrouptitle_text="accumulated error, by kind"))
+        rows = [t for t in by_kind[kind] if not t.is_output]
+        if rows:
+            figure.add_trace(go.Scatter(
+                x=[t.index for t in rows], y=[y_of(t, t.accumulated) for t in rows if t.accumulated],
+                mode="markers", name=f"{kind} ({len(rows)})",
+                marker={"color": KIND_COLOURS.get(kind, "#333"), "size": 7},
+                hovertext=[_hover(t, t.accumulated, "accumulated") for t in rows if t.accumulated],
+                hoverinfo="text", legendgroup="accumulated", legendgrouptitle_text="accumulated error, by kind"))
+    for failed, colour in ((True, "#d62728"), (False, "#2ca02c")):
+        outputs = [t for t in measured if t.is_output and _output_failed(t) is failed]
+        if outputs:
+            figure.add_trace(go.Scatter(
+                x=[t.index for t in outputs], y=[y_of(t, t.accumulated) for t in outputs if t.accumulated],
+                mode="markers", name=f"output {'fails' if failed else 'passes'} ({len(outputs)})",
+                marker={"symbol": "star", "size": 15, "color": colour, "line": {"color": "#000", "width": 1}},
+                hovertext=[_hover(t, t.accumulated, "accumulated") for t in outputs if t.accumulated],
+                hoverinfo="text", legendgroup="outputs",
+                legendgrouptitle_text="outputs, drawn against their own tolerance"))
     local = [t for t in measured if t.local is not None]
     if local:
         figure.add_trace(go.Scatter(
-            x=[t.index for t in local], y=[y_of(t.local) for t in local if t.local], mode="markers",
+            x=[t.index for t in local], y=[y_of(t, t.local, "local") for t in local if t.local], mode="markers",
             name="local error (layer alone)", marker={"symbol": "circle-open", "color": "#444", "size": 9},
             hovertext=[_hover(t, t.local, "local") for t in local if t.local], hoverinfo="text",
             legendgroup="local", legendgrouptitle_text="fed the FP32 reference"))
     headline = [c.tensor for c in result.culprits]
     culprits = sorted((t for t in result.introduced if t.accumulated is not None),
                       key=lambda t: headline.index(t.tensor) if t.tensor in headline else len(headline))
-    if culprits:
+    # Each culprit is numbered on the plot and named in the legend: names written beside neighbouring
+    # points would overlap one another.
+    for number, t in enumerate(culprits[:LABELLED_CULPRITS], start=1):
+        assert t.accumulated is not None
         figure.add_trace(go.Scatter(
-            x=[t.index for t in culprits], y=[y_of(t.accumulated) for t in culprits if t.accumulated],
-            mode="markers+text", name=f"culprits: error introduced ({len(culprits)})",
-            text=[t.node if i < 8 else "" for i, t in enumerate(culprits)], textposition="top center",
-            marker={"symbol": "star", "size": 16, "color": "rgba(0,0,0,0)", "line": {"color": "#000", "width": 2}},
-            hovertext=[_hover(t, t.accumulated, "accumulated") for t in culprits if t.accumulated],
+            x=[t.index], y=[y_of(t, t.accumulated)], mode="markers+text", text=[str(number)],
+            textposition="middle right", textfont={"size": 12, "color": "#000"},
+            name=f"{number}. {t.node} ({t.op_type})",
+            marker={"symbol": "hexagram-open", "size": 17, "color": "#000", "line": {"width": 2}},
+            hovertext=[_hover(t, t.accumulated, "accumulated")], hoverinfo="text", legendgroup="culprits",
+            legendgrouptitle_text=f"culprits: error introduced ({len(culprits)})"))
+    rest = culprits[LABELLED_CULPRITS:]
+    if rest:
+        figure.add_trace(go.Scatter(
+            x=[t.index for t in rest], y=[y_of(t, t.accumulated) for t in rest if t.accumulated], mode="markers",
+            name=f"and {len(rest)} more", marker={"symbol": "hexagram-open", "size": 13, "color": "#000"},
+            hovertext=[_hover(t, t.accumulated, "accumulated") for t in rest if t.accumulated],
             hoverinfo="text", legendgroup="culprits"))
     if kept:
         index_of = {t.node: t for t in result.tensors}
@@ -172,11 +225,16 @@ def error_figure(result: CompareResult, kept: Sequence[str] = (), title: str = "
             marker={"symbol": "triangle-down", "size": 11, "color": "#2ca02c"},
             hovertext=[f"<b>{html.escape(t.node)}</b> ({html.escape(t.op_type)}) kept" for t in shown],
             hoverinfo="text"))
-    figure.add_hline(y=result.tolerance.atol, line_dash="dash", line_color="#888",
-                     annotation_text=f"atol {result.tolerance.atol:g} (× max |ref|)",
-                     annotation_position="bottom right")
-    figure.add_hline(y=ceiling, line_dash="dot", line_color="#d62728", annotation_text="inf / NaN",
-                     annotation_position="top left")
+    # Lines drawn by hand: plotly places a shape on a log axis by its value but an annotation by its
+    # log10, so add_hline's label of a line at 10 would sit at 1e10.
+    for y, dash, colour, label, anchor in (
+            (result.tolerance.atol, "dash", "#888", f"atol {result.tolerance.atol:g} (× max |ref|)", "top"),
+            (ceiling, "dot", "#d62728", "inf / NaN", "bottom")):
+        figure.add_shape(type="line", xref="paper", x0=0, x1=1, yref="y", y0=y, y1=y,
+                         line={"dash": dash, "color": colour, "width": 1})
+        figure.add_annotation(xref="paper", x=1 if anchor == "top" else 0, xanchor="right" if anchor == "top"
+                              else "left", yref="y", y=math.log10(y), yanchor=anchor, text=label,
+                              showarrow=False, font={"color": colour})
     figure.update_layout(
         title=title or "Error by topological position", height=520, template="plotly_white",
         xaxis_title="topological position (node index)", yaxis_title="max |candidate − reference| / max |reference|",
@@ -226,6 +284,25 @@ def histogram_figure(hist: ValueHistogram, precision: str, node: str) -> go.Figu
     return figure
 
 
+MIN_PLOTTED_BINS = 3  # fewer occupied bins than this, on both sides, make no shape to look at: words say it
+
+
+def describe_values(hist: ValueHistogram, index: int) -> str:
+    """One side's values in words: zeros, infinities, NaNs and the magnitudes between."""
+    zeros, infs, nans = (hist.special[k][index] for k in ("zero", "inf", "nan"))
+    counts = hist.reference if index == 0 else hist.candidate
+    occupied = [i for i, c in enumerate(counts) if c]
+    parts = [f"{zeros:,} zero" if zeros else "", f"{infs:,} inf" if infs else "", f"{nans:,} NaN" if nans else ""]
+    if occupied:
+        low, high = 10 ** hist.edges[occupied[0]], 10 ** hist.edges[occupied[-1] + 1]
+        parts.append(f"{sum(counts):,} of magnitude {_fmt(low)} to {_fmt(high)}")
+    return ", ".join(p for p in parts if p) or "no values"
+
+
+def _plotted_bins(hist: ValueHistogram) -> int:
+    return max(sum(1 for c in hist.reference if c), sum(1 for c in hist.candidate if c))
+
+
 def _histogram_section(result: CompareResult) -> str:
     if not result.histograms:
         return ""
@@ -233,9 +310,15 @@ def _histogram_section(result: CompareResult) -> str:
     note = ("" if result.precision in REPRESENTABLE else
             f"<p class='dim'>{html.escape(result.precision)}: the representable range depends on each "
             "tensor's quantization scale, which is not marked.</p>")
-    plots = [_plot(histogram_figure(h, result.precision, nodes.get(name, name)), f"hist-{i}")
-             for i, (name, h) in enumerate(result.histograms.items())]
-    return _section("Culprits: reference against engine values", note + "".join(plots))
+    parts = []
+    for i, (name, h) in enumerate(result.histograms.items()):
+        words = (f"<p class='values' data-tensor='{html.escape(name)}'><b>{html.escape(nodes.get(name, name))} → "
+                 f"{html.escape(name)}</b>: FP32 reference {describe_values(h, 0)}; engine "
+                 f"({html.escape(result.precision)}) {describe_values(h, 1)}</p>")
+        plot = (_plot(histogram_figure(h, result.precision, nodes.get(name, name)), f"hist-{i}")
+                if _plotted_bins(h) >= MIN_PLOTTED_BINS else "")
+        parts.append(words + plot)
+    return _section("Culprits: reference against engine values", note + "".join(parts))
 
 
 # -- the tensor table --------------------------------------------------------------------------------
@@ -378,6 +461,14 @@ def _summary_section(result: CompareResult) -> str:
         lines.append(f"<b>{'Culprit' if number == 0 else 'Also'}: <span class='fail'>{html.escape(culprit.node)}"
                      f"</span></b> ({html.escape(culprit.op_type)}), tensor {html.escape(culprit.tensor)}{share}")
         lines += [f"&nbsp;&nbsp;{html.escape(d.kind)}: {html.escape(d.message)}" for d in report.defects]
+    for t in result.outputs:
+        failed = _output_failed(t)
+        m = t.accumulated
+        numbers = "" if m is None else f": max abs {_fmt(m.max_abs)}, {_share(m.frac_outside)} of it out of tolerance"
+        passed = "false" if failed else "true"
+        lines.append(f"<span class='output' data-output='{html.escape(t.tensor)}' data-passed='{passed}'>"
+                     f"output {html.escape(t.tensor)} <b class='{'fail' if failed else 'pass'}'>"
+                     f"{'fails' if failed else 'passes'}</b>{numbers}</span>")
     others = [t for t in result.introduced if t.tensor not in {c.tensor for c in result.culprits}]
     if others:
         names = ", ".join(html.escape(t.node) for t in others[:5])
@@ -412,6 +503,11 @@ def _fmt(value: float) -> str:
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
     return f"{value:.3g}"
+
+
+def _share(fraction: float) -> str:
+    """A share that is not zero never reads 0.00%."""
+    return "under 0.01%" if 0 < fraction < 1e-4 else f"{fraction:.2%}"
 
 
 def _script_json(data: Any) -> str:
