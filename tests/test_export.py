@@ -88,10 +88,10 @@ def test_int8_needs_calibration_or_qdq() -> None:
     with pytest.raises(UserError, match="placeholder dynamic ranges"):
         trtexec_args(PrecisionPlan("int8"))
     assert trtexec_args(PrecisionPlan("int8"), calibration_cache="calib.cache") == [
-        "--int8", "--calib=calib.cache", "--noTF32"]
-    assert trtexec_args(PrecisionPlan("int8"), qdq=True) == ["--int8", "--noTF32"]
+        "--fp16", "--int8", "--calib=calib.cache", "--noTF32"]  # INT8 with FP16 fallback, as trtdebug builds
+    assert trtexec_args(PrecisionPlan("int8"), qdq=True) == ["--fp16", "--int8", "--noTF32"]
     assert polygraphy_args(PrecisionPlan("int8"), calibration_cache="c.cache") == [
-        "--int8", "--calibration-cache", "c.cache"]
+        "--fp16", "--int8", "--calibration-cache", "c.cache"]
 
 
 def test_trtexec_flags_use_network_layer_names_and_refuse_commas() -> None:

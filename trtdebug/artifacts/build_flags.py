@@ -35,7 +35,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from trtdebug.core.plans.precision_plan import PRECISIONS, PrecisionPlan
+from trtdebug.core.plans.precision_plan import PRECISIONS, PrecisionPlan, builder_precisions
 from trtdebug.errors import UserError
 
 Shape = tuple[int, ...]
@@ -63,7 +63,8 @@ def _target(target_version: str) -> str:
 
 
 def _reduced(plan: PrecisionPlan) -> list[str]:
-    used = {plan.default, *plan.nodes.values()}
+    """The precision flags of the plan, the same set trtdebug's own TensorRT builds enable."""
+    used = builder_precisions(plan)
     return [p for p in PRECISIONS if p in used and p in BUILD_FLAG]
 
 

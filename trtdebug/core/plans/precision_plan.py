@@ -43,6 +43,14 @@ PLAN_FORMAT = "trtdebug.precision-plan"
 PLAN_VERSION = 1
 
 
+def builder_precisions(plan: PrecisionPlan) -> set[str]:
+    """Every precision a weakly typed build of `plan` must enable (TensorRT builder flags, trtexec and
+    Polygraphy options alike): each one the plan uses, and FP16 with an INT8 default (INT8 with FP16
+    fallback: the candidates a search makes plan nodes FP16, and a baseline built without FP16 would
+    differ from every candidate in more than the nodes they move)."""
+    return {plan.default, *plan.nodes.values()} | ({"fp16"} if plan.default == "int8" else set())
+
+
 def precision_rank(precision: str) -> int:
     """Higher is more precise."""
     return len(PRECISIONS) - PRECISIONS.index(precision)

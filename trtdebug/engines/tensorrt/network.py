@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from trtdebug.core.model.feeds import input_shape_hint
-from trtdebug.core.plans.precision_plan import PRECISIONS, PrecisionPlan
+from trtdebug.core.plans.precision_plan import PRECISIONS, PrecisionPlan, builder_precisions
 from trtdebug.engines.base import BuildError
 from trtdebug.engines.tensorrt.layers import NodeResolver, network_layer_nodes
 from trtdebug.engines.tensorrt.support import Features, quiet_deprecations
@@ -294,7 +294,7 @@ def builder_precision_flags(features: Features, plan: PrecisionPlan) -> list[str
     An INT8 default always comes with FP16 (INT8 with FP16 fallback, as the weakly typed Q/DQ build
     does): the candidates a search makes from it plan nodes FP16, and a baseline built without the
     FP16 flag would differ from every candidate in more than the nodes they move."""
-    used = {plan.default, *plan.nodes.values()} | ({"fp16"} if plan.default == "int8" else set())
+    used = builder_precisions(plan)
     ordered = [plan.default, *(p for p in PRECISIONS if p != plan.default)]
     flags = [PRECISION_FLAG[p] for p in ordered if p in used and p in PRECISION_FLAG]
     if "BF16" in flags and not features.bf16_flag:
