@@ -251,6 +251,7 @@ class Culprit:
     creates_nonfinite: bool  # values became inf/NaN here while the reference is finite
     explained: float | None  # share of the final-output error that its reference value removes (None: not measured)
     reason: str
+    chain: tuple[str, ...] = ()  # nodes named together (a chain, or a span of layers), `node` the last
 
 
 @dataclass(frozen=True)
@@ -359,7 +360,7 @@ class CompareResult:
             "check": self.check or None,
             "first_introduced": first,
             "culprits": [{"tensor": c.tensor, "node": c.node, "op_type": c.op_type,
-                          "creates_nonfinite": c.creates_nonfinite, "explained": c.explained, "reason": c.reason}
+                          "creates_nonfinite": c.creates_nonfinite, "explained": c.explained, "reason": c.reason, "chain": list(c.chain)}
                          for c in self.culprits],
             "culprits_explain": self.culprits_explain,
             "outputs": {t.tensor: self._output_json(t) for t in self.outputs},
