@@ -208,7 +208,8 @@ def _culprits(problem: Problem, engine: Engine, plan: PrecisionPlan, built: Buil
            ) if substituting else None
     return find_culprits(model, tensors, keepable or set(model.node_by_name), problem.reference,
                          problem.tolerance, run, outputs if substituting else None,
-                         max_bytes=(problem.memory_budget or default_budget()) // 3)
+                         max_bytes=(problem.memory_budget or default_budget()) // 3,
+                         whole_network=format_of(model) is None)
 
 
 def _note_fidelity(tensors: Sequence[TensorReport], layers: Sequence[LayerInfo]) -> None:

@@ -39,6 +39,7 @@ from trtdebug.core.model.graph import Model
 from trtdebug.core.reference.fp32_run import values_of
 
 MAX_CULPRITS = 3
+MEASURED_CANDIDATES = 6  # without the whole-network search: the most severe introduced errors measured
 MIN_SHARE = 0.05  # a culprit must explain at least this share of the output error
 MAX_RUNS = 32  # substitution runs of the contribution search (each one run of the build)
 SPLIT_SHARE = 0.02  # a span of layers is split while it adds at least this share of the output error
@@ -94,11 +95,15 @@ def find_culprits(model: Model, reports: Sequence[TensorReport], keepable: set[s
                   reference: Mapping[str, np.ndarray], tolerance: Tolerance,
                   run_with_reference: RunWithReference | None = None,
                   failed_outputs: Mapping[str, np.ndarray] | None = None,
-                  max_bytes: int = DEFAULT_SEARCH_BYTES) -> tuple[list[Culprit], float | None]:
+                  max_bytes: int = DEFAULT_SEARCH_BYTES, whole_network: bool = True
+                  ) -> tuple[list[Culprit], float | None]:
     """Up to three culprits, most important first (module docstring), and the share of the output
     error they explain together (None: not measured). `run_with_reference(replacements, switchable)` reruns the
     build with tensors replaced by their reference values; `failed_outputs` are the final outputs of
     the build as it is. `max_bytes` bounds the reference values the measuring holds at once.
+    `whole_network` False measures only the introduced errors: where a substituted tensor is read
+    unquantized (INT8 Q/DQ builds), a prefix at reference values also undoes quantization, so the
+    bisection's steps do not add up.
 
     The reports of layers named by measurement are marked `introduced` (with the share they add)."""
     introduced = [r for r in reports if r.status == "introduced" and r.node in keepable]
@@ -113,8 +118,9 @@ def find_culprits(model: Model, reports: Sequence[TensorReport], keepable: set[s
     baseline = output_error(model, reference, failed_outputs, tolerance)
     if baseline == 0:
         return [], None
-    search = _ContributionSearch(model, reports, reference, tolerance, run_with_reference, baseline, max_bytes,
-                                 extra=[r.tensor for r in nonfinite[:MAX_CULPRITS]])
+    search = _ContributionSearch(model, reports if whole_network else [*nonfinite, *rest[:MEASURED_CANDIDATES]],
+                                 reference, tolerance, run_with_reference, baseline, max_bytes,
+                                 extra=[r.tensor for r in [*nonfinite[:MAX_CULPRITS], *rest[:MEASURED_CANDIDATES]]])
     replaced: list[str] = []
     remaining = baseline
 
@@ -124,7 +130,19 @@ def find_culprits(model: Model, reports: Sequence[TensorReport], keepable: set[s
                                 max(0.0, (remaining - after) / baseline), _describe(report)))
         replaced.append(report.tensor)
         remaining = min(remaining, after)
-    for group in search.groups(keepable):
+    if not whole_network:  # only the introduced errors, the most severe first
+        candidates = rest[:MEASURED_CANDIDATES]
+        while len(culprits) < MAX_CULPRITS and candidates and remaining > 0:
+            after, best = min(((search.error_with([*replaced, r.tensor]), r) for r in candidates),
+                              key=lambda pair: pair[0])
+            share = (remaining - after) / baseline
+            if share < MIN_SHARE:
+                break
+            culprits.append(Culprit(best.tensor, best.node, best.op_type, False, share, _describe(best)))
+            replaced.append(best.tensor)
+            remaining = after
+            candidates = [r for r in candidates if r is not best]
+    for group in search.groups(keepable) if whole_network else ():
         if len(culprits) >= MAX_CULPRITS or remaining <= 0:
             break
         tensors = [t for r in group.members for t in search.tensors_of(r)]
