@@ -4,8 +4,6 @@ promises of tests/culprit_invariants.py hold on it."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from fixtures.decode_models import DECODE_CHAIN, INPUT, write_decode_model

@@ -130,8 +130,12 @@ def find_culprits(model: Model, reports: Sequence[TensorReport], keepable: set[s
                                 max(0.0, (remaining - after) / baseline), _describe(report)))
         replaced.append(report.tensor)
         remaining = min(remaining, after)
-    if not whole_network:  # only the introduced errors, the most severe first
-        candidates = rest[:MEASURED_CANDIDATES]
+    # A named defect (underflow, all zeros, saturation, ...) that explains a real share comes before
+    # plain rounding: it is where a fallback must keep the layer, even where substituting its producer
+    # (whose values it cannot represent) removes as much.
+    named = [r for r in rest if any(d.kind in NAMED_DEFECTS for d in r.defects)]
+    if not whole_network or named:
+        candidates = (rest if not whole_network else named)[:MEASURED_CANDIDATES]
         while len(culprits) < MAX_CULPRITS and candidates and remaining > 0:
             after, best = min(((search.error_with([*replaced, r.tensor]), r) for r in candidates),
                               key=lambda pair: pair[0])

@@ -360,7 +360,8 @@ class CompareResult:
             "check": self.check or None,
             "first_introduced": first,
             "culprits": [{"tensor": c.tensor, "node": c.node, "op_type": c.op_type,
-                          "creates_nonfinite": c.creates_nonfinite, "explained": c.explained, "reason": c.reason, "chain": list(c.chain)}
+                          "creates_nonfinite": c.creates_nonfinite, "explained": c.explained, "reason": c.reason,
+                          "chain": list(c.chain)}
                          for c in self.culprits],
             "culprits_explain": self.culprits_explain,
             "outputs": {t.tensor: self._output_json(t) for t in self.outputs},
