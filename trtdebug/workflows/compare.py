@@ -214,7 +214,9 @@ def _culprits(problem: Problem, engine: Engine, plan: PrecisionPlan, built: Buil
     run = (lambda replacements, switchable: substituting.run_substituted(problem.feeds, replacements, switchable)
            ) if substituting else None
     return find_culprits(model, tensors, keepable or set(model.node_by_name), problem.reference,
-                         problem.tolerance, run, outputs if substituting else None)
+                         problem.tolerance, run, outputs if substituting else None,
+                         max_bytes=(problem.memory_budget or default_budget()) // 3,
+                         whole_network=format_of(model) is None)
 
 
 def _note_fidelity(tensors: Sequence[TensorReport], layers: Sequence[LayerInfo]) -> None:

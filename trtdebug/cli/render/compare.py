@@ -107,22 +107,37 @@ def _render_culprits(result: CompareResult, console: Console) -> None:
         layer = f", layer {escape(report.layer)}" if report.layer and report.layer != report.node else ""
         share = "" if culprit.explained is None or (culprit.creates_nonfinite and culprit.explained < 0.005) else (
             f" [dim](its reference value removes {culprit.explained:.0%} of the output error)[/]")
-        console.print(f"{label}: [cyan]{escape(culprit.node)}[/] ({culprit.op_type}), tensor "
-                      f"[cyan]{escape(culprit.tensor)}[/]{layer}{share}")
-        for defect in report.defects:
-            console.print(f"  [yellow]{defect.kind}[/]: {escape(defect.message)}")
+        if culprit.chain:
+            together = "" if culprit.explained is None else (
+                f" [dim](together remove {culprit.explained:.0%} of the output error)[/]")
+            console.print(f"{label}: {culprit.reason.split(':', 1)[0]}: "
+                          f"{' -> '.join(f'[cyan]{escape(n)}[/]' for n in _shown_chain(culprit.chain))}{together}")
+            console.print(f"  {escape(culprit.reason.split(': ', 1)[-1])}")
+        else:
+            console.print(f"{label}: [cyan]{escape(culprit.node)}[/] ({culprit.op_type}), tensor "
+                          f"[cyan]{escape(culprit.tensor)}[/]{layer}{share}")
+            for defect in report.defects:
+                console.print(f"  [yellow]{defect.kind}[/]: {escape(defect.message)}")
         if number == 0 and report.accumulated:
             m = report.accumulated
             console.print(f"  max abs err {_fmt(m.max_abs)}, max rel err {_fmt(m.max_rel)}, "
                           f"SNR {_fmt(m.snr_db)} dB, {m.frac_outside:.1%} of elements out of tolerance",
                           style="dim")
     if result.culprits_explain is not None:
-        what = "it" if len(result.culprits) == 1 else f"these {len(result.culprits)} tensors"
+        what = "it" if len(result.culprits) == 1 and not result.culprits[0].chain else (
+            "them" if len(result.culprits) == 1 else f"these {len(result.culprits)} culprits")
         console.print(f"  with {what} at reference values the outputs lose {result.culprits_explain:.0%} of "
                       "their error", style="dim")
     others = len([t for t in result.introduced if t.tensor not in {c.tensor for c in result.culprits}])
     if others:
         console.print(f"  {others} more layer(s) introduce smaller errors of their own; see the table", style="dim")
+
+
+def _shown_chain(nodes: tuple[str, ...], most: int = 6) -> list[str]:
+    """A long chain or span by its ends: the first layers, a count, the last."""
+    if len(nodes) <= most:
+        return list(nodes)
+    return [*nodes[:most - 2], f"... {len(nodes) - most + 1} more ...", nodes[-1]]
 
 
 def _worst_table(rows: list[TensorReport], with_local: bool) -> Table:

@@ -13,7 +13,9 @@ is wrong, it is `absorbed`, not an error.
 
 A wrong tensor is *introduced* where its layer is wrong on its own (local error, where the engine
 can compute it) or where none of its inputs is wrong; otherwise the error is *propagated* from
-upstream.
+upstream. A layer that is exact on its own inputs never introduces error: one whose local error is
+zero (an FP32 Concat of FP16 inputs, a dequantize of INT8 codes that changed upstream), or one that
+only moves data (DATA_MOVEMENT) while an input already differs, however little.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ from trtdebug.core.system import files
 
 # What the JSON report holds: an engine's notes in its own words are of this shape.
 JsonValue: TypeAlias = "None | bool | int | float | str | list[JsonValue] | dict[str, JsonValue]"
+
+# Ops that only move or select values: their output differs from the reference only where an input does.
+DATA_MOVEMENT = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Concat", "Split",
+                           "Slice", "Gather", "GatherElements", "GatherND", "Expand", "Tile", "DepthToSpace",
+                           "SpaceToDepth"})
+
+# max_rel is |c - r| / max(|r|, REL_FLOOR * max|r|): references near zero (a ReLU's zeros, a Sigmoid's
+# tails) would otherwise give ratios of 1e+31 that say nothing.
+REL_FLOOR = 1e-3
 
 DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4), "bf16": (5e-2, 5e-2), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}
 
@@ -99,13 +110,18 @@ def _measure(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float,
     bound = atol * (sums.ref_max if relative_atol else 1.0)
     outside = np.zeros(r.size, dtype=bool)
     outside_count = 0
+    rel_floor = max(REL_FLOOR * sums.ref_max, float(np.finfo(np.float32).tiny))
+    # Without a second pass, the per-element ratio is known against a tiny floor only; no element's
+    # floored ratio exceeds max_abs / floor, so the smaller of the two bounds it (and is exact but in rare cases).
+    max_rel = min(sums.max_rel, sums.max_abs / rel_floor)
     if sums.max_abs > bound:  # otherwise no element can be outside: the second pass is needed rarely
-        outside_count = sum(blockwise.map(r.size, lambda a, b: _outside_block(r[a:b], c[a:b], bound, rtol,
-                                                                            outside[a:b])))
+        passes = blockwise.map(r.size, lambda a, b: _outside_block(r[a:b], c[a:b], bound, rtol, rel_floor,
+                                                                   outside[a:b]))
+        outside_count = sum(count for count, _ in passes)
+        max_rel = max(rel for _, rel in passes)
     norms = math.sqrt(sums.rr * sums.cc)
     cosine = max(-1.0, min(1.0, sums.rc / norms)) if norms > 0 else (1.0 if sums.rr == sums.cc == 0 else 0.0)
     snr = math.inf if sums.noise == 0 else (10 * math.log10(sums.rr / sums.noise) if sums.rr > 0 else -math.inf)
-    max_rel = sums.max_rel
     if sums.new_nonfinite:  # values that became inf/NaN are infinitely wrong, whatever the finite rest says
         snr, max_rel = -math.inf, math.inf
     metrics = Metrics(max_abs=sums.max_abs, mean_abs=sums.abs_sum / sums.finite if sums.finite else 0.0,
@@ -177,7 +193,9 @@ def _mismatched(r: np.ndarray, c: np.ndarray, both_finite: np.ndarray) -> np.nda
     return ~both_finite & ~((r == c) | (np.isnan(r) & np.isnan(c)))
 
 
-def _outside_block(r: np.ndarray, c: np.ndarray, bound: float, rtol: float, out: np.ndarray) -> int:
+def _outside_block(r: np.ndarray, c: np.ndarray, bound: float, rtol: float, rel_floor: float,
+                   out: np.ndarray) -> tuple[int, float]:
+    """Elements outside tolerance (marked in `out`, counted), and the block's relative error with its floor."""
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.subtract(c, r)
         np.abs(err, out=err)
@@ -188,10 +206,15 @@ def _outside_block(r: np.ndarray, c: np.ndarray, bound: float, rtol: float, out:
             err[~both] = 0
             err[_mismatched(r, c, both)] = np.inf
             work[~finite_r] = 0  # a non-finite reference grants no relative tolerance
+            relative_err = np.where(both, err, 0)
+        else:
+            relative_err = err
+        floored = np.maximum(work, rel_floor)
+        max_rel = float(np.max(relative_err / floored, initial=0.0))
         work *= rtol
         work += bound
         np.greater(err, work, out=out)
-    return int(np.count_nonzero(out))
+    return int(np.count_nonzero(out)), max_rel
 
 
 @functools.cache
@@ -228,6 +251,7 @@ class Culprit:
     creates_nonfinite: bool  # values became inf/NaN here while the reference is finite
     explained: float | None  # share of the final-output error that its reference value removes (None: not measured)
     reason: str
+    chain: tuple[str, ...] = ()  # nodes named together (a chain, or a span of layers), `node` the last
 
 
 @dataclass(frozen=True)
@@ -340,7 +364,8 @@ class CompareResult:
             "check": self.check or None,
             "first_introduced": first,
             "culprits": [{"tensor": c.tensor, "node": c.node, "op_type": c.op_type,
-                          "creates_nonfinite": c.creates_nonfinite, "explained": c.explained, "reason": c.reason}
+                          "creates_nonfinite": c.creates_nonfinite, "explained": c.explained, "reason": c.reason,
+                          "chain": list(c.chain)}
                          for c in self.culprits],
             "culprits_explain": self.culprits_explain,
             "outputs": {t.tensor: self._output_json(t) for t in self.outputs},
@@ -455,6 +480,7 @@ class TensorComparer:
         self.output_names = {o.name for o in model.outputs}
         self.reports: list[TensorReport] = []
         self.tainted: set[str] = set()  # tensors whose values are wrong, or missing downstream of wrong ones
+        self.differing: set[str] = set()  # tensors whose values differ from the reference at all (within tolerance too)
         self.nonfinite: set[str] = set()  # candidate tensors holding inf/NaN
         self.masked: set[str] = set()  # wrong tensors that only carry a mask's pattern (masked_only)
         self.reference_outputs: dict[str, np.ndarray] = {}
@@ -493,7 +519,10 @@ class TensorComparer:
             cand = np.asarray(candidate[tensor])
             inputs_nonfinite = any(t in self.nonfinite for t in node.input if t)
             finite = _classify(report, ref, cand, None if local is None or tensor not in local
-                               else np.asarray(local[tensor]), self.tolerance, inputs_wrong, inputs_nonfinite)
+                               else np.asarray(local[tensor]), self.tolerance, inputs_wrong, inputs_nonfinite,
+                               inputs_differ=any(t in self.differing for t in node.input if t))
+            if report.accumulated is None or report.accumulated.max_abs != 0:
+                self.differing.add(tensor)
             if not (finite if finite is not None else not _has_nonfinite(cand)):
                 self.nonfinite.add(tensor)
             if report.status != "ok":
@@ -519,6 +548,8 @@ class TensorComparer:
                                           relative_atol=not report.is_output)
                 if report.local.bad:
                     report.status = "introduced"
+                elif report.local.max_abs == 0:
+                    report.status = "propagated"  # exact on its own inputs: the error came in through them
             self._take_histogram(report, ref, np.asarray(candidate[report.tensor]))
         self.undecided = []
 
@@ -546,7 +577,8 @@ def _tolerance_of(tolerance: Tolerance, report: TensorReport) -> tuple[float, fl
 
 
 def _classify(report: TensorReport, ref: np.ndarray, cand: np.ndarray, local: np.ndarray | None,
-              tolerance: Tolerance, inputs_wrong: bool, inputs_nonfinite: bool = False) -> bool | None:
+              tolerance: Tolerance, inputs_wrong: bool, inputs_nonfinite: bool = False,
+              inputs_differ: bool = False) -> bool | None:
     """Sets the report's status, metrics and defects; returns whether every candidate value is finite
     (None: not measured)."""
     atol, rtol = _tolerance_of(tolerance, report)
@@ -565,7 +597,9 @@ def _classify(report: TensorReport, ref: np.ndarray, cand: np.ndarray, local: np
     # Wrong on its own (local error), or wrong although its inputs were right (it amplified
     # error that stayed within tolerance upstream): either way the error starts here.
     locally_wrong = report.local is not None and report.local.bad
-    report.status = "introduced" if locally_wrong or not inputs_wrong else "propagated"
+    exact_here = (report.local is not None and report.local.max_abs == 0) or (
+        report.op_type in DATA_MOVEMENT and inputs_differ)
+    report.status = "introduced" if locally_wrong or not (inputs_wrong or exact_here) else "propagated"
     report.defects = detect(ref, cand, outside, report.precision, atol, rtol, inputs_nonfinite=inputs_nonfinite,
                             candidate_finite=finite)
     return finite

@@ -1,0 +1,50 @@
+"""Culprits are what explains the failure, measured: a box decode whose every tensor is within its
+own tolerance yet rounds the boxes beyond the output tolerance is named as a chain, and the
+promises of tests/culprit_invariants.py hold on it."""
+
+from __future__ import annotations
+
+import pytest
+
+from fixtures.decode_models import DECODE_CHAIN, INPUT, write_decode_model
+from tests.culprit_invariants import check_culprit_invariants
+from trtdebug.api import problem_spec
+from trtdebug.cli.render.compare import render_compare
+from trtdebug.workflows.compare import compare_case
+from trtdebug.workflows.problem import prepare
+
+
+@pytest.fixture(scope="module")
+def decode(tmp_path_factory):
+    path = write_decode_model(tmp_path_factory.mktemp("decode") / "decode.onnx")
+    case = prepare(problem_spec(path, input_range={INPUT: (0.0, 1.0)}))
+    return case, compare_case(case)
+
+
+def test_decode_rounding_within_each_tensors_tolerance_is_named_as_a_chain(decode):
+    _, result = decode
+    assert not result.passed
+    decode_reports = [result.tensor(t) for t in ("x1y1", "x2y2")]
+    assert all(r.accumulated is not None and r.accumulated.frac_outside == 0 for r in decode_reports)
+    headline = result.culprits[0]
+    assert set(DECODE_CHAIN) <= set(headline.chain), headline
+    assert headline.explained is not None and headline.explained >= 0.5
+    assert all(r.status == "introduced" for r in decode_reports)
+    assert result.tensor("boxes").status == "propagated"  # an FP32 Concat: exact on its own inputs
+
+
+def test_decode_headline_reads_as_a_chain(decode, capsys):
+    from rich.console import Console
+    _, result = decode
+    render_compare(result, Console(width=200))
+    headline = capsys.readouterr().out.split("Worst layers")[0]
+    assert "chain: decode_x1 -> decode_x2 (together remove" in headline
+
+
+def test_culprit_invariants_hold_on_the_decode(decode):
+    check_culprit_invariants(*decode)
+
+
+def test_max_rel_is_floored_by_the_tensors_scale(decode):
+    _, result = decode
+    assert all(t.accumulated.max_rel < 1e3 for t in result.tensors if t.accumulated is not None)
