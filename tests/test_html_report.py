@@ -271,8 +271,8 @@ def reports(planted_models, tmp_path_factory) -> dict[str, Reports]:
     made = {}
     for name, (args_of, fails) in REPORTS.items():
         folder = tmp_path_factory.mktemp(name)
-        run = trtdebug("compare", *args_of(planted_models, folder), "--html", folder / "report.html",
-                       "--json", folder / "report.json", "--quiet")
+        run = run_cli("compare", *args_of(planted_models, folder), "--html", folder / "report.html",
+                      "--json", folder / "report.json", "--quiet")
         assert run.returncode == (1 if fails else 0), run.stdout + run.stderr
         made[name] = Reports(run.stdout, json.loads((folder / "report.json").read_text()),
                              (folder / "report.html").read_text(), folder / "report.html")

@@ -4,18 +4,13 @@ each through `trtdebug compare` as a user runs it: real ONNX models, real onnxru
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import onnx
 import pytest
 
 from fixtures import user_models
-
-
-def trtdebug(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trtdebug", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+from tests.cli import run_cli
 
 
 def _saved(model: onnx.ModelProto, folder: Path, name: str) -> Path:
@@ -39,7 +34,7 @@ def test_compare_int8_on_a_model_quantized_by_onnxruntime(tmp_path, make, scope)
     """quantize_static stores INT8 weights quantized, read through DequantizeLinear nodes of constants:
     the local-error graph looked their outputs up among the reference's tensors (KeyError)."""
     path = _saved(make(), tmp_path, make.__name__)
-    _verdict(trtdebug("compare", path, "--precision", "int8", "--local-error", scope))
+    _verdict(run_cli("compare", path, "--precision", "int8", "--local-error", scope))
 
 
 # -- 2. graphs trtdebug builds that onnxruntime must load ---------------------------------------------
@@ -49,7 +44,7 @@ def test_local_error_on_a_resize_to_sizes_computed_from_shapes(tmp_path):
     loose into a graph input of unknown length, onnx's shape inference rejected the local-error graph
     and trtdebug blamed the user's model (exit 2)."""
     path = _saved(user_models.resized_position_grid(), tmp_path, "vit_positions")
-    run = trtdebug("compare", path, "--local-error", "all", "--input-shape", "x:1x3x8x8")
+    run = run_cli("compare", path, "--local-error", "all", "--input-shape", "x:1x3x8x8")
     _verdict(run)
     assert "cannot load the model" not in run.stderr
 
