@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from fixtures import odd_models, planted
+from fixtures import odd_models, planted, user_models
 from tests.cli import run_cli
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
@@ -54,6 +54,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     np.savez(files["empty_batch"], x=np.zeros((0, 3, 4, 4), np.float32))
     files["one_batch"] = folder / "one_batch.npz"
     np.savez(files["one_batch"], x=np.ones((1, 3, 4, 4), np.float32))
+    for name, make in {"noisy": user_models.noisy_decoder, "seeded_noisy": lambda: user_models.noisy_decoder(True),
+                       "training_dropout": user_models.training_dropout}.items():
+        files[name] = folder / f"{name}.onnx"
+        onnx.save(make(), files[name])
     files["not_a_plan"] = folder / "not_a_plan.json"
     files["not_a_plan"].write_text('{"hello": 1}')
     return files
@@ -120,6 +124,11 @@ BAD = [
     Bad("node-less-model-fallback", ("fallback", "{no_nodes}", "--out", "{blocker}.plan.json"), ("no nodes",)),
     Bad("custom-op-fallback", ("fallback", "{custom_op}", "--out", "{blocker}.plan.json"),
         ("FancyActivation", "com.example")),
+    # random ops: every FP32 run differs (a seed too: onnxruntime draws anew on each run of a session)
+    Bad("model-draws-noise", ("compare", "{noisy}"), ("draws random values in draw_noise (RandomNormalLike)",)),
+    Bad("model-draws-seeded-noise", ("fallback", "{seeded_noisy}", "--out", "plan.json"),
+        ("draw_noise (RandomNormalLike)",)),
+    Bad("model-dropout-in-training-mode", ("compare", "{training_dropout}"), ("dropout (Dropout)",)),
 ]
 
 

@@ -21,6 +21,7 @@ from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.reference.budget import ComparePlan, plan_compare, tensor_bytes
 from trtdebug.core.reference.fp32_run import LazyReference, first_nonfinite, inputs_upstream, run_reference
+from trtdebug.core.reference.random_ops import random_nodes
 from trtdebug.core.system.files import prepare_outputs
 from trtdebug.core.system.memory import default_budget, release_freed_tensors
 from trtdebug.engines import DEFAULT_ENGINE, Engine, get_engine
@@ -142,6 +143,7 @@ def prepare(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None =
     `model`: the one load_model returned already (a workflow may take a lock in between)."""
     if model is None:
         model = load_model(spec, outputs)
+    refuse_random_ops(model)
     unknown = sorted(set(spec.output_tolerances) - {o.name for o in model.outputs})
     if unknown:
         raise UserError(f"--output-tol names {unknown[0]!r}, which is not a model output")
@@ -156,6 +158,17 @@ def prepare(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None =
     problem = Problem.prepare(model, feeds, tolerance, spec.memory_budget)
     refuse_nonfinite_reference(problem, spec)
     return Case(problem, engine, plan, bans)
+
+
+def refuse_random_ops(model: Model) -> None:
+    """A model drawing random values has no fixed FP32 reference: every run differs, and any verdict
+    would blame the random op (core.reference.random_ops says why seeding does not help)."""
+    drawing = random_nodes(model.proto)
+    if drawing:
+        names = ", ".join(f"{n.name or '(unnamed)'} ({n.op_type})" for n in drawing[:3])
+        more = f" and {len(drawing) - 3} more" if len(drawing) > 3 else ""
+        raise UserError(f"the model draws random values in {names}{more}: its FP32 runs differ from each other, "
+                        "so no comparison means anything; export it with the noise as a model input (or fixed)")
 
 
 def refuse_nonfinite_reference(problem: Problem, spec: ProblemSpec) -> None:

@@ -18,6 +18,7 @@ from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.quantized.format import format_of
 from trtdebug.engines.base import BuildError, Built, Capabilities, Marking
+from trtdebug.engines.emulator.bf16_arithmetic import refuse_bf16_below_min_opset
 from trtdebug.engines.emulator.built import EmulatorBuilt
 from trtdebug.engines.emulator.folding import FoldedGraph, fold_like_builder
 from trtdebug.engines.emulator.int8 import build_int8
@@ -58,6 +59,7 @@ class EmulatorEngine:
         if "int8" in (plan.default, *plan.nodes.values()):
             raise UserError("an INT8 plan needs its model prepared for INT8 (trtdebug compare/fallback "
                             "--precision int8 do this: a Q/DQ model as quantized, a float model calibrated)")
+        refuse_bf16_below_min_opset(model.opset, [plan.default, *plan.nodes.values()])
         return self.build_folded(model, self.folded(model), plan, bans, mark)
 
     def build_folded(self, model: Model, folded: FoldedGraph, plan: PrecisionPlan, bans: Any = None,

@@ -7,7 +7,8 @@ untouched; a fused layer computes in the highest precision any of its ONNX nodes
 
 The rounding is done with explicit FP32 -> FP16 -> FP32 Cast pairs inside an FP32 graph (weights:
 rounded copies): onnxruntime's CPU provider computes FP16-typed nodes in FP32 and drops
-intermediate rounding, so an FP16-typed graph would hide every overflow.
+intermediate rounding, so an FP16-typed graph would hide every overflow. BF16 below opset 13 (which
+has no Cast to BF16) is rounded in arithmetic instead, bit for bit the same (bf16_arithmetic).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from trtdebug.core.plans.precision_plan import (
     precision_rank,
     precision_slots,
 )
+from trtdebug.engines.emulator.bf16_arithmetic import BF16_CAST_OPSET, bf16_rounding_nodes
 from trtdebug.engines.emulator.folding import FoldedGraph
 from trtdebug.engines.emulator.tactics import Shape, ShapeOf, apply_variant
 
@@ -82,11 +84,16 @@ class Rounder:
         return self.shape_of(tensor) if self.shape_of else None
 
     def _cast_pair(self, source: str, target: str, precision: str) -> None:
+        self.graph.node.extend(self.rounding_nodes(source, target, precision))
+
+    def rounding_nodes(self, source: str, target: str, precision: str) -> list[onnx.NodeProto]:
+        """Nodes writing `source` rounded to `precision` as `target`, both FP32: a Cast pair, or for BF16
+        below opset 13 (no Cast to BF16 there) the same rounding in arithmetic."""
         low = f"{target}::cast"
-        self.graph.node.append(helper.make_node("Cast", [source], [low], to=ONNX_TYPE[precision],
-                                                name=f"{low}::in"))
-        self.graph.node.append(helper.make_node("Cast", [low], [target], to=onnx.TensorProto.FLOAT,
-                                                name=f"{low}::out"))
+        if precision == "bf16" and self.opset < BF16_CAST_OPSET:
+            return bf16_rounding_nodes(source, target, low, self.opset)
+        return [helper.make_node("Cast", [source], [low], to=ONNX_TYPE[precision], name=f"{low}::in"),
+                helper.make_node("Cast", [low], [target], to=onnx.TensorProto.FLOAT, name=f"{low}::out")]
 
     def add(self, node: onnx.NodeProto, precision: str, float_tensors: set[str]) -> None:
         if precision == "fp32" or node.op_type in DATA_MOVEMENT_OPS:

@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from trtdebug.core.plans.precision_plan import ONNX_TYPE, REDUCED
+from trtdebug.core.plans.precision_plan import REDUCED
 from trtdebug.errors import UserError
 
 FP32_ACCUMULATE = "fp32_accumulate"
@@ -60,6 +60,7 @@ class VariantEmitter(Protocol):
 
     def round_tensor(self, tensor: str, precision: str) -> str: ...
     def round_into(self, source: str, target: str, precision: str) -> None: ...
+    def rounding_nodes(self, source: str, target: str, precision: str) -> list[onnx.NodeProto]: ...
     def emit(self, node: onnx.NodeProto) -> None: ...
     def add_initializer(self, name: str, value: np.ndarray) -> str: ...
     def shape(self, tensor: str) -> Shape | None: ...
@@ -312,11 +313,9 @@ def _running_sum(emit: _Subgraph, partials: str, axis: int, accumulate_in: str) 
     zeros = emit.op("ConstantOfShape", [emit.op("Shape", [first], "shape")], "zeros",
                     value=numpy_helper.from_array(np.zeros(1, np.float32)))
     zeros = emit.op("Squeeze", [zeros, emit.ints([axis], "axes")], "zeros_squeezed")
-    low = ONNX_TYPE[accumulate_in]
     body = helper.make_graph(
         [helper.make_node("Add", ["acc_in", "part"], ["sum"], name="add"),
-         helper.make_node("Cast", ["sum"], ["sum_low"], to=low, name="round_in"),
-         helper.make_node("Cast", ["sum_low"], ["acc_out"], to=onnx.TensorProto.FLOAT, name="round_out")],
+         *emit.rounder.rounding_nodes("sum", "acc_out", accumulate_in)],
         f"{emit.prefix}::accumulate",
         [helper.make_tensor_value_info("acc_in", onnx.TensorProto.FLOAT, None),
          helper.make_tensor_value_info("part", onnx.TensorProto.FLOAT, None)],
