@@ -26,3 +26,17 @@ def test_fp16_changes_the_output_length_and_the_durations_decide_it():
 
 def test_an_output_whose_shape_follows_from_the_inputs_has_no_deciding_tensor():
     assert deciding_tensors(Model.from_proto(small_cnn()), "y") == []
+
+
+def test_compare_says_the_shape_is_data_dependent_and_names_what_decides_it(tmp_path):
+    import onnx
+
+    from tests.cli import run_cli
+
+    onnx.save(duration_expander(), tmp_path / "durations.onnx")
+    np.savez(tmp_path / "zeros.npz", x=np.zeros(DURATIONS, np.float32))
+    run = run_cli("compare", tmp_path / "durations.onnx", "--inputs", tmp_path / "zeros.npz")
+    assert run.returncode == 1, run.stderr
+    verdict = run.stdout.splitlines()[0]
+    assert "its shape depends on computed values, decided by" in verdict and "durations" in verdict
+    assert "Culprit: round (Round), tensor durations" in run.stdout

@@ -32,6 +32,7 @@ from trtdebug import __version__
 from trtdebug.core.analysis import blockwise
 from trtdebug.core.analysis.defects import Defect, all_close, detect
 from trtdebug.core.analysis.histograms import ValueHistogram, value_histogram
+from trtdebug.core.model.data_dependent import deciding_tensors
 from trtdebug.core.model.graph import FP16_MAX, Model, RangeViolation
 from trtdebug.core.system import files
 
@@ -439,8 +440,11 @@ def judge_outputs(model: Model, reference: Mapping[str, np.ndarray], candidate: 
             return Verdict(False, metrics, f"engine did not produce output {spec.name!r}")
         ref, cand = np.asarray(reference[spec.name]), np.asarray(candidate[spec.name])
         if ref.size != cand.size:
+            deciders = deciding_tensors(model, spec.name)
+            decided = (f": its shape depends on computed values, decided by {', '.join(deciders[-3:])}"
+                       if deciders else "")
             return Verdict(False, metrics, f"output {spec.name!r} has shape {list(cand.shape)}, "
-                                           f"expected {list(ref.shape)}")
+                                           f"expected {list(ref.shape)}{decided}")
         if ref.dtype.kind not in "fc":
             if not np.array_equal(ref.reshape(-1), cand.reshape(-1)):
                 failing.append(spec.name)
