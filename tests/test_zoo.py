@@ -33,8 +33,18 @@ pytestmark = pytest.mark.slow
 EXIT_INTERNAL = 3
 PROMISES = ("exits_cleanly", "verdict_agrees", "exact_fp32_not_introduced", "printed_commands_parse")
 
+_HIBARI_EMULATOR_FAILS = ("the FP16 emulator run fails at /pro_in/Conv on an empty input (shape {0}, past the "
+                          "data-dependent duration path), reported as a user error: exit 2, no report")
+
 # (model, promise) -> what breaks today, one line.
-KNOWN_FAILURES: dict[tuple[str, str], str] = {}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {
+    ("hibari_tts", "exits_cleanly"):
+        _HIBARI_EMULATOR_FAILS,
+    ("hibari_tts", "verdict_agrees"):
+        _HIBARI_EMULATOR_FAILS,
+    ("hibari_tts", "exact_fp32_not_introduced"):
+        _HIBARI_EMULATOR_FAILS,
+}
 
 
 @dataclass(frozen=True)
