@@ -48,7 +48,7 @@ from trtdebug.workflows.problem import Case, Problem
 from trtdebug.workflows.progress import SILENT, Progress
 
 # What a node falls back to: FP32 from FP16/BF16 builds, FP16 from INT8 builds.
-FALLBACK_PRECISION = {"fp16": "fp32", "bf16": "fp32", "int8": "fp16"}
+FALLBACK_PRECISION = {"fp16": "fp32", "bf16": "fp32", "fp8": "fp16", "int8": "fp16", "int4": "fp16"}
 
 
 @dataclass
@@ -116,7 +116,7 @@ def _run_fallback(case: Case, out: str | Path, strategy: str, resume: bool, chec
                         "fallback with an engine that builds: --engine emulator, tensorrt or tensorrt-rtx")
     if base.default not in FALLBACK_PRECISION:
         raise UserError(f"a --precision {base.default} build has nothing to fall back from; "
-                        "use --precision fp16, bf16 or int8")
+                        "use --precision fp16, bf16, fp8, int8 or int4")
     keep = FALLBACK_PRECISION[base.default]
     quantized = format_for(model, base)
     if quantized is not None:  # Q/DQ pairs to remove, or (implicit INT8) layers to take out of INT8

@@ -36,7 +36,8 @@ from trtdebug.core.system import files
 # What the JSON report holds: an engine's notes in its own words are of this shape.
 JsonValue: TypeAlias = "None | bool | int | float | str | list[JsonValue] | dict[str, JsonValue]"
 
-DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4), "bf16": (5e-2, 5e-2), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}
+DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4), "bf16": (5e-2, 5e-2), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1),
+                      "fp8": (1e-1, 1e-1), "int4": (1e-1, 1e-1)}
 
 
 @dataclass(frozen=True)
