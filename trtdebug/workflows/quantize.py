@@ -47,7 +47,7 @@ from trtdebug.errors import UserError
 
 Feeds = dict[str, np.ndarray]
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-QUANTIZE_FORMATS = ("int8", "fp8", "int4")  # what `trtdebug quantize --format` writes
+QUANTIZE_FORMATS = QUANTIZED_PRECISIONS  # what `trtdebug quantize --format` writes
 PER_CHANNEL_OPSET = 13  # QuantizeLinear's axis attribute (per-channel scales) arrived in opset 13
 DEFAULT_GENERATED_BATCHES = 8
 # Formats a Q/DQ model's code types say without --precision (INT8 Q/DQ models keep asking for it).
@@ -216,11 +216,12 @@ def quantize_proto(model: Model, batches: Sequence[Feeds],
 def run_quantize(model_path: str | Path, out: str | Path, calibration: Calibration,
                  input_shapes: Mapping[str, tuple[int, ...]] | None = None,
                  input_ranges: Mapping[str, tuple[float, float]] | None = None,
-                 quant_format: str = "int8", block_size: int = DEFAULT_BLOCK_SIZE) -> QuantizeOutcome:
+                 quant_format: str = "int8", block_size: int | None = None) -> QuantizeOutcome:
     """`trtdebug quantize`: write a Q/DQ model of `model_path` to `out` (atomically, never over an input),
     in `quant_format` (int8, fp8 or int4 weight-only)."""
     if quant_format not in QUANTIZE_FORMATS:
         raise UserError(f"unknown format {quant_format!r}; use one of {', '.join(QUANTIZE_FORMATS)}")
+    block_size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
     if block_size < 1:
         raise UserError(f"--block-size {block_size} must be a positive number of values per scale (32-128 is usual)")
     model = Model.load(model_path)
@@ -277,11 +278,11 @@ def int8_model(model: Model, precision: str | None, plan_path: str | Path | None
     if has_qdq(model):
         quantized = QuantizedModel(model)
         if quantized.precision != precision and quantized.pairs:
-            raise UserError(f"{model.name} is a {quantized.precision.upper()} Q/DQ model; compare it with "
+            raise UserError(f"{model.name} is an {quantized.precision.upper()} Q/DQ model; compare it with "
                             f"--precision {quantized.precision} (or leave --precision out)")
         return quantized
     if precision != "int8":
-        raise UserError(f"--precision {precision} needs a {precision.upper()} Q/DQ model and {model.name} has no "
+        raise UserError(f"--precision {precision} needs an {precision.upper()} Q/DQ model and {model.name} has no "
                         f"Q/DQ nodes; write one with `trtdebug quantize {model.name} --format {precision}`")
     if engine != "emulator":
         return model
