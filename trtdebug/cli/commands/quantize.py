@@ -34,7 +34,8 @@ def _options(func):  # type: ignore[no-untyped-def]
 @click.argument("model", type=click.Path(path_type=str))
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=str),
               help="The Q/DQ model to write [default: MODEL's name with .qdq.onnx, beside it].")
-@click.option("--format", "quant_format", type=click.Choice(list(QUANTIZED_PRECISIONS)), default="int8", show_default=True,
+@click.option("--format", "quant_format", type=click.Choice(list(QUANTIZED_PRECISIONS)), default="int8",
+              show_default=True,
               help="int8: onnxruntime's quantizer; fp8: E4M3 Q/DQ on MatMul/Conv/Gemm inputs (amax calibration, "
                    "per-channel weights); int4: block-wise weight-only Q/DQ on their weights.")
 @click.option("--block-size", type=click.IntRange(min=1), default=None,
@@ -49,14 +50,16 @@ def _options(func):  # type: ignore[no-untyped-def]
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the first generated batch.")
 def quantize_command(model: str, out_path: str | None, quant_format: str, block_size: int | None,
-                     calib_inputs: tuple[str, ...], calib_method: str, calib_batches: int, input_shapes: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...],
+                     calib_inputs: tuple[str, ...], calib_method: str, calib_batches: int,
+                     input_shapes: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...],
                      input_ranges: tuple[tuple[str, tuple[float, float]], ...], seed: int) -> int:
     """Quantize MODEL to Q/DQ (explicit quantization, what TensorRT builds): INT8 (symmetric
     activations, per-channel weights, calibrated with onnxruntime.quantization), FP8 E4M3 or INT4
     weight-only (--format)."""
     from trtdebug.workflows.quantize import Calibration, run_quantize
 
-    out = out_path or str(Path(model).with_suffix(".qdq.onnx" if quant_format == "int8" else f".{quant_format}.onnx"))
+    suffix = ".qdq.onnx" if quant_format == "int8" else f".{quant_format}.onnx"
+    out = out_path or str(Path(model).with_suffix(suffix))
     outcome = run_quantize(model, out, Calibration(tuple(calib_inputs), calib_method, calib_batches, seed),
                            {name: profile[1] for name, profile in input_shapes},  # a profile's OPT shape
                            dict(input_ranges), quant_format, block_size)  # None: the library's default

@@ -26,7 +26,12 @@ from trtdebug.core.analysis.defects import Defect
 from trtdebug.core.model.graph import Model
 from trtdebug.core.quantized.int8 import Int8Format
 from trtdebug.core.quantized.qdq import FP8_E4M3_MAX, QuantizedModel, QuantParams
-from trtdebug.core.quantized.scale_findings import COARSE_SQNR_DB, COARSE_ZERO_SHARE, SATURATION_SHARE, QuantizationStats
+from trtdebug.core.quantized.scale_findings import (
+    COARSE_SQNR_DB,
+    COARSE_ZERO_SHARE,
+    SATURATION_SHARE,
+    QuantizationStats,
+)
 
 # Headroom beyond which a tensor that also lost its signal is called coarse: its values sit far
 # below FP8's normal range (2^-6 x scale) instead of near 448 x scale.

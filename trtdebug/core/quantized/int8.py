@@ -139,7 +139,7 @@ class Int8Format:
         for name in candidates:
             pairs = [model.pairs[name]] if name in model.pairs else model.pair_readers.get(name, [])
             tier, severity, reasons = 0, (0.0, 0.0), []
-            for pair, tensor in ((pair, t) for pair in pairs for t in self.tensors_of(pair)):
+            for tensor in (t for pair in pairs for t in self.tensors_of(pair)):
                 report = reports.get(tensor)
                 if report is None:
                     continue

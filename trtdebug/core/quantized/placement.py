@@ -13,6 +13,7 @@ tensor: every MatMul/Conv/Gemm reading it reads the same DequantizeLinear output
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import onnx
@@ -66,7 +67,7 @@ class _Placer:
         self.initializers: list[onnx.TensorProto] = []
         self.renamed: dict[str, str] = {}
 
-    def pair(self, tensor: str, scale: np.ndarray, zero: onnx.TensorProto, **attrs: int) -> None:
+    def pair(self, tensor: str, scale: np.ndarray, zero: onnx.TensorProto, **attrs: Any) -> None:
         base = tensor.replace("/", "_")
         scale_name, zero_name = f"{base}_qscale", f"{base}_qzero"
         zero.name = zero_name
@@ -129,7 +130,7 @@ def place_fp8(proto: onnx.ModelProto, activation_amax: Mapping[str, float]) -> o
     placer = _Placer(proto)
     for tensor in activation_inputs(model):
         amax = max(float(activation_amax.get(tensor, 0.0)), float(TINY))
-        placer.pair(tensor, np.float32(amax / FP8_E4M3_MAX), _fp8_zero())
+        placer.pair(tensor, np.asarray(amax / FP8_E4M3_MAX, np.float32), _fp8_zero())
     for weight, (channel_axis, _) in _weight_axes(model).items():
         scale = np.maximum(_per_channel_amax(constants[weight], channel_axis) / FP8_E4M3_MAX, TINY)
         zero = helper.make_tensor("zero", TensorProto.FLOAT8E4M3FN, [scale.size], np.zeros(scale.size).tolist())

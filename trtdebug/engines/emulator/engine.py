@@ -19,8 +19,8 @@ from trtdebug.core.plans.precision_plan import QUANTIZED_PRECISIONS, PrecisionPl
 from trtdebug.core.quantized.format import format_of
 from trtdebug.engines.base import BuildError, Built, Capabilities, Marking
 from trtdebug.engines.emulator.built import EmulatorBuilt
-from trtdebug.engines.emulator.folding import FoldedGraph, fold_like_builder
 from trtdebug.engines.emulator.float_qdq import build_float_qdq
+from trtdebug.engines.emulator.folding import FoldedGraph, fold_like_builder
 from trtdebug.engines.emulator.int8 import build_int8
 from trtdebug.engines.emulator.rounding import layer_precision
 from trtdebug.engines.emulator.tactics import TacticChooser
