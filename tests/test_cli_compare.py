@@ -69,7 +69,7 @@ def test_inputs_npz_and_polygraphy_json_are_used(planted_models, tmp_path):
     (["compare", "{model}", "--inputs", "{pickled}"], "pickled objects"),
     (["compare", "{model}", "--plan", "{not_a_plan}"], "not a trtdebug precision plan"),
     (["compare", "{model}", "--engine", "results"], "needs --results"),
-    (["compare", "{model}", "--precision", "fp8"], "Invalid value for '--precision'"),
+    (["compare", "{model}", "--precision", "fp4"], "Invalid value for '--precision'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(planted_models, tmp_path, args, message):
     model, _ = planted_models["clean"]
