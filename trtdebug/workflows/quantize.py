@@ -2,9 +2,9 @@
 problem (`--precision int8|fp8|int4`, or FP8/INT4 Q/DQ models detected by their codes' types).
 
 `--format fp8` and `--format int4` place the Q/DQ pairs here (core.quantized.placement: ModelOpt's
-FP8 layout on MatMul/Conv/Gemm inputs with amax calibration; INT4 weight-only, block-wise), since
-onnxruntime's quantizer writes neither layout for CPU models (its FP8 QDQ quantizes every op type
-and has no per-channel FP8 weights; its INT4 path writes MatMulNBits). The model is converted to
+FP8 layout on MatMul/Conv/Gemm inputs with amax calibration; INT4 weight-only, block-wise):
+onnxruntime's quantize_static takes FP8 only with its "Distribution" calibration, not amax, and
+its INT4 path (MatMul4BitsQuantizer) quantizes MatMul weights only. The model is converted to
 opset 21 first (FP8 Q/DQ needs 19, block-wise INT4 21).
 
 Quantizing is onnxruntime.quantization's work: `quant_pre_process` (shape inference, constant and
