@@ -188,6 +188,12 @@ def test_int4_cnn_fallback_keeps_the_planted_weight_out_of_int4(folder: Path) ->
     plan = json.loads((folder / "int4plan.json").read_text())
     assert plan["default"] == "int4" and plan["nodes"] == {pair: "fp16"}
     assert plan["provenance"]["int4"]["weights_out_of_int4"][0]["layers"] == ["logits"]
+    # The plan made concrete is the Q/DQ model without that pair; no builder flags express INT4.
+    written = onnx.load(str(folder / "int4plan.mixed.onnx"))
+    assert pair not in {n.name for n in written.graph.node}
+    assert sum(n.op_type == "QuantizeLinear" for n in written.graph.node) == len(find_pairs(Model.load(planted))) - 1
+    emit = trtdebug("build", planted, "--plan", folder / "int4plan.json", "--emit", "trtexec", cwd=folder)
+    assert emit.returncode == 2 and len(emit.stderr.strip().splitlines()) == 1 and "INT4" in emit.stderr
 
 
 # -- quantize --format, refusals ----------------------------------------------------------------------------
