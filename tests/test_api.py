@@ -60,7 +60,7 @@ def test_bad_options_raise_the_user_error_the_cli_prints(options, args):
 
 
 def test_a_bad_option_value_is_a_user_error():
-    with pytest.raises(trtdebug.UserError, match="--precision 'fp8' is not one of"):
-        trtdebug.compare(str(CONVNET), precision="fp8")
+    with pytest.raises(trtdebug.UserError, match="--precision 'fp4' is not one of"):
+        trtdebug.compare(str(CONVNET), precision="fp4")
     with pytest.raises(trtdebug.UserError, match="--atol"):
         trtdebug.compare(str(CONVNET), atol=-1.0)

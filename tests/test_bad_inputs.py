@@ -91,7 +91,7 @@ BAD = [
         ("--check could not run",)),
     Bad("plan-not-a-plan", ("compare", "{clean}", "--plan", "{not_a_plan}"), ("not a trtdebug precision plan",)),
     Bad("results-engine-without-results", ("compare", "{clean}", "--engine", "results"), ("needs --results",)),
-    Bad("precision-unknown", ("compare", "{clean}", "--precision", "fp8"), ("Invalid value for '--precision'",)),
+    Bad("precision-unknown", ("compare", "{clean}", "--precision", "fp4"), ("Invalid value for '--precision'",)),
     Bad("nan-in-inputs-file", ("compare", "{clean}", "--inputs", "{nan_feeds}"), ("'input'",)),
     Bad("inf-in-inputs-file", ("compare", "{clean}", "--inputs", "{inf_feeds}"), ("'input'",)),
     Bad("atol-negative", ("compare", "{clean}", "--atol", "-1"), ("--atol",)),

@@ -21,6 +21,8 @@ from trtdebug.workflows.quantize import (
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION_METHOD,
     DEFAULT_GENERATED_BATCHES,
+    DEFAULT_QUANTIZE_FORMAT,
+    QUANTIZE_FORMATS,
     Calibration,
 )
 
@@ -32,7 +34,7 @@ MIRRORS: dict[tuple[str, str], tuple[tuple[str, ...] | None, object]] = {
     **{(command, "--precision"): (PRECISIONS, None) for command in ("compare", "fallback", "tactics")},
     **{(command, "--engine"): (ENGINE_NAMES, DEFAULT_ENGINE) for command in ("compare", "fallback", "tactics")},
     **{(command, "--calib-method"): (CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD)
-       for command in ("compare", "fallback", "tactics", "quantize")},
+       for command in ("compare", "fallback", "tactics", "quantize", "build")},
     **{(command, "--seed"): (None, SPEC["seed"]) for command in ("compare", "fallback", "tactics", "build")},
     ("quantize", "--seed"): (None, Calibration().seed),
     ("quantize", "--calib-batches"): (None, DEFAULT_GENERATED_BATCHES),
@@ -43,6 +45,7 @@ MIRRORS: dict[tuple[str, str], tuple[tuple[str, ...] | None, object]] = {
     ("build", "--target-version"): (TARGET_VERSIONS, DEFAULT_TARGET_VERSION),
     ("build", "--emit"): (tuple(FLAG_TOOLS), None),
     ("selfcheck", "--flavor"): (FLAVORS, None),
+    ("quantize", "--format"): (QUANTIZE_FORMATS, DEFAULT_QUANTIZE_FORMAT),
 }
 # Defaults that belong to the CLI alone: how much it prints, how many jobs it runs; no library default to mirror.
 CLI_OWN = {("compare", "--top"), ("fallback", "--jobs"), ("tactics", "--builds")}

@@ -172,7 +172,7 @@ def test_printed_command_parser_rejects_what_trtdebug_would():
     """The parser used above does refuse a command trtdebug itself refuses, and accepts a good one."""
     parse_with_trtdebug(["trtdebug", "compare", __file__, "--precision", "int8"])
     with pytest.raises(click.ClickException):
-        parse_with_trtdebug(["trtdebug", "compare", __file__, "--precision", "fp8"])
+        parse_with_trtdebug(["trtdebug", "compare", __file__, "--precision", "fp4"])
     assert printed_commands("next: trtdebug compare m.onnx --precision int8\nsee `trtdebug tactics x`") == [
         ["trtdebug", "compare", "m.onnx", "--precision", "int8"], ["trtdebug", "tactics", "x"]]
 

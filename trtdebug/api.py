@@ -126,8 +126,10 @@ def build(model: ModelSource, *, plan: str | Path, bans: str | Path | None = Non
 
 def quantize(model: ModelSource, *, out: str | Path | None = None, calib_inputs: Sequence[str | Path] = (),
              calib_method: str = "minmax", calib_batches: int = 8, input_shape: InputShapes | None = None,
-             input_range: Mapping[str, tuple[float, float]] | None = None, seed: int = 0) -> QuantizeOutcome:
-    """`trtdebug quantize`: an INT8 Q/DQ model written to `out` (default: MODEL.qdq.onnx beside a model path)."""
+             input_range: Mapping[str, tuple[float, float]] | None = None, seed: int = 0,
+             format: str = "int8", block_size: int | None = None) -> QuantizeOutcome:
+    """`trtdebug quantize`: a Q/DQ model (`format`: int8, fp8 or int4 weight-only) written to `out`
+    (default: MODEL.qdq.onnx beside a model path)."""
     if calib_batches < 1:
         raise UserError(f"--calib-batches {calib_batches}: calibrate on at least one batch")
     with _model_path(model) as path:
@@ -135,7 +137,7 @@ def quantize(model: ModelSource, *, out: str | Path | None = None, calib_inputs:
         target = out or (Path(model).with_suffix(".qdq.onnx") if isinstance(model, str | Path)
                          else Path(f"{Path(path).stem}.qdq.onnx"))
         return run_quantize(path, target, Calibration(tuple(calib_inputs), calib_method, calib_batches, seed),
-                            dict(spec.input_shapes), dict(spec.input_ranges))
+                            dict(spec.input_shapes), dict(spec.input_ranges), format, block_size)
 
 
 def _choice(flag: str, value: str | None, choices: Sequence[str], optional: bool = False) -> None:

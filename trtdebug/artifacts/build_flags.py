@@ -77,6 +77,11 @@ def _check(plan: PrecisionPlan, target: str, calibration_cache: str | None, qdq:
                         "export the plan as a mixed-precision ONNX file instead")
     if lacking:
         raise UserError(f"TensorRT {target} has no {lacking[0]} builder precision; use another precision")
+    unflagged = [p for p in (plan.default, *plan.nodes.values()) if p not in TRTEXEC_PRECISION]
+    if unflagged:  # FP8 / INT4 come from the model's Q/DQ nodes, not from a builder flag
+        raise UserError(f"trtdebug writes no trtexec/Polygraphy flags for {unflagged[0].upper()} plans (the format "
+                        "comes from Q/DQ nodes): build the Q/DQ model the plan describes, the PLAN.mixed.onnx "
+                        "`trtdebug fallback` wrote beside it, as it is")
     if "int8" in reduced and not qdq and not calibration_cache:
         raise UserError("--int8 without calibration data makes trtexec use placeholder dynamic ranges: give a "
                         "calibration cache, or export a Q/DQ (explicitly quantized) model")

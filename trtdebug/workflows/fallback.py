@@ -51,7 +51,7 @@ from trtdebug.workflows.progress import SILENT, Progress
 from trtdebug.workflows.quantize import calibration_files
 
 # What a node falls back to: FP32 from FP16/BF16 builds, FP16 from INT8 builds.
-FALLBACK_PRECISION = {"fp16": "fp32", "bf16": "fp32", "int8": "fp16"}
+FALLBACK_PRECISION = {"fp16": "fp32", "bf16": "fp32", "fp8": "fp16", "int8": "fp16", "int4": "fp16"}
 
 
 @dataclass
@@ -144,7 +144,7 @@ def _fallback_candidates(case: Case) -> tuple[str, list[str]]:
                         "fallback with an engine that builds: --engine emulator, tensorrt or tensorrt-rtx")
     if base.default not in FALLBACK_PRECISION:
         raise UserError(f"a --precision {base.default} build has nothing to fall back from; "
-                        "use --precision fp16, bf16 or int8")
+                        "use --precision fp16, bf16, fp8, int8 or int4")
     keep = FALLBACK_PRECISION[base.default]
     quantized = format_for(model, base)
     if quantized is not None:  # Q/DQ pairs to remove, or (implicit INT8) layers to take out of INT8

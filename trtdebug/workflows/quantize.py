@@ -1,5 +1,11 @@
-"""INT8 models: `trtdebug quantize` (a Q/DQ model from a float one, with onnxruntime's quantization
-tools) and the INT8 view of a problem (`--precision int8`).
+"""Quantized models: `trtdebug quantize` (a Q/DQ model from a float one) and the quantized view of a
+problem (`--precision int8|fp8|int4`, or FP8/INT4 Q/DQ models detected by their codes' types).
+
+`--format fp8` and `--format int4` place the Q/DQ pairs here (core.quantized.placement: ModelOpt's
+FP8 layout on MatMul/Conv/Gemm inputs with amax calibration; INT4 weight-only, block-wise):
+onnxruntime's quantize_static takes FP8 only with its "Distribution" calibration, not amax, and
+its INT4 path (MatMul4BitsQuantizer) quantizes MatMul weights only. The model is converted to
+opset 21 first (FP8 Q/DQ needs 19, block-wise INT4 21).
 
 Quantizing is onnxruntime.quantization's work: `quant_pre_process` (shape inference, constant and
 BatchNorm folding), then `quantize_static` in QDQ format with symmetric INT8 activations,
@@ -27,7 +33,14 @@ import onnx
 from trtdebug.artifacts.mixed_onnx import write_model
 from trtdebug.core.model.feeds import feeds_sha256, generate_feeds, load_feeds, resolve_shapes, validate_feeds
 from trtdebug.core.model.graph import Model
-from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.plans.precision_plan import QUANTIZED_PRECISIONS, PrecisionPlan
+from trtdebug.core.quantized.placement import (
+    DEFAULT_BLOCK_SIZE,
+    QDQ_OPSET,
+    activation_inputs,
+    place_fp8,
+    place_int4,
+)
 from trtdebug.core.quantized.qdq import QuantizedModel, find_pairs, has_qdq
 from trtdebug.core.system import files
 from trtdebug.errors import UserError
@@ -35,8 +48,12 @@ from trtdebug.errors import UserError
 Feeds = dict[str, np.ndarray]
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_CALIBRATION_METHOD = "minmax"  # every command's: quantize, compare, fallback, build's TensorRT calibrator
+QUANTIZE_FORMATS = QUANTIZED_PRECISIONS  # what `trtdebug quantize --format` writes
+DEFAULT_QUANTIZE_FORMAT = "int8"
 PER_CHANNEL_OPSET = 13  # QuantizeLinear's axis attribute (per-channel scales) arrived in opset 13
 DEFAULT_GENERATED_BATCHES = 8
+# Formats a Q/DQ model's code types say without --precision (INT8 Q/DQ models keep asking for it).
+DETECTED_PRECISIONS = ("fp8", "int4")
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,7 @@ class QuantizeOutcome:
     method: str
     upgraded_from_opset: int | None = None
     notes: list[str] = field(default_factory=list)
+    quant_format: str = "int8"
 
 
 @contextlib.contextmanager
@@ -114,17 +132,52 @@ class _Batches:
         pass
 
 
-def upgraded(model: Model) -> tuple[onnx.ModelProto, int | None]:
-    """The model at an opset with per-channel Q/DQ; returns the old opset when it converted."""
-    if model.opset >= PER_CHANNEL_OPSET:
+def upgraded(model: Model, opset: int = PER_CHANNEL_OPSET) -> tuple[onnx.ModelProto, int | None]:
+    """The model at an opset with the Q/DQ it needs (per-channel: 13); returns the old opset when it converted."""
+    if model.opset >= opset:
         return model.proto, None
     try:
-        converted = onnx.version_converter.convert_version(model.proto, PER_CHANNEL_OPSET)
+        converted = onnx.version_converter.convert_version(model.proto, opset)
     except Exception as exc:
-        raise UserError(f"{model.name} is at opset {model.opset}, too old for per-channel Q/DQ, and "
-                        f"onnx.version_converter cannot convert it to {PER_CHANNEL_OPSET} ({exc}); "
-                        "re-export it at opset >= 13") from None
+        raise UserError(f"{model.name} is at opset {model.opset}, too old for its Q/DQ, and "
+                        f"onnx.version_converter cannot convert it to {opset} ({exc}); "
+                        f"re-export it at opset >= {opset}") from None
     return converted, model.opset
+
+
+def activation_amax(model: Model, proto: onnx.ModelProto, batches: Sequence[Feeds]) -> dict[str, float]:
+    """The largest magnitude each tensor an FP8 build quantizes reaches over the batches (amax calibration)."""
+    from trtdebug.core.reference import ort_sessions
+
+    tensors = activation_inputs(Model.from_proto(proto))
+    session = ort_sessions.session(ort_sessions.with_outputs(proto, tensors))
+    amax = dict.fromkeys(tensors, 0.0)
+    for batch in batches:
+        values = ort_sessions.run(session, batch, tensors)
+        for name in tensors:
+            finite = np.asarray(values[name], np.float64)
+            finite = finite[np.isfinite(finite)]
+            amax[name] = max(amax[name], float(np.abs(finite).max()) if finite.size else 0.0)
+    return amax
+
+
+def quantize_float_format(model: Model, batches: Sequence[Feeds], quant_format: str,
+                          block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[onnx.ModelProto, int | None]:
+    """An FP8 (amax-calibrated on `batches`) or INT4 weight-only Q/DQ version of `model`."""
+    if has_qdq(model):
+        raise UserError(f"{model.name} is already quantized (it has QuantizeLinear/DequantizeLinear nodes); "
+                        "compare it as it is (trtdebug compare detects its format)")
+    proto, old_opset = upgraded(model, QDQ_OPSET)
+    if quant_format == "int4":
+        placed = place_int4(proto, block_size)
+    else:
+        if not batches:
+            raise UserError("no calibration batches; give --calib-inputs or let trtdebug generate them")
+        placed = place_fp8(proto, activation_amax(model, proto, batches))
+    if not find_pairs(Model.from_proto(placed)):
+        raise UserError(f"{model.name} has no MatMul, Conv or Gemm {'weights ' if quant_format == 'int4' else ''}"
+                        f"to quantize to {quant_format.upper()}")
+    return placed, old_opset
 
 
 def quantize_proto(model: Model, batches: Sequence[Feeds],
@@ -164,24 +217,40 @@ def quantize_proto(model: Model, batches: Sequence[Feeds],
 
 def run_quantize(model_path: str | Path, out: str | Path, calibration: Calibration,
                  input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-                 input_ranges: Mapping[str, tuple[float, float]] | None = None) -> QuantizeOutcome:
-    """`trtdebug quantize`: write a Q/DQ model of `model_path` to `out` (atomically, never over an input)."""
+                 input_ranges: Mapping[str, tuple[float, float]] | None = None,
+                 quant_format: str = "int8", block_size: int | None = None) -> QuantizeOutcome:
+    """`trtdebug quantize`: write a Q/DQ model of `model_path` to `out` (atomically, never over an input),
+    in `quant_format` (int8, fp8 or int4 weight-only)."""
+    if quant_format not in QUANTIZE_FORMATS:
+        raise UserError(f"unknown format {quant_format!r}; use one of {', '.join(QUANTIZE_FORMATS)}")
+    block_size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
+    if block_size < 1:
+        raise UserError(f"--block-size {block_size} must be a positive number of values per scale (32-128 is usual)")
     model = Model.load(model_path)
     inputs: dict[str, str | Path | None] = {"model": model_path}
     inputs.update({f"model's external data {p.name}": p for p in model.data_files})
     if calibration.inputs:
         inputs.update({f"--calib-inputs file {p.name}": p for p in calibration_files(calibration.inputs)})
     files.prepare_outputs({"--out": out}, inputs)
-    shapes = resolve_shapes(model, input_shapes or {}) if not calibration.inputs else {}
-    batches = calibration_batches(model, calibration, shapes, input_ranges)
-    proto, old_opset = quantize_proto(model, batches, calibration.method)
+    weight_only = quant_format == "int4"
+    shapes = resolve_shapes(model, input_shapes or {}) if not calibration.inputs and not weight_only else {}
+    batches = [] if weight_only else calibration_batches(model, calibration, shapes, input_ranges)
+    if quant_format == "int8":
+        proto, old_opset = quantize_proto(model, batches, calibration.method)
+    else:
+        proto, old_opset = quantize_float_format(model, batches, quant_format, block_size)
     pairs = find_pairs(Model.from_proto(proto))
     write_model(proto, out)  # last: beyond 2 GiB it moves the weights out of `proto`
+    method = {"int8": calibration.method, "fp8": "amax", "int4": "weights only"}[quant_format]
     outcome = QuantizeOutcome(Path(out), len(pairs), sum(not p.is_weight for p in pairs.values()),
-                              len(batches), calibration.method, old_opset)
+                              len(batches), method, old_opset, quant_format=quant_format)
     if old_opset is not None:
-        outcome.notes.append(f"converted from opset {old_opset} to {PER_CHANNEL_OPSET} for per-channel weight scales")
-    if not calibration.inputs:
+        target = PER_CHANNEL_OPSET if quant_format == "int8" else QDQ_OPSET
+        outcome.notes.append(f"converted from opset {old_opset} to {target} for its Q/DQ")
+    if quant_format == "fp8" and calibration.method != "minmax":
+        outcome.notes.append(f"FP8 scales come from amax calibration; --calib-method {calibration.method} "
+                             "applies to INT8 only")
+    if not calibration.inputs and not weight_only:
         outcome.notes.append(f"calibrated on {len(batches)} generated random batches; real data gives real "
                              "ranges: pass --calib-inputs")
     return outcome
@@ -194,16 +263,29 @@ def _calibration_identity(batches: Sequence[Feeds], method: str) -> str:
 
 def int8_model(model: Model, precision: str | None, plan_path: str | Path | None, feeds: Mapping[str, np.ndarray],
                calibration: Calibration | None = None, engine: str = "emulator") -> Model:
-    """The model an INT8 problem works on, or `model` itself when the build is not INT8.
+    """The model a quantized problem (INT8, FP8, INT4) works on, or `model` itself when the build is not
+    quantized.
 
-    A Q/DQ model becomes its float counterpart (the reference) with the Q/DQ graph attached. On the
-    emulator a float model is calibrated here (implicit INT8); TensorRT calibrates it itself."""
+    A Q/DQ model becomes its float counterpart (the reference) with the Q/DQ graph attached; without
+    --precision, FP8 and INT4 Q/DQ models are detected by their codes' types. On the emulator a float
+    model is calibrated here for INT8 (implicit INT8); TensorRT calibrates it itself. FP8 and INT4
+    have no implicit mode: their float models are quantized first (`trtdebug quantize --format`)."""
     if precision is None and plan_path is not None:
         precision = PrecisionPlan.load(plan_path).default
-    if precision != "int8":
+    if precision is None and has_qdq(model):
+        quantized = QuantizedModel(model)
+        return quantized if quantized.precision in DETECTED_PRECISIONS else model
+    if precision not in QUANTIZED_PRECISIONS:
         return model
     if has_qdq(model):
-        return QuantizedModel(model)
+        quantized = QuantizedModel(model)
+        if quantized.precision != precision and quantized.pairs:
+            raise UserError(f"{model.name} is an {quantized.precision.upper()} Q/DQ model; compare it with "
+                            f"--precision {quantized.precision} (or leave --precision out)")
+        return quantized
+    if precision != "int8":
+        raise UserError(f"--precision {precision} needs an {precision.upper()} Q/DQ model and {model.name} has no "
+                        f"Q/DQ nodes; write one with `trtdebug quantize {model.name} --format {precision}`")
     if engine != "emulator":
         return model
     calibration = calibration or Calibration()

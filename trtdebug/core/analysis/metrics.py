@@ -48,7 +48,8 @@ DATA_MOVEMENT = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flat
 # tails) would otherwise give ratios of 1e+31 that say nothing.
 REL_FLOOR = 1e-3
 
-DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4), "bf16": (5e-2, 5e-2), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}
+DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4), "bf16": (5e-2, 5e-2), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1),
+                      "fp8": (1e-1, 1e-1), "int4": (1e-1, 1e-1)}
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from trtdebug.core.model.graph import Model, subgraph_outer_inputs
-from trtdebug.core.plans.precision_plan import ONNX_TYPE, PrecisionPlan, is_eligible, precision_slots
+from trtdebug.core.plans.precision_plan import (
+    ONNX_TYPE,
+    QUANTIZED_PRECISIONS,
+    PrecisionPlan,
+    is_eligible,
+    precision_slots,
+)
 from trtdebug.errors import UserError
 
 FLOAT_TYPES: tuple[int, ...] = (onnx.TensorProto.FLOAT, onnx.TensorProto.BFLOAT16,
@@ -243,8 +249,10 @@ def _rename_reads(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
 
 def to_mixed_precision_onnx(model: Model, plan: PrecisionPlan) -> onnx.ModelProto:
     """The model with every compute node typed in its planned precision (see the module docstring)."""
-    if "int8" in (plan.default, *plan.nodes.values()):
-        raise UserError("a typed graph cannot express INT8 by a plan: strongly typed builds take INT8 from "
+    quantized = [p for p in (plan.default, *plan.nodes.values()) if p in QUANTIZED_PRECISIONS]
+    if quantized:
+        name = quantized[0].upper()
+        raise UserError(f"a typed graph cannot express {name} by a plan: strongly typed builds take {name} from "
                         "Q/DQ nodes in the model; quantize the model (Q/DQ) and use --precision fp16 or fp32")
     writer = _TypedGraphWriter(model)
     for node in model.nodes:

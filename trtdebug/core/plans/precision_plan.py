@@ -24,7 +24,10 @@ from trtdebug.core.model.graph import Model
 from trtdebug.core.system import files
 from trtdebug.errors import UserError
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # from most to least precise
+PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")  # from most to least precise
+# The precisions of quantized formats (core.quantized): a build in one needs its Q/DQ model (or, for
+# INT8 on the emulator, a calibration); layers leaving the format fall back to FP16.
+QUANTIZED_PRECISIONS = ("fp8", "int8", "int4")
 REDUCED = ("fp16", "bf16")
 ONNX_TYPE = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16,
              "bf16": onnx.TensorProto.BFLOAT16}

@@ -1,4 +1,4 @@
-"""A quantized format (INT8 today; FP8, INT4 later): everything that differs between formats, behind
+"""A quantized format (INT8, FP8 E4M3, INT4 weight-only): everything that differs between formats, behind
 one protocol, chosen once per model by `format_of`.
 
 Workflows and engines ask the model's format and never test the model's class: a float model has no
@@ -20,6 +20,8 @@ from trtdebug.core.analysis.defects import Defect
 from trtdebug.core.analysis.metrics import CompareResult, TensorReport
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.quantized.fp8 import Fp8Format
+from trtdebug.core.quantized.int4 import Int4Format
 from trtdebug.core.quantized.int8 import Int8Format
 from trtdebug.core.quantized.qdq import QdqPair, QuantizedModel
 from trtdebug.core.search.strategies import Suspicion
@@ -83,7 +85,7 @@ class QuantFormat(Protocol):
 
 
 # Each format's claim on a model: its format object, or None when the model is not in that format.
-FORMATS: tuple[Callable[[Model], QuantFormat | None], ...] = (Int8Format.of,)
+FORMATS: tuple[Callable[[Model], QuantFormat | None], ...] = (Int8Format.of, Fp8Format.of, Int4Format.of)
 
 # Weak: a model no problem holds any more takes its format with it.
 _chosen: weakref.WeakKeyDictionary[Model, QuantFormat | None] = weakref.WeakKeyDictionary()

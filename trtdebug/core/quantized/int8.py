@@ -25,7 +25,12 @@ from trtdebug.core.analysis.metrics import CompareResult, TensorReport
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.quantized.qdq import QdqPair, QuantizedModel, QuantParams, qdq_for_plan, removal_for_plan
-from trtdebug.core.quantized.scale_findings import detect_coarse_scale, detect_saturation, quantization_stats
+from trtdebug.core.quantized.scale_findings import (
+    QuantizationStats,
+    detect_coarse_scale,
+    detect_saturation,
+    quantization_stats,
+)
 from trtdebug.core.search.strategies import Suspicion
 
 INT8_DEFECT_KINDS = ("saturation", "coarse_scale")
@@ -40,14 +45,27 @@ class Int8Format:
     """INT8 of one Q/DQ model (given as such, or calibrated here from a float model)."""
 
     precision = "int8"
+    defect_kinds = INT8_DEFECT_KINDS
 
     def __init__(self, model: QuantizedModel):
         self.model = model
 
     @classmethod
     def of(cls, model: Model) -> Int8Format | None:
-        """INT8 when the model is a Q/DQ model: its pairs are those with integer codes (find_pairs)."""
-        return cls(model) if isinstance(model, QuantizedModel) else None
+        """INT8 when the model is a Q/DQ model whose pairs have 8-bit integer codes (find_pairs)."""
+        return cls(model) if isinstance(model, QuantizedModel) and model.precision == cls.precision else None
+
+    def detect(self, stats: QuantizationStats, params: QuantParams) -> list[Defect]:
+        """This format's defects of one quantized tensor, from its quantization statistics."""
+        return [d for d in (detect_saturation(stats, params), detect_coarse_scale(stats, params)) if d]
+
+    def tensors_of(self, pair: QdqPair) -> list[str]:
+        """The reported tensors whose error tells how suspicious a pair is: the tensor it quantizes."""
+        return [pair.source]
+
+    def finding_fields(self, stats: QuantizationStats, params: QuantParams) -> dict[str, Any]:
+        """What else than the shared statistics a quantized tensor's finding says."""
+        return {}
 
     # -- findings ---------------------------------------------------------------------------------
 
@@ -68,7 +86,8 @@ class Int8Format:
                 "pair": pair.quantize, "scale": pair.params.describe(), "clipped_share": stats.clipped_share,
                 "zeroed_share": stats.zeroed_share, "quantization_sqnr_db": _db(stats.sqnr_db),
                 "local_sqnr_db": _db(report.local.snr_db) if report.local else None,
-                "accumulated_sqnr_db": _db(report.accumulated.snr_db) if report.accumulated else None}
+                "accumulated_sqnr_db": _db(report.accumulated.snr_db) if report.accumulated else None,
+                **self.finding_fields(stats, pair.params)}
             if report.status in ("ok", "missing"):
                 continue
             absorber = absorbing_reader(model, report.tensor, np.asarray(reference[report.tensor]), pair.params)
@@ -79,8 +98,7 @@ class Int8Format:
                 findings[report.tensor]["clipping_absorbed_by"] = absorber
                 report.status, report.defects = "ok", []
                 continue
-            found = [d for d in (detect_saturation(stats, pair.params), detect_coarse_scale(stats, pair.params))
-                     if d]
+            found = self.detect(stats, pair.params)
             for defect in found:
                 defect.details.update(pair=pair.quantize, local_sqnr_db=findings[report.tensor]["local_sqnr_db"],
                                       accumulated_sqnr_db=findings[report.tensor]["accumulated_sqnr_db"])
@@ -92,12 +110,13 @@ class Int8Format:
                 stats = quantization_stats(np.asarray(reference[spec.name]), pair.params)
                 findings[spec.name] = {"pair": pair.quantize, "scale": pair.params.describe(), "graph_input": True,
                                        "clipped_share": stats.clipped_share, "zeroed_share": stats.zeroed_share,
-                                       "quantization_sqnr_db": _db(stats.sqnr_db)}
+                                       "quantization_sqnr_db": _db(stats.sqnr_db),
+                                       **self.finding_fields(stats, pair.params)}
         return findings
 
     def defects(self, result: CompareResult) -> list[tuple[str, Defect]]:
         """(tensor, defect) for every INT8 defect of a compare result, in topological order."""
-        return [(t.tensor, d) for t in result.tensors for d in t.defects if d.kind in INT8_DEFECT_KINDS]
+        return [(t.tensor, d) for t in result.tensors for d in t.defects if d.kind in self.defect_kinds]
 
     # -- fallback: which pairs (explicit) or layers (implicit) to take out of INT8 first -------------
 
@@ -106,9 +125,9 @@ class Int8Format:
         INT8 layers of an implicitly quantized one; only those the base plan leaves in INT8."""
         model = self.model
         if model.implicit:
-            return [n for n in model.int8_layers() if base.precision_of(n) == "int8"]
+            return [n for n in model.int8_layers() if base.precision_of(n) == self.precision]
         order = model.qdq.node_index
-        return sorted((p for p in model.pairs if base.precision_of(p) == "int8"), key=order)
+        return sorted((p for p in model.pairs if base.precision_of(p) == self.precision), key=order)
 
     def rank(self, candidates: list[str], compare: CompareResult | None) -> list[Suspicion]:
         """Candidates from most to least suspicious: a pair (or a layer reading it) whose tensor has an
@@ -120,18 +139,18 @@ class Int8Format:
         for name in candidates:
             pairs = [model.pairs[name]] if name in model.pairs else model.pair_readers.get(name, [])
             tier, severity, reasons = 0, (0.0, 0.0), []
-            for pair in pairs:
-                report = reports.get(pair.source)
+            for tensor in (t for pair in pairs for t in self.tensors_of(pair)):
+                report = reports.get(tensor)
                 if report is None:
                     continue
-                kinds = [d.kind for d in report.defects if d.kind in INT8_DEFECT_KINDS]
+                kinds = [d.kind for d in report.defects if d.kind in self.defect_kinds]
                 metrics = report.local or report.accumulated
                 if kinds:
                     tier = max(tier, 3)
-                    reasons.append(f"{', '.join(kinds)} at {pair.source}")
+                    reasons.append(f"{', '.join(kinds)} at {tensor}")
                 elif report.status == "introduced" and metrics is not None and metrics.bad:
                     tier = max(tier, 2)
-                    reasons.append(f"{pair.source} wrong on its own ({metrics.frac_outside:.0%} out of tolerance)")
+                    reasons.append(f"{tensor} wrong on its own ({metrics.frac_outside:.0%} out of tolerance)")
                 if metrics is not None:
                     severity = max(severity, (metrics.frac_outside, _noise(metrics.snr_db)))
             suspicions.append(Suspicion(name, tier, severity, tuple(reasons)))

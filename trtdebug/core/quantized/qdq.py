@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -31,6 +32,16 @@ INTEGER_OPS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulI
                          "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearGlobalAveragePool",
                          "QLinearConcat", "QLinearAveragePool", "DynamicQuantizeLinear"})
 QUANTIZED_DTYPES = (np.int8, np.uint8, np.int16, np.uint16)
+INT4_DTYPES = (ml_dtypes.int4, ml_dtypes.uint4)
+# FP8 E4M3 (the FP8 TensorRT and ModelOpt use): QuantizeLinear saturates to its largest finite value.
+FP8_E4M3_MAX = 448.0
+# Codes of block-scaled formats trtdebug cannot emulate: the operator, by what it is called.
+UNSUPPORTED_CODE_TYPES = {onnx.TensorProto.FLOAT8E5M2: "FP8 E5M2", onnx.TensorProto.FLOAT8E4M3FNUZ: "FP8 E4M3FNUZ",
+                          onnx.TensorProto.FLOAT8E5M2FNUZ: "FP8 E5M2FNUZ",
+                          **({onnx.TensorProto.FLOAT4E2M1: "FP4 E2M1 (NVFP4)"}
+                             if hasattr(onnx.TensorProto, "FLOAT4E2M1") else {}),
+                          **({onnx.TensorProto.FLOAT8E8M0: "E8M0 block scales (MXFP8)"}
+                             if hasattr(onnx.TensorProto, "FLOAT8E8M0") else {})}
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,64 @@ class QuantParams:
             f"{float(scale.min()):.4g}..{float(scale.max()):.4g} over {scale.size} channels"
         return f"scale {shown}, range [{self.qmin}, {self.qmax}]"
 
+    @property
+    def precision(self) -> str:
+        """The plan precision of what these codes are."""
+        return "int8"
+
+
+@dataclass(frozen=True)
+class Float8Params(QuantParams):
+    """FP8 E4M3 codes: q = saturate(float8(x / scale)), rounded to nearest even as ONNX's
+    QuantizeLinear (saturate=1) does, in float32; the zero point is 0."""
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """The FP8 codes' values (as float64), saturated to +-448."""
+        scale = self.broadcast(self.scale.astype(np.float32), np.ndim(x))
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            scaled = np.asarray(np.asarray(x, np.float32) / scale, np.float32)
+        codes = np.clip(scaled, -FP8_E4M3_MAX, FP8_E4M3_MAX).astype(ml_dtypes.float8_e4m3fn)
+        return np.asarray(codes.astype(np.float64))
+
+    def fake_quantize(self, x: np.ndarray) -> np.ndarray:
+        scale = self.broadcast(self.scale.astype(np.float32), np.ndim(x))
+        return np.asarray(self.quantize(x).astype(np.float32) * scale, dtype=np.float32)
+
+    def describe(self) -> str:
+        return super().describe().replace(f"range [{self.qmin}, {self.qmax}]", "FP8 E4M3 range +-448 x scale")
+
+    @property
+    def precision(self) -> str:
+        return "fp8"
+
+
+@dataclass(frozen=True)
+class BlockParams(QuantParams):
+    """Block-wise codes (INT4 weights): one scale per `block_size` consecutive values along `axis`
+    of a constant of shape `shape` (the last block may be shorter)."""
+
+    block_size: int = 0
+    shape: tuple[int, ...] = ()
+
+    def broadcast(self, value: np.ndarray, ndim: int) -> np.ndarray:
+        if value.ndim == 0 or value.size == 1:
+            return value.reshape(())
+        axis = (self.axis or 0) % len(self.shape)
+        expanded = np.repeat(value, self.block_size, axis=axis)
+        return np.take(expanded, np.arange(self.shape[axis]), axis=axis)
+
+    def blocks(self) -> int:
+        return int(self.scale.size)
+
+    def describe(self) -> str:
+        scale = self.scale.reshape(-1)
+        return (f"scale {float(scale.min()):.4g}..{float(scale.max()):.4g} over {scale.size} blocks of "
+                f"{self.block_size}, range [{self.qmin}, {self.qmax}]")
+
+    @property
+    def precision(self) -> str:
+        return "int4"
+
 
 @dataclass(frozen=True)
 class QdqPair:
@@ -98,14 +167,38 @@ def _quant_params(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]) -> 
     if scale is None:
         return None  # a computed scale (dynamic quantization) has no fixed meaning
     zero_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
-    zero = constants.get(zero_name) if zero_name else np.zeros((), np.uint8)
-    if zero is None or zero.dtype.type not in QUANTIZED_DTYPES:
-        return None  # float8 / int4 codes: not INT8
-    if any(a.name == "block_size" and a.i for a in node.attribute):
-        return None  # blocked quantization: not TensorRT's INT8
+    zero = constants.get(zero_name) if zero_name else _zero_of_output_dtype(node)
+    if zero is None:
+        return None
     axis = next((a.i for a in node.attribute if a.name == "axis"), 1) if scale.size > 1 else None
+    block_size = next((a.i for a in node.attribute if a.name == "block_size"), 0)
+    if zero.dtype == ml_dtypes.float8_e4m3fn:
+        if block_size or np.any(zero.astype(np.float32) != 0):
+            return None  # block-scaled FP8 (MXFP8) or a shifted FP8 grid: not TensorRT's FP8
+        return Float8Params(scale.astype(np.float32), zero, axis, -int(FP8_E4M3_MAX), int(FP8_E4M3_MAX))
+    if zero.dtype.type in INT4_DTYPES:
+        source = constants.get(node.input[0])
+        if not block_size or source is None or scale.size <= 1:
+            return None  # INT4 is block-wise on weights (AWQ/RTN exports); anything else is not emulated
+        info4 = ml_dtypes.iinfo(zero.dtype)
+        return BlockParams(scale.astype(np.float32), zero, axis, int(info4.min), int(info4.max),
+                           block_size, tuple(source.shape))
+    if zero.dtype.type not in QUANTIZED_DTYPES or block_size:
+        return None  # other codes, or blocked INT8: not TensorRT's INT8
     info = np.iinfo(zero.dtype)
     return QuantParams(scale.astype(np.float32), zero, axis, int(info.min), int(info.max))
+
+
+def _zero_of_output_dtype(node: onnx.NodeProto) -> np.ndarray | None:
+    """Without a zero point, QuantizeLinear's `output_dtype` (opset 21) says the codes' type (uint8 by
+    default)."""
+    output_dtype = next((a.i for a in node.attribute if a.name == "output_dtype"), 0)
+    if not output_dtype:
+        return np.zeros((), np.uint8)
+    try:
+        return np.zeros((), helper.tensor_dtype_to_np_dtype(output_dtype))
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def find_pairs(model: Model) -> dict[str, QdqPair]:
@@ -212,15 +305,44 @@ def _dequantize(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]) -> np
     scale = constants[node.input[1]].astype(np.float64)
     zero = constants[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else np.zeros(())
     axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-    if scale.size > 1:
+    block_size = next((a.i for a in node.attribute if a.name == "block_size"), 0)
+    if block_size:  # one scale per block of `block_size` values along `axis`
+        along = axis % codes.ndim
+        scale = np.repeat(scale, block_size, axis=along)[tuple(
+            slice(0, codes.shape[along]) if i == along else slice(None) for i in range(codes.ndim))]
+        if zero.size > 1:
+            zero = np.repeat(zero, block_size, axis=along)[tuple(
+                slice(0, codes.shape[along]) if i == along else slice(None) for i in range(codes.ndim))]
+    elif scale.size > 1:
         shape = [1] * codes.ndim
         shape[axis % codes.ndim] = scale.size
         scale, zero = scale.reshape(shape), zero.reshape(shape) if zero.size > 1 else zero
     return ((codes - zero) * scale).astype(np.float32)
 
 
+def refuse_unemulated_codes(model: Model) -> None:
+    """Block-scaled formats (NVFP4's E2M1, MXFP8's E8M0 scales) and FP8 variants other than E4M3:
+    one line naming the first node, exit 2."""
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*model.proto.graph.value_info, *model.proto.graph.input, *model.proto.graph.output]}
+    types.update({i.name: i.data_type for i in model.proto.graph.initializer})
+    for node in model.nodes:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        attributes = {a.name: a.i for a in node.attribute}
+        involved = [types.get(t) for t in node.input if t] + [attributes.get("output_dtype")]
+        named = next((UNSUPPORTED_CODE_TYPES[t] for t in involved if t in UNSUPPORTED_CODE_TYPES), None)
+        if named is None and attributes.get("block_size") and onnx.TensorProto.FLOAT8E4M3FN in involved:
+            named = "block-scaled FP8 E4M3 (MXFP8)"
+        if named is not None:
+            raise UserError(f"{model.name}: {node.op_type} {node.name!r} uses {named}, which neither onnxruntime "
+                            "nor numpy emulates here; trtdebug compares INT8, FP8 E4M3 and block-wise INT4 "
+                            "weight Q/DQ models (docs/quantized.md)")
+
+
 def float_counterpart(qdq: Model, pairs: Mapping[str, QdqPair]) -> onnx.ModelProto:
     """The Q/DQ model with every pair removed: what it computes without quantization."""
+    refuse_unemulated_codes(qdq)
     integer = sorted({n.op_type for n in qdq.nodes if n.op_type in INTEGER_OPS})
     if integer:
         raise UserError(f"{qdq.name} uses integer operators ({', '.join(integer)}: onnxruntime's QOperator "
@@ -236,6 +358,16 @@ def float_counterpart(qdq: Model, pairs: Mapping[str, QdqPair]) -> onnx.ModelPro
     return proto
 
 
+def format_precision(qdq: Model, pairs: Mapping[str, QdqPair]) -> str:
+    """The one precision a Q/DQ model's pairs are in ("int8", "fp8", "int4"); a model mixing them is
+    refused (one format per model)."""
+    kinds = sorted({p.params.precision for p in pairs.values()})
+    if len(kinds) > 1:
+        raise UserError(f"{qdq.name} mixes {' and '.join(k.upper() for k in kinds)} Q/DQ pairs; trtdebug compares "
+                        "one quantized format per model: export it in one")
+    return kinds[0] if kinds else "int8"
+
+
 class QuantizedModel(Model):
     """The float counterpart of a Q/DQ model, which the FP32 reference runs and reports name, with
     the Q/DQ model it stands for (what an INT8 build computes).
@@ -248,10 +380,12 @@ class QuantizedModel(Model):
                  identity: str | None = None, calibration: Mapping[str, object] | None = None):
         self.qdq = qdq
         self.pairs = find_pairs(qdq)
+        self.precision = format_precision(qdq, self.pairs)
         self.implicit = implicit
         self.calibration = dict(calibration or {})
         self._identity = identity
         super().__init__(float_counterpart(qdq, self.pairs), path or qdq.path, list(qdq.data_files))
+        self.stored_precision = self.precision  # what the model is built in without --precision
 
     @cached_property
     def sha256(self) -> str:
@@ -294,9 +428,9 @@ def removal_for_plan(model: QuantizedModel, plan_nodes: Mapping[str, str]
                      ) -> tuple[list[QdqPair], dict[str, list[QdqPair]]]:
     """What a plan takes out of INT8: pairs it names (removed) and layers it names (they read the
     float tensors of their input pairs; other readers stay INT8)."""
-    removed = [model.pairs[n] for n, p in plan_nodes.items() if p != "int8" and n in model.pairs]
+    removed = [model.pairs[n] for n, p in plan_nodes.items() if p != model.precision and n in model.pairs]
     bypass = {n: model.pair_readers.get(n, []) for n, p in plan_nodes.items()
-              if p != "int8" and n not in model.pairs and n in model.node_by_name}
+              if p != model.precision and n not in model.pairs and n in model.node_by_name}
     return removed, {n: pairs for n, pairs in bypass.items() if pairs}
 
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 from trtdebug.core.model.graph import Model
-from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.plans.precision_plan import QUANTIZED_PRECISIONS, PrecisionPlan
 from trtdebug.core.quantized.format import format_of
 from trtdebug.engines.base import BuildError, Built, Capabilities, Marking
 from trtdebug.engines.emulator.bf16_arithmetic import refuse_bf16_below_min_opset
 from trtdebug.engines.emulator.built import EmulatorBuilt
+from trtdebug.engines.emulator.float_qdq import build_float_qdq
 from trtdebug.engines.emulator.folding import FoldedGraph, fold_like_builder
 from trtdebug.engines.emulator.int8 import build_int8
 from trtdebug.engines.emulator.rounding import layer_precision
@@ -55,10 +56,14 @@ class EmulatorEngine:
               mark: Marking | None = None) -> Built:
         quant_format = format_of(model)
         if quant_format is not None:
+            if quant_format.precision != "int8":  # FP8, INT4: codes numpy cannot hold (emulator/float_qdq.py)
+                return build_float_qdq(self, quant_format.model, plan, bans, mark or Marking())
             return build_int8(self, quant_format.model, plan, bans, mark or Marking())
-        if "int8" in (plan.default, *plan.nodes.values()):
-            raise UserError("an INT8 plan needs its model prepared for INT8 (trtdebug compare/fallback "
-                            "--precision int8 do this: a Q/DQ model as quantized, a float model calibrated)")
+        quantized = [p for p in (plan.default, *plan.nodes.values()) if p in QUANTIZED_PRECISIONS]
+        if quantized:
+            raise UserError(f"an {quantized[0].upper()} plan needs its model prepared for {quantized[0].upper()} "
+                            "(trtdebug compare/fallback --precision do this: a Q/DQ model as quantized, a float "
+                            "model calibrated for INT8)")
         refuse_bf16_below_min_opset(model.opset, [plan.default, *plan.nodes.values()])
         return self.build_folded(model, self.folded(model), plan, bans, mark)
 

@@ -52,15 +52,16 @@ class Int8Built:
         reads_int8 = {n.name for n in graph.nodes if any(t in dequantized for t in n.input)}
         self.layers = [
             LayerInfo(name=layer.name, onnx_nodes=layer.onnx_nodes,
-                      precision="int8" if set(layer.onnx_nodes) & reads_int8 else layer.precision,
+                      precision=model.precision if set(layer.onnx_nodes) & reads_int8 else layer.precision,
                       tactic=layer.tactic, op_type=layer.op_type, outputs=layer.outputs,
                       alternatives=layer.alternatives, extra=layer.extra)
             for layer in inner.layers if layer.op_type not in QDQ_OPS]
         self.marking_notes: dict[str, Any] = {
             **inner.marking_notes,
-            "int8": {"pairs": len(model.pairs), "live_pairs": len(live),
-                     "removed_pairs": [p.quantize for p in removed],
-                     "note": "Q/DQ graph in float32: INT8 layers read fake-quantized values; other layers FP16"},
+            model.precision: {"pairs": len(model.pairs), "live_pairs": len(live),
+                              "removed_pairs": [p.quantize for p in removed],
+                              "note": f"Q/DQ graph in float32: {model.precision.upper()} layers read fake-quantized "
+                                      "values; other layers FP16"},
         }
 
     def _to_float_names(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
