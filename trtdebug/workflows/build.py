@@ -17,8 +17,8 @@ from trtdebug.artifacts.build_flags import (
     trtexec_args,
 )
 from trtdebug.artifacts.engine_file import write_engine
-from trtdebug.artifacts.typed_converters import CONVERTER_TOOLS, converter_snippet
 from trtdebug.artifacts.mixed_onnx import write_mixed_onnx, write_model
+from trtdebug.artifacts.typed_converters import CONVERTER_TOOLS, converter_snippet
 from trtdebug.core.model.feeds import input_shape_hint
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.ban_list import BanList

@@ -130,7 +130,8 @@ def _worst_table(rows: list[TensorReport], with_local: bool) -> Table:
 
 
 def _render_notes(result: CompareResult, console: Console) -> None:
-    for note in result.marking.get("notes", []):
+    notes = result.marking.get("notes")
+    for note in notes if isinstance(notes, list) else []:
         console.print(f"note: {escape(str(note))}")
     source = result.marking.get("reference")
     if isinstance(source, dict):
