@@ -132,7 +132,7 @@ def _worst_table(rows: list[TensorReport], with_local: bool) -> Table:
 def _render_notes(result: CompareResult, console: Console) -> None:
     notes = result.marking.get("notes")
     for note in notes if isinstance(notes, list) else []:
-        console.print(f"note: {escape(str(note))}")
+        console.print(f"note: {escape(str(note))}", soft_wrap=True)  # one line, whatever the width
     source = result.marking.get("reference")
     if isinstance(source, dict):
         console.print(f"reference: {escape(str(source.get('model')))}, {source.get('matched')} tensors matched by "
