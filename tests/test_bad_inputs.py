@@ -72,6 +72,14 @@ class Bad:
 
 
 BAD = [
+    Bad("int8-on-a-typed-model", ("compare", "{fp16}", "--precision", "int8"),
+        ("strongly typed", "Q/DQ nodes only")),
+    Bad("reference-model-typed", ("compare", "{fp16}", "--reference-model", "{bf16}"),
+        ("types tensors FP16/BF16", "FP32 model")),
+    Bad("reference-model-other-inputs", ("compare", "{fp16}", "--reference-model", "{clean}"),
+        ("reads input 'input'",)),
+    Bad("reference-model-missing", ("compare", "{fp16}", "--reference-model", "{blocker}/none.onnx"),
+        ("model file not found",)),
     Bad("model-missing", ("compare", "missing.onnx"), ("model file not found",)),
     Bad("model-not-onnx", ("compare", "{garbage}"), ("is not a readable ONNX model",)),
     Bad("input-shape-unknown-input", ("compare", "{clean}", "--input-shape", "nope:1x2"), ("not a model input",)),

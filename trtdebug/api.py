@@ -45,7 +45,7 @@ def problem_spec(model: str | Path, *, precision: str | None = None, engine: str
                  rtol: float | None = None, output_tol: Mapping[str, tuple[float, float]] | None = None,
                  plan: str | Path | None = None, bans: str | Path | None = None, results: str | Path | None = None,
                  obey: bool = False, calib_inputs: Sequence[str | Path] = (), calib_method: str = "minmax",
-                 memory_budget: int | str | None = None) -> ProblemSpec:
+                 memory_budget: int | str | None = None, reference_model: str | Path | None = None) -> ProblemSpec:
     """The options every analysing command shares, checked, as the ProblemSpec the workflows take."""
     _choice("precision", precision, PRECISIONS, optional=True)
     _choice("engine", engine, ENGINE_NAMES)
@@ -67,7 +67,8 @@ def problem_spec(model: str | Path, *, precision: str | None = None, engine: str
                        input_profiles={name: shapes for name, shapes in profiles.items() if len(set(shapes)) > 1},
                        input_ranges=dict(input_range or {}), inputs=inputs, seed=seed, atol=atol, rtol=rtol,
                        output_tolerances=dict(output_tol or {}), plan=plan, bans=bans, results=results, obey=obey,
-                       calib_inputs=tuple(calib_inputs), calib_method=calib_method, memory_budget=budget)
+                       calib_inputs=tuple(calib_inputs), calib_method=calib_method, memory_budget=budget,
+                       reference_model=reference_model)
 
 
 def compare(model: ModelSource, *, mark: str = "outputs", chunk: int | None = None, check: str | None = None,

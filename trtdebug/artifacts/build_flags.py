@@ -35,13 +35,16 @@ import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from trtdebug.artifacts.typed_converters import CONVERTER_TOOLS
 from trtdebug.core.plans.precision_plan import PRECISIONS, PrecisionPlan, builder_precisions
 from trtdebug.errors import UserError
 
 Shape = tuple[int, ...]
 ShapeProfile = Mapping[str, tuple[Shape, Shape, Shape]]  # dynamic input -> MIN, OPT, MAX
 
-FLAG_TOOLS = ("trtexec", "polygraphy")  # tools whose build flags a plan can be exported as
+# Tools a plan can be exported for: build flags (weak typing, TensorRT <= 10.x), and the converters
+# that write the typed ONNX (artifacts.typed_converters: the Python call that does it).
+FLAG_TOOLS = ("trtexec", "polygraphy", *CONVERTER_TOOLS)
 TRTEXEC_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8"}
 POLYGRAPHY_PRECISION = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
 BUILD_FLAG = {"fp16": "--fp16", "bf16": "--bf16", "int8": "--int8"}

@@ -181,6 +181,9 @@ def problem_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Precision plan (from `trtdebug fallback`) to build with."),
         click.option("--bans", "bans_path", type=click.Path(path_type=str),
                      help="Tactic ban list (from `trtdebug tactics`) to build with."),
+        click.option("--reference-model", "reference_model", type=click.Path(path_type=str),
+                     help="FP32 model the reference runs instead of the model's own FP32 upcast (e.g. the source "
+                          "of an AutoCast or onnxconverter-common output); tensors are matched by name."),
         click.option("--results", "results_path", type=click.Path(path_type=str),
                      help="With --engine results: Polygraphy --save-outputs JSON or .npz of engine tensors."),
         click.option("--obey", is_flag=True,
@@ -202,7 +205,7 @@ def problem_spec(model: str, precision: str | None = None, engine_name: str = DE
                  output_tols: tuple[tuple[str, tuple[float, float]], ...] = (), plan_path: str | None = None,
                  bans_path: str | None = None, results_path: str | None = None, obey: bool = False,
                  calib_inputs: tuple[str, ...] = (), calib_method: str = DEFAULT_CALIBRATION_METHOD,
-                 memory_budget: int | None = None) -> ProblemSpec:
+                 memory_budget: int | None = None, reference_model: str | None = None) -> ProblemSpec:
     """The parsed shared options as the library's typed ProblemSpec, built by the API's own
     problem_spec, so the CLI and the Python API cannot drift."""
     from trtdebug.api import problem_spec as api_problem_spec  # onnxruntime loads only when a command runs
@@ -211,7 +214,7 @@ def problem_spec(model: str, precision: str | None = None, engine_name: str = DE
                             input_range=dict(input_ranges), inputs=inputs_path, seed=seed, atol=atol, rtol=rtol,
                             output_tol=dict(output_tols), plan=plan_path, bans=bans_path, results=results_path,
                             obey=obey, calib_inputs=calib_inputs, calib_method=calib_method,
-                            memory_budget=memory_budget)
+                            memory_budget=memory_budget, reference_model=reference_model)
 
 
 def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:

@@ -18,6 +18,7 @@ from trtdebug.artifacts.build_flags import (
 )
 from trtdebug.artifacts.engine_file import write_engine
 from trtdebug.artifacts.mixed_onnx import write_mixed_onnx, write_model
+from trtdebug.artifacts.typed_converters import CONVERTER_TOOLS, converter_snippet
 from trtdebug.core.model.feeds import input_shape_hint
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.ban_list import BanList
@@ -107,6 +108,10 @@ def build_artifact(model_path: str | Path, plan_path: str | Path, bans_path: str
     for tool in emit:
         if tool not in FLAG_TOOLS:
             raise UserError(f"unknown --emit {tool!r}; choose one of {', '.join(FLAG_TOOLS)}")
+        if tool in CONVERTER_TOOLS:  # the Python call that writes the typed model (TensorRT 11)
+            outcome.commands[tool] = converter_snippet(tool, plan, model_path, {new for _, new in model.renamed_nodes},
+                                                       model.strongly_typed)
+            continue
         check_target(plan, options.target_version, options.calibration_cache, options.qdq)
         make_args = trtexec_args if tool == "trtexec" else polygraphy_args
         args = make_args(plan, obey=options.obey, target_version=options.target_version,

@@ -120,6 +120,10 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
     layers = tuple(built.layers)
     _note_fidelity(compared.tensors, layers)
     marking = dict(built.marking_notes)
+    if problem.notes:  # e.g. what a strongly typed model's types decide over --precision
+        marking["notes"] = list(problem.notes)
+    if problem.reference_source is not None:
+        marking["reference"] = dict(problem.reference_source)
     marking["memory"] = {"budget_bytes": budget, "tensor_bytes": cplan.total, "chunks": chunks,
                          "reference_held": not isinstance(problem.reference, LazyReference)}
     reproduction = None

@@ -194,6 +194,7 @@ def _search(case: Case, journal: Journal, plan_path: Path, strategy: str, keep: 
         journal=journal.path, rounds_this_run=evaluator.rounds + ranked_now, resumed=journal.resumed,
         reasons=reasons, op_types={n.name: n.op_type for n in model.nodes}, ranking_compare=ranking_compare,
         history=history)
+    outcome.notes.extend(problem.notes)  # e.g. what a strongly typed model's types decide over --precision
     quantized = format_for(model, base)
     if quantized is not None:
         outcome.op_types = {**outcome.op_types, **quantized.candidate_kinds()}

@@ -8,9 +8,10 @@ surfaces here, before any long work starts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,9 @@ from trtdebug.core.analysis.metrics import Tolerance
 from trtdebug.core.model.feeds import DEFAULT_RANGES, generate_feeds, load_feeds, resolve_shapes, validate_feeds
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.ban_list import BanList
-from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.plans.cast_islands import typed_plan
+from trtdebug.core.plans.precision_plan import PrecisionPlan, eligible_nodes
+from trtdebug.core.quantized.format import format_of
 from trtdebug.core.reference.budget import ComparePlan, plan_compare, tensor_bytes
 from trtdebug.core.reference.fp32_run import LazyReference, first_nonfinite, inputs_upstream, run_reference
 from trtdebug.core.reference.random_ops import random_nodes
@@ -42,6 +45,8 @@ class Problem:
     tolerance: Tolerance
     memory_budget: int | None = None  # bytes compare may hold (None: core.reference.budget's default)
     memory_plan: ComparePlan | None = None  # how compare exposes the tensors within the budget (core.reference.budget)
+    notes: tuple[str, ...] = ()  # one line each, for the report (e.g. what a strongly typed model's types decide)
+    reference_source: dict[str, Any] | None = None  # --reference-model: its name and the tensors matched
 
     @classmethod
     def prepare(cls, model: Model, feeds: Mapping[str, np.ndarray], tolerance: Tolerance,
@@ -78,6 +83,7 @@ class ProblemSpec:
     calib_inputs: tuple[str | Path, ...] = ()  # implicit INT8 on the emulator: calibration batches
     calib_method: str = DEFAULT_CALIBRATION_METHOD
     memory_budget: int | None = None  # bytes compare may hold (None: a share of available memory)
+    reference_model: str | Path | None = None  # FP32 model whose tensors (matched by name) are the reference
 
 
 @dataclass
@@ -90,9 +96,19 @@ class Case:
     bans: BanList | None
 
 
+def typed_by_its_onnx(model: Model) -> bool:
+    """Whether the model's ONNX types decide each layer's precision (strong typing): it types tensors
+    FP16/BF16 and is not quantized (Q/DQ and INT8 take the quantized-format path)."""
+    return model.strongly_typed and format_of(model) is None
+
+
 def load_plan(path: str | Path | None, model: Model, precision: str | None) -> PrecisionPlan:
-    """The plan to build with: the file's (made for this model), or all nodes at `precision`."""
+    """The plan to build with: the file's (made for this model); for a strongly typed model, the one
+    its ONNX types give (`--precision` describes weakly typed builds: typed_precision_note says so);
+    else all nodes at `precision`."""
     if path is None:
+        if typed_by_its_onnx(model):
+            return typed_plan(model, default=model.stored_precision or DEFAULT_PRECISION)
         return PrecisionPlan(default=precision or model.stored_precision or DEFAULT_PRECISION).for_model(model)
     plan = PrecisionPlan.load(path)
     plan.check_for(model, source=str(path))
@@ -100,6 +116,29 @@ def load_plan(path: str | Path | None, model: Model, precision: str | None) -> P
         raise UserError(f"--precision {precision} contradicts {path}, whose default precision is "
                         f"{plan.default}; leave --precision out to use the plan's")
     return plan
+
+
+def typed_precision_note(model: Model, plan: PrecisionPlan, precision: str | None) -> str | None:
+    """One line where `--precision` asks a strongly typed model for another build than its types give."""
+    if precision is None or not typed_by_its_onnx(model):
+        return None
+    if precision == plan.default and not plan.nodes:
+        return None
+    counts: dict[str, int] = {}
+    for name in eligible_nodes(model):
+        counts[plan.precision_of(name)] = counts.get(plan.precision_of(name), 0) + 1
+    layers = ", ".join(f"{n} {p.upper()}" for p, n in sorted(counts.items(), key=lambda c: -c[1]))
+    return (f"{model.name} is strongly typed: each layer runs at the type its ONNX gives ({layers} layers), as "
+            f"TensorRT 11 and --stronglyTyped build it; --precision {precision} (a weakly typed build, "
+            "TensorRT <= 10.x) applies to FP32-typed models only")
+
+
+def refuse_untypable_precision(model: Model, precision: str | None, plan_path: str | Path | None) -> None:
+    """A strongly typed build takes INT8 from Q/DQ nodes only: implicit INT8 cannot be honoured."""
+    if precision == "int8" and plan_path is None and typed_by_its_onnx(model):
+        raise UserError(f"--precision int8 cannot apply to {model.name}: it is strongly typed (FP16/BF16 tensors), and "
+                        "a strongly typed build takes INT8 from Q/DQ nodes only; quantize its FP32 source (Q/DQ) "
+                        "or leave --precision out")
 
 
 def load_bans(path: str | Path | None, model: Model) -> BanList | None:
@@ -124,7 +163,8 @@ def input_files(spec: ProblemSpec, model: Model) -> dict[str, Path | str | None]
     """Every file the user gave, by the name the user knows it by."""
     files: dict[str, Path | str | None] = {"model": spec.model}
     files.update({f"model's external data {p.name}": p for p in model.data_files})
-    files.update({"--inputs file": spec.inputs, "--plan": spec.plan, "--bans": spec.bans, "--results": spec.results})
+    files.update({"--inputs file": spec.inputs, "--plan": spec.plan, "--bans": spec.bans, "--results": spec.results,
+                  "--reference-model": spec.reference_model})
     return files
 
 
@@ -147,6 +187,7 @@ def prepare(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None =
     unknown = sorted(set(spec.output_tolerances) - {o.name for o in model.outputs})
     if unknown:
         raise UserError(f"--output-tol names {unknown[0]!r}, which is not a model output")
+    refuse_untypable_precision(model, spec.precision, spec.plan)
     feeds = prepare_feeds(model, spec)
     model = int8_model(model, spec.precision, spec.plan, feeds, Calibration(spec.calib_inputs, spec.calib_method),
                        spec.engine)
@@ -156,6 +197,10 @@ def prepare(spec: ProblemSpec, outputs: Mapping[str, str | Path | None] | None =
                          spec.calib_method)
     tolerance = Tolerance.for_precision(plan.default, spec.atol, spec.rtol, spec.output_tolerances)
     problem = Problem.prepare(model, feeds, tolerance, spec.memory_budget)
+    note = typed_precision_note(model, plan, spec.precision) if spec.plan is None else None
+    problem.notes = (note,) if note else ()
+    if spec.reference_model is not None:
+        use_reference_model(problem, spec.reference_model)
     refuse_nonfinite_reference(problem, spec)
     return Case(problem, engine, plan, bans)
 
@@ -169,6 +214,56 @@ def refuse_random_ops(model: Model) -> None:
         more = f" and {len(drawing) - 3} more" if len(drawing) > 3 else ""
         raise UserError(f"the model draws random values in {names}{more}: its FP32 runs differ from each other, "
                         "so no comparison means anything; export it with the noise as a model input (or fixed)")
+
+
+class MatchedReference(Mapping[str, np.ndarray]):
+    """A --reference-model's values of the tensors both models name with one shape: what compare
+    compares (it skips tensors not `in` a reference). Reading another tensor gives the model's own
+    FP32 upcast value: running a layer alone on reference inputs needs every input it reads."""
+
+    def __init__(self, matched: dict[str, np.ndarray], own: Mapping[str, np.ndarray]):
+        self.matched, self.own = matched, own
+
+    def __getitem__(self, tensor: str) -> np.ndarray:
+        return self.matched[tensor] if tensor in self.matched else self.own[tensor]
+
+    def __contains__(self, tensor: object) -> bool:
+        return tensor in self.matched
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.matched)
+
+    def __len__(self) -> int:
+        return len(self.matched)
+
+
+def use_reference_model(problem: Problem, path: str | Path) -> None:
+    """Make `path`'s FP32 run the problem's reference, matched by tensor name (an AutoCast or
+    onnxconverter-common output checked against its source); tensors in only one model are skipped
+    and counted in `problem.reference_source`."""
+    model = problem.model
+    source = Model.load(path)
+    if source.strongly_typed:
+        raise UserError(f"--reference-model {path} types tensors FP16/BF16; give the FP32 model the typed one was "
+                        "made from")
+    missing = [i.name for i in source.inputs if i.name not in problem.feeds]
+    if missing:
+        raise UserError(f"--reference-model {path} reads input {missing[0]!r}, which {model.name} does not have; "
+                        "give the model this one was converted from")
+    feeds = {i.name: np.asarray(problem.feeds[i.name]).astype(i.dtype) if i.dtype is not None else problem.feeds[i.name]
+             for i in source.inputs}
+    values = run_reference(source, feeds)
+    own = problem.reference if not isinstance(problem.reference, LazyReference) else run_reference(model, problem.feeds)
+    names = [*(i.name for i in model.inputs), *model.intermediate_tensors()]
+    matched = {t: values[t] for t in names if t in values and np.shape(values[t]) == np.shape(own[t])}
+    unmatched_outputs = [o.name for o in model.outputs if o.name not in matched]
+    if unmatched_outputs:
+        raise UserError(f"output {unmatched_outputs[0]!r} of {model.name} is not a tensor of that shape in "
+                        f"--reference-model {path}; give the model this one was converted from")
+    problem.reference = MatchedReference(matched, own)
+    problem.reference_source = {"model": source.name, "matched": len(matched),
+                                "only_in_model": len([t for t in names if t not in matched]),
+                                "only_in_reference": len([t for t in values if t not in set(names)])}
 
 
 def refuse_nonfinite_reference(problem: Problem, spec: ProblemSpec) -> None:

@@ -32,7 +32,9 @@ CALIB_INPUTS, CALIB_METHOD = calibration_options("the --inputs feeds")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=str),
               help="NAME.onnx: the mixed-precision ONNX model; any other name: the serialized engine.")
 @click.option("--emit", "emit", type=click.Choice(list(FLAG_TOOLS)), multiple=True,
-              help="Print the command that builds the plan with this tool (TensorRT <= 10.x; repeatable).")
+              help="Print the command that builds the plan with this tool (trtexec, polygraphy: TensorRT <= 10.x), or "
+                   "the Python call that writes its typed ONNX (autocast: ModelOpt AutoCast, onnxconverter: "
+                   "onnxconverter-common; TensorRT 11). Repeatable.")
 @click.option("--obey", is_flag=True, help="OBEY precision constraints instead of PREFER (TensorRT <= 10).")
 @click.option("--target-version", type=click.Choice(list(TARGET_VERSIONS)), default=DEFAULT_TARGET_VERSION,
               show_default=True,
@@ -61,7 +63,8 @@ def build_command(model: str, plan_path: str, bans_path: str | None, engine_name
     from trtdebug.workflows.build import EmitOptions, build_artifact
 
     if out_path is None and not emit:
-        raise UserError("trtdebug build needs --out FILE (NAME.onnx or an engine file) or --emit trtexec|polygraphy")
+        raise UserError("trtdebug build needs --out FILE (NAME.onnx or an engine file) or --emit "
+                        + "|".join(FLAG_TOOLS))
     spec = problem_spec(model, input_shapes=input_shapes, inputs_path=inputs_path, input_ranges=input_ranges,
                         seed=seed, calib_inputs=calib_inputs, calib_method=calib_method)
     outcome = build_artifact(model, plan_path, bans_path, engine_name, out_path, emit,

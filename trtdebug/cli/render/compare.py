@@ -162,6 +162,14 @@ def _worst_table(rows: list[TensorReport], with_local: bool) -> Table:
 
 
 def _render_notes(result: CompareResult, console: Console) -> None:
+    notes = result.marking.get("notes")
+    for note in notes if isinstance(notes, list) else []:
+        console.print(f"note: {escape(str(note))}", soft_wrap=True)  # one line, whatever the width
+    source = result.marking.get("reference")
+    if isinstance(source, dict):
+        console.print(f"reference: {escape(str(source.get('model')))}, {source.get('matched')} tensors matched by "
+                      f"name; skipped {source.get('only_in_model')} only in the model, "
+                      f"{source.get('only_in_reference')} only in the reference", style="dim")
     missing = sum(1 for t in result.tensors if t.status == "missing")
     compared = len(result.tensors) - missing
     console.print(f"{compared} tensors compared" + (f", {missing} not exposed by the engine (fused)"

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from trtdebug.core.model.upcast import reduced_float_types, upcast_to_fp32
+from trtdebug.core.model.upcast import REDUCED, mentions_reduced_types, reduced_float_types, upcast_to_fp32
 from trtdebug.errors import UserError
 
 FP16_MAX = 65504.0
@@ -175,10 +175,19 @@ class Model:
         self.stored_precision = (
             "bf16" if onnx.TensorProto.BFLOAT16 in stored else "fp16" if stored else None)
         stored_inputs = {i.name: i.type.tensor_type.elem_type for i in proto.graph.input}
-        if stored:
+        # A model typing any tensor FP16/BF16 is strongly typed: each layer runs at the type its ONNX
+        # gives (TensorRT 11, --stronglyTyped). Its graph as stored and every float tensor's stored type
+        # are kept: they decide the layers' precisions and the typed models written from it.
+        self.stored_proto: onnx.ModelProto | None = None
+        self.stored_types: dict[str, int] = {}
+        if mentions_reduced_types(proto):
+            self.stored_proto = proto
+            self.stored_types = _float_types(proto)
             proto = upcast_to_fp32(proto)
         self.proto = proto
         self.renamed_nodes = _make_node_names_unique(proto.graph)
+        if self.stored_proto is not None:
+            _make_node_names_unique(self.stored_proto.graph)  # the same names: the rule is deterministic
         self._infer_shapes()
         proto = self.proto
         initializer_names = {i.name for i in proto.graph.initializer}
@@ -318,6 +327,15 @@ class Model:
                     if attr.name == "value":
                         yield n.output[0], numpy_helper.to_array(attr.t)
 
+    @property
+    def strongly_typed(self) -> bool:
+        """The ONNX types some tensor FP16/BF16: its types, not a builder flag, set each layer's precision."""
+        return self.stored_proto is not None
+
+    def stored_type(self, tensor: str) -> int | None:
+        """The ONNX element type a float tensor has in the model as stored (None: not typed, or unknown)."""
+        return self.stored_types.get(tensor)
+
     def fp16_range_violations(self) -> list[RangeViolation]:
         return list(self._fp16_range_violations)
 
@@ -340,6 +358,18 @@ class Model:
                 for c in consumers)
             found.append(RangeViolation(name, max_abs, consumers, folded))
         return tuple(found)
+
+
+FLOAT_ELEM_TYPES = (onnx.TensorProto.FLOAT, *REDUCED)
+
+
+def _float_types(proto: onnx.ModelProto) -> dict[str, int]:
+    """Every float tensor's element type in `proto` as stored (types inferred where not declared)."""
+    inferred = infer_shapes(proto)
+    graph = inferred.graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*graph.value_info, *graph.input, *graph.output]}
+    types.update({i.name: i.data_type for i in proto.graph.initializer})
+    return {name: t for name, t in types.items() if t in FLOAT_ELEM_TYPES}
 
 
 def _input_slots(node: onnx.NodeProto, tensor: str) -> set[int]:

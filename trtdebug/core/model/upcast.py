@@ -23,6 +23,21 @@ def reduced_float_types(proto: onnx.ModelProto) -> set[int]:
     return types & set(REDUCED)
 
 
+def mentions_reduced_types(proto: onnx.ModelProto) -> bool:
+    """Whether the main graph types any tensor FP16/BF16: its I/O, initializers, value_info, Constant
+    values, or a Cast to one (a typed model may keep FP32 I/O and weights, with Casts inside)."""
+    graph = proto.graph
+    if reduced_float_types(proto) or any(vi.type.tensor_type.elem_type in REDUCED for vi in graph.value_info):
+        return True
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in REDUCED:
+                return True
+            if attr.type == onnx.AttributeProto.INT and attr.name in ("to", "dtype") and attr.i in REDUCED:
+                return True
+    return False
+
+
 def upcast_to_fp32(proto: onnx.ModelProto) -> onnx.ModelProto:
     """A copy with every FP16/BF16 tensor type turned into FP32 (the values are exact in FP32)."""
     copy = onnx.ModelProto()

@@ -15,10 +15,16 @@ Rules:
   original types, exactly as the model had them.
 - Node outputs keep their names (so engine tensors still match ONNX tensor names); only a graph
   output computed in another type is renamed and Cast back, so graph I/O types never change.
-- Float initializers read in another type are converted once (a new initializer), not Cast.
+- Float initializers read in a narrower type are converted once (a new initializer); read in a
+  wider type (an FP16 weight of a layer kept in FP32) they are Cast, so no weight is stored twice.
 - One shared Cast per (tensor, type), created only when a consumer needs it (no orphans), always
-  from the tensor's producer value (never a Cast of a Cast), and a model Cast that only widens is
-  looked through instead of cast again.
+  from the tensor's producer value (never a Cast of a Cast), and a model Cast between float types
+  is looked through instead of cast again (so a layer kept in FP32 reads the value before the
+  model's Cast to FP16, as the emulated build of the plan does); a model Cast nobody reads any
+  more is dropped.
+
+A strongly typed model (core.model.graph: it types tensors FP16/BF16) is rewritten from its graph
+as stored, so its weights keep their stored types; `typed_plan` reads the plan its types give.
 """
 
 from __future__ import annotations
@@ -60,28 +66,34 @@ class _TypedGraphWriter:
 
     def __init__(self, model: Model):
         self.model = model
+        self.source = model.stored_proto if model.stored_proto is not None else model.proto
+        self.source_nodes = {n.name: n for n in self.source.graph.node}
         self.graph = onnx.GraphProto()
-        self.graph.CopyFrom(model.proto.graph)
+        self.graph.CopyFrom(self.source.graph)
         del self.graph.node[:]
         del self.graph.value_info[:]  # types change; shape inference restores them
         self.initializers = {i.name: i for i in self.graph.initializer}
-        self.used_names = {t for n in model.proto.graph.node for t in [*n.input, *n.output]}
+        self.used_names = {t for n in self.source.graph.node for t in [*n.input, *n.output]}
         self.used_names |= set(self.initializers) | {i.name for i in self.graph.input}
-        self.used_node_names = {n.name for n in model.proto.graph.node}
+        self.used_node_names = {n.name for n in self.source.graph.node}
         self.graph_outputs = {o.name for o in self.graph.output}
         # tensor -> {onnx type: name of a tensor holding its value in that type}
         self.available: dict[str, dict[int, str]] = {}
         self.native: dict[str, str] = {}  # tensor -> the name of its value as produced
         for name in [*self.initializers, *(i.name for i in self.graph.input)]:
             self._produced(name, name, self.original_type(name))
-        self.producer_cast = {n.output[0]: n for n in model.nodes if n.op_type == "Cast" and n.output}
+        self.producer_cast = {n.output[0]: n for n in self.source.graph.node if n.op_type == "Cast" and n.output}
+        self.model_casts = {n.name for n in self.producer_cast.values()}
 
     # -- bookkeeping --------------------------------------------------------------------------
 
     def original_type(self, tensor: str) -> int:
-        dtype = self.model.dtype(tensor)
         if tensor in self.initializers:
             return self.initializers[tensor].data_type
+        stored = self.model.stored_type(tensor)
+        if stored is not None:
+            return stored
+        dtype = self.model.dtype(tensor)
         return int(helper.np_dtype_to_tensor_dtype(dtype)) if dtype is not None else onnx.TensorProto.UNDEFINED
 
     def is_float(self, tensor: str) -> bool:
@@ -114,22 +126,21 @@ class _TypedGraphWriter:
         if elem_type in types:
             return types[elem_type]
         source_cast = self.producer_cast.get(tensor)
-        if source_cast is not None and self._widening_free(source_cast, elem_type):
+        if source_cast is not None and self._float_cast(source_cast, elem_type):
             name = self.get(source_cast.input[0], elem_type)
-        elif tensor in self.initializers:
+        elif tensor in self.initializers and _more_precise(self.original_type(tensor), elem_type) != elem_type:
             name = self._converted_initializer(tensor, elem_type)
         else:
             name = self._cast(self.native.get(tensor, tensor), tensor, elem_type)
         types[elem_type] = name
         return name
 
-    def _widening_free(self, cast: onnx.NodeProto, elem_type: int) -> bool:
-        """A model Cast x -> t to a type at least as precise as `elem_type` means t in `elem_type`
-        is x in `elem_type`: cast x directly instead of stacking a Cast on the Cast."""
+    def _float_cast(self, cast: onnx.NodeProto, elem_type: int) -> bool:
+        """A model Cast x -> t between float types: t in `elem_type` is read as x in `elem_type` (cast x
+        directly instead of stacking a Cast on the Cast; the precision of the reader decides, as in
+        the emulated build, which rounds at layers, never at Casts)."""
         to = next((a.i for a in cast.attribute if a.name == "to"), onnx.TensorProto.UNDEFINED)
-        source = cast.input[0]
-        return (to in FLOAT_TYPES and self.is_float(source) and elem_type in FLOAT_TYPES
-                and _more_precise(to, elem_type) == to)
+        return to in FLOAT_TYPES and self.is_float(cast.input[0]) and elem_type in FLOAT_TYPES
 
     def _cast(self, source: str, tensor: str, elem_type: int) -> str:
         name = self.fresh(f"{tensor}__{TYPE_SUFFIX.get(elem_type, elem_type)}", self.used_names)
@@ -150,6 +161,7 @@ class _TypedGraphWriter:
     # -- nodes --------------------------------------------------------------------------------
 
     def add(self, node: onnx.NodeProto, precision: str | None) -> None:
+        node = self.source_nodes.get(node.name, node)  # as stored (a typed model's Casts keep their `to`)
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
         in_slots, out_slots = precision_slots(node, self.model.opset)
@@ -216,6 +228,7 @@ class _TypedGraphWriter:
                 node_name = self.fresh(f"{tensor}__cast", self.used_node_names)
                 self.graph.node.append(helper.make_node("Cast", [self.native[tensor]], [tensor], name=node_name,
                                                         to=elem_type))
+        self._drop_unread_model_casts()
         read = {t for n in self.graph.node for t in n.input} | {o.name for o in self.graph.output}
         for n in self.graph.node:
             read |= subgraph_outer_inputs(n)
@@ -225,6 +238,37 @@ class _TypedGraphWriter:
         unused_names = {i.name for i in unused}
         for graph_input in [i for i in self.graph.input if i.name in unused_names]:
             self.graph.input.remove(graph_input)
+
+
+    def _drop_unread_model_casts(self) -> None:
+        """A model Cast whose readers now read its source instead (looked through) is dead weight."""
+        while True:
+            read = {t for n in self.graph.node for t in n.input} | {o.name for o in self.graph.output}
+            for n in self.graph.node:
+                read |= subgraph_outer_inputs(n)
+            dead = [n for n in self.graph.node if n.name in self.model_casts and not read & set(n.output)]
+            if not dead:
+                return
+            for n in dead:
+                self.graph.node.remove(n)
+
+
+def typed_plan(model: Model, default: str | None = None) -> PrecisionPlan:
+    """The plan a strongly typed model's own types give: each compute node at the type of its output
+    (TensorRT 11 and --stronglyTyped build it so). The default is the reduced type most nodes use;
+    nodes typed otherwise (FP32 islands) are overrides. `default`: where no node says."""
+    by_node: dict[str, str] = {}
+    for node in model.nodes:
+        if not is_eligible(model, node):
+            continue
+        _, out_slots = precision_slots(node, model.opset)
+        stored = next((model.stored_type(node.output[i]) for i in out_slots
+                       if i < len(node.output) and model.stored_type(node.output[i]) is not None), None)
+        if stored is not None:
+            by_node[node.name] = TYPE_SUFFIX[stored]
+    reduced = [p for p in by_node.values() if p != "fp32"]
+    chosen = max(sorted(set(reduced)), key=reduced.count) if reduced else (default or "fp32")
+    return PrecisionPlan(chosen, {n: p for n, p in by_node.items() if p != chosen}).for_model(model)
 
 
 def _rename_reads(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
