@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnx
 
 from trtdebug.core.analysis.kernel_fault import KERNEL_ERROR, KERNEL_FLOOR, KERNEL_MARGIN, LayerError, layer_error
 from trtdebug.core.model.graph import Model
@@ -63,11 +64,13 @@ def engine_values(model: Model, captured: Mapping[str, np.ndarray], shapes: Mapp
     return values, skipped
 
 
-def checkable(model: Model, folded_nodes: Sequence[Any], values: Collection[str]) -> tuple[list[str], int]:
-    """Float tensors the engine exposed whose emulated layer reads only tensors it exposed too."""
-    original = set(model.producer) | {i.name for i in model.inputs}
+def checkable(model: Model, folded: onnx.ModelProto, values: Collection[str]) -> tuple[list[str], int]:
+    """Float tensors the engine exposed whose emulated layer reads only tensors it exposed too (weights
+    aside: a tensor the builder folds to a constant is a weight, whatever the ONNX computed it with)."""
+    weights = {i.name for i in folded.graph.initializer}
+    original = (set(model.producer) | {i.name for i in model.inputs}) - weights
     wanted, unread = [], 0
-    for node in folded_nodes:
+    for node in folded.graph.node:
         reads = [t for t in node.input if t in original]
         for tensor in (t for t in node.output if t in values):
             if all(t in values for t in reads):
@@ -84,7 +87,7 @@ def check_kernels(model: Model, plan: PrecisionPlan, feeds: Mapping[str, np.ndar
     emulator = EmulatorEngine()
     folded = emulator.folded(model)
     values, skipped = engine_values(model, captured, shapes, feeds)
-    wanted, unread = checkable(model, folded.proto.graph.node, values)
+    wanted, unread = checkable(model, folded.proto, values)
     if unread:
         skipped["an input not exposed by the engine"] = unread
     wanted = [t for t in wanted if values[t].dtype.kind == "f"]

@@ -14,6 +14,9 @@ def render_diagnosis(diagnosis: Mapping[str, Any], console: Console) -> None:
     kernels = diagnosis.get("kernels")
     if isinstance(kernels, dict):
         _render_kernels(kernels, console)
+    ab = diagnosis.get("ab")
+    if isinstance(ab, dict):
+        _render_ab(ab, console)
     findings = diagnosis.get("realized_precision")
     if isinstance(findings, list):
         render_precision_findings(findings, console)
@@ -38,6 +41,20 @@ def _render_kernels(kernels: Mapping[str, Any], console: Console) -> None:
                       style="dim")
     elif not layers and kernels.get("note"):
         console.print(f"rounding or kernel: not checked ({escape(str(kernels['note']))})", style="dim")
+
+
+def _render_ab(ab: Mapping[str, Any], console: Console) -> None:
+    first = ab.get("first_departure")
+    layers = ab.get("layers", [])
+    if not isinstance(first, dict):
+        console.print(f"A/B: B ({escape(str(ab.get('b')))}) follows A ({escape(str(ab.get('a')))}) within rounding "
+                      f"at all {len(layers)} layers both exposed")
+        return
+    console.print(f"[bold red]A/B[/]: B departs from A first at [cyan]{escape(first['node'])}[/] (tensor "
+                  f"[cyan]{escape(first['tensor'])}[/]): B's own error {_g(first.get('b_local_error'))}, A's "
+                  f"{_g(first.get('a_local_error'))}, rounding predicts {_g(first.get('predicted_rounding'))}")
+    console.print(f"  against FP32 there: A {_g(first.get('a_error_vs_fp32'))}, B {_g(first.get('b_error_vs_fp32'))} "
+                  f"(B {escape(str(ab.get('b')))}, A {escape(str(ab.get('a')))})")
 
 
 def render_precision_findings(findings: list[Any], console: Console) -> None:
