@@ -48,9 +48,11 @@ def diagnose_engine(problem: Problem, plan: PrecisionPlan, built: Built, candida
                     reports: Sequence[TensorReport], cannot_isolate: bool) -> Diagnosis:
     """`cannot_isolate`: the engine computes no local error of its own, so the emulator recomputes its
     layers on its values. A model the emulator cannot build gets no kernel check, and a note saying why."""
+    if not cannot_isolate:  # the emulator: what it ran is the plan, by construction
+        return Diagnosis()
     precision = realized_precision_findings(problem.model, plan, built.layers)
     realized = any(layer.precision for layer in built.layers)
-    if not cannot_isolate or candidate is None:
+    if candidate is None:
         return Diagnosis(None, tuple(precision), realized)
     shapes = {r.tensor: r.shape for r in reports if r.status != "missing"}
     try:
