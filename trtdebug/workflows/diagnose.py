@@ -14,7 +14,7 @@ from trtdebug.core.analysis.kernel_fault import kernel_defect
 from trtdebug.core.analysis.metrics import TensorReport
 from trtdebug.core.analysis.realized_precision import PrecisionFinding, realized_precision_findings
 from trtdebug.core.plans.precision_plan import PrecisionPlan
-from trtdebug.engines.base import Built, BuildError
+from trtdebug.engines.base import BuildError, Built
 from trtdebug.errors import UserError
 from trtdebug.workflows.kernel_check import KernelCheck, check_kernels
 from trtdebug.workflows.problem import Problem

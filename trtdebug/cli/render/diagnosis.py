@@ -37,7 +37,8 @@ def _render_kernels(kernels: Mapping[str, Any], console: Console) -> None:
                       "(bans that layer's tactic and rebuilds)")
     if layers and not faulty:
         console.print(f"rounding or kernel: all {len(layers)} layers checked on the engine's own inputs are within "
-                      f"what rounding predicts (x{kernels.get('margin')}): no kernel fault; what error there is, `trtdebug fallback` fixes",
+                      f"what rounding predicts (x{kernels.get('margin')}): no kernel fault; what error there is, "
+                      "`trtdebug fallback` fixes",
                       style="dim")
     elif not layers and kernels.get("note"):
         console.print(f"rounding or kernel: not checked ({escape(str(kernels['note']))})", style="dim")
