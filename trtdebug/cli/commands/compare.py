@@ -10,7 +10,7 @@ from trtdebug.cli import console
 from trtdebug.cli.options import problem_options, problem_spec, verbose_option
 from trtdebug.cli.progress import quiet_option
 from trtdebug.core.analysis.metrics import DEFAULT_LOCAL_SCOPE, LOCAL_SCOPES
-from trtdebug.engines.base import MARK_MODES, Marking
+from trtdebug.engines.base import COMPARE_MARKING, MARK_MODES
 from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
 
 if TYPE_CHECKING:
@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 @click.command("compare")
 @verbose_option
 @problem_options
-@click.option("--mark", "mark_mode", type=click.Choice(list(MARK_MODES)), default=Marking().mode,
-              show_default=True, help="How TensorRT exposes layer outputs.")
+@click.option("--mark", "mark_mode", type=click.Choice(list(MARK_MODES)), default=COMPARE_MARKING,
+              show_default=True, help="How TensorRT exposes layer outputs (auto: unfused debug tensors on "
+              "TensorRT >= 10.12, keeping every fusion; else marked outputs).")
 @click.option("--chunk", "chunk_size", type=click.IntRange(min=1), help="Expose at most this many tensors per build.")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
               help="Rows in the worst-layers table.")

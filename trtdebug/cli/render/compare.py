@@ -45,7 +45,7 @@ def render_compare(result: CompareResult, console: Console, top: int = 10) -> No
     else:
         console.print(f"  tolerance atol={tol.atol:g} rtol={tol.rtol:g} (intermediate tensors: atol relative "
                       "to each tensor's max |x|)", style="dim")
-    render_diagnosis(result.diagnosis, console)  # kernel faults first: they name the next step
+    render_diagnosis(result, console)  # kernel faults first: they name the next step
     if not result.passed:
         _render_culprits(result, console)
     worst = result.worst(top)

@@ -9,8 +9,18 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from trtdebug.core.analysis.metrics import CompareResult
 
-def render_diagnosis(diagnosis: Mapping[str, Any], console: Console) -> None:
+
+def render_diagnosis(result: CompareResult, console: Console) -> None:
+    diagnosis = result.diagnosis
+    observed = result.marking.get("observed_by")
+    if isinstance(observed, str):
+        repro = result.reproduction
+        same = "" if repro is None or not repro.checked else (
+            "; the observed build reproduces the deployed (unmarked) build's verdict" if repro.reproduces else
+            "; [yellow]the observed build does NOT reproduce the deployed (unmarked) build's verdict[/]")
+        console.print(f"observed by {escape(observed)}{same}", style="dim")
     kernels = diagnosis.get("kernels")
     if isinstance(kernels, dict):
         _render_kernels(kernels, console)
