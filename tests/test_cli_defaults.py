@@ -14,7 +14,7 @@ from trtdebug.core.analysis.metrics import DEFAULT_LOCAL_SCOPE, LOCAL_SCOPES
 from trtdebug.core.plans.precision_plan import PRECISIONS
 from trtdebug.core.search.strategies import DEFAULT_STRATEGY, STRATEGIES
 from trtdebug.engines import DEFAULT_ENGINE, ENGINE_NAMES
-from trtdebug.engines.base import COMPARE_MARKING, MARK_MODES, Marking
+from trtdebug.engines.base import COMPARE_MARKING, MARK_MODES
 from trtdebug.engines.tensorrt.support import FLAVORS
 from trtdebug.workflows.problem import ProblemSpec
 from trtdebug.workflows.quantize import (
