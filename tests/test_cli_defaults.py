@@ -14,7 +14,7 @@ from trtdebug.core.analysis.metrics import DEFAULT_LOCAL_SCOPE, LOCAL_SCOPES
 from trtdebug.core.plans.precision_plan import PRECISIONS
 from trtdebug.core.search.strategies import DEFAULT_STRATEGY, STRATEGIES
 from trtdebug.engines import DEFAULT_ENGINE, ENGINE_NAMES
-from trtdebug.engines.base import MARK_MODES, Marking
+from trtdebug.engines.base import COMPARE_MARKING, MARK_MODES
 from trtdebug.engines.tensorrt.support import FLAVORS
 from trtdebug.workflows.problem import ProblemSpec
 from trtdebug.workflows.quantize import (
@@ -39,13 +39,14 @@ MIRRORS: dict[tuple[str, str], tuple[tuple[str, ...] | None, object]] = {
     ("quantize", "--seed"): (None, Calibration().seed),
     ("quantize", "--calib-batches"): (None, DEFAULT_GENERATED_BATCHES),
     ("compare", "--local-error"): (LOCAL_SCOPES, DEFAULT_LOCAL_SCOPE),
-    ("compare", "--mark"): (MARK_MODES, Marking().mode),
+    ("compare", "--mark"): (MARK_MODES, COMPARE_MARKING),
     ("fallback", "--strategy"): (STRATEGIES, DEFAULT_STRATEGY),
     ("build", "--engine"): (BUILDING_ENGINES, DEFAULT_ENGINE),
     ("build", "--target-version"): (TARGET_VERSIONS, DEFAULT_TARGET_VERSION),
     ("build", "--emit"): (tuple(FLAG_TOOLS), None),
     ("selfcheck", "--flavor"): (FLAVORS, None),
     ("quantize", "--format"): (QUANTIZE_FORMATS, DEFAULT_QUANTIZE_FORMAT),
+    ("inspect", "--flavor"): (FLAVORS, FLAVORS[0]),
 }
 # Defaults that belong to the CLI alone: how much it prints, how many jobs it runs; no library default to mirror.
 CLI_OWN = {("compare", "--top"), ("fallback", "--jobs"), ("tactics", "--builds")}

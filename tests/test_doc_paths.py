@@ -86,3 +86,20 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert install_and_run.startswith("python3 -m venv .venv && ") and "trtdebug compare examples/" in install_and_run
     assert test.startswith("python3 -m venv .venv && ") and test.endswith("python -m pytest")
     assert test in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_every_defect_kind_is_documented_in_the_report_schema():
+    import ast
+
+    from trtdebug.core.analysis.defects import KINDS
+
+    schema = (ROOT / "docs" / "report-schema.md").read_text()
+    documented = set(re.findall(r"`([a-z_]+)`", schema.split("`kind` is one of", 1)[1].split("|", 1)[0]))
+    assert set(KINDS) <= documented, set(KINDS) - documented
+    made = set()  # every Defect("kind", ...) the code makes
+    for path in (ROOT / "trtdebug").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "Defect" and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                made.add(node.args[0].value)
+    assert made <= set(KINDS), made - set(KINDS)

@@ -682,12 +682,16 @@ def test_selfcheck_tries_every_path_of_tensorrt_10(fake: trt_fake.Recorder, cuda
     checks = run_selfcheck(("tensorrt",))
     by_name = {c.name: c for c in checks}
     expected = [f"tensorrt: {typing} typing, --mark {mode}" for typing in ("weak", "strong")
-                for mode in ("none", "outputs", "debug", "unfused", "outputs --chunk 2")]
-    expected += ["tensorrt: tactics via selector", "tensorrt: tactics via timing-cache"]
+                for mode in ("none", "outputs", "debug", "unfused", "outputs --chunk 2", "auto")]
+    expected += ["tensorrt: inspect (realized precision from the engine inspector)",
+                 "tensorrt: tactics via selector", "tensorrt: tactics via timing-cache"]
     assert [c.name for c in checks] == ["cuda-python", "tensorrt", *expected]
     assert all(c.status == "ok" for c in checks), [c for c in checks if c.status != "ok"]
     assert "ran, final output within" in by_name["tensorrt: weak typing, --mark outputs"].detail
     assert "engine kernel sm80_kernel_" in by_name["tensorrt: tactics via timing-cache"].detail
+    assert "observed by unfused" in by_name["tensorrt: weak typing, --mark auto"].detail
+    assert "layers report a precision (fp16" in by_name["tensorrt: inspect (realized precision from the engine "
+                                                         "inspector)"].detail
     assert selfcheck_exit_code(checks, ("tensorrt",)) == 0
 
 

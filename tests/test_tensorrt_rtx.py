@@ -148,7 +148,8 @@ def test_selfcheck_builds_every_rtx_path() -> None:
 
     checks = run_selfcheck(("tensorrt-rtx",))
     tried = [c for c in checks if c.name.startswith("tensorrt-rtx: strong typing")]
-    assert [c.name.split("--mark ")[1] for c in tried] == ["none", "outputs", "debug", "unfused", "outputs --chunk 2"]
+    assert [c.name.split("--mark ")[1] for c in tried] == ["none", "outputs", "debug", "unfused", "outputs --chunk 2",
+                                                           "auto"]
     assert all(c.status == "ok" for c in tried), [c for c in tried if c.status != "ok"]
     tactics = [c for c in checks if "tactics" in c.name]
     assert [c.status for c in tactics] == ["skipped", "skipped"]  # TensorRT-RTX does no autotuning

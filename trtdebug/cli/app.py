@@ -13,6 +13,7 @@ from trtdebug.cli import console
 from trtdebug.cli.commands.build import build_command
 from trtdebug.cli.commands.compare import compare_command
 from trtdebug.cli.commands.fallback import fallback_command
+from trtdebug.cli.commands.inspect import inspect_command
 from trtdebug.cli.commands.quantize import quantize_command
 from trtdebug.cli.commands.selfcheck import selfcheck_command
 from trtdebug.cli.commands.tactics import tactics_command
@@ -41,7 +42,7 @@ def cli(verbose: bool) -> None:
 
 
 for command in (compare_command, fallback_command, tactics_command, build_command, quantize_command,
-                selfcheck_command):
+                selfcheck_command, inspect_command):
     cli.add_command(command)
 
 

@@ -25,8 +25,10 @@ if TYPE_CHECKING:
     from trtdebug.core.plans.ban_list import BanList
     from trtdebug.core.plans.precision_plan import PrecisionPlan
 
-MarkMode = Literal["outputs", "debug", "unfused", "none"]
+# "auto": the engine's least intrusive way (TensorRT >= 10.12: unfused debug tensors, else outputs)
+MarkMode = Literal["outputs", "debug", "unfused", "auto", "none"]
 MARK_MODES: tuple[str, ...] = tuple(m for m in get_args(MarkMode) if m != "none")  # what a user can ask for
+COMPARE_MARKING: MarkMode = "auto"  # compare's default: observe without changing the engine where it can
 
 
 class BuildError(EngineError):

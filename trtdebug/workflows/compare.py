@@ -43,6 +43,7 @@ from trtdebug.engines.base import (
     as_piecewise,
     as_substituting,
 )
+from trtdebug.workflows.diagnose import diagnose_engine
 from trtdebug.workflows.evaluate import evaluate_plan, judge
 from trtdebug.workflows.problem import Case, Problem
 from trtdebug.workflows.progress import SILENT, Progress
@@ -110,8 +111,10 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
             comparer.decide(problem.reference, candidate, local_runner.run_local(
                 problem.reference, [r.tensor for r in comparer.undecided]))
             progress.end()
+    diagnosis = diagnose_engine(problem, plan, built, candidate, comparer.reports, local_runner is None)
     candidate = None
     compared = comparer.finish()  # the tensors and the tolerance's verdict; what follows adds to it
+    diagnosis.annotate(compared.tensors)
     candidate_outputs = comparer.candidate_outputs
     passed, verdict_reason, check_template = compared.passed, compared.verdict, ""
     if check is not None:
@@ -150,7 +153,8 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
                    local_error=local_error, local_scope=local_scope if local_error else "",
                    kept=tuple(plan.kept()), bans=len(bans) if bans else 0, reproduction=reproduction,
                    culprits=tuple(culprits), culprits_explain=culprits_explain, layers=layers,
-                   range_violations=tuple(model.fp16_range_violations()), histograms=histogrammed)
+                   range_violations=tuple(model.fp16_range_violations()), histograms=histogrammed,
+                   diagnosis=diagnosis.to_json())
 
 
 HISTOGRAMS = 24  # introduced tensors whose histograms are taken while their values are alive

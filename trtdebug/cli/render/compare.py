@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
+from trtdebug.cli.render.diagnosis import render_diagnosis
 from trtdebug.cli.render.fixed_table import FixedTable
 from trtdebug.core.analysis.metrics import CompareResult, TensorReport
 from trtdebug.core.system.memory import format_size
@@ -44,6 +45,7 @@ def render_compare(result: CompareResult, console: Console, top: int = 10) -> No
     else:
         console.print(f"  tolerance atol={tol.atol:g} rtol={tol.rtol:g} (intermediate tensors: atol relative "
                       "to each tensor's max |x|)", style="dim")
+    render_diagnosis(result, console)  # kernel faults first: they name the next step
     if not result.passed:
         _render_culprits(result, console)
     worst = result.worst(top)

@@ -330,6 +330,8 @@ class CompareResult:
     range_violations: tuple[RangeViolation, ...] = ()  # constants beyond FP16's range
     # culprit tensor -> its values' histograms; only with run_compare(histograms=True), for the HTML report
     histograms: Mapping[str, ValueHistogram] = field(default_factory=dict)
+    # engines that cannot isolate a layer: rounding or kernel per layer, realized precision (workflows.diagnose)
+    diagnosis: Mapping[str, JsonValue] = field(default_factory=dict)
 
     @property
     def outputs(self) -> list[TensorReport]:
@@ -375,6 +377,7 @@ class CompareResult:
             "layers": [_layer_json(layer) for layer in self.layers],
             "range_violations": [{"tensor": v.tensor, "max_abs": v.max_abs, "consumers": list(v.consumers),
                                   "folded_by_builder": v.folded_by_builder} for v in self.range_violations],
+            "diagnosis": _jsonable(self.diagnosis),
             "notes": _jsonable({"marking": self.marking, "local_error": self.local_error,
                                 "local_error_scope": self.local_scope,
                                 "plan": {"default": self.precision, "kept": list(self.kept)}, "bans": self.bans,

@@ -110,6 +110,9 @@ class TensorRTEngine:
     def build(self, model: Model, plan: PrecisionPlan, bans: BanList | None = None,
               mark: Marking | None = None) -> TensorRTBuilt:
         mark = mark or Marking()
+        requested = mark.mode
+        if mark.mode == "auto":  # observe without changing the engine where this TensorRT can
+            mark = replace(mark, mode="unfused" if self.features.unfused_debug else "outputs")
         if mark.mode not in self.features.marking_modes():
             raise UserError(f"--mark {mark.mode} needs a newer TensorRT than {self.features.module_name} "
                             f"{self.features.version}; available: {', '.join(self.features.marking_modes())}")
@@ -127,7 +130,20 @@ class TensorRTEngine:
             chunks, notes = build_marked(builder, model, mark, self.options.max_marking_builds)
         notes.update(mode=mark.mode, builds=builder.builds, chunk_size=mark.chunk_size, chunks=len(chunks),
                      **builder.describe(chunks[0].result))
+        notes["observed_by"] = observed_by(mark.mode, requested, self.features)
         return TensorRTBuilt(context, model, chunks, mark.mode, notes, builder.live_pairs)
+
+
+def observed_by(mode: str, requested: str, features: Features) -> str:
+    """How the tensors were observed, for the report: whether the engine's fusions were kept."""
+    how = {"unfused": "unfused tensors as debug tensors (mark_unfused_tensors_as_debug_tensors): every fusion "
+                      "kept, only tensors that survive fusion seen",
+           "debug": "debug tensors (mark_debug): fusions broken at each marked tensor, engine I/O unchanged",
+           "outputs": "marked outputs (mark_output): fusions broken at each marked tensor",
+           "none": "final outputs only"}[mode]
+    if requested == "auto" and mode == "outputs":
+        how += f" ({features.module_name} {features.version} has no mark_unfused_tensors_as_debug_tensors: 10.12+)"
+    return how
 
 
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:

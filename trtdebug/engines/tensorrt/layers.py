@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trtdebug.engines.base import LayerInfo
+from trtdebug.errors import UserError
 
 ONNX_LAYER = re.compile(r"\[ONNX Layer: (.*?)\](?=[\x1e\x1f]|\[ONNX Layer: |\s*$)", re.DOTALL)
 FOREIGN_NODE = re.compile(r"^\{?ForeignNode\[(?P<first>.*?)\.\.\.(?P<last>.*)\]\}?$")
@@ -234,3 +235,29 @@ def network_layer_nodes(metadata: str, layer_name: str, resolver: NodeResolver) 
     """ONNX nodes of a network (pre-build) layer: its metadata, else its name (TensorRT 8.6)."""
     nodes = resolver.known(metadata_nodes(metadata))
     return nodes or resolver.from_name(layer_name)[0]
+
+
+# -- an engine file alone ---------------------------------------------------------------------
+
+DETAILED_HINT = ("build it with detailed profiling verbosity (trtexec --profilingVerbosity=detailed, "
+                 "config.profiling_verbosity = ProfilingVerbosity.DETAILED) to see each layer's precision")
+
+
+def read_engine_layers(data: bytes, flavor: str = "tensorrt") -> tuple[list[EngineLayer], str]:
+    """The layers a serialized engine reports through the engine inspector (TensorRT >= 8.6), and the
+    TensorRT that read it. Deserializing needs TensorRT and its GPU: without them, one line says so."""
+    from trtdebug.engines.tensorrt.support import load_tensorrt, make_logger
+
+    trt = load_tensorrt(flavor)
+    logger = make_logger(trt)
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        reason = (logger.errors() or ["deserialize_cuda_engine returned nothing"])[-1].splitlines()[0]
+        raise UserError(f"cannot load the engine with {trt.__name__} {trt.__version__}: {reason} (an engine "
+                        "loads only with the TensorRT version and GPU it was built for)")
+    inspector = engine.create_engine_inspector()
+    text = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    del inspector, engine  # before the runtime that made it
+    del runtime
+    return parse_inspector_json(text), f"{trt.__name__} {trt.__version__}"

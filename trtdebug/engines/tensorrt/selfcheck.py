@@ -88,6 +88,8 @@ class _Probe:
         built = engine.build(self.model, plan, bans, mark)
         notes = built.marking_notes
         summary = f"{len(built.layers)} engine layers ({notes.get('layer_info', '')})"
+        if mark.mode == "auto":
+            summary += f", observed by {notes.get('mode')}"
         if mark.mode in ("outputs", "debug"):
             summary += f", {len(notes.get('marked', []))} marked, {len(notes.get('dropped', []))} dropped"
         if not runs:
@@ -147,12 +149,16 @@ def _flavor_checks(flavor: str, probe: _Probe) -> list[Check]:
     for typing in typings:
         engine = TensorRTEngine(flavor, typing=typing, compute_capabilities=targets)
         markings = [Marking(mode) for mode in features.marking_modes()]  # type: ignore[arg-type]
-        markings.append(Marking("outputs", chunk_size=2))
+        markings += [Marking("outputs", chunk_size=2), Marking("auto")]
         for marking in markings:
             label = f"{flavor}: {typing} typing, --mark {marking.mode}"
             if marking.chunk_size:
                 label += f" --chunk {marking.chunk_size}"
             checks.append(probe.check(label, partial(_build_summary, probe, engine, plan, marking, runs)))
+    label = f"{flavor}: inspect (realized precision from the engine inspector)"
+    engine = TensorRTEngine(flavor, compute_capabilities=targets)
+    checks.append(probe.check(label, partial(_inspect_check, probe, engine, flavor)) if runs else
+                  Check(label, "skipped", "deserializing an engine needs a GPU"))
     for control, available in (("selector", features.algorithm_selector),
                                ("timing-cache", features.editable_timing_cache and not features.is_rtx)):
         label = f"{flavor}: tactics via {control}"
@@ -163,6 +169,20 @@ def _flavor_checks(flavor: str, probe: _Probe) -> list[Check]:
         engine = TensorRTEngine(flavor, record_tactics=True, tactic_control=control, compute_capabilities=targets)
         checks.append(probe.check(label, partial(_tactic_check, probe, engine, runs)))
     return checks
+
+
+def _inspect_check(probe: _Probe, engine: Any, flavor: str) -> str:
+    """An engine file read back alone (trtdebug inspect): every compute layer must report its precision."""
+    from trtdebug.engines.tensorrt.layers import DETAILED_HINT, NodeResolver, read_engine_layers, to_layer_infos
+
+    built = engine.build(probe.model, PrecisionPlan("fp16"), None, Marking("none"))
+    raw, reader = read_engine_layers(built.serialize(), flavor)
+    layers = to_layer_infos(raw, NodeResolver([n.name for n in probe.model.nodes]), "engine inspector")
+    typed = [la for la in layers if la.precision]
+    if not typed:
+        raise UserError(f"the inspector reported {len(layers)} layers but no precision: {DETAILED_HINT}")
+    precisions = sorted({la.precision for la in typed})
+    return f"{reader}: {len(typed)}/{len(layers)} layers report a precision ({', '.join(precisions)})"
 
 
 def _build_summary(probe: _Probe, engine: Any, plan: PrecisionPlan, marking: Marking, runs: bool) -> str:
