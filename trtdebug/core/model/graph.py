@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from trtdebug.core.model import weights as shared
 from trtdebug.core.model.upcast import REDUCED, mentions_reduced_types, reduced_float_types, upcast_to_fp32
 from trtdebug.errors import UserError
 
@@ -268,13 +269,22 @@ class Model:
         return next((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
     @cached_property
-    def serialized(self) -> bytes:
-        return self.proto.SerializeToString()
-
-    @cached_property
     def sha256(self) -> str:
-        """Hash of the model as trtdebug sees it (after renaming), so plans bind to one graph."""
-        return hashlib.sha256(self.serialized).hexdigest()
+        """Hash of the model as trtdebug sees it (after renaming), so plans bind to one graph. A model
+        of LARGE_MODEL_BYTES or more is hashed a part at a time (protobuf serializes at most 2 GiB):
+        the graph without its weights, then each weight's bytes."""
+        if self.proto.ByteSize() < shared.LARGE_MODEL_BYTES:
+            return hashlib.sha256(self.proto.SerializeToString()).hexdigest()
+        digest = hashlib.sha256(shared.without_weights(self.proto, self.weights).SerializeToString())
+        for tensor in self.proto.graph.initializer:
+            digest.update(tensor.SerializeToString())
+        return digest.hexdigest()
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        """Every initializer's value, converted once: sessions read their large ones in place
+        (ort_sessions.session `weights`), so the process holds them once, not once per session."""
+        return self._initializers
 
     def spec(self, tensor: str) -> TensorSpec:
         return self._specs.get(tensor, TensorSpec(tensor, None, None))

@@ -20,7 +20,8 @@ class Reference:
         self.model = model
         tensors = model.intermediate_tensors()
         types = {t: _elem_type(model, t) for t in tensors}
-        self._session = ort_sessions.session(ort_sessions.with_outputs(model.proto, tensors, types))
+        self._session = ort_sessions.session(ort_sessions.with_outputs(model.proto, tensors, types, model.weights),
+                                             weights=model.weights)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = ort_sessions.run(self._session, feeds)
@@ -87,7 +88,8 @@ class LazyReference(Mapping[str, np.ndarray]):
         self.model = model
         self.feeds = {k: np.asarray(v) for k, v in feeds.items()}
         self.groups = groups
-        self._graph = PiecewiseGraph(model.proto, split_by_targets(model.proto, groups), model.intermediate_tensors())
+        self._graph = PiecewiseGraph(model.proto, split_by_targets(model.proto, groups), model.intermediate_tensors(),
+                                     weights=model.weights)
         self._keys = list(dict.fromkeys([*model.intermediate_tensors(), *self.feeds]))
         self._known = set(self._keys)
         outputs = [o.name for o in model.outputs]
@@ -138,7 +140,8 @@ class LazyReference(Mapping[str, np.ndarray]):
         if key not in self._sessions:
             self._sessions.clear()
             types = {t: _elem_type(self.model, t) for t in key}
-            self._sessions[key] = ort_sessions.session(ort_sessions.with_outputs(self.model.proto, key, types))
+            self._sessions[key] = ort_sessions.session(
+                ort_sessions.with_outputs(self.model.proto, key, types, self.model.weights), weights=self.model.weights)
         values = ort_sessions.run(self._sessions[key], self.feeds)  # type: ignore[arg-type]
         return {t: values[t] for t in key}
 

@@ -3,8 +3,12 @@ any chosen set of intermediate tensors, with onnxruntime's errors turned into on
 
 from __future__ import annotations
 
+import atexit
 import functools
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -12,6 +16,8 @@ import onnx
 import onnxruntime as ort
 
 from trtdebug import logs
+from trtdebug.core.model import weights as shared
+from trtdebug.core.model.weights import Weights, is_shared, shareable, weights_of, without_weights
 from trtdebug.errors import UserError, first_line
 
 # onnxruntime logs kernel failures to stderr on its own; trtdebug reports them as one line instead.
@@ -24,10 +30,10 @@ LEVELS = {
 
 
 def with_outputs(proto: onnx.ModelProto, tensors: Iterable[str],
-                 types: Mapping[str, int] | None = None) -> onnx.ModelProto:
-    """A copy of the model whose graph outputs are its own outputs plus `tensors`."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(proto)
+                 types: Mapping[str, int] | None = None, weights: Weights | None = None) -> onnx.ModelProto:
+    """A copy of the model whose graph outputs are its own outputs plus `tensors`. `weights`: the
+    initializers found there are not copied, only named (`without_weights`)."""
+    exposed = without_weights(proto, weights) if weights else _copy(proto)
     present = {o.name for o in exposed.graph.output}
     types = types or {}
     for name in tensors:
@@ -39,6 +45,44 @@ def with_outputs(proto: onnx.ModelProto, tensors: Iterable[str],
         if types.get(name):
             vi.type.tensor_type.elem_type = types[name]
     return exposed
+
+
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    return copy
+
+
+@functools.cache
+def _placeholder_folder() -> str:
+    folder = tempfile.mkdtemp(prefix="trtdebug-weights-")
+    open(os.path.join(folder, shared.PLACEHOLDER), "wb").close()
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def _share(options: ort.SessionOptions, proto: onnx.ModelProto, weights: Weights | None, in_place: bool = True
+           ) -> tuple[onnx.ModelProto, list[ort.OrtValue]]:
+    """`proto` with its large weights taken from `weights` (added to `options`), and the values that
+    must live as long as the session (onnxruntime reads the arrays in place). `in_place` False: the
+    session copies them (its optimizers, folding constants, read initializers before any override)."""
+    if weights is None:
+        return proto, []
+    light = proto if all(is_shared(t) or not shareable(t, weights) for t in proto.graph.initializer) \
+        else without_weights(proto, weights)
+    names = [t.name for t in light.graph.initializer if is_shared(t)]
+    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[name])) for name in names]
+    if values and not in_place:
+        options.add_external_initializers(names, values)
+        return light, values
+    for name, value in zip(names, values, strict=True):
+        options.add_initializer(name, value)
+    if values:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         _placeholder_folder())
+        # prepacking copies each MatMul weight into the session: the shared arrays would be held twice
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    return light, values
 
 
 @functools.cache
@@ -66,11 +110,20 @@ class BuiltGraphRejected(RuntimeError):
 
 
 def session(proto: onnx.ModelProto, level: str = "disable", threads: int = 0,
-            optimized_path: str | None = None, spin: bool = True, built: str = "") -> ort.InferenceSession:
+            optimized_path: str | None = None, spin: bool = True, built: str = "",
+            weights: Weights | None = None) -> ort.InferenceSession:
     """`spin` False: onnxruntime's idle threads sleep instead of spinning, leaving the CPUs to work that
     runs beside the session (compare measures one piece while the next runs).
-    `built`: what trtdebug built `proto` as ("the local-error graph"); empty for the user's model."""
+    `built`: what trtdebug built `proto` as ("the local-error graph"); empty for the user's model.
+    `weights`: arrays for the model's large initializers, read in place by the session (shared with
+    every other session given them); a model over weights.LARGE_MODEL_BYTES is never serialized with its weights."""
     options = ort.SessionOptions()
+    if weights is None and proto.ByteSize() >= shared.LARGE_MODEL_BYTES:
+        weights = weights_of(proto)
+    proto, values = _share(options, proto, weights, in_place=level == "disable")
+    if optimized_path and values:  # an optimized model written whole could exceed protobuf's 2 GiB
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         os.path.basename(optimized_path) + ".data")
     if _shared_arena():
         options.add_session_config_entry("session.use_env_allocators", "1")
     if not spin:
@@ -82,7 +135,9 @@ def session(proto: onnx.ModelProto, level: str = "disable", threads: int = 0,
     if optimized_path:
         options.optimized_model_filepath = optimized_path
     try:
-        return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        made = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        made._trtdebug_weights = values  # onnxruntime reads them in place: they live as long as the session
+        return made
     except Exception as exc:
         newest_ir = _max_ir_version(str(exc))
         if newest_ir is None or proto.ir_version <= newest_ir:
@@ -95,7 +150,7 @@ def session(proto: onnx.ModelProto, level: str = "disable", threads: int = 0,
     downgraded = onnx.ModelProto()
     downgraded.CopyFrom(proto)
     downgraded.ir_version = newest_ir
-    return session(downgraded, level, threads, optimized_path, spin, built)
+    return session(downgraded, level, threads, optimized_path, spin, built, weights)
 
 
 def _load_error(proto: onnx.ModelProto, exc: BaseException) -> str:

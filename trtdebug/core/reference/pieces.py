@@ -67,8 +67,9 @@ class PiecewiseGraph:
     `built`: what trtdebug built `proto` as (ort_sessions.session), empty for the user's model."""
 
     def __init__(self, proto: onnx.ModelProto, pieces: Sequence[Sequence[int]], exposed: Iterable[str],
-                 built: str = ""):
+                 built: str = "", weights: Mapping[str, np.ndarray] | None = None):
         self.proto = proto
+        self.weights = weights  # arrays of the large initializers, read in place by every piece's session
         self.built = built
         self.pieces = [list(p) for p in pieces]
         self.exposed = set(exposed)
@@ -118,7 +119,8 @@ class PiecewiseGraph:
         model.graph.CopyFrom(graph)
         # pieces run beside the threads measuring the piece before (run_ahead): onnxruntime's threads spinning
         # between kernels took the CPUs from them (compare on the detector: 5.4 s against 4.6 s without)
-        self._sessions[k] = ort_sessions.session(model, spin=False, built=f"a piece of {self.built}" * bool(self.built))
+        self._sessions[k] = ort_sessions.session(model, spin=False, built=f"a piece of {self.built}" * bool(self.built),
+                                                 weights=self.weights)
         self._input_names[k] = inputs
         return self._sessions[k]
 

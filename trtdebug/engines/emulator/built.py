@@ -13,6 +13,7 @@ import onnx
 from onnx import helper
 
 from trtdebug.core.model.graph import Model
+from trtdebug.core.model.weights import held_weights, without_weights
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.reference import ort_sessions
 from trtdebug.core.reference.random_ops import RANDOM_OPS
@@ -64,7 +65,12 @@ class EmulatorBuilt:
             for n in folded.proto.graph.node
         ]
         self.float_tensors = float_tensors(model, folded)
-        self.proto = self._rounded_graph(folded.proto, self.float_tensors)
+        # the large weights held apart, once, read in place by every session below (the folded graph's
+        # own weights are the model's arrays where folding left them as they were)
+        rounded = self._rounded_graph(folded.proto, self.float_tensors)
+        self.weights = held_weights(rounded, model.weights)
+        self.proto = without_weights(rounded, self.weights)
+        del rounded
         exposed = self._exposed(mark)
         self.marking_notes: dict[str, Any] = {
             "mode": "all" if mark.mode != "none" else "none",
@@ -94,7 +100,7 @@ class EmulatorBuilt:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._session is None:
             self._session = ort_sessions.session(ort_sessions.with_outputs(self.proto, self._exposed_names),
-                                                 built=EMULATED)
+                                                 built=EMULATED, weights=self.weights)
         return ort_sessions.run(self._session, feeds)
 
     def run_local(self, reference: Mapping[str, np.ndarray],
@@ -117,7 +123,8 @@ class EmulatorBuilt:
         wanted = [t for t in dict.fromkeys(tensors) if t in computed]
         if not wanted:
             return {}
-        session = ort_sessions.session(ort_sessions.with_outputs(proto, wanted), built=LOCAL)
+        session = ort_sessions.session(ort_sessions.with_outputs(proto, wanted, weights=self.weights), built=LOCAL,
+                                       weights=self.weights)
         return ort_sessions.run(session, {name: reference[tensor] for name, tensor in feeds_from.items()}, wanted)
 
     def run_pieces(self, feeds: Mapping[str, np.ndarray], groups: Sequence[Sequence[str]]
@@ -149,7 +156,7 @@ class EmulatorBuilt:
     def run_exposing(self, feeds: Mapping[str, np.ndarray], tensors: Sequence[str]) -> dict[str, np.ndarray]:
         from trtdebug.core.reference.pieces import PiecewiseGraph
 
-        graph = PiecewiseGraph(self.proto, [list(range(len(self.proto.graph.node)))], tensors, EMULATED)
+        graph = PiecewiseGraph(self.proto, [list(range(len(self.proto.graph.node)))], tensors, EMULATED, self.weights)
         return next(iter(graph.run(feeds)))
 
     def _piecewise(self, groups: Sequence[Sequence[str]]) -> tuple[Any, Any]:
@@ -158,9 +165,10 @@ class EmulatorBuilt:
         key = id(groups)
         if key not in self._pieces:
             self._pieces.clear()
-            graph = PiecewiseGraph(self.proto, split_by_targets(self.proto, groups), self._exposed_names, EMULATED)
+            graph = PiecewiseGraph(self.proto, split_by_targets(self.proto, groups), self._exposed_names, EMULATED,
+                                   self.weights)
             local_proto, _, outputs = self._local_graph()
-            local = PiecewiseGraph(local_proto, split_by_targets(local_proto, groups), outputs, LOCAL)
+            local = PiecewiseGraph(local_proto, split_by_targets(local_proto, groups), outputs, LOCAL, self.weights)
             self._pieces[key] = (graph, local)
         return self._pieces[key]
 
@@ -211,11 +219,12 @@ class EmulatorBuilt:
             graph.input.append(helper.make_tensor_value_info(
                 SUBSTITUTE_PREFIX + tensor, onnx.helper.np_dtype_to_tensor_dtype(dtype), None))
         # a switched final output is the graph's; run_substituted overrides it
-        return ort_sessions.session(proto, built=SUBSTITUTING)
+        return ort_sessions.session(proto, built=SUBSTITUTING, weights=self.weights)
 
     def _build_local(self) -> tuple[Any, dict[str, str]]:
         proto, feeds_from, outputs = self._local_graph()
-        return ort_sessions.session(ort_sessions.with_outputs(proto, outputs), built=LOCAL), feeds_from
+        return ort_sessions.session(ort_sessions.with_outputs(proto, outputs, weights=self.weights), built=LOCAL,
+                                    weights=self.weights), feeds_from
 
     def _local_graph(self) -> tuple[onnx.ModelProto, dict[str, str], list[str]]:
         """The folded graph with every layer's non-constant inputs cut loose into graph inputs."""
@@ -308,5 +317,5 @@ class EmulatorBuilt:
                 name, onnx.helper.np_dtype_to_tensor_dtype(self.model.dtype(tensor) or np.dtype("float32")),
                 self._declared_shape(tensor)))
         cut_floats = {REF_PREFIX + t for t in feeds_from.values() if t in self.float_tensors}
-        proto = self._rounded_graph(kept, self.float_tensors | cut_floats)
+        proto = without_weights(self._rounded_graph(kept, self.float_tensors | cut_floats), self.weights)
         return proto, feeds_from, outputs

@@ -31,7 +31,7 @@ def fold_like_builder(model: Model) -> FoldedGraph:
     """Constant folding and BatchNorm fusion in FP32, by onnxruntime's basic optimization level."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "folded.onnx")
-        ort_sessions.session(model.proto, level="basic", threads=1, optimized_path=path)
+        ort_sessions.session(model.proto, level="basic", threads=1, optimized_path=path, weights=model.weights)
         folded = onnx.load(path)
     # onnxruntime may leave nodes unnamed or reuse names; layer names must be unique.
     seen: set[str] = set()

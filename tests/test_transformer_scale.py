@@ -1,0 +1,64 @@
+"""Transformers at scale: weights held once and read in place by every onnxruntime session, and models
+too large to serialize whole (protobuf's 2 GiB) run without being serialized with their weights. The
+large-model path is forced here at a small threshold; its values must equal the normal path's bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fixtures.transformer_models import FEED_RANGES, TransformerConfig, save
+from trtdebug.core.model import weights as shared
+from trtdebug.core.model.feeds import generate_feeds, resolve_shapes
+from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.precision_plan import PrecisionPlan
+from trtdebug.core.reference.fp32_run import Reference
+from trtdebug.engines.emulator.engine import EmulatorEngine
+
+CONFIG = TransformerConfig(layers=2, d_model=64, heads=4, seq=16, mask_value="finfo")
+
+
+def _values(path: str) -> tuple[Model, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    model = Model.load(path)
+    feeds = generate_feeds(model, resolve_shapes(model, {}), FEED_RANGES)
+    reference = Reference(model).run(feeds)
+    built = EmulatorEngine().build(model, PrecisionPlan("fp16"))
+    wrong = [t for t in model.intermediate_tensors() if t.endswith(("scores", "softmax", "mlp_residual"))]
+    return model, reference, built.run(feeds), built.run_local(reference, wrong)
+
+
+def _equal_bits(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].tobytes() == b[name].tobytes(), name
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_large_model_path_gives_the_values_of_the_normal_path(tmp_path, monkeypatch, external):
+    path = str(save(CONFIG, tmp_path / "decoder.onnx", external=external))
+    _, reference, emulated, local = _values(path)
+    assert np.isnan(emulated["y"]).any()  # the finfo mask NaNs in FP16: a failing model, every path exercised
+    monkeypatch.setattr(shared, "SHARED_WEIGHT_BYTES", 1024)  # every weight matrix shared
+    monkeypatch.setattr(shared, "LARGE_MODEL_BYTES", 1024)  # and the model "too large" to serialize
+    model, reference2, emulated2, local2 = _values(path)
+    _equal_bits(reference, reference2)
+    _equal_bits(emulated, emulated2)
+    _equal_bits(local, local2)
+    built = EmulatorEngine().build(model, PrecisionPlan("fp16"))
+    weight = "layers.0.mlp.up_proj.weight"
+    assert built.weights[weight] is model.weights[weight]  # the folded graph's weights are the model's arrays
+    assert all(not t.HasField("raw_data") for t in built.proto.graph.initializer if t.name in built.weights)
+
+
+def test_sessions_read_the_shared_weights_in_place(tmp_path, monkeypatch):
+    monkeypatch.setattr(shared, "SHARED_WEIGHT_BYTES", 1024)
+    model = Model.load(str(save(CONFIG, tmp_path / "decoder.onnx")))
+    feeds = generate_feeds(model, resolve_shapes(model, {}), FEED_RANGES)
+    reference = Reference(model)
+    held = {value.data_ptr() for value in reference._session._trtdebug_weights}
+    big = [name for name, value in model.weights.items() if value.nbytes >= 1024]
+    assert big and held == {model.weights[name].ctypes.data for name in big}  # no copy: the model's own arrays
+    built = EmulatorEngine().build(model, PrecisionPlan("fp16"))
+    built.run(feeds)
+    emulated = {value.data_ptr() for value in built._session._trtdebug_weights}
+    assert emulated <= {value.ctypes.data for value in built.weights.values()}
