@@ -28,6 +28,12 @@ class EngineError(Exception):
     GPU memory exhausted. Not the user's fault, not a bug of trtdebug."""
 
 
+class BuildRunFailed(EngineError):
+    """A reduced-precision build fails to run on inputs the FP32 model runs (e.g. a value rounded to
+    zero decides a shape, and a layer gets an empty tensor): the build computes something unusable,
+    so a search counts it as a failed candidate; compare reports it as an engine failure."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of a library's exception message (they can be pages long), or its type's name."""
     text = str(exc).strip().splitlines()

@@ -17,6 +17,7 @@ from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.search.user_check import CheckCommand
 from trtdebug.engines.base import BuildError, Built, Engine, Marking
+from trtdebug.errors import BuildRunFailed
 from trtdebug.workflows.problem import Problem
 
 
@@ -32,7 +33,11 @@ def evaluate_build(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: 
         built = engine.build(problem.model, plan, bans, Marking.final_outputs_only())
     except BuildError as exc:
         return Evaluated(Verdict(False, {}, f"build failed: {exc}", build_failed=True), None)
-    return Evaluated(judge(problem, built.run(problem.feeds), check), built)
+    try:
+        produced = built.run(problem.feeds)
+    except BuildRunFailed as exc:  # the candidate computes something it cannot even run on
+        return Evaluated(Verdict(False, {}, str(exc)), built)
+    return Evaluated(judge(problem, produced, check), built)
 
 
 def judge(problem: Problem, produced: Mapping[str, np.ndarray], check: CheckCommand | None = None) -> Verdict:

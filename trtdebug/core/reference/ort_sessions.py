@@ -18,7 +18,7 @@ import onnxruntime as ort
 from trtdebug import logs
 from trtdebug.core.model import weights as shared
 from trtdebug.core.model.weights import Weights, is_shared, shareable, weights_of, without_weights
-from trtdebug.errors import UserError, first_line
+from trtdebug.errors import BuildRunFailed, UserError, first_line
 
 # onnxruntime logs kernel failures to stderr on its own; trtdebug reports them as one line instead.
 ort.set_default_logger_severity(logs.onnxruntime_severity())
@@ -172,13 +172,18 @@ def _max_ir_version(message: str) -> int | None:
 
 
 def run(sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
-        outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        outputs: list[str] | None = None, built: str = "") -> dict[str, np.ndarray]:
+    """`built`: what trtdebug built the session's graph as (a reduced-precision build: its failure on
+    inputs the FP32 model ran is the build's, BuildRunFailed); empty for the user's model."""
     names = outputs or [o.name for o in sess.get_outputs()]
     wanted = {i.name: FLOAT_TYPES.get(i.type) for i in sess.get_inputs()}
     given = {k: _as_type(np.asarray(v), wanted[k]) for k, v in feeds.items() if k in wanted}
     try:
         values = sess.run(names, given)
     except Exception as exc:
+        if built:
+            raise BuildRunFailed(f"{built} fails on inputs the FP32 model runs ({first_line(exc)}): a value computed "
+                                 "in reduced precision decides a shape or an index there") from None
         raise UserError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
     return dict(zip(names, (np.asarray(v) for v in values), strict=True))
 

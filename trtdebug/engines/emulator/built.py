@@ -101,7 +101,7 @@ class EmulatorBuilt:
         if self._session is None:
             self._session = ort_sessions.session(ort_sessions.with_outputs(self.proto, self._exposed_names),
                                                  built=EMULATED, weights=self.weights)
-        return ort_sessions.run(self._session, feeds)
+        return ort_sessions.run(self._session, feeds, built=f"the emulated {self.plan.default} build")
 
     def run_local(self, reference: Mapping[str, np.ndarray],
                   tensors: Collection[str] | None = None) -> dict[str, np.ndarray]:
