@@ -105,6 +105,40 @@ def test_ddmin_result_is_one_minimal_for_a_non_monotone_pass_function():
     assert set(found) in ({a, b}, {c})
 
 
+def _poisoned(n: int, k: int) -> tuple[list[str], Oracle, list[str]]:
+    """k culprits, each ranked just before a "poison" node whose higher-precision output breaks
+    the build unless its "antidote" (ranked after every poison) is kept too: passing is not
+    monotone, isolation returns a set that fails, and the whole prefix (3k nodes, 2k of them
+    removable) is minimized one node at a time."""
+    nodes = _names(n)
+    culprits, poisons, antidotes = nodes[:k], nodes[k:2 * k], nodes[2 * k:3 * k]
+
+    def rule(kept: frozenset[str]) -> bool:
+        return all(antidote in kept for poison, antidote in zip(poisons, antidotes, strict=True) if poison in kept)
+
+    ranking = [x for pair in zip(culprits, poisons, strict=True) for x in pair] + antidotes + nodes[3 * k:]
+    return nodes, Oracle(set(culprits), rule), ranking
+
+
+@pytest.mark.parametrize(("n", "k"), [(400, 8), (1000, 20)])
+def test_minimizing_a_non_monotone_prefix_stays_within_the_build_budget(n, k):
+    """The minimizing phase used to start over from the first node after each removal: 539
+    evaluations against a budget of 219 for N = 1000, k = 20 (k per removal)."""
+    nodes, oracle, ranking = _poisoned(n, k)
+    result = ranked_search(ranking, nodes, Evaluator(oracle))
+    assert set(result.kept) == oracle.culprits and result.one_minimal
+    assert max(oracle.asked.values()) == 1
+    assert result.evaluations <= target_builds(n, k), result.evaluations
+
+
+def test_ddmin_costs_one_pass_and_one_recheck_at_single_node_granularity():
+    nodes = _names(90)
+    needed = set(nodes[:10])  # needed nodes first: a restart after each removal re-asks all of them
+    ev = Evaluator(Oracle(needed))
+    assert set(ddmin(nodes, ev, granularity=len(nodes), subsets=False)) == needed
+    assert ev.builds <= len(nodes) + len(needed), ev.builds
+
+
 def test_isolate_finds_adjacent_pairs_and_keeps_candidate_order():
     nodes = _names(64)
     culprits = {nodes[20], nodes[21], nodes[50]}
