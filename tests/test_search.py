@@ -348,8 +348,8 @@ def test_journal_refuses_another_model(tmp_path):
     settings = JournalSettings(
         model_sha256="a" * 64, precision="fp16", keep_precision="fp32", engine="emulator", obey=False,
         calib_method=None, calib_inputs_sha256=None, check=None, atol=0.01, rtol=0.01, output_tolerances=None,
-        input_shapes=None, input_ranges=None, seed=0, feeds_sha256="c" * 64, base_plan_sha256="d" * 64,
-        bans_sha256=None, quantized_sha256=None)
+        input_shapes=None, input_ranges=None, seed=0, input_sets="seed:0", feeds_sha256="c" * 64,
+        base_plan_sha256="d" * 64, bans_sha256=None, quantized_sha256=None)
     Journal(journal, settings, resume=False).close()
     with pytest.raises(UserError, match=r"^--resume: this journal was written with model digest aaaaaaaaaaaa…, "
                                         r"not bbbbbbbbbbbb…; run without --resume or with the same option$"):
