@@ -40,6 +40,7 @@ from trtdebug.core.search.strategies import (
     run_strategy,
 )
 from trtdebug.core.search.user_check import CheckCommand
+from trtdebug.core.system.files import prepare_outputs
 from trtdebug.engines.base import BuildError, Engine, Marking
 from trtdebug.errors import UserError
 from trtdebug.workflows.build import write_plan_artifacts
@@ -142,20 +143,20 @@ def run_fallback(spec: ProblemSpec, out: str | Path, *, strategy: str = DEFAULT_
     journal_file = output_paths(plan_path)["journal"]
     sets = input_sets(spec, inputs, input_seeds)
     spec = sets[0].spec
-    model = None if prepared is not None else load_model(spec, {**fallback_outputs(plan_path), **(other_outputs or {})})
+    outputs = {**fallback_outputs(plan_path), **(other_outputs or {})}
+    model = None if prepared is not None else load_model(spec, outputs)
+    prepare_outputs(outputs, {f"--inputs file {s.label}": s.spec.inputs for s in sets[1:]})  # the primary's: load_model
     with JournalLock(journal_file), contextlib.ExitStack() as closing:
         if prepared is None:
-            progress.begin("loading the model and running the FP32 reference (onnxruntime)")
+            on_sets = f" on {len(sets)} input sets" if len(sets) > 1 else ""
+            progress.begin(f"loading the model and running the FP32 reference (onnxruntime){on_sets}")
             prepared = prepare(spec, model=model)
-            progress.end()
-        case = prepared
-        keep, candidates = _fallback_candidates(case)
-        if len(sets) > 1:
-            progress.begin(f"running the FP32 reference on {len(sets) - 1} more input set(s)")
-            extra = prepare_extra_sets(case, sets)
+            extra = prepare_extra_sets(prepared, sets)
             progress.end()
         else:
-            extra = []
+            extra = prepare_extra_sets(prepared, sets)
+        case = prepared
+        keep, candidates = _fallback_candidates(case)
         if check is not None:
             for problem in [case.problem, *(judged.problem for judged in extra)]:
                 check.require_reference_passes(problem.reference_outputs())
