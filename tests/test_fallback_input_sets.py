@@ -134,3 +134,37 @@ def test_a_zoo_gru_encoder_plan_passes_on_token_ids_it_never_saw(tmp_path):
     for inputs in sets:
         checked = run_cli("compare", model, *tolerance, "--plan", plan, "--inputs", inputs)
         assert checked.returncode == 0, (inputs, checked.stdout)
+
+
+@pytest.fixture(scope="module")
+def orientation_plan(tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """The zoo's PP-LCNet orientation classifier passes FP16 at 1e-3; at 3e-4, near FP16's own noise on
+    it, a few layers must stay in FP32. Searched on the default two generated sets (seeds 0 and 1)."""
+    zoo = by_name("orientation")
+    model = zoo.path()
+    folder = tmp_path_factory.mktemp("orientation")
+    options = [*zoo.cli_args(folder), "--atol", "3e-4", "--rtol", "3e-4"]
+    plan = folder / "plan.json"
+    searched = run_cli("fallback", model, *options, "--out", plan)
+    assert searched.returncode == 0, searched.stdout + searched.stderr
+    return model, plan, options
+
+
+@pytest.mark.slow
+def test_a_zoo_cnn_plan_passes_on_the_sets_it_searched_within_the_bound(orientation_plan):
+    model, plan, options = orientation_plan
+    provenance = json.loads(plan.read_text())["provenance"]
+    assert provenance["kept"] and provenance["one_minimal"]
+    assert provenance["evaluations"] <= target_builds(provenance["candidates"], len(provenance["kept"]))
+    for seed in (0, 1):
+        assert run_cli("compare", model, *options, "--plan", plan, "--seed", seed).returncode == 0, seed
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="at a tolerance this close to FP16's noise on the model, the minimal "
+                                       "set for seeds 0 and 1 fails on seeds 2, 3 and 4 (and three searched "
+                                       "seeds at 2e-4 still fail seed 4): more sets narrow it, none promise it")
+def test_a_zoo_cnn_plan_passes_on_seeds_it_never_saw(orientation_plan):
+    model, plan, options = orientation_plan
+    for seed in (2, 3, 4):
+        assert run_cli("compare", model, *options, "--plan", plan, "--seed", seed).returncode == 0, seed
