@@ -22,6 +22,7 @@ from trtdebug.core.search.strategies import (
     isolate,
     kept_set_check,
     ranked_search,
+    run_strategy,
     target_builds,
 )
 from trtdebug.engines.base import BuildError, Capabilities
@@ -354,3 +355,22 @@ def test_journal_refuses_another_model(tmp_path):
     with pytest.raises(UserError, match=r"^--resume: this journal was written with model digest aaaaaaaaaaaa…, "
                                         r"not bbbbbbbbbbbb…; run without --resume or with the same option$"):
         Journal(journal, replace(settings, model_sha256="b" * 64), resume=True)
+
+
+@pytest.mark.parametrize("jobs", [1, 4])
+def test_a_search_stops_at_its_evaluation_budget_with_the_smallest_passing_set(jobs):
+    nodes = _names(300)
+    culprits = {nodes[3], nodes[150], nodes[151]}
+    oracle = Oracle(culprits)
+
+    def many(sets):
+        return [(oracle(kept), 0.0) for kept in sets]
+
+    ev = Evaluator(oracle, check_many=many if jobs > 1 else None, jobs=jobs, max_evaluations=7)
+    result = run_strategy("ranked", nodes, nodes, ev)
+    assert result.budget_exhausted and not result.one_minimal
+    assert ev.evaluations == 7
+    passing = [kept for kept in oracle.asked if culprits <= kept]
+    assert passing and set(result.kept) == min(passing, key=len)
+    unlimited = run_strategy("ranked", nodes, nodes, Evaluator(Oracle(culprits)))
+    assert not unlimited.budget_exhausted and set(unlimited.kept) == culprits
