@@ -12,7 +12,7 @@ from trtdebug.artifacts.build_flags import DEFAULT_TARGET_VERSION, FLAG_TOOLS, T
 from trtdebug.cli.app import cli
 from trtdebug.core.analysis.metrics import DEFAULT_LOCAL_SCOPE, LOCAL_SCOPES
 from trtdebug.core.plans.precision_plan import PRECISIONS
-from trtdebug.core.search.strategies import DEFAULT_STRATEGY, STRATEGIES
+from trtdebug.core.search.strategies import DEFAULT_INPUT_SEEDS, DEFAULT_STRATEGY, STRATEGIES
 from trtdebug.engines import DEFAULT_ENGINE, ENGINE_NAMES
 from trtdebug.engines.base import COMPARE_MARKING, MARK_MODES
 from trtdebug.engines.tensorrt.support import FLAVORS
@@ -41,6 +41,7 @@ MIRRORS: dict[tuple[str, str], tuple[tuple[str, ...] | None, object]] = {
     ("compare", "--local-error"): (LOCAL_SCOPES, DEFAULT_LOCAL_SCOPE),
     ("compare", "--mark"): (MARK_MODES, COMPARE_MARKING),
     ("fallback", "--strategy"): (STRATEGIES, DEFAULT_STRATEGY),
+    ("fallback", "--input-seeds"): (None, DEFAULT_INPUT_SEEDS),
     ("build", "--engine"): (BUILDING_ENGINES, DEFAULT_ENGINE),
     ("build", "--target-version"): (TARGET_VERSIONS, DEFAULT_TARGET_VERSION),
     ("build", "--emit"): (tuple(FLAG_TOOLS), None),

@@ -118,7 +118,7 @@ def test_no_plan_exits_1_and_says_even_all_fp32_fails(chain, tmp_path):
     model, _ = chain
     script = tmp_path / "first_only.py"
     script.write_text(FIRST_CALL_ONLY)
-    run = run_cli("fallback", model, "--out", tmp_path / "plan.json",
+    run = run_cli("fallback", model, "--out", tmp_path / "plan.json", "--input-seeds", 1,  # one reference check
                   "--check", f"{sys.executable} {script} {tmp_path / 'marker'} {{outputs}}")
     assert run.returncode == 1, run.stderr
     assert "NO PLAN" in run.stdout and "even with all 60 candidate nodes in higher precision" in run.stdout

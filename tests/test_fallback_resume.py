@@ -65,10 +65,11 @@ CHECK = f"{sys.executable} -c pass {{outputs}}"
     (["--rtol", "0.1"], [], "--rtol 0.1, not 0.01"),
     ([], ["--precision", "bf16"], "--precision fp16, not bf16"),
     ([], ["--seed", "3"], "--seed 0, not 3"),
-    (["--inputs", "a.npz"], ["--inputs", "b.npz"], "input feeds digest"),
+    (["--inputs", "a.npz"], ["--inputs", "b.npz"], "input sets"),
+    ([], ["--input-seeds", "3"], "input sets (--inputs / --input-seeds) seed:0 seed:1, not seed:0 seed:1 seed:2"),
     ([], ["--check", CHECK], f"--check (none), not {CHECK}"),
     (["--output-tol", "y:0.1,0.1"], [], "--output-tol y:0.1,0.1, not (none)"),
-], ids=["atol", "rtol-default", "precision", "seed", "inputs", "check", "output-tol"])
+], ids=["atol", "rtol-default", "precision", "seed", "inputs", "input-seeds", "check", "output-tol"])
 def test_resume_with_another_verdict_setting_is_refused_naming_it(chain, tmp_path, first, second, expected):
     _feeds_file(chain, tmp_path / "a.npz", 1.0)
     _feeds_file(chain, tmp_path / "b.npz", 0.5)

@@ -22,6 +22,7 @@ from trtdebug.core.search.strategies import (
     isolate,
     kept_set_check,
     ranked_search,
+    run_strategy,
     target_builds,
 )
 from trtdebug.engines.base import BuildError, Capabilities
@@ -103,6 +104,40 @@ def test_ddmin_result_is_one_minimal_for_a_non_monotone_pass_function():
     for node in found:
         assert not rule(frozenset(found) - {node}), f"{node} could be dropped: not 1-minimal"
     assert set(found) in ({a, b}, {c})
+
+
+def _poisoned(n: int, k: int) -> tuple[list[str], Oracle, list[str]]:
+    """k culprits, each ranked just before a "poison" node whose higher-precision output breaks
+    the build unless its "antidote" (ranked after every poison) is kept too: passing is not
+    monotone, isolation returns a set that fails, and the whole prefix (3k nodes, 2k of them
+    removable) is minimized one node at a time."""
+    nodes = _names(n)
+    culprits, poisons, antidotes = nodes[:k], nodes[k:2 * k], nodes[2 * k:3 * k]
+
+    def rule(kept: frozenset[str]) -> bool:
+        return all(antidote in kept for poison, antidote in zip(poisons, antidotes, strict=True) if poison in kept)
+
+    ranking = [x for pair in zip(culprits, poisons, strict=True) for x in pair] + antidotes + nodes[3 * k:]
+    return nodes, Oracle(set(culprits), rule), ranking
+
+
+@pytest.mark.parametrize(("n", "k"), [(400, 8), (1000, 20)])
+def test_minimizing_a_non_monotone_prefix_stays_within_the_build_budget(n, k):
+    """The minimizing phase used to start over from the first node after each removal: 539
+    evaluations against a budget of 219 for N = 1000, k = 20 (k per removal)."""
+    nodes, oracle, ranking = _poisoned(n, k)
+    result = ranked_search(ranking, nodes, Evaluator(oracle))
+    assert set(result.kept) == oracle.culprits and result.one_minimal
+    assert max(oracle.asked.values()) == 1
+    assert result.evaluations <= target_builds(n, k), result.evaluations
+
+
+def test_ddmin_costs_one_pass_and_one_recheck_at_single_node_granularity():
+    nodes = _names(90)
+    needed = set(nodes[:10])  # needed nodes first: a restart after each removal re-asks all of them
+    ev = Evaluator(Oracle(needed))
+    assert set(ddmin(nodes, ev, granularity=len(nodes), subsets=False)) == needed
+    assert ev.builds <= len(nodes) + len(needed), ev.builds
 
 
 def test_isolate_finds_adjacent_pairs_and_keeps_candidate_order():
@@ -314,9 +349,28 @@ def test_journal_refuses_another_model(tmp_path):
     settings = JournalSettings(
         model_sha256="a" * 64, precision="fp16", keep_precision="fp32", engine="emulator", obey=False,
         calib_method=None, calib_inputs_sha256=None, check=None, atol=0.01, rtol=0.01, output_tolerances=None,
-        input_shapes=None, input_ranges=None, seed=0, feeds_sha256="c" * 64, base_plan_sha256="d" * 64,
-        bans_sha256=None, quantized_sha256=None)
+        input_shapes=None, input_ranges=None, seed=0, input_sets="seed:0", feeds_sha256="c" * 64,
+        base_plan_sha256="d" * 64, bans_sha256=None, quantized_sha256=None)
     Journal(journal, settings, resume=False).close()
     with pytest.raises(UserError, match=r"^--resume: this journal was written with model digest aaaaaaaaaaaa…, "
                                         r"not bbbbbbbbbbbb…; run without --resume or with the same option$"):
         Journal(journal, replace(settings, model_sha256="b" * 64), resume=True)
+
+
+@pytest.mark.parametrize("jobs", [1, 4])
+def test_a_search_stops_at_its_evaluation_budget_with_the_smallest_passing_set(jobs):
+    nodes = _names(300)
+    culprits = {nodes[3], nodes[150], nodes[151]}
+    oracle = Oracle(culprits)
+
+    def many(sets):
+        return [(oracle(kept), 0.0) for kept in sets]
+
+    ev = Evaluator(oracle, check_many=many if jobs > 1 else None, jobs=jobs, max_evaluations=7)
+    result = run_strategy("ranked", nodes, nodes, ev)
+    assert result.budget_exhausted and not result.one_minimal
+    assert ev.evaluations == 7
+    passing = [kept for kept in oracle.asked if culprits <= kept]
+    assert passing and set(result.kept) == min(passing, key=len)
+    unlimited = run_strategy("ranked", nodes, nodes, Evaluator(Oracle(culprits)))
+    assert not unlimited.budget_exhausted and set(unlimited.kept) == culprits

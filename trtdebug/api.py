@@ -19,7 +19,7 @@ import onnx
 
 from trtdebug.core.analysis.metrics import CompareResult
 from trtdebug.core.plans.precision_plan import PRECISIONS
-from trtdebug.core.search.strategies import STRATEGIES
+from trtdebug.core.search.strategies import DEFAULT_INPUT_SEEDS, DEFAULT_STRATEGY, STRATEGIES
 from trtdebug.core.search.user_check import CheckCommand
 from trtdebug.core.system.memory import parse_size
 from trtdebug.engines import ENGINE_NAMES
@@ -86,15 +86,24 @@ def compare(model: ModelSource, *, mark: str = "outputs", chunk: int | None = No
                             histograms=histograms)
 
 
-def fallback(model: ModelSource, *, out: str | Path | None = None, strategy: str = "ranked", resume: bool = False,
-             check: str | None = None, progress: Progress = SILENT, **options: object) -> FallbackOutcome:
+def fallback(model: ModelSource, *, out: str | Path | None = None, strategy: str = DEFAULT_STRATEGY,
+             resume: bool = False, check: str | None = None, inputs: Sequence[str | Path] = (),
+             input_seeds: int = DEFAULT_INPUT_SEEDS, max_evaluations: int | None = None,
+             progress: Progress = SILENT, **options: object) -> FallbackOutcome:
     """`trtdebug fallback`: the fewest nodes to keep in higher precision; writes the plan to `out`
-    (default: MODEL.plan.json in the working folder) with its journal and compare report beside it."""
+    (default: MODEL.plan.json in the working folder) with its journal and compare report beside it.
+    Every plan is judged on each of `inputs` (files or folders), or on inputs generated at
+    `input_seeds` seeds; `max_evaluations` bounds the search (default: twice its documented bound)."""
     _choice("strategy", strategy, STRATEGIES)
+    if input_seeds < 1:
+        raise UserError(f"--input-seeds {input_seeds}: judge plans on at least one set of inputs")
+    if max_evaluations is not None and max_evaluations < 1:
+        raise UserError(f"--max-evaluations {max_evaluations}: allow at least one evaluation")
     with _model_path(model) as path:
         plan_path = Path(out or f"{Path(path).stem}.plan.json")
         return run_fallback(problem_spec(path, **options), plan_path,  # type: ignore[arg-type]
-                            strategy=strategy, resume=resume, check=_check(check), progress=progress)
+                            strategy=strategy, resume=resume, check=_check(check), progress=progress,
+                            inputs=tuple(inputs), input_seeds=input_seeds, max_evaluations=max_evaluations)
 
 
 def tactics(model: ModelSource, *, out: str | Path | None = None, builds: int = 1, progress: Progress = SILENT,

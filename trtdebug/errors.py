@@ -6,6 +6,8 @@
    user's environment the user must mend (a full disk, a folder that cannot be written)
 3  internal error: a bug in trtdebug, please report it (TRTDEBUG_TRACEBACK=1 shows the traceback)
 4  the engine or the GPU runtime failed (EngineError): a crashed build, a CUDA error, out of GPU memory
+5  fallback stopped at --max-evaluations: the plan it wrote passes but is not shown to be minimal (or
+   no passing plan was found within the budget); it prints the command that resumes the search
 130 interrupted
 """
 
@@ -16,6 +18,7 @@ EXIT_PROBLEM = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 EXIT_ENGINE = 4
+EXIT_BUDGET = 5
 EXIT_INTERRUPTED = 130
 
 

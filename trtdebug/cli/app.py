@@ -32,7 +32,8 @@ from trtdebug.errors import (
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              epilog="Exit codes: 0 pass, 1 accuracy problem found, 2 bad usage or input, 3 internal error "
-                    "(please report it), 4 engine or GPU runtime failure, 130 interrupted.")
+                    "(please report it), 4 engine or GPU runtime failure, 5 fallback stopped at its evaluation "
+                    "budget (plan not shown minimal), 130 interrupted.")
 @click.version_option(__version__, prog_name="trtdebug")
 @click.option("--verbose", "-v", is_flag=True,
               help="Show the log lines and warnings of onnxruntime, Polygraphy, TensorRT and numpy.")

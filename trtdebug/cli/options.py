@@ -153,8 +153,18 @@ def calibration_options(generated_help: str = "the inputs compared") -> list[Cal
     ]
 
 
-def problem_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Options every analysing command shares: the model, its inputs, precision, engine, tolerance."""
+def problem_options(func: Callable[..., Any] | None = None, *, several_inputs: bool = False) -> Any:
+    """Options every analysing command shares: the model, its inputs, precision, engine, tolerance.
+    `several_inputs`: --inputs is repeatable and takes folders (a tuple of paths), as fallback judges
+    every plan on several input sets."""
+    if func is None:
+        return lambda f: problem_options(f, several_inputs=several_inputs)
+    inputs_option = click.option(
+        "--inputs", "inputs_path", type=click.Path(path_type=str), multiple=True,
+        help="Input sets to judge every plan on: .npz or Polygraphy input JSON files, or a folder of them "
+             "(repeatable) [default: generated at --input-seeds seeds].") if several_inputs else click.option(
+        "--inputs", "inputs_path", type=click.Path(path_type=str),
+        help="Input feeds: .npz or Polygraphy input JSON (default: seeded random).")
     options = [
         click.argument("model", type=click.Path(dir_okay=True, path_type=str)),
         click.option("--precision", type=PRECISION, default=None,
@@ -168,8 +178,7 @@ def problem_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      type=NamedPair("NAME:LOW,HIGH", "x:-1,1", ordered=True),
                      help="Value range of a generated input: floats in [LOW, HIGH), integers and bools "
                           "LOW..HIGH inclusive (defaults -1,1 and 0,7; mask:1,1 is all ones). Repeatable."),
-        click.option("--inputs", "inputs_path", type=click.Path(path_type=str),
-                     help="Input feeds: .npz or Polygraphy input JSON (default: seeded random)."),
+        inputs_option,
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Seed of generated inputs."),
         click.option("--atol", type=FiniteFloat(0.0), help="Absolute tolerance (default by precision, fp16: 1e-2)."),

@@ -13,7 +13,7 @@ import hashlib
 import itertools
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +22,6 @@ from typing import Any
 from trtdebug import __version__
 from trtdebug.artifacts.compare_report import write_compare_report
 from trtdebug.core.analysis.metrics import CompareResult
-from trtdebug.core.model.feeds import feeds_sha256
 from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.cost import CostModel, shapes_of
 from trtdebug.core.plans.precision_plan import PrecisionPlan, eligible_nodes
@@ -34,17 +33,27 @@ from trtdebug.core.search.strategies import (
     Evaluation,
     Evaluator,
     SearchResult,
+    default_max_evaluations,
     kept_set_check,
     plan_keeping,
     rank_nodes,
     run_strategy,
 )
 from trtdebug.core.search.user_check import CheckCommand
+from trtdebug.core.system.files import prepare_outputs
 from trtdebug.engines.base import BuildError, Engine, Marking
 from trtdebug.errors import UserError
 from trtdebug.workflows.build import write_plan_artifacts
 from trtdebug.workflows.compare import run_compare
-from trtdebug.workflows.evaluate import evaluate_plan
+from trtdebug.workflows.input_sets import (
+    DEFAULT_INPUT_SEEDS,
+    InputSet,
+    JudgedSet,
+    evaluate_on_sets,
+    input_sets,
+    prepare_extra_sets,
+    sets_sha256,
+)
 from trtdebug.workflows.parallel import Judge, judging
 from trtdebug.workflows.problem import Case, Problem, ProblemSpec, load_model, prepare
 from trtdebug.workflows.progress import SILENT, Progress
@@ -76,6 +85,13 @@ class FallbackOutcome:
     params_share: float = 0.0
     ranking_compare: CompareResult | None = None  # the base plan's compare that ranked suspects (this run)
     history: list[Evaluation] = field(default_factory=list)  # every evaluation, journal order
+    input_sets: list[str] = field(default_factory=list)  # every set each plan was judged on, the primary first
+    max_evaluations: int | None = None  # the budget this run had (evaluations over every run of the journal)
+    default_max_evaluations: int = 0  # what a resume adds to the budget by default
+
+    @property
+    def budget_exhausted(self) -> bool:
+        return self.search.budget_exhausted
 
     @property
     def found(self) -> bool:
@@ -101,7 +117,8 @@ def fallback_outputs(plan_path: Path) -> dict[str, Path]:
 def run_fallback(spec: ProblemSpec, out: str | Path, *, strategy: str = DEFAULT_STRATEGY, resume: bool = False,
                  check: CheckCommand | None = None, jobs: int | str = 1, ray_address: str | None = None,
                  progress: Progress = SILENT, other_outputs: Mapping[str, str | Path | None] | None = None,
-                 prepared: Case | None = None, judge: Judge | None = None) -> FallbackOutcome:
+                 prepared: Case | None = None, judge: Judge | None = None, inputs: Sequence[str | Path] = (),
+                 input_seeds: int = DEFAULT_INPUT_SEEDS, max_evaluations: int | None = None) -> FallbackOutcome:
     """Search the fewest nodes to keep in higher precision for `spec`'s model; write the plan to `out`,
     its journal, a compare report and the rebuilt artefacts beside it.
 
@@ -111,28 +128,46 @@ def run_fallback(spec: ProblemSpec, out: str | Path, *, strategy: str = DEFAULT_
     workflows.parallel); the plan is the one the sequential search finds. `other_outputs` (label ->
     path) are files the caller will write, checked with the run's own before any work. `prepared`:
     a Case already prepared from `spec` (e.g. with a substituted engine); `judge`: judges each
-    round's candidates instead of the pool `jobs` would open."""
+    round's candidates instead of the pool `jobs` would open.
+
+    Every plan is judged on every input set (workflows.input_sets): `spec.inputs` and the files of
+    `inputs` (folders expanded), or inputs generated at `input_seeds` seeds from `spec.seed` on.
+    `max_evaluations`: the search stops after this many evaluations (over every run of the
+    journal; default: strategies.default_max_evaluations of the candidate count) and writes the
+    smallest passing plan found, marked `budget_exhausted`: it passes but may not be minimal."""
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    if max_evaluations is not None and max_evaluations < 1:
+        raise UserError(f"--max-evaluations {max_evaluations}: allow at least 1 evaluation")
     plan_path = Path(out)
     journal_file = output_paths(plan_path)["journal"]
-    model = None if prepared is not None else load_model(spec, {**fallback_outputs(plan_path), **(other_outputs or {})})
+    sets = input_sets(spec, inputs, input_seeds)
+    spec = sets[0].spec
+    outputs = {**fallback_outputs(plan_path), **(other_outputs or {})}
+    model = None if prepared is not None else load_model(spec, outputs)
+    prepare_outputs(outputs, {f"--inputs file {s.label}": s.spec.inputs for s in sets[1:]})  # the primary's: load_model
     with JournalLock(journal_file), contextlib.ExitStack() as closing:
         if prepared is None:
-            progress.begin("loading the model and running the FP32 reference (onnxruntime)")
+            on_sets = f" on {len(sets)} input sets" if len(sets) > 1 else ""
+            progress.begin(f"loading the model and running the FP32 reference (onnxruntime){on_sets}")
             prepared = prepare(spec, model=model)
+            extra = prepare_extra_sets(prepared, sets)
             progress.end()
+        else:
+            extra = prepare_extra_sets(prepared, sets)
         case = prepared
         keep, candidates = _fallback_candidates(case)
         if check is not None:
-            check.require_reference_passes(case.problem.reference_outputs())
-        settings = journal_settings(spec, case, keep, check)
+            for problem in [case.problem, *(judged.problem for judged in extra)]:
+                check.require_reference_passes(problem.reference_outputs())
+        settings = journal_settings(spec, case, keep, check, sets, extra)
         earlier_journal = journal_file.is_file()
         journal = closing.enter_context(Journal(journal_file, settings, resume))
         if judge is None:
-            judge = closing.enter_context(judging(spec, case, jobs, check, ray_address))
+            judge = closing.enter_context(judging(spec, case, jobs, check, ray_address, sets, extra))
+        budget = max_evaluations if max_evaluations is not None else default_max_evaluations(len(candidates))
         return _search(case, journal, plan_path, strategy, keep, candidates, check, progress, judge,
-                       resume, earlier_journal)
+                       resume, earlier_journal, sets, extra, budget)
 
 
 def _fallback_candidates(case: Case) -> tuple[str, list[str]]:
@@ -156,7 +191,8 @@ def _fallback_candidates(case: Case) -> tuple[str, list[str]]:
 
 def _search(case: Case, journal: Journal, plan_path: Path, strategy: str, keep: str, candidates: list[str],
             check: CheckCommand | None, progress: Progress, judge: Judge | None, resume: bool,
-            earlier_journal: bool) -> FallbackOutcome:
+            earlier_journal: bool, sets: Sequence[InputSet], extra: Sequence[JudgedSet],
+            max_evaluations: int) -> FallbackOutcome:
     """Rank, search (replaying and extending the journal), and on success write the outputs."""
     problem, engine, base, bans = case.problem, case.engine, case.plan, case.bans
     model = problem.model
@@ -174,13 +210,15 @@ def _search(case: Case, journal: Journal, plan_path: Path, strategy: str, keep: 
         if strategy == "ranked":
             progress.begin("ranking suspects (one compare run)")
             ranking, reasons, ranking_builds, ranked_now, ranking_compare = _ranking(
-                journal, problem, engine, base, bans, candidates, check, known, listeners, progress)
+                journal, problem, engine, base, bans, candidates, check, known, listeners, progress,
+                several_sets=bool(extra))
             progress.end()
-        evaluate = lambda plan: evaluate_plan(problem, engine, plan, bans, check)  # noqa: E731
+        primary_label = sets[0].label
+        evaluate = lambda plan: evaluate_on_sets(problem, extra, engine, plan, bans, check, primary_label)  # noqa: E731
         check_many = None if judge is None else (
-            lambda sets: judge.judge([plan_keeping(base, kept, keep) for kept in sets]))
+            lambda kept_sets: judge.judge([plan_keeping(base, kept, keep) for kept in kept_sets]))
         evaluator = Evaluator(kept_set_check(evaluate, base, keep), known, listeners, check_many,
-                              judge.jobs if judge is not None else 1)
+                              judge.jobs if judge is not None else 1, max_evaluations)
         at_once = f", {judge.jobs} at a time" if judge is not None else ""
         progress.begin(f"{strategy} search over {len(candidates)} candidate nodes{at_once}")
         result = run_strategy(strategy, ranking, candidates, evaluator)
@@ -193,7 +231,8 @@ def _search(case: Case, journal: Journal, plan_path: Path, strategy: str, keep: 
         builds=ranking_builds + evaluator.evaluations, builds_this_run=evaluator.builds + ranked_now,
         journal=journal.path, rounds_this_run=evaluator.rounds + ranked_now, resumed=journal.resumed,
         reasons=reasons, op_types={n.name: n.op_type for n in model.nodes}, ranking_compare=ranking_compare,
-        history=history)
+        history=history, input_sets=[s.label for s in sets], max_evaluations=max_evaluations,
+        default_max_evaluations=default_max_evaluations(len(candidates)))
     outcome.notes.extend(problem.notes)  # e.g. what a strongly typed model's types decide over --precision
     quantized = format_for(model, base)
     if quantized is not None:
@@ -214,8 +253,10 @@ def describe_evaluation(evaluation: Evaluation) -> str:
     return f"{evaluation.phase:<8} keep {len(evaluation.kept):>4} -> {verdict} ({evaluation.seconds:.2f}s)"
 
 
-def journal_settings(spec: ProblemSpec, case: Case, keep: str, check: CheckCommand | None) -> JournalSettings:
-    """Everything that decides this run's verdicts (core.search.journal); a resume must match all of it."""
+def journal_settings(spec: ProblemSpec, case: Case, keep: str, check: CheckCommand | None,
+                     sets: Sequence[InputSet] = (), extra: Sequence[JudgedSet] = ()) -> JournalSettings:
+    """Everything that decides this run's verdicts (core.search.journal); a resume must match all of it.
+    `sets`: every input set judged on, `extra` the problems of those after the primary."""
     problem, base = case.problem, case.plan
     model = problem.model
     int8 = "int8" in {base.default, *base.nodes.values()}
@@ -239,7 +280,8 @@ def journal_settings(spec: ProblemSpec, case: Case, keep: str, check: CheckComma
                                for name, shapes in spec.input_profiles.items()}),
         input_ranges=None if spec.inputs else _named(spec.input_ranges),
         seed=None if spec.inputs else spec.seed,
-        feeds_sha256=feeds_sha256(problem.feeds),
+        input_sets=" ".join(s.label.replace(" ", ":") for s in sets) or None,
+        feeds_sha256=sets_sha256(problem, extra),
         base_plan_sha256=_json_sha256({"default": base.default, "nodes": dict(sorted(base.nodes.items()))}),
         bans_sha256=_json_sha256(case.bans.to_json()) if case.bans else None)
 
@@ -273,7 +315,7 @@ def _json_sha256(data: Any) -> str:
 
 def _ranking(journal: Journal, problem: Problem, engine: Engine, base: PrecisionPlan, bans: BanList | None,
              candidates: list[str], check: CheckCommand | None, known: list[Evaluation],
-             listeners: list[Callable[[Evaluation], None]], progress: Progress = SILENT
+             listeners: list[Callable[[Evaluation], None]], progress: Progress = SILENT, several_sets: bool = False
              ) -> tuple[list[str], dict[str, Any], int, int, CompareResult | None]:
     """The suspicion ranking, from the journal or from one compare run (journaled at once).
 
@@ -295,9 +337,11 @@ def _ranking(journal: Journal, problem: Problem, engine: Engine, base: Precision
     order = [s.node for s in suspicions]
     reasons = {s.node: list(s.reasons) for s in suspicions if s.reasons}
     # An exact-marking engine's compare run is the unmarked build of the empty kept set: its
-    # verdict is that evaluation, so the search does not build it again.
+    # verdict is that evaluation, so the search does not build it again. It ran on the primary
+    # input set only: with several, only its failure settles the question.
     empty_set: Evaluation | None = None
-    if compare is not None and check is None and engine.capabilities.exact_marking:
+    if (compare is not None and check is None and engine.capabilities.exact_marking
+            and (not several_sets or not compare.passed)):
         empty_set = Evaluation(frozenset(), compare.passed, compare.verdict, False,
                                "rank", time.perf_counter() - started)
     builds = 0 if empty_set is not None else (1 if compare is not None else 0)

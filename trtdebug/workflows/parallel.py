@@ -30,6 +30,7 @@ from trtdebug.core.model.feeds import feeds_sha256
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.search.user_check import CheckCommand
 from trtdebug.errors import UserError
+from trtdebug.workflows.input_sets import InputSet, JudgedSet, evaluate_on_sets, prepare_extra_sets, sets_sha256
 from trtdebug.workflows.problem import Case, ProblemSpec, prepare
 
 GPU_ENGINES = ("tensorrt", "tensorrt-rtx")
@@ -48,26 +49,28 @@ class Judge(Protocol):
 class Worker:
     """Prepares the problem once; then builds and judges one plan per call."""
 
-    def __init__(self, spec: ProblemSpec, check_template: str | None = None, device: str | None = None):
+    def __init__(self, spec: ProblemSpec, check_template: str | None = None, device: str | None = None,
+                 sets: Sequence[InputSet] = ()):
         if device is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = device
         self.case: Case = prepare(spec)
+        self.extra = prepare_extra_sets(self.case, sets)
+        self.primary_label = sets[0].label if sets else "the first input set"
         self.check = CheckCommand(check_template) if check_template is not None else None
 
     def fingerprint(self) -> str:
-        return problem_fingerprint(self.case)
+        return problem_fingerprint(self.case, self.extra)
 
     def judge(self, plan: PrecisionPlan) -> tuple[Verdict, float]:
-        from trtdebug.workflows.evaluate import evaluate_plan
-
         started = time.perf_counter()
-        verdict = evaluate_plan(self.case.problem, self.case.engine, plan, self.case.bans, self.check)
+        verdict = evaluate_on_sets(self.case.problem, self.extra, self.case.engine, plan, self.case.bans, self.check,
+                                   self.primary_label)
         return verdict, time.perf_counter() - started
 
 
-def problem_fingerprint(case: Case) -> str:
-    """Model, feeds and plan default: a worker that prepared something else must not judge."""
-    return feeds_sha256(case.problem.feeds, case.problem.model.sha256, case.plan.default)
+def problem_fingerprint(case: Case, extra: Sequence[JudgedSet] = ()) -> str:
+    """Model, feeds of every input set and plan default: a worker that prepared something else must not judge."""
+    return feeds_sha256({}, case.problem.model.sha256, case.plan.default, sets_sha256(case.problem, extra))
 
 
 def visible_gpus(engine: str) -> list[str]:
@@ -91,12 +94,12 @@ def visible_gpus(engine: str) -> list[str]:
 _WORKER: Worker | None = None
 
 
-def _start_worker(spec: ProblemSpec, check_template: str | None, devices: Any) -> None:
+def _start_worker(spec: ProblemSpec, check_template: str | None, devices: Any, sets: Sequence[InputSet]) -> None:
     global _WORKER
     device = devices.get() if devices is not None else None
     if device is None:  # CPU engines: the workers share the cores instead of all taking all of them
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _WORKER = Worker(spec, check_template, device)
+    _WORKER = Worker(spec, check_template, device, sets)
 
 
 def _fingerprint() -> str:
@@ -110,7 +113,8 @@ def _judge(plan: PrecisionPlan) -> tuple[Verdict, float]:
 
 
 class ProcessJudge:
-    def __init__(self, spec: ProblemSpec, jobs: int, expected: str, check: CheckCommand | None = None):
+    def __init__(self, spec: ProblemSpec, jobs: int, expected: str, check: CheckCommand | None = None,
+                 sets: Sequence[InputSet] = ()):
         self.jobs = jobs
         context = multiprocessing.get_context("spawn")
         gpus = visible_gpus(spec.engine)
@@ -120,7 +124,7 @@ class ProcessJudge:
             for i in range(jobs):
                 devices.put(gpus[i % len(gpus)])
         self._pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
-                                         initargs=(spec, check.template if check else None, devices))
+                                         initargs=(spec, check.template if check else None, devices, tuple(sets)))
         if self._pool.submit(_fingerprint).result() != expected:
             self.close()
             raise UserError("a --jobs worker prepared other inputs than this process (a non-deterministic "
@@ -140,7 +144,7 @@ class RayJudge:
     one). Every host must see the model and input files at the same paths."""
 
     def __init__(self, spec: ProblemSpec, jobs: int, expected: str, check: CheckCommand | None = None,
-                 address: str | None = None):
+                 address: str | None = None, sets: Sequence[InputSet] = ()):
         try:
             import ray
         except ImportError:
@@ -154,7 +158,7 @@ class RayJudge:
         options: dict[str, Any] = {"num_gpus": 1} if spec.engine in GPU_ENGINES else {"num_cpus": 1}
         actor = ray.remote(**options)(Worker)
         template = check.template if check else None
-        self._actors: list[Any] = [actor.remote(spec, template) for _ in range(jobs)]  # type: ignore[attr-defined]
+        self._actors: list[Any] = [actor.remote(spec, template, None, tuple(sets)) for _ in range(jobs)]  # type: ignore[attr-defined]
         prints = ray.get([a.fingerprint.remote() for a in self._actors])
         if any(p != expected for p in prints):
             self.close()
@@ -175,18 +179,20 @@ class RayJudge:
 
 @contextlib.contextmanager
 def judging(spec: ProblemSpec, case: Case, jobs: int | str, check: CheckCommand | None = None,
-            ray_address: str | None = None) -> Iterator[Judge | None]:
+            ray_address: str | None = None, sets: Sequence[InputSet] = (),
+            extra: Sequence[JudgedSet] = ()) -> Iterator[Judge | None]:
     """The judge for `jobs` (a count, or "ray"), or None to judge in this process; its workers stop
-    however the block ends."""
-    expected = problem_fingerprint(case)
+    however the block ends. `sets`: every input set (workflows.input_sets), the primary first, whose
+    problems past the primary this process prepared as `extra`."""
+    expected = problem_fingerprint(case, extra)
     judge: Judge | None
     if jobs == "ray" or ray_address is not None:  # --ray-address alone: one job per GPU (CPU) of the cluster
-        judge = RayJudge(spec, 0 if jobs in ("ray", 1) else int(jobs), expected, check, ray_address)
+        judge = RayJudge(spec, 0 if jobs in ("ray", 1) else int(jobs), expected, check, ray_address, sets)
     else:
         count = int(jobs)
         if count < 1:
             raise UserError(f"jobs must be a positive count or 'ray', not {jobs!r}")
-        judge = ProcessJudge(spec, count, expected, check) if count > 1 else None
+        judge = ProcessJudge(spec, count, expected, check, sets) if count > 1 else None
     try:
         yield judge
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +12,26 @@ import click
 from trtdebug.cli import console
 from trtdebug.cli.options import problem_options, problem_spec, verbose_option
 from trtdebug.cli.progress import quiet_option
-from trtdebug.core.search.strategies import DEFAULT_STRATEGY, STRATEGIES
-from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
+from trtdebug.core.search.strategies import (
+    BUDGET_HEADROOM,
+    DEFAULT_BUDGET_MIN_KEPT,
+    DEFAULT_INPUT_SEEDS,
+    DEFAULT_STRATEGY,
+    STRATEGIES,
+)
+from trtdebug.errors import EXIT_BUDGET, EXIT_OK, EXIT_PROBLEM
 
 
 @click.command("fallback")
 @verbose_option
-@problem_options
+@problem_options(several_inputs=True)
+@click.option("--input-seeds", type=click.IntRange(min=1), default=DEFAULT_INPUT_SEEDS, show_default=True,
+              help="Without --inputs: judge every plan on inputs generated at this many seeds (--seed, --seed + 1, "
+                   "...); a plan is kept only when it passes on all of them.")
+@click.option("--max-evaluations", type=click.IntRange(min=1), metavar="N",
+              help="Stop after N evaluations (over every run of the journal) and write the smallest passing plan "
+                   f"found; exit 5 [default: {BUDGET_HEADROOM:g}x the documented bound for a set of "
+                   f"max({DEFAULT_BUDGET_MIN_KEPT}, N/16) of the N candidates].")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=str),
               help="Precision plan to write (default: MODEL.plan.json here); the journal, compare report "
                    "and rebuilt artefact are written beside it.")
@@ -35,8 +50,8 @@ from trtdebug.errors import EXIT_OK, EXIT_PROBLEM
               help="Ray cluster to submit evaluations to (implies --jobs ray unless --jobs N sets the count).")
 @quiet_option
 def fallback_command(out_path: str | None, strategy: str, resume: bool, check_command: str | None,
-                     html_path: str | None, jobs: str, ray_address: str | None, quiet: bool,
-                     **problem_args: Any) -> int:
+                     html_path: str | None, jobs: str, ray_address: str | None, quiet: bool, input_seeds: int,
+                     max_evaluations: int | None, inputs_path: tuple[str, ...], **problem_args: Any) -> int:
     """Find the fewest layers to keep in higher precision so the outputs pass; save the plan."""
     from trtdebug.cli.interrupt import run_interruptible
     from trtdebug.cli.progress import progress_for, stop_display
@@ -48,13 +63,14 @@ def fallback_command(out_path: str | None, strategy: str, resume: bool, check_co
     out = Path(out_path or f"{Path(problem_args['model']).stem}.plan.json")
     if jobs != "ray" and not (jobs.isdigit() and int(jobs) >= 1):
         raise click.BadParameter(f"{jobs!r} is neither a positive count nor 'ray'", param_hint="--jobs")
-    spec = problem_spec(**problem_args)
+    spec = problem_spec(**problem_args)  # the --inputs files go to run_fallback, every one an input set
     progress = progress_for(console.stderr, quiet)
 
     def work() -> FallbackOutcome:
         return run_fallback(spec, out, strategy=strategy, resume=resume, check=check,
                             jobs=jobs if jobs == "ray" else int(jobs), ray_address=ray_address, progress=progress,
-                            other_outputs={"--html": html_path})
+                            other_outputs={"--html": html_path}, inputs=inputs_path, input_seeds=input_seeds,
+                            max_evaluations=max_evaluations)
 
     def interrupted() -> str:
         journal = output_paths(out)["journal"]
@@ -63,10 +79,31 @@ def fallback_command(out_path: str | None, strategy: str, resume: bool, check_co
         return f"interrupted; the journal {journal} keeps every finished build: rerun with --resume to continue"
 
     outcome = run_interruptible(work, interrupted, before_exit=lambda: stop_display(progress))
-    render_fallback(outcome, console.stdout)
+    render_fallback(outcome, console.stdout, resume_command(outcome))
     if html_path:
         from trtdebug.cli.render.html import write_fallback_html
 
         write_fallback_html(outcome, html_path)
         console.stdout.print(f"HTML report: {html_path}", style="dim")
+    if outcome.budget_exhausted:
+        return EXIT_BUDGET
     return EXIT_OK if outcome.found else EXIT_PROBLEM
+
+
+def resume_command(outcome: Any) -> str:
+    """This command line again, with --resume and a budget that lets the search go on."""
+    args = list(sys.argv[1:])
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == "--max-evaluations":
+            skip = True
+            continue
+        if arg == "--resume" or arg.startswith("--max-evaluations="):
+            continue
+        kept.append(arg)
+    budget = outcome.search.evaluations + outcome.default_max_evaluations
+    return shlex.join(["trtdebug", *kept, "--resume", "--max-evaluations", str(budget)])

@@ -8,12 +8,21 @@ from rich.table import Table
 from trtdebug.workflows.fallback import FallbackOutcome
 
 
-def render_fallback(outcome: FallbackOutcome, console: Console) -> None:
+def render_fallback(outcome: FallbackOutcome, console: Console, resume_command: str | None = None) -> None:
+    """The verdict and what was written; `resume_command`: the line that continues a search cut off
+    by its evaluation budget."""
     result = outcome.search
     n = len(outcome.candidates)
     builds = f"{outcome.builds} builds" + (f" ({outcome.builds_this_run} in this run, the rest replayed from "
                                              "the journal)" if outcome.resumed else "")
-    if result.kept is None:
+    sets = len(outcome.input_sets)
+    if sets > 1:
+        builds += f", each judged on {sets} input sets: {', '.join(outcome.input_sets)}"
+    if result.budget_exhausted:
+        _render_stopped(outcome, console, builds, resume_command)
+        if result.kept is None:
+            return
+    elif result.kept is None:
         console.print(f"[bold red]NO PLAN[/] {result.message}. The error does not come from reduced "
                       "precision alone: check the inputs and the tolerance, or look for a bad kernel with "
                       f"`trtdebug tactics`. ({result.strategy} search, {builds})")
@@ -23,7 +32,9 @@ def render_fallback(outcome: FallbackOutcome, console: Console) -> None:
         return
     kept = list(result.kept)
     keep = outcome.keep_precision
-    if not kept:
+    if result.budget_exhausted:
+        console.print(_kept_table(kept, outcome))
+    elif not kept:
         console.print(f"[bold green]PASS[/] without any fallback: all {n} eligible nodes can stay in "
                       f"reduced precision ({builds})")
     else:
@@ -47,6 +58,24 @@ def render_fallback(outcome: FallbackOutcome, console: Console) -> None:
     for label, path in written:
         if path is not None:
             console.print(f"{label}: {path}", style="dim")
+
+
+def _render_stopped(outcome: FallbackOutcome, console: Console, builds: str, resume_command: str | None) -> None:
+    result = outcome.search
+    if result.kept is None:
+        console.print(f"[bold yellow]STOPPED[/] no kept set passed within the budget of {outcome.max_evaluations} "
+                      f"evaluations; no plan was written ({result.strategy} search, {builds})")
+    else:
+        console.print(f"[bold yellow]STOPPED[/] at the budget of {outcome.max_evaluations} evaluations: keep "
+                      f"{len(result.kept)} of {len(outcome.candidates)} eligible nodes in {outcome.keep_precision}; "
+                      f"the plan passes on every input set but is not shown to be minimal ({result.strategy} search, "
+                      f"{builds})")
+    if resume_command:
+        console.print(f"to go on: {resume_command}", soft_wrap=True)
+    if result.kept is None:
+        for note in outcome.notes:
+            console.print(f"[yellow]note[/]: {note}")
+        console.print(f"journal: {outcome.journal}", style="dim")
 
 
 def _kept_table(kept: list[str], outcome: FallbackOutcome) -> Table:

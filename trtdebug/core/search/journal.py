@@ -23,7 +23,9 @@ from trtdebug.core.system import files
 from trtdebug.errors import UserError
 
 JOURNAL_FORMAT = "trtdebug.fallback-journal"
-JOURNAL_VERSION = 2  # 2: the header's settings are JournalSettings, compared field by field on --resume
+# 2: the header's settings are JournalSettings, compared field by field on --resume;
+# 3: every plan is judged on several input sets: `input_sets`, and the feeds digest covers them all
+JOURNAL_VERSION = 3
 
 NONE_SHOWN = "(none)"
 
@@ -55,7 +57,8 @@ class JournalSettings:
     input_shapes: str | None = _option("--input-shape")  # NAME:MIN,OPT,MAX ..., sorted
     input_ranges: str | None = _option("--input-range")
     seed: int | None = _option("--seed")  # None: the feeds come from --inputs
-    feeds_sha256: str = _option("input feeds digest")
+    input_sets: str | None = _option("input sets (--inputs / --input-seeds)")  # every set judged on, in order
+    feeds_sha256: str = _option("input feeds digest (every set)")
     base_plan_sha256: str = _option("--plan digest")
     bans_sha256: str | None = _option("--bans digest")
     # Last: it changes with the options above (calibration), which name the difference better.

@@ -53,6 +53,18 @@ FRAGILE_OPS = frozenset({
 # ranking did not separate culprits from bystanders: isolate over graph regions instead.
 REGION_THRESHOLD = 0.5
 
+# The evaluation budget when none is given: this many times the documented bound
+# (`target_builds`) for a set of DEFAULT_BUDGET_SHARE of the candidates (at least
+# DEFAULT_BUDGET_MIN_KEPT nodes). A search within its bound never reaches it; one misled by
+# a pass function far from monotone stops there with its best passing plan instead of running on.
+BUDGET_HEADROOM = 2.0
+DEFAULT_BUDGET_SHARE = 1 / 16
+DEFAULT_BUDGET_MIN_KEPT = 16
+
+# Sets of generated inputs every plan is judged on when no --inputs are given (workflows.input_sets):
+# a plan is kept only when it passes on all of them.
+DEFAULT_INPUT_SEEDS = 2
+
 Kept = frozenset[str]
 # Answers several kept sets at once: each one's verdict and the seconds its evaluation took.
 BatchCheck = Callable[[Sequence[Kept]], list[tuple[Verdict, float]]]
@@ -83,8 +95,9 @@ class Evaluator:
 
     def __init__(self, check: Callable[[Kept], Verdict], known: Iterable[Evaluation] = (),
                  listeners: Sequence[Callable[[Evaluation], None]] = (),
-                 check_many: BatchCheck | None = None, jobs: int = 1):
+                 check_many: BatchCheck | None = None, jobs: int = 1, max_evaluations: int | None = None):
         self._check = check
+        self.max_evaluations = max_evaluations  # distinct kept sets, replayed ones included; None: no limit
         self._check_many = check_many
         self.jobs = max(1, int(jobs))
         self._memo: dict[Kept, Evaluation] = {}
@@ -110,8 +123,12 @@ class Evaluator:
             if key not in self._memo:
                 todo.setdefault(key, phase)
         if todo:
-            self.rounds += 1
             keys = list(todo)
+            if self.max_evaluations is not None:
+                keys = keys[:max(0, self.max_evaluations - len(self._memo))]
+                if not keys:
+                    raise BudgetExhausted(self.max_evaluations)
+            self.rounds += 1
             answers = self._check_many(keys) if self._check_many is not None else [_timed_check(self._check, k)
                                                                                    for k in keys]
             for key, (verdict, seconds) in zip(keys, answers, strict=True):
@@ -121,7 +138,16 @@ class Evaluator:
                 self.builds += 1
                 for listener in self.listeners:
                     listener(evaluation)
+        if any(key not in self._memo for key, _ in questions):  # the budget cut this round short
+            assert self.max_evaluations is not None
+            raise BudgetExhausted(self.max_evaluations)
         return [self._memo[key] for key, _ in questions]
+
+    def smallest_passing(self) -> Evaluation | None:
+        """The passing kept set with the fewest nodes evaluated so far (the first such, by journal
+        order), or None: what a search cut off by its budget has to offer."""
+        passing = [e for e in self._memo.values() if e.passed]
+        return min(passing, key=lambda e: len(e.kept)) if passing else None
 
     def passes(self, kept: Iterable[str]) -> bool:
         return self.evaluate(kept).passed
@@ -172,6 +198,14 @@ MONOTONE_CONFIDENCE = 0.95
 MIN_SPECULATION = 0.45
 
 
+class BudgetExhausted(Exception):
+    """The search asked for more evaluations than its budget allows."""
+
+    def __init__(self, max_evaluations: int):
+        super().__init__(f"the evaluation budget ({max_evaluations}) is spent")
+        self.max_evaluations = max_evaluations
+
+
 class _Unanswered(Exception):
     def __init__(self, kept: Kept, phase: str):
         super().__init__(f"{len(kept)} nodes kept")
@@ -187,6 +221,7 @@ class _Replay(Evaluator):
         self._check = real._check
         self._check_many = None
         self.jobs = 1
+        self.max_evaluations = None
         self.replayed = real.replayed
         self.builds = real.builds
         self.rounds = real.rounds
@@ -265,6 +300,7 @@ class SearchResult:
     used_regions: bool = False
     one_minimal: bool = False  # every kept node was shown to be needed
     message: str = ""
+    budget_exhausted: bool = False  # stopped at the evaluation budget: `kept` passes but may not be minimal
 
 
 def _result(strategy: str, kept: Sequence[str] | None, candidates: Sequence[str], ev: Evaluator,
@@ -348,24 +384,33 @@ def ddmin(items: Sequence[str], ev: Evaluator, granularity: int = 2, subsets: bo
     starting at `granularity=len(items)` then just proves (or restores) 1-minimality."""
     current = list(items)
     n = max(2, min(granularity, len(current)))
+    start = 0  # the chunk to try removing first: where the last removal happened
     while len(current) >= 2:
         chunks = _split(current, n)
         reduced = False
         if subsets and n > 2:  # with two chunks, each subset is the other's complement
             for chunk in chunks:
                 if ev.passes(chunk):
-                    current, n, reduced = chunk, 2, True
+                    current, n, reduced, start = chunk, 2, True, 0
                     break
         if not reduced:
-            for i in range(len(chunks)):
+            # Go on from the last removal rather than from the first chunk: the chunks before it
+            # were tried a moment ago, and trying them again after every removal costs k builds
+            # per removal at single-node granularity. They are tried again (wrapping around) before
+            # the set is declared minimal, so the result is 1-minimal whatever the pass function.
+            for step in range(len(chunks)):
+                i = (start + step) % len(chunks)
                 complement = [x for j, chunk in enumerate(chunks) if j != i for x in chunk]
                 if ev.passes(complement):
-                    current, n, reduced = complement, max(n - 1, 2), True
+                    single = n >= len(current)
+                    current, reduced = complement, True
+                    n = len(current) if single else max(n - 1, 2)
+                    start = i % max(1, min(n, len(current)))
                     break
         if not reduced:
             if n >= len(current):
                 break
-            n = min(2 * n, len(current))
+            n, start = min(2 * n, len(current)), 0
     return current
 
 
@@ -435,14 +480,27 @@ def bisect_search(topological: Sequence[str], ev: Evaluator) -> SearchResult:
 
 def run_strategy(strategy: str, ranking: Sequence[str], topological: Sequence[str],
                  ev: Evaluator) -> SearchResult:
-    """Run a strategy; with `ev.jobs` above 1, several evaluations per round (same result)."""
-    if strategy == "ranked":
-        return speculate(lambda e: ranked_search(ranking, topological, e), ev)
-    if strategy == "linear":
-        return speculate(lambda e: linear_search(topological, e), ev)
-    if strategy == "bisect":
-        return speculate(lambda e: bisect_search(topological, e), ev)
-    raise ValueError(f"unknown strategy {strategy!r}")
+    """Run a strategy; with `ev.jobs` above 1, several evaluations per round (same result).
+
+    A search that reaches `ev.max_evaluations` stops there: its result is the smallest passing
+    kept set evaluated so far (None if none passed), marked `budget_exhausted`, not 1-minimal."""
+    searches: dict[str, Callable[[Evaluator], SearchResult]] = {
+        "ranked": lambda e: ranked_search(ranking, topological, e),
+        "linear": lambda e: linear_search(topological, e),
+        "bisect": lambda e: bisect_search(topological, e),
+    }
+    if strategy not in searches:
+        raise ValueError(f"unknown strategy {strategy!r}")
+    try:
+        return speculate(searches[strategy], ev)
+    except BudgetExhausted as stop:
+        best = ev.smallest_passing()
+        if best is None:
+            return _result(strategy, None, topological, ev, budget_exhausted=True,
+                           message=f"no kept set passed within the budget of {stop.max_evaluations} evaluations")
+        return _result(strategy, sorted(best.kept), topological, ev, budget_exhausted=True,
+                       message=f"stopped at the budget of {stop.max_evaluations} evaluations: the plan passes "
+                               "but is not shown to be minimal")
 
 
 def _nothing_passes(ev: Evaluator, everything: Sequence[str]) -> str:
@@ -452,8 +510,15 @@ def _nothing_passes(ev: Evaluator, everything: Sequence[str]) -> str:
 
 
 def target_builds(n: int, k: int) -> float:
-    """The build budget issue 4 sets for a 1-minimal set: 2*log2(N) + k*log2(N)."""
+    """The documented bound (docs/fallback.md) on evaluations for a 1-minimal set of k of N
+    candidates: 2*log2(N) + k*log2(N)."""
     return (2 + k) * math.log2(max(n, 2))
+
+
+def default_max_evaluations(n: int) -> int:
+    """The evaluation budget a search over n candidates gets unless told otherwise (see BUDGET_HEADROOM)."""
+    kept = max(DEFAULT_BUDGET_MIN_KEPT, math.ceil(n * DEFAULT_BUDGET_SHARE))
+    return math.ceil(BUDGET_HEADROOM * target_builds(n, kept))
 
 
 # -- ranking ----------------------------------------------------------------------------------------
