@@ -118,6 +118,10 @@ BAD = [
                                                           "--engine results")),
     Bad("node-less-model", ("compare", "{no_nodes}"), ("no nodes",)),
     Bad("node-less-model-fallback", ("fallback", "{no_nodes}", "--out", "{blocker}.plan.json"), ("no nodes",)),
+    Bad("ray-address-malformed", ("fallback", "{clean}", "--ray-address", "not an address", "--out",
+                                  "{blocker}.plan.json"), ("--ray-address 'not an address'", "HOST:PORT")),
+    Bad("ray-address-without-port", ("fallback", "{clean}", "--ray-address", "head-node", "--out",
+                                     "{blocker}.plan.json"), ("--ray-address 'head-node'", "HOST:PORT")),
     Bad("custom-op-fallback", ("fallback", "{custom_op}", "--out", "{blocker}.plan.json"),
         ("FancyActivation", "com.example")),
 ]
