@@ -18,6 +18,7 @@ import pytest
 from fixtures import odd_models, planted
 from tests.cli import run_cli
 from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.ban_list import BanEntry, BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 
 
@@ -40,6 +41,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     np.savez(files["inf_feeds"], **feeds)
     files["fp16_plan"] = folder / "fp16_plan.json"
     PrecisionPlan(default="fp16").for_model(Model.load(files["clean"])).save(files["fp16_plan"])
+    files["bans"] = folder / "bans.json"
+    BanList((BanEntry("conv", "fp16-winograd"),), Model.load(files["clean"]).sha256).save(files["bans"])
     files["blocker"] = folder / "blocker"
     files["blocker"].write_text("a regular file, so nothing can be created under it\n")
     files["garbage"] = folder / "garbage.onnx"
@@ -106,6 +109,10 @@ BAD = [
     Bad("html-under-a-file", ("compare", "{clean}", "--html", "{blocker}/sub/report.html"), ("--html",)),
     Bad("build-out-under-a-file", ("build", "{clean}", "--plan", "{fp16_plan}", "--out", "{blocker}/sub/m.onnx"),
         ("--out",)),
+    Bad("build-bans-into-mixed-onnx", ("build", "{clean}", "--plan", "{fp16_plan}", "--bans", "{bans}", "--out",
+                                       "mixed.onnx"), ("--bans", "mixed-precision ONNX", "NAME.engine")),
+    Bad("build-bans-with-emit", ("build", "{clean}", "--plan", "{fp16_plan}", "--bans", "{bans}", "--emit",
+                                 "trtexec"), ("--bans", "--emit")),
     Bad("json-onto-the-model", ("compare", "{clean}", "--json", "{clean}"), ("--json", "model")),
     Bad("build-out-onto-the-model", ("build", "{clean}", "--plan", "{fp16_plan}", "--out", "{clean}"),
         ("--out", "model")),
