@@ -125,6 +125,15 @@ BAD = [
                                                           "--engine results")),
     Bad("node-less-model", ("compare", "{no_nodes}"), ("no nodes",)),
     Bad("node-less-model-fallback", ("fallback", "{no_nodes}", "--out", "{blocker}.plan.json"), ("no nodes",)),
+    # A run refused after its outputs were checked creates no output folder.
+    Bad("fallback-refused-into-a-new-folder", ("fallback", "{custom_op}", "--out", "new_plans/p.json"),
+        ("FancyActivation",)),
+    Bad("tactics-refused-into-a-new-folder", ("tactics", "{custom_op}", "--out", "new_bans/b.json"),
+        ("FancyActivation",)),
+    Bad("compare-refused-into-a-new-folder", ("compare", "{custom_op}", "--json", "new_reports/r.json"),
+        ("FancyActivation",)),
+    Bad("build-refused-into-a-new-folder", ("build", "{clean}", "--plan", "{not_a_plan}", "--out",
+                                            "new_models/m.onnx"), ("not a trtdebug precision plan",)),
     Bad("ray-address-malformed", ("fallback", "{clean}", "--ray-address", "not an address", "--out",
                                   "{blocker}.plan.json"), ("--ray-address 'not an address'", "HOST:PORT")),
     Bad("ray-address-without-port", ("fallback", "{clean}", "--ray-address", "head-node", "--out",
@@ -135,8 +144,9 @@ BAD = [
 
 
 def _hashes(folder: Path) -> dict[Path, str]:
-    """Every file under the folder (new ones included) and its content."""
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file and folder under the folder (new ones included) and its content."""
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+            for p in sorted(folder.rglob("*"))}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=False)]

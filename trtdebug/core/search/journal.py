@@ -109,8 +109,10 @@ class JournalLock:
     def __init__(self, journal: str | Path):
         self.path = lock_path(journal)
         self._fd = -1
+        self._created: list[Path] = []
 
     def __enter__(self) -> JournalLock:
+        self._created = _missing_folders(self.path.parent)  # removed again if the run writes nothing
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -145,6 +147,20 @@ class JournalLock:
             os.unlink(self.path)  # while still locked, so no other run can hold this file
         os.close(self._fd)
         self._fd = -1
+        for folder in self._created:  # deepest first; a folder the run wrote into stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders of `folder`'s path that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _read_pid(fd: int) -> int | None:
