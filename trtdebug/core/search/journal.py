@@ -138,9 +138,11 @@ class JournalLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        _HELD.add(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        _HELD.discard(self)
         if self._fd < 0:
             return
         with contextlib.suppress(FileNotFoundError):
@@ -152,6 +154,16 @@ class JournalLock:
                 folder.rmdir()
             except OSError:
                 break
+
+
+_HELD: set[JournalLock] = set()
+
+
+def release_held_locks() -> None:
+    """Release every lock this process holds, its file removed: for an exit that skips unwinding
+    (Ctrl-C's os._exit), which would leave the lock file behind."""
+    for lock in list(_HELD):
+        lock.__exit__()
 
 
 def _missing_folders(folder: Path) -> list[Path]:
