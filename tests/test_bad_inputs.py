@@ -41,6 +41,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     np.savez(files["inf_feeds"], **feeds)
     files["fp16_plan"] = folder / "fp16_plan.json"
     PrecisionPlan(default="fp16").for_model(Model.load(files["clean"])).save(files["fp16_plan"])
+    files["f64_feeds"] = folder / "f64_feeds.npz"
+    np.savez(files["f64_feeds"], input=np.random.default_rng(1).uniform(-1, 1, planted.INPUT_SHAPE))
+    files["huge_f64_feeds"] = folder / "huge_f64_feeds.npz"
+    np.savez(files["huge_f64_feeds"], input=np.full(planted.INPUT_SHAPE, 1e300))
+    ids = onnx.helper.make_tensor_value_info("ids", onnx.TensorProto.INT32, [3])
+    doubled = onnx.helper.make_tensor_value_info("doubled", onnx.TensorProto.INT32, [3])
+    files["int32_model"] = folder / "int32_model.onnx"
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Add", ["ids", "ids"], ["doubled"])],
+                                                            "ids", [ids], [doubled]),
+                                     opset_imports=[onnx.helper.make_opsetid("", 17)]), files["int32_model"])
+    files["big_ids"] = folder / "big_ids.npz"
+    np.savez(files["big_ids"], ids=np.array([1, 2, 2**40], np.int64))
     files["bans"] = folder / "bans.json"
     BanList((BanEntry("conv", "fp16-winograd"),), Model.load(files["clean"]).sha256).save(files["bans"])
     files["blocker"] = folder / "blocker"
@@ -84,6 +96,12 @@ BAD = [
     Bad("inputs-file-empty-batch", ("compare", "{dynamic}", "--inputs", "{empty_batch}"), ("'x'", "is empty")),
     Bad("input-shape-contradicts-inputs", ("compare", "{dynamic}", "--inputs", "{one_batch}", "--input-shape",
                                            "x:2x3x4x4"), ("contradicts the inputs file",)),
+    Bad("input-shape-repeated", ("compare", "{dynamic}", "--input-shape", "x:1x3x4x4", "--input-shape", "x:2x3x4x4"),
+        ("--input-shape", "'x' 2 times")),
+    Bad("inputs-file-float64-beyond-float32", ("compare", "{clean}", "--inputs", "{huge_f64_feeds}"),
+        ("'input'", "float64", "float32")),
+    Bad("inputs-file-int64-beyond-int32", ("compare", "{int32_model}", "--inputs", "{big_ids}"),
+        ("'ids'", "int64", "1099511627776", "int32")),
     Bad("input-range-with-inputs", ("compare", "{dynamic}", "--inputs", "{one_batch}", "--input-range", "x:0,1"),
         ("--input-range and --inputs",)),
     Bad("check-that-cannot-run", ("compare", "{clean}", "--check", "no_such_tool_anywhere {{outputs}}"),
@@ -173,3 +191,11 @@ def test_the_memory_check_counts_every_input_against_what_is_available(world):
     check_memory(model, shape, available=3 * 2**20)
     with pytest.raises(UserError, match=r"input 'x' of shape \[1, 3, 256, 256\]"):
         check_memory(model, shape, available=3 * 2**20 - 1)
+
+
+def test_an_inputs_file_in_float64_is_cast_with_one_note(world):
+    run = run_cli("compare", world["clean"], "--inputs", world["f64_feeds"], cwd=world["clean"].parent)
+    assert run.returncode in (0, 1), run.stderr
+    notes = [line for line in run.stderr.splitlines() if line.startswith("note:")]
+    assert notes == ["note: input 'input' is float64 in the inputs file; cast to float32"], run.stderr
+    assert "note:" not in run.stdout
