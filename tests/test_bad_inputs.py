@@ -18,6 +18,7 @@ import pytest
 from fixtures import odd_models, planted, user_models
 from tests.cli import run_cli
 from trtdebug.core.model.graph import Model
+from trtdebug.core.plans.ban_list import BanEntry, BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 
 
@@ -40,6 +41,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     np.savez(files["inf_feeds"], **feeds)
     files["fp16_plan"] = folder / "fp16_plan.json"
     PrecisionPlan(default="fp16").for_model(Model.load(files["clean"])).save(files["fp16_plan"])
+    files["f64_feeds"] = folder / "f64_feeds.npz"
+    np.savez(files["f64_feeds"], input=np.random.default_rng(1).uniform(-1, 1, planted.INPUT_SHAPE))
+    files["huge_f64_feeds"] = folder / "huge_f64_feeds.npz"
+    np.savez(files["huge_f64_feeds"], input=np.full(planted.INPUT_SHAPE, 1e300))
+    ids = onnx.helper.make_tensor_value_info("ids", onnx.TensorProto.INT32, [3])
+    doubled = onnx.helper.make_tensor_value_info("doubled", onnx.TensorProto.INT32, [3])
+    files["int32_model"] = folder / "int32_model.onnx"
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Add", ["ids", "ids"], ["doubled"])],
+                                                            "ids", [ids], [doubled]),
+                                     opset_imports=[onnx.helper.make_opsetid("", 17)]), files["int32_model"])
+    files["big_ids"] = folder / "big_ids.npz"
+    np.savez(files["big_ids"], ids=np.array([1, 2, 2**40], np.int64))
+    files["bans"] = folder / "bans.json"
+    BanList((BanEntry("conv", "fp16-winograd"),), Model.load(files["clean"]).sha256).save(files["bans"])
     files["blocker"] = folder / "blocker"
     files["blocker"].write_text("a regular file, so nothing can be created under it\n")
     files["garbage"] = folder / "garbage.onnx"
@@ -93,6 +108,12 @@ BAD = [
     Bad("inputs-file-empty-batch", ("compare", "{dynamic}", "--inputs", "{empty_batch}"), ("'x'", "is empty")),
     Bad("input-shape-contradicts-inputs", ("compare", "{dynamic}", "--inputs", "{one_batch}", "--input-shape",
                                            "x:2x3x4x4"), ("contradicts the inputs file",)),
+    Bad("input-shape-repeated", ("compare", "{dynamic}", "--input-shape", "x:1x3x4x4", "--input-shape", "x:2x3x4x4"),
+        ("--input-shape", "'x' 2 times")),
+    Bad("inputs-file-float64-beyond-float32", ("compare", "{clean}", "--inputs", "{huge_f64_feeds}"),
+        ("'input'", "float64", "float32")),
+    Bad("inputs-file-int64-beyond-int32", ("compare", "{int32_model}", "--inputs", "{big_ids}"),
+        ("'ids'", "int64", "1099511627776", "int32")),
     Bad("input-range-with-inputs", ("compare", "{dynamic}", "--inputs", "{one_batch}", "--input-range", "x:0,1"),
         ("--input-range and --inputs",)),
     Bad("check-that-cannot-run", ("compare", "{clean}", "--check", "no_such_tool_anywhere {{outputs}}"),
@@ -118,6 +139,10 @@ BAD = [
     Bad("html-under-a-file", ("compare", "{clean}", "--html", "{blocker}/sub/report.html"), ("--html",)),
     Bad("build-out-under-a-file", ("build", "{clean}", "--plan", "{fp16_plan}", "--out", "{blocker}/sub/m.onnx"),
         ("--out",)),
+    Bad("build-bans-into-mixed-onnx", ("build", "{clean}", "--plan", "{fp16_plan}", "--bans", "{bans}", "--out",
+                                       "mixed.onnx"), ("--bans", "mixed-precision ONNX", "NAME.engine")),
+    Bad("build-bans-with-emit", ("build", "{clean}", "--plan", "{fp16_plan}", "--bans", "{bans}", "--emit",
+                                 "trtexec"), ("--bans", "--emit")),
     Bad("json-onto-the-model", ("compare", "{clean}", "--json", "{clean}"), ("--json", "model")),
     Bad("build-out-onto-the-model", ("build", "{clean}", "--plan", "{fp16_plan}", "--out", "{clean}"),
         ("--out", "model")),
@@ -137,6 +162,19 @@ BAD = [
                                                           "--engine results")),
     Bad("node-less-model", ("compare", "{no_nodes}"), ("no nodes",)),
     Bad("node-less-model-fallback", ("fallback", "{no_nodes}", "--out", "{blocker}.plan.json"), ("no nodes",)),
+    # A run refused after its outputs were checked creates no output folder.
+    Bad("fallback-refused-into-a-new-folder", ("fallback", "{custom_op}", "--out", "new_plans/p.json"),
+        ("FancyActivation",)),
+    Bad("tactics-refused-into-a-new-folder", ("tactics", "{custom_op}", "--out", "new_bans/b.json"),
+        ("FancyActivation",)),
+    Bad("compare-refused-into-a-new-folder", ("compare", "{custom_op}", "--json", "new_reports/r.json"),
+        ("FancyActivation",)),
+    Bad("build-refused-into-a-new-folder", ("build", "{clean}", "--plan", "{not_a_plan}", "--out",
+                                            "new_models/m.onnx"), ("not a trtdebug precision plan",)),
+    Bad("ray-address-malformed", ("fallback", "{clean}", "--ray-address", "not an address", "--out",
+                                  "{blocker}.plan.json"), ("--ray-address 'not an address'", "HOST:PORT")),
+    Bad("ray-address-without-port", ("fallback", "{clean}", "--ray-address", "head-node", "--out",
+                                     "{blocker}.plan.json"), ("--ray-address 'head-node'", "HOST:PORT")),
     Bad("custom-op-fallback", ("fallback", "{custom_op}", "--out", "{blocker}.plan.json"),
         ("FancyActivation", "com.example")),
     # random ops: every FP32 run differs (a seed too: onnxruntime draws anew on each run of a session)
@@ -148,8 +186,9 @@ BAD = [
 
 
 def _hashes(folder: Path) -> dict[Path, str]:
-    """Every file under the folder (new ones included) and its content."""
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file and folder under the folder (new ones included) and its content."""
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+            for p in sorted(folder.rglob("*"))}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=False)]
@@ -176,3 +215,11 @@ def test_the_memory_check_counts_every_input_against_what_is_available(world):
     check_memory(model, shape, available=3 * 2**20)
     with pytest.raises(UserError, match=r"input 'x' of shape \[1, 3, 256, 256\]"):
         check_memory(model, shape, available=3 * 2**20 - 1)
+
+
+def test_an_inputs_file_in_float64_is_cast_with_one_note(world):
+    run = run_cli("compare", world["clean"], "--inputs", world["f64_feeds"], cwd=world["clean"].parent)
+    assert run.returncode in (0, 1), run.stderr
+    notes = [line for line in run.stderr.splitlines() if line.startswith("note:")]
+    assert notes == ["note: input 'input' is float64 in the inputs file; cast to float32"], run.stderr
+    assert "note:" not in run.stdout

@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
+from fixtures.chain_models import planted_chain
 from fixtures.int8_models import (
     CLASSIFIER_SHAPE,
     CLASSIFIER_SHAPE_OPTION,
@@ -212,3 +213,17 @@ def test_implicit_int8_calibrates_the_float_model(tmp_path):
     findings = report["notes"]["marking"]["int8"]["tensors"]
     assert findings["x"]["clipped_share"] > 0.8 and findings[first_conv]["clipped_share"] > 0.05
     assert _int8_defects(json.loads((tmp_path / "same.json").read_text())) == []
+
+
+CALIBRATOR_LINES = ("Collecting tensor data", "Finding optimal threshold", "Number of", "Percentile :")
+
+
+def test_histogram_calibration_prints_nothing_of_onnxruntime_on_stdout(tmp_path):
+    model = planted_chain(20, 1, seed=3).save(tmp_path / "chain.onnx")
+    quantized = run_cli("quantize", model, "--calib-method", "percentile", "--calib-batches", "2")
+    assert quantized.returncode == 0, quantized.stderr
+    assert [line.split()[0] for line in quantized.stdout.splitlines()] == ["wrote", "next:"], quantized.stdout
+    compared = run_cli("compare", model, "--precision", "int8", "--calib-method", "percentile")
+    assert compared.returncode in (0, 1), compared.stderr
+    for text in CALIBRATOR_LINES:
+        assert text not in compared.stdout + compared.stderr + quantized.stderr

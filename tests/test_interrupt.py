@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.chain_models import planted_chain
-from tests.cli import start_cli
+from tests.cli import run_cli, start_cli
 from trtdebug.core.search.journal import journal_path
 
 RAN = "layer outputs exposed, and running: done"  # the marked run is over; the local-error setup follows
@@ -80,3 +80,26 @@ def test_ctrl_c_during_fallback_ranking_build_says_how_to_resume_and_keeps_the_j
     records = [json.loads(line) for line in journal_path(plan).read_text().splitlines()]
     assert records[0]["type"] == "header"  # a valid journal that --resume accepts
     assert not plan.exists()
+
+
+@pytest.fixture(scope="module")
+def searched_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return planted_chain(2000, 3, seed=5).save(tmp_path_factory.mktemp("search") / "chain2000.onnx")
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_fallback_interrupted_mid_search_leaves_no_lock_and_resumes(searched_model, tmp_path, jobs):
+    plan = tmp_path / "plan.json"
+    process, lines = _start("fallback", searched_model, "--out", plan, "--jobs", jobs)
+    deadline = time.monotonic() + 180
+    while not any(" -> " in line and "rank " not in line for line in lines):  # a search build is done
+        assert process.poll() is None, "".join(lines)
+        assert time.monotonic() < deadline, "the search never started"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=30)
+    assert process.returncode == 130, "".join(lines)
+    assert not list(tmp_path.glob("*.lock")), "Ctrl-C left the journal's lock file behind"
+    resumed = run_cli("fallback", searched_model, "--out", plan, "--resume", "--jobs", jobs)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(plan.read_text())["provenance"]["resumed"] is True

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +176,33 @@ def test_ray_tasks_find_the_sequential_plan(chain, tmp_path):
     assert outcome.search.kept == sequential.search.kept
     assert set(outcome.search.kept or ()) == set(planted.culprits)
     assert outcome.rounds_this_run < sequential.rounds_this_run
+
+
+def _ray_connection_failure(model: Path, tmp_path: Path, address: str) -> str:
+    """Run fallback against `address`: exit 4 within 30 s, one line naming the address, and no line
+    of Ray's own (its Python log and its C++ retry lines) on either stream."""
+    started = time.monotonic()
+    run = run_cli("fallback", model, "--out", tmp_path / "p.json", "--jobs", "ray", "--ray-address", address,
+                  timeout=60)
+    assert time.monotonic() - started < 30, run.stderr
+    assert run.returncode == 4, run.stdout + run.stderr
+    *before, last = run.stderr.strip().splitlines()
+    assert last.startswith("trtdebug: engine failure:") and address in last, run.stderr
+    third_party = re.compile(r"^\[?\d{4}-\d\d-\d\d|rpc_client|gcs_client|worker\.py|WARNING|INFO")
+    assert not [line for line in before if third_party.search(line)], run.stderr
+    assert run.stdout == ""
+    return last
+
+
+def test_an_unreachable_ray_cluster_is_one_line_and_exit_4_at_once(chain, tmp_path):
+    pytest.importorskip("ray")
+    model, _ = chain
+    assert "Connection refused" in _ray_connection_failure(model, tmp_path, "localhost:1")
+
+
+def test_a_port_that_is_not_a_ray_head_is_one_line_and_exit_4_within_30s(chain, tmp_path):
+    pytest.importorskip("ray")
+    model, _ = chain
+    with socket.create_server(("0.0.0.0", 0), backlog=64) as silent:  # accepts, never speaks gRPC
+        port = silent.getsockname()[1]
+        assert "no Ray head answered" in _ray_connection_failure(model, tmp_path, f"127.0.0.1:{port}")

@@ -7,9 +7,15 @@ This module holds the switch; the modules that load those libraries ask it. It n
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 verbose = False
+
+# trtdebug's own notes to the user (an input cast to the model's dtype, ...): library modules log them
+# here at INFO, the CLI prints each as one `note: ...` line on stderr; Python API callers see them
+# through the logging module, as they configure it.
+notes = logging.getLogger("trtdebug.notes")
 
 
 def set_verbose(on: bool) -> None:

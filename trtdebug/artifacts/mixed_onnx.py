@@ -32,7 +32,7 @@ def write_model(typed: onnx.ModelProto, path: str | Path) -> Path:
         return files.write_atomic(path, lambda staged: onnx.save(typed, str(staged)))
     data_name = f"{path.name}.data"
     # Both files are staged in one folder beside the destination, then renamed into place.
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
+    with tempfile.TemporaryDirectory(dir=files.folder_for(path), prefix=f".{path.name}.") as folder:
         staged = Path(folder) / path.name
         onnx.save(typed, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
                   location=data_name)

@@ -50,6 +50,7 @@ for command in (compare_command, fallback_command, tactics_command, build_comman
 def main(argv: list[str] | None = None) -> None:
     """Entry point: turns every failure into a one-line message and an exit code."""
     console.protect_streams()
+    console.show_notes()
     logs.set_verbose(False)  # until the options say otherwise: quiet from the first import on
     try:
         code = cli.main(args=argv, prog_name="trtdebug", standalone_mode=False)

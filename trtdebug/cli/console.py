@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any, TextIO
@@ -89,3 +90,18 @@ def protect_streams() -> None:
 def stdout_failure() -> OSError | None:
     """Why results could not be written to stdout (not a reader that left), if they could not."""
     return sys.stdout.failure if isinstance(sys.stdout, GuardedStream) else None
+
+
+class _NoteLines(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        stderr.print(f"note: {record.getMessage()}", style="dim", markup=False, soft_wrap=True)
+
+
+def show_notes() -> None:
+    """The library's notes (trtdebug.logs.notes) as `note: ...` lines on stderr, once per process."""
+    from trtdebug import logs
+
+    if not any(isinstance(h, _NoteLines) for h in logs.notes.handlers):
+        logs.notes.addHandler(_NoteLines())
+        logs.notes.setLevel(logging.INFO)
+        logs.notes.propagate = False

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
+from trtdebug.core.search.journal import release_held_locks
 from trtdebug.errors import EXIT_INTERRUPTED
 
 T = TypeVar("T")
@@ -43,6 +44,7 @@ def run_interruptible(work: Callable[[], T], interrupted: Callable[[], str] = la
             thread.join(POLL_SECONDS)
     except KeyboardInterrupt:
         before_exit()
+        release_held_locks()  # os._exit below skips the `with` that would remove the lock files
         click.echo(f"trtdebug: {interrupted()}", err=True)
         sys.stdout.flush()
         sys.stderr.flush()

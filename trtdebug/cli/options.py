@@ -15,6 +15,7 @@ import click
 
 from trtdebug.core.plans.precision_plan import PRECISIONS
 from trtdebug.engines import DEFAULT_ENGINE, ENGINE_NAMES
+from trtdebug.errors import UserError
 from trtdebug.workflows.quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD
 
 if TYPE_CHECKING:
@@ -219,6 +220,10 @@ def problem_spec(model: str, precision: str | None = None, engine_name: str = DE
     problem_spec, so the CLI and the Python API cannot drift."""
     from trtdebug.api import problem_spec as api_problem_spec  # onnxruntime loads only when a command runs
 
+    given = [name for name, _ in input_shapes]
+    twice = next((name for name in given if given.count(name) > 1), None)
+    if twice is not None:  # a dict would keep the last one silently
+        raise UserError(f"--input-shape gives input {twice!r} {given.count(twice)} times; give each input once")
     return api_problem_spec(model, precision=precision, engine=engine_name, input_shape=dict(input_shapes),
                             input_range=dict(input_ranges), inputs=inputs_path, seed=seed, atol=atol, rtol=rtol,
                             output_tol=dict(output_tols), plan=plan_path, bans=bans_path, results=results_path,

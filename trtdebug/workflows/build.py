@@ -86,6 +86,19 @@ def dynamic_input_profile(model: Model, spec: ProblemSpec) -> ShapeProfile:
     return profile
 
 
+def _check_bans_carried(bans: BanList | None, out: str | Path | None, emit: tuple[str, ...]) -> None:
+    """Tactics are chosen when an engine is built: only an engine file built here carries bans. A
+    mixed-precision ONNX model or an --emit command line would silently build without them."""
+    if not bans:
+        return
+    if emit:
+        raise UserError("--bans cannot be carried by --emit's command lines (no trtexec or Polygraphy flag "
+                        "bans a tactic); build the engine here instead: --bans FILE --out NAME.engine")
+    if out is not None and str(out).endswith(".onnx"):
+        raise UserError("--bans cannot be carried by a mixed-precision ONNX model (tactics are chosen when an "
+                        "engine is built); build the engine here instead (--out NAME.engine), or leave --bans out")
+
+
 def build_artifact(model_path: str | Path, plan_path: str | Path, bans_path: str | Path | None = None,
                    engine_name: str = "emulator", out: str | Path | None = None,
                    emit: tuple[str, ...] = (), emit_options: EmitOptions | None = None,
@@ -103,6 +116,7 @@ def build_artifact(model_path: str | Path, plan_path: str | Path, bans_path: str
     prepare_outputs(written, given)
     plan = load_plan(plan_path, model, None)
     bans = load_bans(bans_path, model)
+    _check_bans_carried(bans, out, emit)
     outcome = BuildOutcome()
     engine_path = out if out is not None and not str(out).endswith(".onnx") else Path(model_path).with_suffix(".engine")
     for tool in emit:

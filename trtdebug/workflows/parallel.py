@@ -16,20 +16,24 @@ journal stays the single record of the search.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import shutil
+import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Protocol
 
+from trtdebug import logs
 from trtdebug.core.analysis.metrics import Verdict
 from trtdebug.core.model.feeds import feeds_sha256
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.search.user_check import CheckCommand
-from trtdebug.errors import UserError
+from trtdebug.errors import EngineError, UserError, first_line
 from trtdebug.workflows.input_sets import InputSet, JudgedSet, evaluate_on_sets, prepare_extra_sets, sets_sha256
 from trtdebug.workflows.problem import Case, ProblemSpec, prepare
 
@@ -139,19 +143,84 @@ class ProcessJudge:
 
 # -- Ray -------------------------------------------------------------------------------------------
 
+# Ray's own connection timeouts (one attempt of about 11 s): without them a head that does not answer
+# is retried for minutes. Set only where the user has not set them.
+RAY_CONNECT_TIMEOUTS = {"RAY_gcs_server_port_wait_time_s": "1", "RAY_gcs_rpc_server_connect_timeout_s": "3",
+                        "RAY_py_gcs_connect_timeout_s": "5"}
+PROBE_SECONDS = 5.0
+
+
+def ray_endpoint(address: str, source: str = "--ray-address") -> tuple[str, int] | None:
+    """HOST and PORT of a Ray address (HOST:PORT or ray://HOST:PORT); None for 'auto' and 'local'
+    (a cluster on this machine, found or started by Ray). Anything else is refused in one line."""
+    if address in ("auto", "local"):
+        return None
+    bare = address.removeprefix("ray://")
+    host, _, port = bare.rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    if not host or any(c.isspace() or c in "/@?#" for c in host) or not port.isdigit() \
+            or not 0 < int(port) < 65536:
+        raise UserError(f"{source} {address!r} is not a Ray address: give HOST:PORT of the head node "
+                        "(e.g. head-node:6379, the port `ray start --head` printed), ray://HOST:PORT or 'auto'")
+    return host, int(port)
+
+
+def connect_ray(ray: Any, address: str | None) -> None:
+    """ray.init on `address` (None: RAY_ADDRESS, or a new local cluster), in bounded time: a head that
+    does not answer is an EngineError within seconds, not minutes of retries; Ray's log lines (Python
+    and native) reach the user only when verbose."""
+    source = "--ray-address"
+    if address is None and os.environ.get("RAY_ADDRESS"):
+        address, source = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    endpoint = ray_endpoint(address, source) if address is not None else None
+    where = f"the Ray cluster at {address} ({source})"
+    if endpoint is not None:  # a closed port is told at once; Ray itself would retry for minutes
+        try:
+            socket.create_connection(endpoint, timeout=PROBE_SECONDS).close()
+        except OSError as exc:
+            raise EngineError(f"cannot reach {where}: {exc.strerror or first_line(exc)}; start it with "
+                              f"`ray start --head --port {endpoint[1]}` on that host, or fix the address") from None
+    try:
+        with _native_stderr_hidden():
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=logs.verbose,
+                     logging_level=logging.INFO if logs.verbose else logging.ERROR)
+    except (ConnectionError, TimeoutError):
+        raise EngineError(f"cannot connect to {where}: no Ray head answered there (is it the port of a "
+                          f"Ray {ray.__version__} head node, the one `ray start --head` printed?)") from None
+
+
+@contextlib.contextmanager
+def _native_stderr_hidden() -> Iterator[None]:
+    """Ray's C++ core logs retries straight to file descriptor 2: send them to a scratch file while
+    connecting, unless verbose."""
+    if logs.verbose:
+        yield
+        return
+    with tempfile.TemporaryFile() as scratch:
+        saved = os.dup(2)
+        try:
+            os.dup2(scratch.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 class RayJudge:
     """One actor per job on a Ray cluster (`address` None: the one RAY_ADDRESS names, or a new local
     one). Every host must see the model and input files at the same paths."""
 
     def __init__(self, spec: ProblemSpec, jobs: int, expected: str, check: CheckCommand | None = None,
                  address: str | None = None, sets: Sequence[InputSet] = ()):
+        for name, value in RAY_CONNECT_TIMEOUTS.items():  # read once, when Ray is imported
+            os.environ.setdefault(name, value)
         try:
             import ray
         except ImportError:
             raise UserError("--jobs ray needs Ray: pip install 'trtdebug[ray]'") from None
         self._ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+            connect_ray(ray, address)
         if jobs <= 0:
             jobs = max(1, int(ray.cluster_resources().get("GPU" if spec.engine in GPU_ENGINES else "CPU", 1)))
         self.jobs = jobs

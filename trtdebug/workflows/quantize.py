@@ -21,7 +21,9 @@ TensorRT's implicit INT8 by calibrating it here, in memory, with the same tools.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from trtdebug import logs
 from trtdebug.artifacts.mixed_onnx import write_model
 from trtdebug.core.model.feeds import feeds_sha256, generate_feeds, load_feeds, resolve_shapes, validate_feeds
 from trtdebug.core.model.graph import Model
@@ -84,12 +87,14 @@ class QuantizeOutcome:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """onnxruntime.quantization reports through the root logger; trtdebug's output stays its own."""
+    """onnxruntime.quantization reports through the root logger, and its histogram calibrators
+    (percentile, entropy) print(): trtdebug's stdout stays its own (verbose: their lines on stderr)."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(sys.stderr if logs.verbose else io.StringIO()):
+            yield
     finally:
         root.setLevel(level)
 

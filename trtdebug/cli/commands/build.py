@@ -26,7 +26,9 @@ CALIB_INPUTS, CALIB_METHOD = calibration_options("the --inputs feeds")
 @click.argument("model", type=click.Path(path_type=str))
 @click.option("--plan", "plan_path", type=click.Path(path_type=str), required=True,
               help="Precision plan (from `trtdebug fallback`).")
-@click.option("--bans", "bans_path", type=click.Path(path_type=str), help="Tactic ban list to build with.")
+@click.option("--bans", "bans_path", type=click.Path(path_type=str),
+              help="Tactic ban list to build with: engine files only (a mixed-precision ONNX model or an "
+                   "--emit command cannot carry bans, and is refused).")
 @click.option("--engine", "engine_name", type=BUILDING_ENGINE, default=DEFAULT_ENGINE, show_default=True,
               help="Engine that builds a non-ONNX --out.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=str),

@@ -63,6 +63,10 @@ def fallback_command(out_path: str | None, strategy: str, resume: bool, check_co
     out = Path(out_path or f"{Path(problem_args['model']).stem}.plan.json")
     if jobs != "ray" and not (jobs.isdigit() and int(jobs) >= 1):
         raise click.BadParameter(f"{jobs!r} is neither a positive count nor 'ray'", param_hint="--jobs")
+    if ray_address is not None:  # a malformed address is refused before the model is loaded
+        from trtdebug.workflows.parallel import ray_endpoint
+
+        ray_endpoint(ray_address)
     spec = problem_spec(**problem_args)  # the --inputs files go to run_fallback, every one an input set
     progress = progress_for(console.stderr, quiet)
 

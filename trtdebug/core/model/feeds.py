@@ -143,9 +143,7 @@ def validate_feeds(model: Model, feeds: Mapping[str, np.ndarray]) -> Feeds:
     for name, spec in expected.items():
         value = np.asarray(feeds[name])
         if spec.dtype is not None and value.dtype != spec.dtype:
-            if not np.can_cast(value.dtype, spec.dtype, casting="same_kind"):
-                raise UserError(f"input {name!r} has dtype {value.dtype}, but the model wants {spec.dtype}")
-            value = value.astype(spec.dtype)
+            value = _cast_to_model(name, value, np.dtype(spec.dtype))
         _check_shape_compatible(spec, value.shape, "inputs file")
         if value.size == 0:  # every tensor of a zero-size batch is empty: any comparison would pass
             raise UserError(f"input {name!r} in the inputs file is empty (shape {_fmt(value.shape)}); no verdict "
@@ -156,6 +154,25 @@ def validate_feeds(model: Model, feeds: Mapping[str, np.ndarray]) -> Feeds:
                             "no verdict can be trusted on them: give finite inputs")
         checked[name] = value
     return checked
+
+
+def _cast_to_model(name: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """An inputs-file array in the model's dtype, said in one note; refused where the cast would change
+    values beyond rounding (an int64 beyond int32's range, a float64 beyond float32's: inf)."""
+    if not np.can_cast(value.dtype, dtype, casting="same_kind"):
+        raise UserError(f"input {name!r} has dtype {value.dtype}, but the model wants {dtype}")
+    if value.size and value.dtype.kind in "iu" and dtype.kind in "iu":
+        low, high = np.iinfo(dtype).min, np.iinfo(dtype).max
+        bad = value[(value < low) | (value > high)]
+    elif value.size and value.dtype.kind == "f" and dtype.kind == "f":
+        bad = value[np.isfinite(value) & (np.abs(value) > np.finfo(dtype).max)]
+    else:
+        bad = value[:0]
+    if bad.size:
+        raise UserError(f"input {name!r} is {value.dtype} in the inputs file and holds {bad.flat[0]}, which "
+                        f"{dtype} (the model's dtype) cannot hold; save values in {dtype}'s range")
+    logs.notes.info(f"input {name!r} is {value.dtype} in the inputs file; cast to {dtype}")
+    return value.astype(dtype)
 
 
 def _check_shape_compatible(spec: TensorSpec, shape: Shape, where: str) -> None:

@@ -112,8 +112,10 @@ class JournalLock:
     def __init__(self, journal: str | Path):
         self.path = lock_path(journal)
         self._fd = -1
+        self._created: list[Path] = []
 
     def __enter__(self) -> JournalLock:
+        self._created = _missing_folders(self.path.parent)  # removed again if the run writes nothing
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -139,15 +141,41 @@ class JournalLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        _HELD.add(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        _HELD.discard(self)
         if self._fd < 0:
             return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # while still locked, so no other run can hold this file
         os.close(self._fd)
         self._fd = -1
+        for folder in self._created:  # deepest first; a folder the run wrote into stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+_HELD: set[JournalLock] = set()
+
+
+def release_held_locks() -> None:
+    """Release every lock this process holds, its file removed: for an exit that skips unwinding
+    (Ctrl-C's os._exit), which would leave the lock file behind."""
+    for lock in list(_HELD):
+        lock.__exit__()
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders of `folder`'s path that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _read_pid(fd: int) -> int | None:

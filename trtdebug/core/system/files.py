@@ -25,6 +25,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """A temporary path beside `path`; renamed onto `path` when the block finishes without error."""
     target = Path(path)
     try:
+        folder_for(target)
         fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix + ".tmp",
                                          dir=target.parent if str(target.parent) else ".")
     except OSError as exc:
@@ -39,6 +40,14 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+
+
+def folder_for(path: str | Path) -> Path:
+    """The folder `path` is written into, created (with its parents) now, when something is written:
+    a run refused before writing leaves no empty folder behind."""
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _naming(exc: OSError, target: Path) -> OSError:
@@ -121,8 +130,9 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def prepare_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[str, str | Path | None]) -> None:
-    """Before any work: no output may be one of the inputs, nor a folder; missing output folders are
-    created, and folders that cannot be written are refused. Keys name the files to the user."""
+    """Before any work: no output may be one of the inputs, nor a folder; an output whose folder could
+    not be created or written is refused. Missing folders are created only when a file is written
+    (folder_for), so a refused run leaves none behind. Keys name the files to the user."""
     given = {label: Path(p) for label, p in inputs.items() if p is not None}
     wanted = {label: Path(p) for label, p in outputs.items() if p is not None}
     for label, path in wanted.items():
@@ -132,14 +142,14 @@ def prepare_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[st
         if path.is_dir():
             raise UserError(f"{label} {path} is a folder; give a file name")
         folder = path.parent if str(path.parent) else Path(".")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            reason = "a file stands in its path" if isinstance(exc, (FileExistsError, NotADirectoryError)) else (
-                exc.strerror or str(exc))
-            raise UserError(f"cannot create the folder of {label} {path}: {reason}") from None
-        if not os.access(folder, os.W_OK):
-            raise UserError(f"cannot write {label} {path}: folder {folder} is not writable")
+        existing = folder
+        while not existing.exists() and existing != existing.parent:  # the nearest folder that exists
+            existing = existing.parent
+        if not existing.is_dir():
+            raise UserError(f"cannot create the folder of {label} {path}: a file stands in its path")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            what = "is not writable" if existing == folder else "cannot be created (its parent is not writable)"
+            raise UserError(f"cannot write {label} {path}: folder {folder} {what}")
     seen: dict[Path, str] = {}
     for label, path in wanted.items():
         key = path.resolve()
