@@ -1,4 +1,4 @@
-"""The Python API: the CLI's commands as functions returning typed, immutable results (docs/api.md).
+"""The Python API: the CLI's analysing commands as functions returning typed results (docs/api.md).
 
 Each function takes a model path or an `onnx.ModelProto` and keyword options named as the CLI's flags
 (`--input-shape` -> `input_shape`), with the CLI's defaults; both build their ProblemSpec with

@@ -161,7 +161,7 @@ def as_substituting(engine: Engine, built: Built) -> SubstitutingBuilt | None:
 
 
 def as_piecewise(engine: Engine, built: Built) -> PiecewiseBuilt | None:
-    # the emulator's INT8 builds (emulator/int8.py) run whole: only its float builds declare pieces
+    # the emulator's Q/DQ builds (emulator/int8.py, float_qdq.py) run whole: only its float builds run in pieces
     return cast(PiecewiseBuilt, built) if engine.capabilities.pieces and hasattr(built, "run_pieces") else None
 
 

@@ -44,7 +44,7 @@ def write_plan_artifacts(engine: Engine, model: Model, plan: PrecisionPlan, bans
     notes: list[str] = []
     quant_format = format_for(model, plan)
     if quant_format is not None:
-        # The INT8 plan made concrete: the Q/DQ model with the plan's pairs (or layers) taken out.
+        # A quantized plan (INT8, FP8, INT4) made concrete: the Q/DQ model with its pairs (or layers) taken out.
         write_model(quant_format.plan_model(plan.nodes), onnx_path)
         return [onnx_path], notes
     try:

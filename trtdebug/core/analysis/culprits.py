@@ -102,7 +102,7 @@ def find_culprits(model: Model, reports: Sequence[TensorReport], keepable: set[s
     build with tensors replaced by their reference values; `failed_outputs` are the final outputs of
     the build as it is. `max_bytes` bounds the reference values the measuring holds at once.
     `whole_network` False measures only the introduced errors: where a substituted tensor is read
-    unquantized (INT8 Q/DQ builds), a prefix at reference values also undoes quantization, so the
+    unquantized (Q/DQ builds: INT8, FP8, INT4), a prefix at reference values also undoes quantization, so the
     bisection's steps do not add up.
 
     The reports of layers named by measurement are marked `introduced` (with the share they add)."""

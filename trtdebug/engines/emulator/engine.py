@@ -7,7 +7,8 @@ What the builder does, in order, and where the emulator does it:
 2. Reduced precision second: a layer planned in FP16 (or BF16) reads and writes values rounded to
    that type while its arithmetic runs in FP32 (rounding.py: Cast pairs in an FP32 graph).
 3. Tactics: the emulated autotuner picks each layer's arithmetic variant (tactics.py).
-The result is an EmulatorBuilt (built.py). A Q/DQ model builds through int8.py instead.
+The result is an EmulatorBuilt (built.py). A Q/DQ model builds through int8.py (INT8) or
+float_qdq.py (FP8, INT4) instead.
 """
 
 from __future__ import annotations
