@@ -106,7 +106,7 @@ class EmulatorEngine:
         tactics = chooser.choose(precisions, bans)
         graph = self._switched_graph(model, folded, plan, bans)
         if graph is None or not graph.serves(precisions, tactics):
-            return self._built(model, folded, plan, tactics, final, chooser)
+            return self.build(model, plan, bans, final)  # (through `build`: what a subclass adds to it holds)
         return SwitchedBuilt(graph, precisions, layer_infos(folded, precisions, tactics, chooser.choices))
 
     def _switched_graph(self, model: Model, folded: FoldedGraph, plan: PrecisionPlan, bans: Any
