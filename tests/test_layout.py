@@ -138,7 +138,7 @@ def _declared(engine_class) -> Capabilities:
     source = inspect.getsource(engine_class)  # set per instance (TensorRT decides by flavor)
     assert "Capabilities(" in source
     return Capabilities(**{flag: True for flag in ("serializes", "records_tactics_on_request", "local_error",
-                                                   "reseeds_tactics") if f"{flag}=True" in source})
+                                                   "reseeds_tactics", "replans") if f"{flag}=True" in source})
 
 
 @pytest.mark.parametrize(("engine_class", "built_name"), list(_engines()))
@@ -159,6 +159,7 @@ def test_every_engine_declares_exactly_the_capabilities_it_implements(engine_cla
     assert declared.serializes == hasattr(built_class, "serialize")
     assert declared.records_tactics_on_request == hasattr(engine_class, "recording_tactics")
     assert declared.reseeds_tactics == hasattr(engine_class, "with_tactic_seed")
+    assert declared.replans == hasattr(engine_class, "replanned")
 
 
 CORE_ORDER = ("system", "model", "plans", "reference", "analysis", "search", "quantized")  # bottom first

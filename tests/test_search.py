@@ -249,6 +249,8 @@ def test_build_failure_through_the_engine_protocol_counts_as_failed(tmp_path):
     class PickyEngine(EmulatorEngine):
         """Rejects every plan with exactly two layers in fp32, as a builder may reject a plan."""
 
+        capabilities = replace(EmulatorEngine.capabilities, replans=False)  # every plan goes through build
+
         def build(self, model, plan, bans=None, mark=None):
             if len(plan.kept()) == 2:
                 raise BuildError("no kernel for this precision combination")
@@ -270,6 +272,8 @@ def _journal_records(plan: Path) -> list[dict]:
 
 class InterruptingEngine(EmulatorEngine):
     """Stands for Ctrl-C: raises KeyboardInterrupt in the build after `allowed` builds."""
+
+    capabilities = replace(EmulatorEngine.capabilities, replans=False)  # every plan goes through build
 
     def __init__(self, allowed: int):
         super().__init__()

@@ -76,6 +76,7 @@ class Capabilities:
     reseeds_tactics: bool = False  # the engine is a TacticReseedingEngine
     tactics: bool = False  # its LayerInfo carries tactics and a ban list changes them
     pieces: bool = False  # what it builds is a PiecewiseBuilt (exposes tensors a group at a time)
+    replans: bool = False  # the engine is a ReplanningEngine (a search's plans without a build each)
 
 
 class Built(Protocol):
@@ -152,12 +153,23 @@ class TacticReseedingEngine(Engine, Protocol):
         ...
 
 
+class ReplanningEngine(Engine, Protocol):
+    def replanned(self, model: Model, plan: PrecisionPlan, bans: BanList | None = None) -> Built:
+        """What `build(model, plan, bans, Marking.final_outputs_only())` gives, the same values bit for
+        bit, without a build where an earlier plan's build can be switched to this one."""
+        ...
+
+
 def as_local_error(engine: Engine, built: Built) -> LocalErrorBuilt | None:
     return cast(LocalErrorBuilt, built) if engine.capabilities.local_error else None
 
 
 def as_substituting(engine: Engine, built: Built) -> SubstitutingBuilt | None:
     return cast(SubstitutingBuilt, built) if engine.capabilities.substitution else None
+
+
+def as_replanning(engine: Engine) -> ReplanningEngine | None:
+    return cast(ReplanningEngine, engine) if engine.capabilities.replans else None
 
 
 def as_piecewise(engine: Engine, built: Built) -> PiecewiseBuilt | None:

@@ -16,7 +16,7 @@ from trtdebug.core.analysis.metrics import Verdict, judge_outputs
 from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.search.user_check import CheckCommand
-from trtdebug.engines.base import BuildError, Built, Engine, Marking
+from trtdebug.engines.base import BuildError, Built, Engine, Marking, as_replanning
 from trtdebug.errors import BuildRunFailed
 from trtdebug.workflows.problem import Problem
 
@@ -29,8 +29,10 @@ class Evaluated:
 
 def evaluate_build(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: BanList | None = None,
                    check: CheckCommand | None = None) -> Evaluated:
+    replanning = as_replanning(engine)  # the emulator switches one graph's rounding between plans
     try:
-        built = engine.build(problem.model, plan, bans, Marking.final_outputs_only())
+        built = (replanning.replanned(problem.model, plan, bans) if replanning is not None
+                 else engine.build(problem.model, plan, bans, Marking.final_outputs_only()))
     except BuildError as exc:
         return Evaluated(Verdict(False, {}, f"build failed: {exc}", build_failed=True), None)
     try:

@@ -24,7 +24,7 @@ emulator); engines without it are simply built again.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trtdebug import __version__
@@ -63,7 +63,7 @@ class CountingEngine:
         self.engine = engine
         self.tally = tally
         self.name = engine.name
-        self.capabilities = engine.capabilities
+        self.capabilities = replace(engine.capabilities, replans=False)  # each evaluation it counts is a build
 
     def build(self, model: Model, plan: PrecisionPlan, bans: BanList | None = None,
               mark: Marking | None = None) -> Built:

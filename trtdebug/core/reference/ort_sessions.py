@@ -80,8 +80,6 @@ def _share(options: ort.SessionOptions, proto: onnx.ModelProto, weights: Weights
     if values:
         options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                          _placeholder_folder())
-        # prepacking copies each MatMul weight into the session: the shared arrays would be held twice
-        options.add_session_config_entry("session.disable_prepacking", "1")
     return light, values
 
 
@@ -124,6 +122,10 @@ def session(proto: onnx.ModelProto, level: str = "disable", threads: int = 0,
     if optimized_path and values:  # an optimized model written whole could exceed protobuf's 2 GiB
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                          os.path.basename(optimized_path) + ".data")
+    # Never prepacked: prepacking copies each MatMul weight into the session (shared arrays held twice),
+    # and a prepacked constant weight computes a few ulps apart from the same values read as a tensor,
+    # so a graph's values would depend on which weights are shared, or are switched (emulator/switched.py).
+    options.add_session_config_entry("session.disable_prepacking", "1")
     if _shared_arena():
         options.add_session_config_entry("session.use_env_allocators", "1")
     if not spin:

@@ -43,6 +43,21 @@ class FoldedBuilder(Protocol):
                      mark: Marking | None = None) -> EmulatorBuilt: ...
 
 
+def layer_infos(folded: FoldedGraph, precisions: Mapping[str, str], tactics: Mapping[str, str],
+                choices: Mapping[str, TacticChoice] | None) -> list[LayerInfo]:
+    """What a build reports of each emulated layer: the ONNX nodes it covers, precision and tactic."""
+    return [
+        LayerInfo(name=" + ".join(folded.covers[n.name]) or n.name, onnx_nodes=folded.covers[n.name],
+                  precision=precisions[n.name], tactic=tactics.get(n.name, ""),
+                  op_type=n.op_type, outputs=tuple(o for o in n.output if o),
+                  alternatives=choices[n.name].alternatives if choices and n.name in choices else (),
+                  extra={"layer": n.name, **({"tactic_choice": asdict(choices[n.name])}
+                                              if choices and n.name in choices else {}),
+                         **({"fidelity": FP32_INSIDE} if rounds_only_at_edges(n) else {})})
+        for n in folded.proto.graph.node
+    ]
+
+
 class EmulatorBuilt:
     """An emulated engine: one onnxruntime session over the rounded graph."""
 
@@ -54,16 +69,7 @@ class EmulatorBuilt:
         self.tactics = tactics
         self.layer_precision = {name: layer_precision(model, plan, nodes)
                                 for name, nodes in folded.covers.items()}
-        self.layers = [
-            LayerInfo(name=" + ".join(folded.covers[n.name]) or n.name, onnx_nodes=folded.covers[n.name],
-                      precision=self.layer_precision[n.name], tactic=tactics.get(n.name, ""),
-                      op_type=n.op_type, outputs=tuple(o for o in n.output if o),
-                      alternatives=choices[n.name].alternatives if choices and n.name in choices else (),
-                      extra={"layer": n.name, **({"tactic_choice": asdict(choices[n.name])}
-                                                  if choices and n.name in choices else {}),
-                             **({"fidelity": FP32_INSIDE} if rounds_only_at_edges(n) else {})})
-            for n in folded.proto.graph.node
-        ]
+        self.layers = layer_infos(folded, self.layer_precision, tactics, choices)
         self.float_tensors = float_tensors(model, folded)
         # the large weights held apart, once, read in place by every session below (the folded graph's
         # own weights are the model's arrays where folding left them as they were)
