@@ -164,12 +164,13 @@ DETECTION_PROBES = {
 
 # The real TensorRT 8.6 surface, against 10.13 (NVIDIA/TensorRT v8.6.1: python/src/infer/pyGraph.cpp,
 # pyCore.cpp, pyFoundationalTypes.cpp): no debug tensors, editable timing cache, strong typing,
-# BF16 or INT64; but ILayer.metadata exists (pyGraph.cpp: def_property("metadata", ...)).
+# BF16, INT64, INT4, FP4 or E8M0 (FP8 exists, "not supported yet"); but ILayer.metadata exists
+# (pyGraph.cpp: def_property("metadata", ...)).
 TENSORRT_8_6_LACKS = frozenset({
     ("INetworkDefinition", "mark_debug"), ("INetworkDefinition", "mark_unfused_tensors_as_debug_tensors"),
     ("tensorrt", "IDebugListener"), ("BuilderFlag", "EDITABLE_TIMING_CACHE"), ("tensorrt", "TimingCacheKey"),
     ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"), ("BuilderFlag", "BF16"), ("DataType", "BF16"),
-    ("DataType", "INT64"),
+    ("DataType", "INT64"), ("DataType", "INT4"), ("DataType", "FP4"), ("DataType", "E8M0"), ("BuilderFlag", "INT4"),
 })
 
 
@@ -323,7 +324,10 @@ NUMPY_TYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32"
                "BOOL": np.bool_, "UINT8": np.uint8}
 ONNX_TO_DATATYPE = {onnx.TensorProto.FLOAT: "FLOAT", onnx.TensorProto.FLOAT16: "HALF", onnx.TensorProto.INT64: "INT64",
                     onnx.TensorProto.INT32: "INT32", onnx.TensorProto.BOOL: "BOOL", onnx.TensorProto.INT8: "INT8",
-                    onnx.TensorProto.UINT8: "UINT8", onnx.TensorProto.BFLOAT16: "BF16"}
+                    onnx.TensorProto.UINT8: "UINT8", onnx.TensorProto.BFLOAT16: "BF16",
+                    # QuantizeLinear outputs of FP8 / INT4 Q/DQ models, typed as TensorRT-RTX 1.7's parser
+                    # types them (DataType.FP8, DataType.INT4; seen on real parses of fixtures.float_qdq_models)
+                    onnx.TensorProto.FLOAT8E4M3FN: "FP8", onnx.TensorProto.INT4: "INT4"}
 
 
 def dt(name: str) -> EnumValue:
@@ -827,7 +831,9 @@ class Builder(Checked):
             float_out = layer._precision == dt("FLOAT") or not half
             datatype = "Float" if float_out or layer.type.name in ("SHAPE",) else "Half"
             text = f"Row major linear {'FP32' if datatype == 'Float' else 'FP16'}"
-            outputs = [{"Name": t.name, "Format/Datatype": text} for t in layer._outputs]
+            codes = {"INT8": "Int8", "FP8": "FP8", "INT4": "Int4"}  # a QuantizeLayer's output keeps its code type
+            outputs = [{"Name": t.name, "Format/Datatype": f"Row major linear {codes[t.dtype.name]}"
+                        if layer.type.name == "QUANTIZE" and t.dtype.name in codes else text} for t in layer._outputs]
             layers.append({"Name": layer.name, "LayerType": layer.type.name, "Outputs": outputs,
                            "TacticName": chosen.get(layer.name, ""), "Metadata": layer._metadata.replace(
                                "][", "]\x1e[")})

@@ -38,6 +38,7 @@ from trtdebug.engines.tensorrt.network import (
     mark_unfused,
     markable_tensors,
     parse_onnx,
+    refuse_weak_float_qdq,
     shape_ranges_for,
 )
 from trtdebug.engines.tensorrt.support import quiet_deprecations
@@ -109,14 +110,15 @@ class NetworkBuilder:
         self.model = model
         self.plan = plan
         self.bans = bans
-        self.strong = context.strong_typing
+        quant_format = format_of(model)
+        # FP8 and INT4 Q/DQ models build strongly typed whatever the typing option (context.py).
+        self.strong = context.strong_typing_for(quant_format.precision if quant_format is not None else None)
         self.control = context.tactic_control(bans)
         self.resolver = NodeResolver([n.name for n in model.nodes])
-        # A Q/DQ model: the pairs the plan keeps in INT8 (their DequantizeLinear outputs stand for
-        # the float tensors reports name); the plan's pair keys are graph edits, not layer precisions.
+        # A Q/DQ model: the pairs the plan keeps in its format (their DequantizeLinear outputs stand
+        # for the float tensors reports name); the plan's pair keys are graph edits, not layer precisions.
         self.live_pairs: list[QdqPair] = []
         self.layer_plan = plan
-        quant_format = format_of(model)
         if quant_format is not None:
             self.live_pairs = quant_format.live_pairs(plan.nodes)
             self.layer_plan = quant_format.layer_plan(plan)
@@ -128,8 +130,9 @@ class NetworkBuilder:
     def _graph(self) -> tuple[Any, bool]:
         quant_format = format_of(self.model)
         if quant_format is not None:
-            # The Q/DQ graph the plan describes (model.proto is its float counterpart, the reference):
-            # strongly typed networks take INT8 from the Q/DQ layers, weakly typed ones with the INT8 flag.
+            # The Q/DQ graph the plan describes (model.proto is its float counterpart, the reference),
+            # with the pairs the plan takes out of the format removed: strongly typed networks take
+            # INT8/FP8/INT4 from the Q/DQ layers, weakly typed ones (INT8 only) with the INT8 flag.
             return quant_format.plan_model(self.plan.nodes), bool(self.plan.nodes)
         if not self.strong:
             return self.model.proto, False
@@ -192,6 +195,7 @@ class NetworkBuilder:
             precision = apply_weak_typing(trt_api, network, config, self.features, self.layer_plan, self.resolver,
                                           self.options.obey_constraints)
             if has_explicit_quantization(trt_api, network):
+                refuse_weak_float_qdq(trt_api, network, self.features)
                 enable_explicit_int8(trt_api, config, precision)
         calibration = CalibrationEnd(logger)
         calibrator = self._calibrate(network, config, profile, ranges, precision, calibration)

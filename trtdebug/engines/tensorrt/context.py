@@ -20,6 +20,12 @@ from trtdebug.errors import UserError
 
 TYPINGS = ("auto", "weak", "strong")
 TACTIC_CONTROLS = ("auto", "selector", "timing-cache", "none")
+# Quantized formats TensorRT builds only strongly typed, with what a message calls them. Their Q/DQ
+# layers say the type; no builder flag selects them for layers: BuilderFlag FP8 and INT4 are "Enable
+# plugins with FP8/INT4 input/output", deprecated in 10.12 "Superseded by strong typing"
+# (include/NvInfer.h, release/10.13), and 8.6's FP8 "is not supported yet and will result in an error
+# or undefined behavior" (include/NvInfer.h, release/8.6); 8.6 has no INT4 type at all.
+STRONGLY_TYPED_FORMATS = {"fp8": "FP8", "int4": "INT4 weight-only"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,22 @@ class TensorRTContext:
         if self.options.typing == "strong" and self.features.weak_typing and not self.features.strong_flag:
             raise UserError(f"TensorRT {self.features.version} has no strongly typed networks; use typing=weak")
         return self.options.typing == "strong" or not self.features.weak_typing
+
+    def strong_typing_for(self, quant_precision: str | None) -> bool:
+        """Whether a model of this quantized format (None: float, or INT8) builds strongly typed.
+        FP8 and INT4 Q/DQ models always do: TensorRT 10.x with the STRONGLY_TYPED flag, 11.x and
+        TensorRT-RTX by nature; a TensorRT without strongly typed networks (8.6) cannot build them."""
+        label = STRONGLY_TYPED_FORMATS.get(quant_precision or "")
+        if label is None:
+            return self.strong_typing
+        version = f"{self.features.module_name} {self.features.version}"
+        if self.features.weak_typing and not self.features.strong_flag:
+            raise UserError(f"{version} cannot build {label} Q/DQ models: they need a strongly typed network "
+                            "(TensorRT 10.0 or later, or TensorRT-RTX); use --engine emulator or a newer TensorRT")
+        if self.options.typing == "weak":
+            raise UserError(f"{label} Q/DQ models build strongly typed only; use typing=strong (or auto) "
+                            f"with {version}")
+        return True
 
     def tactic_control(self, bans: BanList | None) -> str:
         wanted = self.options.tactic_control

@@ -63,13 +63,14 @@ def precision_of_datatype(text: str) -> str:
     """'Row major linear FP32', 'Half', 'Float', 'Int8' ... -> fp32/fp16/bf16/int8/fp8, or ''."""
     lowered = text.lower()
     for needle, precision in (("bf16", "bf16"), ("bfloat16", "bf16"), ("fp16", "fp16"), ("half", "fp16"),
-                              ("fp8", "fp8"), ("int8", "int8"), ("fp32", "fp32"), ("float", "fp32")):
+                              ("fp8", "fp8"), ("int8", "int8"), ("int4", "int4"), ("fp32", "fp32"),
+                              ("float", "fp32")):
         if needle in lowered:
             return precision
     return ""
 
 
-PRECISION_ORDER = ("fp32", "bf16", "fp16", "fp8", "int8")  # most to least precise
+PRECISION_ORDER = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")  # most to least precise
 
 
 def least_precise(precisions: Iterable[str]) -> str:

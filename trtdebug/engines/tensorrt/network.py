@@ -12,6 +12,7 @@ the ONNX graph before parsing (trtdebug.artifacts.mixed_onnx).
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -87,11 +88,23 @@ def parse_onnx(trt_api: Any, network: trt.INetworkDefinition, logger: Any, proto
     ok = _parse(parser, proto)
     if not ok:
         errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)] or ["no parser message"]
-        message = f"TensorRT cannot parse the model: {errors[0].splitlines()[0]}"
+        message = f"TensorRT cannot parse the model: {errors[0].splitlines()[0]}{parser_reason(errors[0])}"
         if modified:  # the typed graph of a plan: a failed candidate, not bad input
             raise BuildError(message)
         raise UserError(message + "; check the model with `polygraphy inspect model`")
     return parser
+
+
+def parser_reason(error: str) -> str:
+    """The API error under a parser error's generic first line, e.g. TensorRT-RTX 1.7 on a 4-D block-
+    quantized (INT4) conv weight: "INVALID_NODE: Invalid Node - w_QuantizeLinear" then "Error Code 4:
+    API Usage Error (The blocking dimension must be the last or second to last dimension In
+    validateQuantizationHelper at ...)"; "" where there is none."""
+    for line in error.splitlines()[1:]:
+        found = re.search(r"Error Code \d+: [^(]*\((.+?)(?: In \w+ at .*)?\)\s*$", line)
+        if found and "cuda" not in line.lower():
+            return f" ({found[1].strip()})"
+    return ""
 
 
 # protobuf cannot serialize a message of 2 GiB or more; such models go to TensorRT through a file
@@ -392,6 +405,32 @@ def marked_type(trt_api: Any, data_type: Any) -> Any:
 def has_explicit_quantization(trt_api: Any, network: trt.INetworkDefinition) -> bool:
     qdq = enum_members(trt_api.LayerType, ("QUANTIZE", "DEQUANTIZE"))
     return any(network.get_layer(i).type in qdq for i in range(network.num_layers))
+
+
+# Q/DQ code types a weakly typed network cannot build (context.STRONGLY_TYPED_FORMATS says why).
+STRONGLY_TYPED_CODE_TYPES = {"FP8": "FP8", "INT4": "INT4"}
+
+
+def refuse_weak_float_qdq(trt_api: Any, network: trt.INetworkDefinition, features: Features) -> None:
+    """A weakly typed network whose QuantizeLinear layers make FP8 or INT4 codes (a Q/DQ model that
+    reached the builder without its format, e.g. under a float plan): refused in one line."""
+    quantize = enum_members(trt_api.LayerType, ("QUANTIZE",))
+    codes = {t: label for t, label in STRONGLY_TYPED_CODE_TYPES.items() if hasattr(trt_api.DataType, t)}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type not in quantize:
+            continue
+        for j in range(layer.num_outputs):
+            label = next((lab for t, lab in codes.items() if layer.get_output(j).dtype == getattr(trt_api.DataType, t)),
+                         None)
+            if label is None:
+                continue
+            version = f"{features.module_name} {features.version}"
+            if features.strong_flag:
+                raise UserError(f"{label} Q/DQ layer {layer.name!r} builds strongly typed only; use typing=strong "
+                                f"with {version}, or give the model with --precision {label.lower()}")
+            raise UserError(f"{version} cannot build {label} Q/DQ layer {layer.name!r}: it needs a strongly typed "
+                            "network (TensorRT 10.0 or later, or TensorRT-RTX)")
 
 
 def enable_explicit_int8(trt_api: Any, config: trt.IBuilderConfig, notes: PrecisionNotes) -> None:
