@@ -11,7 +11,7 @@ import pytest
 from trtdebug.core.analysis import blockwise
 from trtdebug.core.analysis.defects import FP16_MIN_NORMAL, detect
 from trtdebug.core.analysis.histograms import BINS, value_histogram
-from trtdebug.core.analysis.metrics import measure
+from trtdebug.core.analysis.metrics import REL_FLOOR, measure
 
 SIZES = [7, blockwise.BLOCK * 3 + 11, blockwise.PARALLEL_FROM * 2 + 5]  # one block; several; several on threads
 
@@ -42,7 +42,9 @@ def _element_wise(r: np.ndarray, c: np.ndarray, atol: float, rtol: float, relati
         metrics = {"max_abs": err.max(), "mean_abs": ef.mean(), "cosine": (rf @ cf) / math.sqrt(rr * cc),
                    "snr_db": snr, "frac_outside": outside.mean(), "ref_max_abs": ref_max,
                    "new_nonfinite": new_nonfinite,
-                   "max_rel": math.inf if new_nonfinite else (ef / np.maximum(np.abs(rf), 2.0**-126)).max()}
+                   # relative to |r|, floored at REL_FLOOR of the tensor's max |r| (docs/report-schema.md)
+                   "max_rel": math.inf if new_nonfinite else (
+                       ef / np.maximum(np.abs(rf), max(REL_FLOOR * ref_max, 2.0**-126))).max()}
     return metrics, outside
 
 
