@@ -44,7 +44,7 @@ from trtdebug.core.quantized.placement import (
     place_fp8,
     place_int4,
 )
-from trtdebug.core.quantized.qdq import QuantizedModel, find_pairs, has_qdq
+from trtdebug.core.quantized.qdq import QuantizedModel, find_pairs, has_qdq, integer_ops
 from trtdebug.core.system import files
 from trtdebug.errors import UserError
 
@@ -277,7 +277,7 @@ def int8_model(model: Model, precision: str | None, plan_path: str | Path | None
     have no implicit mode: their float models are quantized first (`trtdebug quantize --format`)."""
     if precision is None and plan_path is not None:
         precision = PrecisionPlan.load(plan_path).default
-    if precision is None and has_qdq(model):
+    if precision is None and has_qdq(model) and not integer_ops(model):  # FP8/INT4 Q/DQ tell by their codes
         quantized = QuantizedModel(model)
         return quantized if quantized.precision in DETECTED_PRECISIONS else model
     if precision not in QUANTIZED_PRECISIONS:

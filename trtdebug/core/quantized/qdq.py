@@ -340,14 +340,19 @@ def refuse_unemulated_codes(model: Model) -> None:
                             "weight Q/DQ models (docs/quantized.md)")
 
 
+def integer_ops(model: Model) -> list[str]:
+    """The integer-arithmetic operators (QOperator format) the model uses, sorted."""
+    return sorted({n.op_type for n in model.nodes if n.op_type in INTEGER_OPS})
+
+
 def float_counterpart(qdq: Model, pairs: Mapping[str, QdqPair]) -> onnx.ModelProto:
     """The Q/DQ model with every pair removed: what it computes without quantization."""
     refuse_unemulated_codes(qdq)
-    integer = sorted({n.op_type for n in qdq.nodes if n.op_type in INTEGER_OPS})
+    integer = integer_ops(qdq)
     if integer:
         raise UserError(f"{qdq.name} uses integer operators ({', '.join(integer)}: onnxruntime's QOperator "
-                        "format), which TensorRT does not take; quantize it in QDQ format "
-                        "(`trtdebug quantize` does)")
+                        "format), which TensorRT does not take; quantize its float model in QDQ format "
+                        "instead (trtdebug quantize FLOAT_MODEL.onnx)")
     proto = without_pairs(qdq.proto, pairs.values())
     _fold_lone_dequantize(proto, qdq)
     left = [n.name for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
