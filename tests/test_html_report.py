@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli import run_cli
+from trtdebug.cli.render.compare import chain_kind, shown_chain
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -342,7 +343,9 @@ def test_html_verdict_agrees_with_text_and_json(reports, name):
     named = re.findall(r"<b>(?:Culprit|Also): <span class='fail'>(.*?)</span>", page)
     html_culprits = [html.unescape(n) for n in named]
     text_culprits = re.findall(r"^(?:Culprit|Also): (.*?) \(", made.text, re.M)
-    assert html_culprits == text_culprits == [c["node"] for c in report["culprits"]]
+    named_in_json = [f"{chain_kind(c['reason'])}: {' -> '.join(shown_chain(c['chain']))}" if c["chain"] else c["node"]
+                     for c in report["culprits"]]  # a chain is named by its layers, as the terminal does
+    assert html_culprits == text_culprits == named_in_json
 
 
 @pytest.mark.slow

@@ -112,8 +112,8 @@ def _render_culprits(result: CompareResult, console: Console) -> None:
         if culprit.chain:
             together = "" if culprit.explained is None else (
                 f" [dim](together remove {culprit.explained:.0%} of the output error)[/]")
-            console.print(f"{label}: {culprit.reason.split(':', 1)[0]}: "
-                          f"{' -> '.join(f'[cyan]{escape(n)}[/]' for n in _shown_chain(culprit.chain))}{together}")
+            console.print(f"{label}: {chain_kind(culprit.reason)}: "
+                          f"{' -> '.join(f'[cyan]{escape(n)}[/]' for n in shown_chain(culprit.chain))}{together}")
             console.print(f"  {escape(culprit.reason.split(': ', 1)[-1])}")
         else:
             console.print(f"{label}: [cyan]{escape(culprit.node)}[/] ({culprit.op_type}), tensor "
@@ -135,7 +135,12 @@ def _render_culprits(result: CompareResult, console: Console) -> None:
         console.print(f"  {others} more layer(s) introduce smaller errors of their own; see the table", style="dim")
 
 
-def _shown_chain(nodes: tuple[str, ...], most: int = 6) -> list[str]:
+def chain_kind(reason: str) -> str:
+    """What a named group of layers is ("chain", "span"): the first word of its culprit's reason."""
+    return reason.split(":", 1)[0]
+
+
+def shown_chain(nodes: tuple[str, ...] | list[str], most: int = 6) -> list[str]:
     """A long chain or span by its ends: the first layers, a count, the last."""
     if len(nodes) <= most:
         return list(nodes)

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from trtdebug import __version__
+from trtdebug.cli.render.compare import chain_kind, shown_chain
 from trtdebug.core.analysis.histograms import REPRESENTABLE, ValueHistogram
 from trtdebug.core.analysis.metrics import CompareResult, Metrics, TensorReport
 from trtdebug.core.system import files
@@ -458,7 +459,15 @@ def _summary_section(result: CompareResult) -> str:
         report = result.tensor(culprit.tensor)
         share = "" if culprit.explained is None else (
             f" <span class='dim'>(its reference value removes {culprit.explained:.0%} of the output error)</span>")
-        lines.append(f"<b>{'Culprit' if number == 0 else 'Also'}: <span class='fail'>{html.escape(culprit.node)}"
+        label = "Culprit" if number == 0 else "Also"
+        if culprit.chain:  # named as the terminal names it: the layers that add the error together
+            together = "" if culprit.explained is None else (
+                f" <span class='dim'>(together remove {culprit.explained:.0%} of the output error)</span>")
+            names = " -> ".join(shown_chain(culprit.chain))
+            lines.append(f"<b>{label}: <span class='fail'>{html.escape(chain_kind(culprit.reason))}: "
+                         f"{html.escape(names)}</span></b> ({html.escape(culprit.op_type)}){together}")
+            continue
+        lines.append(f"<b>{label}: <span class='fail'>{html.escape(culprit.node)}"
                      f"</span></b> ({html.escape(culprit.op_type)}), tensor {html.escape(culprit.tensor)}{share}")
         lines += [f"&nbsp;&nbsp;{html.escape(d.kind)}: {html.escape(d.message)}" for d in report.defects]
     for t in result.outputs:
