@@ -82,6 +82,6 @@ def with_unmarked_precision(result: CompareResult, problem: Problem, engine: Eng
     if not any(layer.precision for layer in built.layers):
         return result
     findings = realized_precision_findings(problem.model, plan, built.layers)
-    diagnosis = {**result.diagnosis, "realized_precision": [f.to_json() for f in findings],
+    diagnosis: dict[str, Any] = {**result.diagnosis, "realized_precision": [f.to_json() for f in findings],
                  "realized_precision_of": UNMARKED_BUILD}
     return replace(result, diagnosis=diagnosis)
