@@ -120,6 +120,12 @@ BAD = [
         ("--check could not run",)),
     Bad("plan-not-a-plan", ("compare", "{clean}", "--plan", "{not_a_plan}"), ("not a trtdebug precision plan",)),
     Bad("results-engine-without-results", ("compare", "{clean}", "--engine", "results"), ("needs --results",)),
+    Bad("against-without-results", ("compare", "{clean}", "--against", "{feeds}"),
+        ("--against compares two captures", "--engine results --results")),
+    Bad("against-with-results-engine-but-no-results", ("compare", "{clean}", "--engine", "results", "--against",
+                                                        "{feeds}"), ("--engine results --results",)),
+    # no TensorRT here: an engine file cannot be read back
+    Bad("inspect-without-tensorrt", ("inspect", "{garbage}"), ("TensorRT is not installed", "pip install")),
     Bad("precision-unknown", ("compare", "{clean}", "--precision", "fp4"), ("Invalid value for '--precision'",)),
     Bad("nan-in-inputs-file", ("compare", "{clean}", "--inputs", "{nan_feeds}"), ("'input'",)),
     Bad("inf-in-inputs-file", ("compare", "{clean}", "--inputs", "{inf_feeds}"), ("'input'",)),

@@ -677,14 +677,17 @@ def test_oneline_layer_of_the_sample_and_its_tactic_record() -> None:
 # -- selfcheck and the command line -------------------------------------------------------------------
 
 def test_selfcheck_tries_every_path_of_tensorrt_10(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart) -> None:
-    from trtdebug.engines.tensorrt.selfcheck import run_selfcheck, selfcheck_exit_code
+    from trtdebug.engines.tensorrt.selfcheck import selfcheck_exit_code
+    from trtdebug.workflows.selfcheck import run_selfcheck
 
     checks = run_selfcheck(("tensorrt",))
     by_name = {c.name: c for c in checks}
     expected = [f"tensorrt: {typing} typing, --mark {mode}" for typing in ("weak", "strong")
                 for mode in ("none", "outputs", "debug", "unfused", "outputs --chunk 2", "auto")]
     expected += ["tensorrt: inspect (realized precision from the engine inspector)",
-                 "tensorrt: tactics via selector", "tensorrt: tactics via timing-cache"]
+                 "tensorrt: tactics via selector", "tensorrt: tactics via timing-cache",
+                 "tensorrt: rounding or kernel (kernel check on an engine capture)",
+                 "tensorrt: A/B (FP32 and FP16 captures, layer by layer)"]
     assert [c.name for c in checks] == ["cuda-python", "tensorrt", *expected]
     assert all(c.status == "ok" for c in checks), [c for c in checks if c.status != "ok"]
     assert "ran, final output within" in by_name["tensorrt: weak typing, --mark outputs"].detail
@@ -692,6 +695,10 @@ def test_selfcheck_tries_every_path_of_tensorrt_10(fake: trt_fake.Recorder, cuda
     assert "observed by unfused" in by_name["tensorrt: weak typing, --mark auto"].detail
     assert "layers report a precision (fp16" in by_name["tensorrt: inspect (realized precision from the engine "
                                                          "inspector)"].detail
+    assert "all within what rounding predicts" in by_name[
+        "tensorrt: rounding or kernel (kernel check on an engine capture)"].detail
+    assert "follows A (FP32) within rounding" in by_name[
+        "tensorrt: A/B (FP32 and FP16 captures, layer by layer)"].detail
     assert selfcheck_exit_code(checks, ("tensorrt",)) == 0
 
 
@@ -731,7 +738,8 @@ def test_selfcheck_report_names_versions_and_gpu(fake: trt_fake.Recorder, cudart
 
 
 def test_selfcheck_reports_a_broken_path(fake: trt_fake.Recorder, cudart: trt_fake.FakeCudart) -> None:
-    from trtdebug.engines.tensorrt.selfcheck import run_selfcheck, selfcheck_exit_code
+    from trtdebug.engines.tensorrt.selfcheck import selfcheck_exit_code
+    from trtdebug.workflows.selfcheck import run_selfcheck
 
     fake.fail_when_marked = {"conv_a", "relu_a", "conv_b", "input_proj", "residual"}
     checks = run_selfcheck(("tensorrt",))
@@ -739,6 +747,25 @@ def test_selfcheck_reports_a_broken_path(fake: trt_fake.Recorder, cudart: trt_fa
     assert "tensorrt: weak typing, --mark outputs" in broken  # nothing could be exposed
     assert "exposed no intermediate tensor" in broken["tensorrt: weak typing, --mark outputs"].detail
     assert selfcheck_exit_code(checks, ("tensorrt",)) == 1
+
+
+def test_selfcheck_workflow_rows_fail_with_their_one_line_reason(monkeypatch: pytest.MonkeyPatch,
+                                                                 cudart: trt_fake.FakeCudart) -> None:
+    """A kernel check that reaches no layer, and A/B on captures that share none, are failures: on a
+    TensorRT without unfused debug tensors whose builds fail whenever a tensor is marked."""
+    from trtdebug.workflows.selfcheck import run_selfcheck
+
+    module, recorder = trt_fake.activate(missing=frozenset({("INetworkDefinition",
+                                                            "mark_unfused_tensors_as_debug_tensors")}))
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    recorder.fail_when_marked = {"conv_a", "relu_a", "conv_b", "input_proj", "residual"}
+    checks = {c.name: c for c in run_selfcheck(("tensorrt",))}
+    kernel = checks["tensorrt: rounding or kernel (kernel check on an engine capture)"]
+    ab = checks["tensorrt: A/B (FP32 and FP16 captures, layer by layer)"]
+    assert kernel.status == "failed" and kernel.detail.startswith("no layer was checked")
+    assert ab.status == "failed" and ab.detail == "the two captures have no checkable layer in common"
+    assert all("\n" not in c.detail for c in (kernel, ab))
+    assert checks["tensorrt: weak typing, --mark none"].status == "ok"
 
 
 def test_cli_without_tensorrt_exits_2_naming_the_extra(monkeypatch: pytest.MonkeyPatch,

@@ -197,6 +197,7 @@ class Recorder:
         self.refuse_debug: set[str] = set()  # mark_debug returns False for these
         self.metadata_suffix = ""  # after the node name in layer metadata (" | Local Function: f")
         self.kernel_prefix = ""  # put before every kernel name (real ones run past 128 characters)
+        self.no_half_kernel: set[str] = set()  # layers that run FP32 in an FP16 build, silently
 
     def allows(self, owner: str, name: str) -> bool:
         if (owner, name) in self.missing or not self.api.has(owner, name):
@@ -828,7 +829,7 @@ class Builder(Checked):
         half = "FP16" in config._flags
         layers = []
         for layer in network._layers:
-            float_out = layer._precision == dt("FLOAT") or not half
+            float_out = layer._precision == dt("FLOAT") or not half or layer.name in recorder().no_half_kernel
             datatype = "Float" if float_out or layer.type.name in ("SHAPE",) else "Half"
             text = f"Row major linear {'FP32' if datatype == 'Float' else 'FP16'}"
             codes = {"INT8": "Int8", "FP8": "FP8", "INT4": "Int4"}  # a QuantizeLayer's output keeps its code type

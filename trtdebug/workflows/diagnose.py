@@ -5,16 +5,17 @@ precision each layer really ran against the plan (core.analysis.realized_precisi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from trtdebug.core.analysis.kernel_fault import kernel_defect
-from trtdebug.core.analysis.metrics import TensorReport
+from trtdebug.core.analysis.metrics import CompareResult, TensorReport
 from trtdebug.core.analysis.realized_precision import PrecisionFinding, realized_precision_findings
+from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan
-from trtdebug.engines.base import BuildError, Built
+from trtdebug.engines.base import BuildError, Built, Engine, Marking
 from trtdebug.errors import UserError
 from trtdebug.workflows.kernel_check import KernelCheck, check_kernels
 from trtdebug.workflows.problem import Problem
@@ -60,3 +61,27 @@ def diagnose_engine(problem: Problem, plan: PrecisionPlan, built: Built, candida
     except (UserError, BuildError) as exc:
         kernels = KernelCheck(note=f"the emulator cannot recompute this model's layers: {exc}")
     return Diagnosis(kernels, tuple(precision), realized)
+
+
+UNMARKED_BUILD = "the unmarked build of the plan (the engine file written)"
+
+
+def with_unmarked_precision(result: CompareResult, problem: Problem, engine: Engine, plan: PrecisionPlan,
+                            bans: BanList | None) -> CompareResult:
+    """`result` with its `realized_precision` taken from the plan's unmarked build, as fallback reports
+    the plan it wrote: marking breaks fusions, so the compared build can hide a node the plan keeps
+    fused into a reduced-precision block of the deployed engine. Unchanged where marking changes
+    nothing (the emulator runs the plan by construction), where the engine reports no layer types,
+    and where the build fails (writing the engine file reports that)."""
+    if engine.capabilities.exact_marking or not engine.capabilities.rebuilds:
+        return result
+    try:
+        built = engine.build(problem.model, plan, bans, Marking.final_outputs_only())
+    except BuildError:
+        return result
+    if not any(layer.precision for layer in built.layers):
+        return result
+    findings = realized_precision_findings(problem.model, plan, built.layers)
+    diagnosis: dict[str, Any] = {**result.diagnosis, "realized_precision": [f.to_json() for f in findings],
+                 "realized_precision_of": UNMARKED_BUILD}
+    return replace(result, diagnosis=diagnosis)

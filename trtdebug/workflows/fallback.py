@@ -45,6 +45,7 @@ from trtdebug.engines.base import BuildError, Engine, Marking
 from trtdebug.errors import UserError
 from trtdebug.workflows.build import write_plan_artifacts
 from trtdebug.workflows.compare import run_compare
+from trtdebug.workflows.diagnose import with_unmarked_precision
 from trtdebug.workflows.input_sets import (
     DEFAULT_INPUT_SEEDS,
     InputSet,
@@ -377,6 +378,7 @@ def _write_outputs(outcome: FallbackOutcome, case: Case, plan_path: Path, strate
     outcome.plan, outcome.plan_path = plan, plan_path
     paths = output_paths(plan_path)
     outcome.compare = run_compare(problem, engine, plan, bans, Marking(), progress, local_scope="all")
+    outcome.compare = with_unmarked_precision(outcome.compare, problem, engine, plan, bans)
     outcome.compare_path = write_compare_report(outcome.compare, paths["compare"])
     outcome.artifacts, notes = write_plan_artifacts(engine, model, plan, bans, paths["onnx"], paths["engine"])
     outcome.notes.extend(notes)

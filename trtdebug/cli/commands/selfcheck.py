@@ -16,7 +16,8 @@ from trtdebug.engines.tensorrt.support import FLAVORS
 def selfcheck_command(flavors: tuple[str, ...]) -> int:
     """Build (and, with a GPU, run) a tiny model through every path the installed TensorRT offers."""
     from trtdebug.cli.render.selfcheck import render_selfcheck
-    from trtdebug.engines.tensorrt.selfcheck import run_selfcheck, selfcheck_exit_code
+    from trtdebug.engines.tensorrt.selfcheck import selfcheck_exit_code
+    from trtdebug.workflows.selfcheck import run_selfcheck
 
     chosen = flavors or FLAVORS
     checks = run_selfcheck(chosen)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from trtdebug.cli.render.diagnosis import render_precision_findings
 from trtdebug.workflows.fallback import FallbackOutcome
 
 
@@ -52,6 +54,7 @@ def render_fallback(outcome: FallbackOutcome, console: Console, resume_command: 
                       "it passed the --check command", style="dim")
     for note in outcome.notes:
         console.print(f"[yellow]note[/]: {note}")
+    _render_realized_precision(outcome, console)
     written = [("plan", outcome.plan_path), ("compare report", outcome.compare_path)]
     written += [("artefact", path) for path in outcome.artifacts]
     written.append(("journal", outcome.journal))
@@ -86,3 +89,18 @@ def _kept_table(kept: list[str], outcome: FallbackOutcome) -> Table:
         why = outcome.reasons.get(node) or ["found by the search"]
         table.add_row(node, outcome.op_types.get(node, ""), "; ".join(why))
     return table
+
+
+def _render_realized_precision(outcome: FallbackOutcome, console: Console) -> None:
+    """What the plan's engine really ran in against what the plan asks; nothing where the engine
+    reports no layer types (the emulator runs the plan by construction)."""
+    diagnosis = outcome.compare.diagnosis if outcome.compare is not None else {}
+    findings = diagnosis.get("realized_precision")
+    if not isinstance(findings, list):
+        return
+    of = escape(str(diagnosis.get("realized_precision_of") or "the compared build"))
+    if not findings:
+        console.print(f"realized precision: every layer of {of} runs in the precision the plan asks", style="dim")
+        return
+    console.print(f"realized precision of {of} differs from the plan in {len(findings)} layer(s):")
+    render_precision_findings(findings, console)

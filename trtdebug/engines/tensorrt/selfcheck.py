@@ -64,6 +64,23 @@ def tiny_model() -> onnx.ModelProto:
     return model
 
 
+def attempt(name: str, action: Callable[[], str]) -> Check:
+    """One row: ok with what `action` returns, or failed with the one line of why it raised."""
+    start = time.perf_counter()
+    try:
+        detail = action()
+        status = "ok"
+    except UserError as exc:
+        status, detail = "failed", _first_line(str(exc))
+    except Exception as exc:  # a broken path is a finding here, not a crash
+        status, detail = "failed", f"{type(exc).__name__}: {_first_line(str(exc))}"
+    return Check(name, status, detail, round(time.perf_counter() - start, 2))
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
 class _Probe:
     """Runs one check: builds (and runs) through an engine, compares with the reference."""
 
@@ -73,15 +90,7 @@ class _Probe:
         self.reference = reference
 
     def check(self, name: str, action: Callable[[], str]) -> Check:
-        start = time.perf_counter()
-        try:
-            detail = action()
-            status = "ok"
-        except UserError as exc:
-            status, detail = "failed", str(exc)
-        except Exception as exc:  # a broken path is a finding here, not a crash
-            status, detail = "failed", f"{type(exc).__name__}: {exc}"
-        return Check(name, status, detail, round(time.perf_counter() - start, 2))
+        return attempt(name, action)
 
     def build_and_run(self, engine: Any, plan: PrecisionPlan, mark: Marking, runs: bool,
                       bans: BanList | None = None) -> tuple[Any, str]:
