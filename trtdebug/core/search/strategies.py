@@ -289,7 +289,7 @@ def kept_set_check(evaluate: Callable[[PrecisionPlan], Verdict], base: Precision
     return lambda kept: evaluate(plan_keeping(base, kept, keep_precision))
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchResult:
     strategy: str
     kept: tuple[str, ...] | None  # None: not even keeping every candidate passes
