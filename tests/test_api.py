@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -10,11 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import onnx
 import pytest
 
 import trtdebug
+import trtdebug.api
 from tests.cli import run_cli
+from trtdebug.cli.app import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CONVNET = ROOT / "examples" / "overflow_convnet.onnx"
@@ -64,3 +68,33 @@ def test_a_bad_option_value_is_a_user_error():
         trtdebug.compare(str(CONVNET), precision="fp4")
     with pytest.raises(trtdebug.UserError, match="--atol"):
         trtdebug.compare(str(CONVNET), atol=-1.0)
+
+
+# Keywords the API has and the CLI does not: a progress display, and the histograms compare's --html implies.
+API_ONLY = {("compare", "progress"), ("compare", "histograms"), ("fallback", "progress"), ("tactics", "progress")}
+
+
+def _no_value(default: object) -> bool:
+    """None, an empty repeatable option, and click's 'no default' all mean: not given."""
+    return default is None or default == () or default is getattr(click.core, "UNSET", None)
+
+
+@pytest.mark.parametrize("name", ["compare", "fallback", "tactics", "build", "quantize"])
+def test_every_api_keyword_defaults_to_the_cli_option_it_mirrors(name):
+    options = {param.opts[0].removeprefix("--").replace("-", "_"): param
+               for param in cli.commands[name].params if isinstance(param, click.Option)}
+    keywords = dict(inspect.signature(getattr(trtdebug.api, name)).parameters)
+    if name in ("compare", "fallback", "tactics"):  # their **options are problem_spec's
+        keywords |= dict(inspect.signature(trtdebug.api.problem_spec).parameters)
+    checked = 0
+    for keyword, parameter in keywords.items():
+        if parameter.default is inspect.Parameter.empty or (name, keyword) in API_ONLY:
+            continue
+        assert keyword in options, f"trtdebug.{name}({keyword}=...) mirrors no option of `trtdebug {name}`"
+        api_default, cli_default = parameter.default, options[keyword].default
+        if _no_value(api_default) and _no_value(cli_default):
+            continue
+        assert api_default == cli_default, (f"trtdebug.{name}({keyword}=) defaults to {api_default!r}, "
+                                            f"`trtdebug {name} --{keyword.replace('_', '-')}` to {cli_default!r}")
+        checked += 1
+    assert checked >= 2  # real defaults compared, not only absent ones
