@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -10,11 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import onnx
 import pytest
 
 import trtdebug
+import trtdebug.api
 from tests.cli import run_cli
+from trtdebug.cli.app import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CONVNET = ROOT / "examples" / "overflow_convnet.onnx"
@@ -64,3 +68,92 @@ def test_a_bad_option_value_is_a_user_error():
         trtdebug.compare(str(CONVNET), precision="fp4")
     with pytest.raises(trtdebug.UserError, match="--atol"):
         trtdebug.compare(str(CONVNET), atol=-1.0)
+
+
+# Keywords the API has and the CLI does not: a progress display, and the histograms compare's --html implies.
+API_ONLY = {("compare", "progress"), ("compare", "histograms"), ("fallback", "progress"), ("tactics", "progress")}
+
+
+def _no_value(default: object) -> bool:
+    """None, an empty repeatable option, and click's 'no default' all mean: not given."""
+    return default is None or default == () or default is getattr(click.core, "UNSET", None)
+
+
+@pytest.mark.parametrize("name", ["compare", "fallback", "tactics", "build", "quantize"])
+def test_every_api_keyword_defaults_to_the_cli_option_it_mirrors(name):
+    options = {param.opts[0].removeprefix("--").replace("-", "_"): param
+               for param in cli.commands[name].params if isinstance(param, click.Option)}
+    keywords = dict(inspect.signature(getattr(trtdebug.api, name)).parameters)
+    if name in ("compare", "fallback", "tactics"):  # their **options are problem_spec's
+        keywords |= dict(inspect.signature(trtdebug.api.problem_spec).parameters)
+    checked = 0
+    for keyword, parameter in keywords.items():
+        if parameter.default is inspect.Parameter.empty or (name, keyword) in API_ONLY:
+            continue
+        assert keyword in options, f"trtdebug.{name}({keyword}=...) mirrors no option of `trtdebug {name}`"
+        api_default, cli_default = parameter.default, options[keyword].default
+        if _no_value(api_default) and _no_value(cli_default):
+            continue
+        assert api_default == cli_default, (f"trtdebug.{name}({keyword}=) defaults to {api_default!r}, "
+                                            f"`trtdebug {name} --{keyword.replace('_', '-')}` to {cli_default!r}")
+        checked += 1
+    assert checked >= 2  # real defaults compared, not only absent ones
+
+
+def _frozen_and_json(result: object, field: str) -> dict:
+    """`result` refuses assignment to `field`; its to_json() survives json.dumps; the data read back."""
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(result, field, getattr(result, field))
+    return json.loads(json.dumps(result.to_json()))  # type: ignore[attr-defined]
+
+
+def test_fallback_build_and_quantize_results_are_immutable_and_json(tmp_path):
+    outcome = trtdebug.fallback(str(CONVNET), out=tmp_path / "convnet.plan.json", memory_budget="1GiB")
+    assert outcome.found and outcome.plan is not None and outcome.search.kept
+    data = _frozen_and_json(outcome, "notes")
+    assert data["found"] is True and data["kept"] == list(outcome.search.kept) == outcome.plan.kept()
+    assert data["candidates"] == list(outcome.candidates) and data["keep_precision"] == "fp32"
+    assert data["builds"] == outcome.builds and data["evaluations"] == outcome.search.evaluations
+    assert data["files"]["plan"] == str(tmp_path / "convnet.plan.json") and data["compare_passed"] is True
+    assert data["reasons"] == {node: list(why) for node, why in outcome.reasons.items()} and data["reasons"]
+    assert len(data["history"]) == len(outcome.history) >= 1
+    assert data["plan"]["default"] == "fp16"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        outcome.search.kept = ()  # type: ignore[misc]
+
+    built = trtdebug.build(str(CONVNET), plan=tmp_path / "convnet.plan.json", out=tmp_path / "mixed.onnx",
+                           emit=("trtexec",))
+    data = _frozen_and_json(built, "written")
+    assert data["written"] == str(tmp_path / "mixed.onnx") and (tmp_path / "mixed.onnx").is_file()
+    assert data["commands"]["trtexec"].startswith("trtexec ") and "--fp16" in data["commands"]["trtexec"]
+
+    quantized = trtdebug.quantize(str(CONVNET), out=tmp_path / "convnet.qdq.onnx", calib_batches=2)
+    data = _frozen_and_json(quantized, "pairs")
+    assert data["path"] == str(tmp_path / "convnet.qdq.onnx") and data["format"] == "int8"
+    assert data["pairs"] == quantized.pairs > 0 and data["batches"] == 2
+    assert any("generated random batches" in note for note in data["notes"])
+
+
+def test_tactic_search_result_is_immutable_and_json(tmp_path):
+    from fixtures.tactic_models import faulty_accumulation
+
+    model, truth = faulty_accumulation()
+    search = trtdebug.tactics(model, precision="fp16", out=tmp_path / "bans.json")
+    data = _frozen_and_json(search, "decisions")
+    assert data["passed"] is True and data["baseline"]["passed"] is False and data["builds"] == search.builds
+    [decision] = data["decisions"]
+    assert decision["kept"] is True and decision["suspect"]["layer"] == truth.node
+    assert decision["ban"]["tactic"] == truth.variant and decision["trials"] == list(search.decisions[0].trials)
+    assert [e["layer"] for e in data["bans"]["entries"]] == [truth.node]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        search.decisions[0].kept = False  # type: ignore[misc]
+
+
+def test_selfcheck_results_are_immutable_and_json(fake, cudart):
+    from trtdebug.engines.tensorrt.selfcheck import run_selfcheck
+
+    checks = run_selfcheck(("tensorrt",))
+    data = [_frozen_and_json(check, "status") for check in checks]
+    assert [c["name"] for c in data] == [c.name for c in checks] and {c["status"] for c in data} == {"ok"}
+    assert data[0] == {"name": "cuda-python", "status": "ok", "detail": checks[0].detail,
+                       "seconds": checks[0].seconds}

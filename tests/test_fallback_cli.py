@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import time
@@ -19,6 +20,8 @@ from tests.conftest import SILERO_RANGES, SILERO_SHAPES
 from trtdebug.core.search.journal import journal_path
 from trtdebug.workflows.fallback import run_fallback
 from trtdebug.workflows.problem import ProblemSpec
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _evaluations(plan: Path) -> list[dict]:
@@ -177,3 +180,14 @@ def test_real_silero_vad_with_a_planted_overflow_is_repaired(tmp_path):
     assert set(data["nodes"]) == set(planted_nodes)
     assert json.loads((tmp_path / "plan.compare.json").read_text())["passed"] is True
     assert run_cli("compare", model, *options, "--plan", plan).returncode == 0
+
+
+def test_why_a_node_was_suspected_prints_the_share_compare_prints(tmp_path):
+    """A share under 0.5% out of tolerance read "0%" in fallback's table while compare showed 0.4%."""
+    model = ROOT / "examples" / "overflow_convnet.onnx"
+    compared = run_cli("compare", model)
+    share = re.search(r"│ conv_amplify │ Conv .*? (\S+%) ", compared.stdout)
+    assert share and share.group(1) != "0.0%", compared.stdout
+    run = run_cli("fallback", model, "--out", tmp_path / "plan.json", "--input-seeds", 1)
+    assert run.returncode == 0, run.stderr
+    assert f"{share.group(1)} of conv_amplify out of tolerance" in run.stdout, run.stdout

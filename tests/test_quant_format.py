@@ -59,10 +59,10 @@ def test_int8_fallback_chooses_among_the_formats_candidates_and_removes_the_satu
     candidates = quant_format.fallback_candidates(case.plan)
     assert candidates == PAIRS  # the Q/DQ pairs, in graph order, not the layers conv1, relu1, conv2
     outcome = run_fallback(spec, tmp_path / "plan.json", prepared=case)
-    assert outcome.candidates == candidates
+    assert outcome.candidates == tuple(candidates)
     assert {outcome.op_types[p] for p in PAIRS} == {"Q/DQ pair"}
     # The format's ranking suspects the saturating pair for its INT8 defect; the search keeps it alone.
-    assert outcome.reasons["relu1_QuantizeLinear"] == ["saturation at relu1"]
+    assert outcome.reasons["relu1_QuantizeLinear"] == ("saturation at relu1",)
     assert outcome.ranking_compare is not None
     assert [(t, d.kind) for t, d in quant_format.defects(outcome.ranking_compare)] == [("relu1", "saturation")]
     assert outcome.search.kept == ("relu1_QuantizeLinear",) and outcome.search.prefix == 1

@@ -23,7 +23,7 @@ from trtdebug.core.search.strategies import DEFAULT_INPUT_SEEDS, DEFAULT_STRATEG
 from trtdebug.core.search.user_check import CheckCommand
 from trtdebug.core.system.memory import parse_size
 from trtdebug.engines import ENGINE_NAMES
-from trtdebug.engines.base import MARK_MODES, Marking
+from trtdebug.engines.base import COMPARE_MARKING, MARK_MODES, Marking
 from trtdebug.errors import UserError
 from trtdebug.workflows.build import BuildOutcome, EmitOptions, build_artifact
 from trtdebug.workflows.compare import LOCAL_SCOPES, compare_case
@@ -71,7 +71,7 @@ def problem_spec(model: str | Path, *, precision: str | None = None, engine: str
                        reference_model=reference_model)
 
 
-def compare(model: ModelSource, *, mark: str = "outputs", chunk: int | None = None, check: str | None = None,
+def compare(model: ModelSource, *, mark: str = COMPARE_MARKING, chunk: int | None = None, check: str | None = None,
             local_error: str = "wrong", histograms: bool = False, progress: Progress = SILENT,
             **options: object) -> CompareResult:
     """`trtdebug compare`: every layer against onnxruntime FP32. `options`: those of `problem_spec`."""

@@ -3,6 +3,7 @@ file, or the trtexec / Polygraphy flags that build it. `write_plan_artifacts` se
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,10 +31,15 @@ from trtdebug.errors import UserError
 from trtdebug.workflows.problem import ProblemSpec, load_bans, load_plan, open_engine, prepare_feeds
 
 
-@dataclass
+@dataclass(frozen=True)
 class BuildOutcome:
+    """What `build` wrote and the commands it emitted; built once, never changed after."""
+
     written: Path | None = None  # the ONNX model or engine file
-    commands: dict[str, str] = field(default_factory=dict)  # tool -> command line that builds the plan
+    commands: Mapping[str, str] = field(default_factory=dict)  # tool -> command line that builds the plan
+
+    def to_json(self) -> dict[str, str | dict[str, str] | None]:
+        return {"written": None if self.written is None else str(self.written), "commands": dict(self.commands)}
 
 
 def write_plan_artifacts(engine: Engine, model: Model, plan: PrecisionPlan, bans: BanList | None,
@@ -117,13 +123,13 @@ def build_artifact(model_path: str | Path, plan_path: str | Path, bans_path: str
     plan = load_plan(plan_path, model, None)
     bans = load_bans(bans_path, model)
     _check_bans_carried(bans, out, emit)
-    outcome = BuildOutcome()
+    commands: dict[str, str] = {}
     engine_path = out if out is not None and not str(out).endswith(".onnx") else Path(model_path).with_suffix(".engine")
     for tool in emit:
         if tool not in FLAG_TOOLS:
             raise UserError(f"unknown --emit {tool!r}; choose one of {', '.join(FLAG_TOOLS)}")
         if tool in CONVERTER_TOOLS:  # the Python call that writes the typed model (TensorRT 11)
-            outcome.commands[tool] = converter_snippet(tool, plan, model_path, {new for _, new in model.renamed_nodes},
+            commands[tool] = converter_snippet(tool, plan, model_path, {new for _, new in model.renamed_nodes},
                                                        model.strongly_typed)
             continue
         check_target(plan, options.target_version, options.calibration_cache, options.qdq)
@@ -131,14 +137,13 @@ def build_artifact(model_path: str | Path, plan_path: str | Path, bans_path: str
         args = make_args(plan, obey=options.obey, target_version=options.target_version,
                          calibration_cache=options.calibration_cache, qdq=options.qdq,
                          shapes=dynamic_input_profile(model, spec))
-        outcome.commands[tool] = command_line("trtexec" if tool == "trtexec" else "polygraphy convert",
+        commands[tool] = command_line("trtexec" if tool == "trtexec" else "polygraphy convert",
                                               model_path, args, engine_path)
     if out is None:
-        return outcome
+        return BuildOutcome(None, commands)
     path = Path(out)
     if path.suffix == ".onnx":
-        outcome.written = write_mixed_onnx(model, plan, path)
-        return outcome
+        return BuildOutcome(write_mixed_onnx(model, plan, path), commands)
     # Implicit INT8 calibrates as compare and fallback do (problem.prepare): --calib-inputs, else the feeds.
     engine = open_engine(engine_name, obey=options.obey, feeds=prepare_feeds(model, spec), profiles=spec.input_profiles,
                          calib_inputs=spec.calib_inputs, calib_method=spec.calib_method)
@@ -149,5 +154,4 @@ def build_artifact(model_path: str | Path, plan_path: str | Path, bans_path: str
     if not serialized:
         raise UserError(f"the {engine_name} engine has no serialized form; write the mixed-precision ONNX "
                         "model instead: --out NAME.onnx")
-    outcome.written = path
-    return outcome
+    return BuildOutcome(path, commands)

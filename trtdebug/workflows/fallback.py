@@ -9,6 +9,7 @@ and the rebuilt artefacts (workflows.build). It returns a FallbackOutcome; the C
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -64,10 +65,13 @@ from trtdebug.workflows.quantize import calibration_files
 FALLBACK_PRECISION = {"fp16": "fp32", "bf16": "fp32", "fp8": "fp16", "int8": "fp16", "int4": "fp16"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class FallbackOutcome:
+    """What a fallback run found and wrote: built once the search ends, then with its outputs
+    (`dataclasses.replace`) once they are written; never changed after."""
+
     search: SearchResult
-    candidates: list[str]
+    candidates: tuple[str, ...]
     keep_precision: str
     builds: int  # engine builds the search took, over every run of this journal
     builds_this_run: int
@@ -78,15 +82,15 @@ class FallbackOutcome:
     plan_path: Path | None = None
     compare: CompareResult | None = None
     compare_path: Path | None = None
-    artifacts: list[Path] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    reasons: Mapping[str, Any] = field(default_factory=dict)  # why each node was suspected
+    artifacts: tuple[Path, ...] = ()
+    notes: tuple[str, ...] = ()
+    reasons: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # why each node was suspected
     op_types: Mapping[str, str] = field(default_factory=dict)
     flops_share: float = 0.0
     params_share: float = 0.0
     ranking_compare: CompareResult | None = None  # the base plan's compare that ranked suspects (this run)
-    history: list[Evaluation] = field(default_factory=list)  # every evaluation, journal order
-    input_sets: list[str] = field(default_factory=list)  # every set each plan was judged on, the primary first
+    history: tuple[Evaluation, ...] = ()  # every evaluation, journal order
+    input_sets: tuple[str, ...] = ()  # every set each plan was judged on, the primary first
     max_evaluations: int | None = None  # the budget this run had (evaluations over every run of the journal)
     default_max_evaluations: int = 0  # what a resume adds to the budget by default
 
@@ -97,6 +101,34 @@ class FallbackOutcome:
     @property
     def found(self) -> bool:
         return self.search.kept is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """The run's facts as JSON-ready data: the search, what was kept and why, and the files written."""
+        search = self.search
+        return {
+            "found": self.found, "strategy": search.strategy,
+            "kept": None if search.kept is None else list(search.kept),
+            "candidates": list(self.candidates), "keep_precision": self.keep_precision,
+            "evaluations": search.evaluations, "builds": self.builds, "builds_this_run": self.builds_this_run,
+            "rounds_this_run": self.rounds_this_run, "resumed": self.resumed, "one_minimal": search.one_minimal,
+            "prefix": search.prefix, "used_regions": search.used_regions, "message": search.message,
+            "budget_exhausted": search.budget_exhausted, "max_evaluations": self.max_evaluations,
+            "default_max_evaluations": self.default_max_evaluations,
+            "reasons": {node: list(why) for node, why in self.reasons.items()},
+            "op_types": dict(self.op_types), "flops_share": self.flops_share, "params_share": self.params_share,
+            "input_sets": list(self.input_sets), "notes": list(self.notes),
+            "plan": None if self.plan is None else self.plan.to_json(),
+            "compare_passed": None if self.compare is None else self.compare.passed,
+            "files": {"plan": _shown(self.plan_path), "compare": _shown(self.compare_path),
+                      "journal": str(self.journal), "artifacts": [str(p) for p in self.artifacts]},
+            "history": [{"kept": sorted(e.kept), "passed": e.passed, "reason": e.reason,
+                         "build_failed": e.build_failed, "phase": e.phase, "seconds": e.seconds,
+                         "replayed": e.replayed} for e in self.history],
+        }
+
+
+def _shown(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def output_paths(plan_path: Path) -> dict[str, Path]:
@@ -204,7 +236,7 @@ def _search(case: Case, journal: Journal, plan_path: Path, strategy: str, keep: 
     history = list(known)
     listeners.append(history.append)
     ranking: list[str] = candidates
-    reasons: dict[str, Any] = {}
+    reasons: Mapping[str, Sequence[str]] = {}
     ranking_builds = ranked_now = 0
     ranking_compare: CompareResult | None = None
     try:
@@ -227,24 +259,23 @@ def _search(case: Case, journal: Journal, plan_path: Path, strategy: str, keep: 
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"interrupted; the journal {journal.path} keeps every finished build: "
                                 "rerun with --resume to continue") from None
+    notes = list(problem.notes)  # e.g. what a strongly typed model's types decide over --precision
+    if resume and not journal.resumed:
+        notes.append(f"nothing to resume in {journal.path}; this was a new search")
+    elif earlier_journal and not resume:
+        notes.append(f"replaced the journal of an earlier search at {journal.path} (--resume continues one)")
+    quantized = format_for(model, base)
+    op_types = {n.name: n.op_type for n in model.nodes} | (quantized.candidate_kinds() if quantized else {})
     outcome = FallbackOutcome(
-        search=result, candidates=candidates, keep_precision=keep,
+        search=result, candidates=tuple(candidates), keep_precision=keep,
         builds=ranking_builds + evaluator.evaluations, builds_this_run=evaluator.builds + ranked_now,
         journal=journal.path, rounds_this_run=evaluator.rounds + ranked_now, resumed=journal.resumed,
-        reasons=reasons, op_types={n.name: n.op_type for n in model.nodes}, ranking_compare=ranking_compare,
-        history=history, input_sets=[s.label for s in sets], max_evaluations=max_evaluations,
-        default_max_evaluations=default_max_evaluations(len(candidates)))
-    outcome.notes.extend(problem.notes)  # e.g. what a strongly typed model's types decide over --precision
-    quantized = format_for(model, base)
-    if quantized is not None:
-        outcome.op_types = {**outcome.op_types, **quantized.candidate_kinds()}
-    if resume and not journal.resumed:
-        outcome.notes.append(f"nothing to resume in {journal.path}; this was a new search")
-    elif earlier_journal and not resume:
-        outcome.notes.append(f"replaced the journal of an earlier search at {journal.path} (--resume continues one)")
+        notes=tuple(notes), reasons={node: tuple(why) for node, why in reasons.items()}, op_types=op_types,
+        ranking_compare=ranking_compare, history=tuple(history), input_sets=tuple(s.label for s in sets),
+        max_evaluations=max_evaluations, default_max_evaluations=default_max_evaluations(len(candidates)))
     if result.kept is not None:
         progress.begin("writing the plan, a compare report and the artefacts")
-        _write_outputs(outcome, case, plan_path, strategy, check, progress)
+        outcome = _write_outputs(outcome, case, plan_path, strategy, check, progress)
         progress.end()
     return outcome
 
@@ -317,13 +348,14 @@ def _json_sha256(data: Any) -> str:
 def _ranking(journal: Journal, problem: Problem, engine: Engine, base: PrecisionPlan, bans: BanList | None,
              candidates: list[str], check: CheckCommand | None, known: list[Evaluation],
              listeners: list[Callable[[Evaluation], None]], progress: Progress = SILENT, several_sets: bool = False
-             ) -> tuple[list[str], dict[str, Any], int, int, CompareResult | None]:
+             ) -> tuple[list[str], dict[str, list[str]], int, int, CompareResult | None]:
     """The suspicion ranking, from the journal or from one compare run (journaled at once).
 
     Returns (order, reasons, builds the ranking costs beyond the evaluations it recorded, builds
     made now, the compare run when one was made now)."""
     if journal.ranking is not None and sorted(journal.ranking["order"]) == sorted(candidates):
-        return (list(journal.ranking["order"]), dict(journal.ranking.get("reasons", {})),
+        return (list(journal.ranking["order"]),
+                {str(node): [str(why) for why in whys] for node, whys in journal.ranking.get("reasons", {}).items()},
                 int(journal.ranking.get("builds", 1)), 0, None)
     started = time.perf_counter()
     try:
@@ -355,7 +387,8 @@ def _ranking(journal: Journal, problem: Problem, engine: Engine, base: Precision
 
 
 def _write_outputs(outcome: FallbackOutcome, case: Case, plan_path: Path, strategy: str,
-                   check: CheckCommand | None, progress: Progress = SILENT) -> None:
+                   check: CheckCommand | None, progress: Progress = SILENT) -> FallbackOutcome:
+    """Write the plan, its compare report and artefacts; `outcome` with them."""
     problem, engine, bans = case.problem, case.engine, case.bans
     model = problem.model
     result = outcome.search
@@ -375,14 +408,15 @@ def _write_outputs(outcome: FallbackOutcome, case: Case, plan_path: Path, strate
     plan = plan_keeping(case.plan, result.kept, outcome.keep_precision)
     plan = PrecisionPlan(plan.default, plan.nodes, model.sha256, provenance)
     plan.save(plan_path)
-    outcome.plan, outcome.plan_path = plan, plan_path
     paths = output_paths(plan_path)
-    outcome.compare = run_compare(problem, engine, plan, bans, Marking(), progress, local_scope="all")
-    outcome.compare = with_unmarked_precision(outcome.compare, problem, engine, plan, bans)
-    outcome.compare_path = write_compare_report(outcome.compare, paths["compare"])
-    outcome.artifacts, notes = write_plan_artifacts(engine, model, plan, bans, paths["onnx"], paths["engine"])
-    outcome.notes.extend(notes)
+    compare = run_compare(problem, engine, plan, bans, Marking(), progress, local_scope="all")
+    compare = with_unmarked_precision(compare, problem, engine, plan, bans)
+    compare_path = write_compare_report(compare, paths["compare"])
+    artifacts, notes = write_plan_artifacts(engine, model, plan, bans, paths["onnx"], paths["engine"])
     costs = CostModel(model, shapes_of(problem.reference))
     quant_format = format_of(model)
     kept_layers = quant_format.layers_of(result.kept) if quant_format else result.kept
-    outcome.flops_share, outcome.params_share = costs.shares(kept_layers)
+    flops_share, params_share = costs.shares(kept_layers)
+    return dataclasses.replace(outcome, plan=plan, plan_path=plan_path, compare=compare, compare_path=compare_path,
+                               artifacts=tuple(artifacts), notes=(*outcome.notes, *notes),
+                               flops_share=flops_share, params_share=params_share)

@@ -26,7 +26,7 @@ import logging
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,16 +73,23 @@ class Calibration:
             raise UserError(f"unknown calibration method {self.method!r}; use one of {', '.join(CALIBRATION_METHODS)}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class QuantizeOutcome:
+    """The Q/DQ model `quantize` wrote and how; built once, never changed after."""
+
     path: Path
     pairs: int
     activation_pairs: int
     batches: int
     method: str
     upgraded_from_opset: int | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
     quant_format: str = "int8"
+
+    def to_json(self) -> dict[str, str | int | list[str] | None]:
+        return {"path": str(self.path), "format": self.quant_format, "pairs": self.pairs,
+                "activation_pairs": self.activation_pairs, "batches": self.batches, "method": self.method,
+                "upgraded_from_opset": self.upgraded_from_opset, "notes": list(self.notes)}
 
 
 @contextlib.contextmanager
@@ -247,18 +254,18 @@ def run_quantize(model_path: str | Path, out: str | Path, calibration: Calibrati
     pairs = find_pairs(Model.from_proto(proto))
     write_model(proto, out)  # last: beyond 2 GiB it moves the weights out of `proto`
     method = {"int8": calibration.method, "fp8": "amax", "int4": "weights only"}[quant_format]
-    outcome = QuantizeOutcome(Path(out), len(pairs), sum(not p.is_weight for p in pairs.values()),
-                              len(batches), method, old_opset, quant_format=quant_format)
+    notes: list[str] = []
     if old_opset is not None:
         target = PER_CHANNEL_OPSET if quant_format == "int8" else QDQ_OPSET
-        outcome.notes.append(f"converted from opset {old_opset} to {target} for its Q/DQ")
+        notes.append(f"converted from opset {old_opset} to {target} for its Q/DQ")
     if quant_format == "fp8" and calibration.method != "minmax":
-        outcome.notes.append(f"FP8 scales come from amax calibration; --calib-method {calibration.method} "
-                             "applies to INT8 only")
+        notes.append(f"FP8 scales come from amax calibration; --calib-method {calibration.method} "
+                     "applies to INT8 only")
     if not calibration.inputs and not weight_only:
-        outcome.notes.append(f"calibrated on {len(batches)} generated random batches; real data gives real "
-                             "ranges: pass --calib-inputs")
-    return outcome
+        notes.append(f"calibrated on {len(batches)} generated random batches; real data gives real "
+                     "ranges: pass --calib-inputs")
+    return QuantizeOutcome(Path(out), len(pairs), sum(not p.is_weight for p in pairs.values()), len(batches),
+                           method, old_opset, tuple(notes), quant_format)
 
 
 def _calibration_identity(batches: Sequence[Feeds], method: str) -> str:

@@ -23,8 +23,8 @@ emulator); engines without it are simply built again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from trtdebug import __version__
@@ -80,14 +80,19 @@ def repeated_engine(engine: CountingEngine, index: int) -> CountingEngine:
 
 # -- recording and diffing builds ---------------------------------------------------------------
 
-@dataclass
+@dataclass(frozen=True)
 class BuildRecord:
     index: int
     passed: bool
     reason: str
-    tactics: dict[LayerKey, str]  # layer -> tactic it got
-    names: dict[LayerKey, str]  # layer -> its name in this build
-    engine: CountingEngine | None = field(default=None, repr=False)
+    tactics: Mapping[LayerKey, str]  # layer -> tactic it got
+    names: Mapping[LayerKey, str]  # layer -> its name in this build
+    engine: CountingEngine | None = field(default=None, repr=False, compare=False)  # what built it, to search on
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "passed": self.passed, "reason": self.reason,
+                "tactics": [{"onnx_nodes": list(key), "layer": self.names.get(key, " + ".join(key)), "tactic": tactic}
+                            for key, tactic in self.tactics.items()]}
 
 
 MAX_BUILDS = 64  # recorded builds: enough to see a tactic that turns up in one build of 20 (TensorRT's noise)
@@ -131,6 +136,10 @@ class TacticRank:
     def bad_only(self) -> bool:
         return self.good_builds == 0
 
+    def to_json(self) -> dict[str, Any]:
+        return {"layer": self.layer, "onnx_nodes": list(self.onnx_nodes), "tactic": self.tactic,
+                "bad_builds": self.bad_builds, "good_builds": self.good_builds}
+
 
 def rank_tactics(records: Sequence[BuildRecord]) -> list[TacticRank]:
     """Tactics seen in failing builds, those never seen in a passing build first, then by how
@@ -167,8 +176,12 @@ class Suspect:
         return BanEntry(layer=self.layer.name, tactic=self.layer.tactic, onnx_nodes=tuple(self.layer.onnx_nodes),
                         cache_key=self.layer.extra.get("cache_key"), engine=engine, evidence=evidence or {})
 
+    def to_json(self) -> dict[str, Any]:
+        return {"layer": self.layer.name, "onnx_nodes": list(self.layer.onnx_nodes), "tactic": self.layer.tactic,
+                "tensors": [t.tensor for t in self.tensors]}
 
-@dataclass
+
+@dataclass(frozen=True)
 class Trial:
     """One rebuild with some suspects' tactics banned."""
 
@@ -199,13 +212,17 @@ class Trial:
         return next((x.tactic for x in layers if layer_key(x) == suspect.key), "")
 
 
-@dataclass
+@dataclass(frozen=True)
 class BanDecision:
     suspect: Suspect
     kept: bool
     reason: str
     entry: BanEntry
-    trials: list[int]  # compares that tested this ban
+    trials: tuple[int, ...]  # compares that tested this ban
+
+    def to_json(self) -> dict[str, Any]:
+        return {"suspect": self.suspect.to_json(), "kept": self.kept, "reason": self.reason,
+                "ban": {**asdict(self.entry), "onnx_nodes": list(self.entry.onnx_nodes)}, "trials": list(self.trials)}
 
 
 def find_suspects(result: CompareResult) -> tuple[list[Suspect], list[Suspect]]:
@@ -238,22 +255,24 @@ def _tensor(result: CompareResult | None, name: str) -> TensorReport | None:
 
 # -- the search ----------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(frozen=True)
 class TacticSearch:
+    """What the tactic search found: built once when it ends, never changed after."""
+
     model: str
     engine: str
     precision: str
     baseline: CompareResult
     final: CompareResult
     bans: BanList  # the bans given plus the bans kept
-    suspects: list[Suspect] = field(default_factory=list)
-    unbannable: list[Suspect] = field(default_factory=list)
-    decisions: list[BanDecision] = field(default_factory=list)
-    records: list[BuildRecord] = field(default_factory=list)
-    records_with_bans: list[BuildRecord] = field(default_factory=list)
-    ranking: list[TacticRank] = field(default_factory=list)
+    suspects: tuple[Suspect, ...] = ()
+    unbannable: tuple[Suspect, ...] = ()
+    decisions: tuple[BanDecision, ...] = ()
+    records: tuple[BuildRecord, ...] = ()
+    records_with_bans: tuple[BuildRecord, ...] = ()
+    ranking: tuple[TacticRank, ...] = ()
     builds: int = 0
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
 
     @property
     def kept(self) -> list[BanDecision]:
@@ -267,6 +286,20 @@ class TacticSearch:
     def passed(self) -> bool:
         """The final build with the bans passes, and so does every re-recorded build."""
         return self.final.passed and all(r.passed for r in self.records_with_bans)
+
+    def to_json(self) -> dict[str, Any]:
+        """The search's facts as JSON-ready data: verdicts, every decision, the bans, the recorded builds."""
+        return {"model": self.model, "engine": self.engine, "precision": self.precision, "passed": self.passed,
+                "builds": self.builds,
+                "baseline": {"passed": self.baseline.passed, "verdict": self.baseline.verdict},
+                "final": {"passed": self.final.passed, "verdict": self.final.verdict},
+                "bans": self.bans.to_json(),
+                "suspects": [s.to_json() for s in self.suspects],
+                "unbannable": [s.to_json() for s in self.unbannable],
+                "decisions": [d.to_json() for d in self.decisions],
+                "records": [r.to_json() for r in self.records],
+                "records_with_bans": [r.to_json() for r in self.records_with_bans],
+                "ranking": [r.to_json() for r in self.ranking], "notes": list(self.notes)}
 
 
 class _Search:
@@ -336,7 +369,8 @@ class _Search:
             "decided_by_compare": trial.number,
             "builds_used": [t.number for t in tested],
         }
-        return BanDecision(suspect, kept, reason, suspect.ban(self.engine.name, evidence), [t.number for t in tested])
+        return BanDecision(suspect, kept, reason, suspect.ban(self.engine.name, evidence),
+                           tuple(t.number for t in tested))
 
 
 def _judge(suspect: Suspect, trial: Trial) -> tuple[bool, str]:
@@ -385,9 +419,9 @@ def find_tactic_bans(problem: Problem, engine: Engine, plan: PrecisionPlan, bans
     found = BanList(found.entries, problem.model.sha256,
                     {"tool": f"trtdebug {__version__}", "command": "tactics", "engine": engine.name,
                      "precision": plan.default, "builds": tally.builds})
-    return TacticSearch(problem.model.name, engine.name, plan.default, baseline, final, found, suspects,
-                        unbannable, decisions, records, records_with_bans, rank_tactics(records), tally.builds,
-                        notes)
+    return TacticSearch(problem.model.name, engine.name, plan.default, baseline, final, found, tuple(suspects),
+                        tuple(unbannable), tuple(decisions), tuple(records), tuple(records_with_bans),
+                        tuple(rank_tactics(records)), tally.builds, tuple(notes))
 
 
 def _baseline(search: _Search, records: list[BuildRecord]) -> tuple[CompareResult, list[str]]:

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from trtdebug.cli.render.diagnosis import render_diagnosis
 from trtdebug.cli.render.fixed_table import FixedTable
-from trtdebug.core.analysis.metrics import CompareResult, TensorReport
+from trtdebug.core.analysis.metrics import CompareResult, TensorReport, share_text
 from trtdebug.core.system.memory import format_size
 
 REPORT_FORMAT = "trtdebug.compare-report"
@@ -70,7 +70,7 @@ def _worst_layers(rows: list[TensorReport], with_local: bool, width: int) -> Ren
         if t.defects:
             head.append(" " + ", ".join(d.kind for d in t.defects), style="yellow")
         numbers = [f"max abs {_fmt(m.max_abs)}", f"max rel {_fmt(m.max_rel)}", f"SNR {_fmt(m.snr_db)} dB",
-                   f"{m.frac_outside:.1%} out of tol"]
+                   f"{share_text(m.frac_outside)} out of tol"]
         if with_local:
             numbers.append(f"local SNR {_fmt(t.local.snr_db) if t.local else '-'} dB")
         lines += [head, *(Text(line, style="dim") for line in _packed(numbers, width, NUMBERS_INDENT))]
@@ -123,7 +123,7 @@ def _render_culprits(result: CompareResult, console: Console) -> None:
         if number == 0 and report.accumulated:
             m = report.accumulated
             console.print(f"  max abs err {_fmt(m.max_abs)}, max rel err {_fmt(m.max_rel)}, "
-                          f"SNR {_fmt(m.snr_db)} dB, {m.frac_outside:.1%} of elements out of tolerance",
+                          f"SNR {_fmt(m.snr_db)} dB, {share_text(m.frac_outside)} of elements out of tolerance",
                           style="dim")
     if result.culprits_explain is not None:
         what = "it" if len(result.culprits) == 1 and not result.culprits[0].chain else (
@@ -159,7 +159,7 @@ def _worst_table(rows: list[TensorReport], with_local: bool) -> Table:
         assert m is not None
         style = "red" if t.status == "introduced" else None
         cells = [str(t.index), t.node, t.op_type, t.status, ", ".join(d.kind for d in t.defects),
-                 _fmt(m.max_abs), _fmt(m.max_rel), _fmt(m.snr_db), f"{m.frac_outside:.1%}"]
+                 _fmt(m.max_abs), _fmt(m.max_rel), _fmt(m.snr_db), share_text(m.frac_outside)]
         if with_local:
             cells.append(_fmt(t.local.snr_db) if t.local else "-")
         table.add_row(*map(Text, cells), style=style)  # Text: no markup to parse in names and numbers

@@ -86,7 +86,7 @@ def _kept_table(kept: list[str], outcome: FallbackOutcome) -> Table:
     for column in ("node", "op", "why it was suspected"):
         table.add_column(column, overflow="fold")  # a name cut to `conv…` identifies no layer
     for node in kept:
-        why = outcome.reasons.get(node) or ["found by the search"]
+        why = outcome.reasons.get(node) or ("found by the search",)
         table.add_row(node, outcome.op_types.get(node, ""), "; ".join(why))
     return table
 

@@ -60,7 +60,7 @@ def write_fallback_html(outcome: FallbackOutcome, path: str | Path) -> Path:
         if compare is not None:
             sections.append(_error_plot_section(compare, f"error-{len(sections)}", kept=kept, title=title))
     if kept:
-        rows = [[node, outcome.op_types.get(node, ""), "; ".join(outcome.reasons.get(node) or ["found by the search"])]
+        rows = [[node, outcome.op_types.get(node, ""), "; ".join(outcome.reasons.get(node) or ("found by the search",))]
                 for node in kept]
         sections.append(_section(f"Nodes kept in {outcome.keep_precision}",
                                  _static_table(["node", "op", "why it was suspected"], rows)))

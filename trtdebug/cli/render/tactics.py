@@ -3,6 +3,7 @@ their evidence, the build diff, and the verdict with the bans."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
@@ -39,7 +40,7 @@ def render_tactics(search: TacticSearch, console: Console, top: int = 5) -> None
     console.print(f"{search.builds} build(s) in all", style="dim")
 
 
-def _ranking_table(ranking: list[TacticRank], builds: int) -> Table:
+def _ranking_table(ranking: Sequence[TacticRank], builds: int) -> Table:
     table = Table(title=f"Tactics in failing builds ({builds} builds recorded)", title_justify="left")
     for column in ("layer", "tactic", "failing builds", "passing builds"):
         table.add_column(column, justify="right" if column.endswith("builds") else "left", overflow="fold")
@@ -61,7 +62,7 @@ def _suspects_table(search: TacticSearch) -> Table:
     return table
 
 
-def _decisions_table(decisions: list[BanDecision]) -> Table:
+def _decisions_table(decisions: Sequence[BanDecision]) -> Table:
     table = Table(title="Bans", title_justify="left")
     for column in ("", "layer", "banned tactic", "then", "error before", "error after", "why"):
         table.add_column(column, overflow="fold")  # names wrap, never cut

@@ -89,6 +89,16 @@ class Metrics:
                 for k, v in self.__dict__.items()}
 
 
+def share_text(fraction: float) -> str:
+    """A share of elements as every table and reason prints it: one decimal, and a share that is
+    neither none nor all never reads 0.0% or 100.0% (0.04% of a tensor out of tolerance is not none)."""
+    if 0 < fraction < 0.0005:
+        return "<0.1%"
+    if 0.9995 <= fraction < 1:
+        return ">99.9%"
+    return f"{fraction:.1%}"
+
+
 def measure(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float,
             relative_atol: bool) -> tuple[Metrics, np.ndarray]:
     """Error metrics, and the mask of elements outside tolerance. Shapes must have equal size."""

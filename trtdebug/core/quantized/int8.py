@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from trtdebug.core.analysis.defects import Defect
-from trtdebug.core.analysis.metrics import CompareResult, TensorReport
+from trtdebug.core.analysis.metrics import CompareResult, TensorReport, share_text
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.quantized.qdq import QdqPair, QuantizedModel, QuantParams, qdq_for_plan, removal_for_plan
@@ -150,7 +150,7 @@ class Int8Format:
                     reasons.append(f"{', '.join(kinds)} at {tensor}")
                 elif report.status == "introduced" and metrics is not None and metrics.bad:
                     tier = max(tier, 2)
-                    reasons.append(f"{tensor} wrong on its own ({metrics.frac_outside:.0%} out of tolerance)")
+                    reasons.append(f"{tensor} wrong on its own ({share_text(metrics.frac_outside)} out of tolerance)")
                 if metrics is not None:
                     severity = max(severity, (metrics.frac_outside, _noise(metrics.snr_db)))
             suspicions.append(Suspicion(name, tier, severity, tuple(reasons)))

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from trtdebug.core.analysis.metrics import CompareResult, Metrics, Verdict
+from trtdebug.core.analysis.metrics import CompareResult, Metrics, Verdict, share_text
 from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 
@@ -289,7 +289,7 @@ def kept_set_check(evaluate: Callable[[PrecisionPlan], Verdict], base: Precision
     return lambda kept: evaluate(plan_keeping(base, kept, keep_precision))
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchResult:
     strategy: str
     kept: tuple[str, ...] | None  # None: not even keeping every candidate passes
@@ -569,7 +569,7 @@ def rank_nodes(model: Model, candidates: Sequence[str], compare: CompareResult |
             kinds = ", ".join(d.kind for d in report.defects) or "error"
             where = "own" if report.local is not None else "introduced"
             level = 4 if metrics.new_nonfinite else 3
-            raise_to(report.node, level, f"{where} {kinds}: {metrics.frac_outside:.0%} of {report.tensor} "
+            raise_to(report.node, level, f"{where} {kinds}: {share_text(metrics.frac_outside)} of {report.tensor} "
                                          "out of tolerance")
             severity[report.node] = max(severity[report.node], _severity(metrics))
         for culprit in compare.culprits:  # what compare's headline names is tried first

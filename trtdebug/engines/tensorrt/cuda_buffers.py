@@ -1,7 +1,8 @@
 """Device memory, streams and host <-> device copies with cuda-python, for running engines.
 
 cuda-python returns a tuple from every call whose first element is the error code; `check` turns
-a failure into a one-line CudaError (a UserError: the CLI prints it without a traceback). Memory
+a failure into a one-line CudaError, an EngineError (exit 4: out of memory, a failed copy), or
+NoCudaDevice, also a UserError (exit 2: no GPU or driver here, the machine is the problem). Memory
 taken through `DeviceArena` is freed when the arena closes, also after an error.
 
 Host values are NumPy arrays. Types NumPy lacks travel as raw bits: BF16 as uint16 (decoded to

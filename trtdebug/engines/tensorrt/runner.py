@@ -94,7 +94,7 @@ def run_engine(trt_api: Any, engine: trt.ICudaEngine, feeds: Mapping[str, np.nda
     and debug tensors by engine name, and the debug listener's and output allocator's errors."""
     context = engine.create_execution_context()
     if context is None:
-        raise UserError("TensorRT could not create an execution context (out of GPU memory?)")
+        raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
     listener = _attach_listener(trt_api, context, cuda, mode)  # referenced here until the run ends
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     inputs = [n for n in names if engine.get_tensor_mode(n) == trt_api.TensorIOMode.INPUT]
@@ -119,7 +119,7 @@ def run_engine(trt_api: Any, engine: trt.ICudaEngine, feeds: Mapping[str, np.nda
         outputs = {name: _bind_output(trt_api, engine, context, arena, name, allocator)
                    for name in names if name not in inputs}
         if not context.execute_async_v3(arena.stream_handle):
-            raise UserError("TensorRT failed to execute the engine (execute_async_v3 returned False)")
+            raise EngineError("TensorRT failed to execute the engine (execute_async_v3 returned False)")
         arena.synchronize()  # the allocator's shapes are final once the run is done
         fetched = {name: (binding.fetch(arena, allocator, name), binding.spec) for name, binding in outputs.items()}
         arena.synchronize()
@@ -174,12 +174,13 @@ class OutputBinding:
 def _fetch_allocated(arena: Any, allocator: Any, name: str, spec: HostType) -> np.ndarray:
     shape = allocator.shapes.get(name)
     if shape is None:
-        raise UserError(f"TensorRT reported no shape for the data-dependent output {name!r}")
+        raise EngineError(f"TensorRT reported no shape for the data-dependent output {name!r}")
     if int(np.prod(shape, dtype=np.int64)) == 0:
         return np.empty(shape, dtype=spec.dtype)
     pointer, size = allocator.memory.get(name, (0, 0))
     if not pointer or size < int(np.prod(shape, dtype=np.int64)) * spec.dtype.itemsize:
-        raise UserError(f"TensorRT wrote the data-dependent output {name!r} to no memory trtdebug allocated")
+        why = f" ({allocator.errors[0]})" if allocator.errors else ""  # e.g. the allocation ran out of memory
+        raise EngineError(f"TensorRT wrote the data-dependent output {name!r} to no memory trtdebug allocated{why}")
     return arena.download(pointer, shape, spec.dtype)
 
 
@@ -207,7 +208,7 @@ def _bind_output(trt_api: Any, engine: trt.ICudaEngine, context: trt.IExecutionC
     spec = host_type(trt_api, engine.get_tensor_dtype(name))
     if any(d < 0 for d in shape):  # known only after the run: TensorRT asks the allocator for memory
         if not context.set_output_allocator(name, allocator):
-            raise UserError(f"TensorRT refused an output allocator for {name!r}, whose shape {list(shape)} "
+            raise EngineError(f"TensorRT refused an output allocator for {name!r}, whose shape {list(shape)} "
                             "depends on the data")
         return OutputBinding(spec, shape, allocated=True)
     if _on_host(trt_api, engine, name):
@@ -298,7 +299,7 @@ class TensorRTBuilt:
         engine = runtime.deserialize_cuda_engine(result.serialized)
         if engine is None:
             reason = (logger.errors() or ["deserialize_cuda_engine returned nothing"])[-1].splitlines()[0]
-            raise UserError(f"cannot load the engine on this machine: {reason}")
+            raise EngineError(f"cannot load the engine it built on this machine: {reason}")
         return runtime, engine
 
 

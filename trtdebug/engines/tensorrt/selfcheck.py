@@ -36,6 +36,9 @@ class Check:
     detail: str = ""
     seconds: float = 0.0
 
+    def to_json(self) -> dict[str, str | float]:
+        return {"name": self.name, "status": self.status, "detail": self.detail, "seconds": self.seconds}
+
 
 def tiny_model() -> onnx.ModelProto:
     """input -> conv_a -> relu_a -> conv_b -> + proj(input) -> sigmoid: six small nodes."""
