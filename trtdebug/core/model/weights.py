@@ -74,9 +74,16 @@ def _copy_fields(source: Any, target: Any, skip: str) -> None:
 
 def weights_of(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     """The model's large initializers as arrays (a model too large to serialize whole)."""
-    return {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer
+    held = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer
             if not is_shared(t) and t.data_location != onnx.TensorProto.EXTERNAL
             and _stored_bytes(t) >= SHARED_WEIGHT_BYTES}
+    return {name: value for name, value in held.items() if _ort_takes(value)}
+
+
+def _ort_takes(value: np.ndarray) -> bool:
+    """Whether onnxruntime's Python binding can take the array (OrtValue.ortvalue_from_numpy): plain
+    numpy numbers only; ml_dtypes' float8/int4/bfloat16 arrays (FP8 or INT4 codes) stay in the model."""
+    return value.dtype.kind in "fiub"
 
 
 def _stored_bytes(tensor: onnx.TensorProto) -> int:
@@ -91,6 +98,8 @@ def held_weights(proto: onnx.ModelProto, known: Weights) -> dict[str, np.ndarray
         if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.ByteSize() < SHARED_WEIGHT_BYTES:
             continue
         value = numpy_helper.to_array(tensor)
+        if not _ort_takes(value):
+            continue
         same = known.get(tensor.name)
         held[tensor.name] = same if same is not None and _same_bits(same, value) else value
     return held
