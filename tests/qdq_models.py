@@ -47,3 +47,30 @@ def qdq_conv_model() -> onnx.ModelProto:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+CODE_FLIP_SCALE = 1 / 8
+# Reference values just below a rounding boundary (k + 0.5 steps, k odd) by a quarter of FP16's spacing
+# there: FP16 rounds them onto the boundary, and round-half-to-even then takes the code above.
+CODE_FLIP_VALUES = (1.5 / 8 - 2.0**-15, 3.5 / 8 - 2.0**-14, 5.5 / 8 - 2.0**-13)
+
+
+def code_flip_model() -> tuple[onnx.ModelProto, np.ndarray]:
+    """input -> Mul by 1 (FP16: rounds the input) -> a -> Add 0 ("add", to be kept FP32) -> y -> Q/DQ
+    (scale 1/8) -> Mul by 2 -> output, and an input whose values are on y's grid except three that lie
+    just below rounding boundaries: the FP16 rounding of `a` flips their codes at y."""
+    nodes: list = []
+    inits = [numpy_helper.from_array(np.float32(1.0), "one"), numpy_helper.from_array(np.float32(0.0), "nothing"),
+             numpy_helper.from_array(np.float32(2.0), "two")]
+    nodes.append(helper.make_node("Mul", ["input", "one"], ["a"], name="round"))
+    nodes.append(helper.make_node("Add", ["a", "nothing"], ["y"], name="add"))
+    y = _pair(nodes, inits, "y", np.float32(CODE_FLIP_SCALE))
+    nodes.append(helper.make_node("Mul", [y, "two"], ["output"], name="double"))
+    values = np.array([j / 8 for j in range(13)] + list(CODE_FLIP_VALUES), np.float32).reshape(1, -1)
+    graph = helper.make_graph(nodes, "code_flip", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                 values.shape)],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, values.shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model, values

@@ -28,6 +28,7 @@ from trtdebug.core.analysis.metrics import (
 from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan, eligible_nodes
 from trtdebug.core.quantized.format import format_of
+from trtdebug.core.quantized.scale_findings import CodeFlips
 from trtdebug.core.reference.budget import plan_compare, tensor_bytes
 from trtdebug.core.reference.fp32_run import LazyReference
 from trtdebug.core.reference.pieces import run_ahead
@@ -88,8 +89,16 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
     candidate = built.run(problem.feeds) if piecewise is None else None
     progress.end()
     local_runner = as_local_error(engine, built)
+    quant_format = format_of(model)
+    flips: dict[str, CodeFlips] = {}  # wrong quantized tensors' codes against the reference's (code flips)
+
+    def inspect_wrong(report: TensorReport, ref: np.ndarray, cand: np.ndarray) -> None:
+        if quant_format is not None and (found := quant_format.code_flips(report.tensor, ref, cand)) is not None:
+            flips[report.tensor] = found
+
     comparer = TensorComparer(model, problem.tolerance, layer_map(built), engine.name, plan.default,
-                              local_runner is not None, histograms=HISTOGRAMS if histograms else 0)
+                              local_runner is not None, histograms=HISTOGRAMS if histograms else 0,
+                              inspect_wrong=inspect_wrong if quant_format is not None else None)
     chunks = 1
     if piecewise is not None:
         progress.begin(f"running and comparing {cplan.chunks} groups of tensors one after another")
@@ -134,9 +143,8 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
         progress.begin("checking that the unmarked build shows the same verdict")
         reproduction = _reproduction_check(problem, engine, plan, bans, passed, check)
         progress.end()
-    quant_format = format_of(model)
-    if quant_format is not None:  # which quantized tensors clip or flush, and where
-        findings = quant_format.annotate(compared.tensors, plan, problem.reference)
+    if quant_format is not None:  # which quantized tensors clip, flush or flip, and where
+        findings = quant_format.annotate(compared.tensors, plan, problem.reference, flips)
         marking[quant_format.precision] = {**marking.get(quant_format.precision, {}), "tensors": findings}
     culprits: list[Culprit] = []
     culprits_explain = None

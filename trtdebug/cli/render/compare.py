@@ -115,6 +115,12 @@ def _render_culprits(result: CompareResult, console: Console) -> None:
             console.print(f"{label}: {chain_kind(culprit.reason)}: "
                           f"{' -> '.join(f'[cyan]{escape(n)}[/]' for n in shown_chain(culprit.chain))}{together}")
             console.print(f"  {escape(culprit.reason.split(': ', 1)[-1])}")
+        elif report.defects and all(d.kind == "code_flip" for d in report.defects):
+            # Its quantizer rounded slightly different inputs the other way: no layer or scale is at fault.
+            console.print(f"{label}: {escape(result.precision.upper() or 'INT8')} code flips at "
+                          f"[cyan]{escape(culprit.tensor)}[/] ({escape(culprit.node)}, {culprit.op_type}){share}")
+            for defect in report.defects:
+                console.print(f"  [yellow]{defect.kind}[/]: {escape(defect.message)}")
         else:
             console.print(f"{label}: [cyan]{escape(culprit.node)}[/] ({culprit.op_type}), tensor "
                           f"[cyan]{escape(culprit.tensor)}[/]{layer}{share}")

@@ -17,8 +17,8 @@ from trtdebug.core.model.graph import FP16_MAX
 
 FP16_MIN_NORMAL = 2.0**-14
 
-KINDS = ("layout", "overflow", "nan", "all_zero", "underflow", "saturation", "coarse_scale", "precision", "shape",
-         "kernel_error")
+KINDS = ("layout", "overflow", "nan", "all_zero", "underflow", "saturation", "coarse_scale", "code_flip", "precision",
+         "shape", "kernel_error")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
@@ -491,8 +491,10 @@ class TensorComparer:
     first introduced errors. Values can be freed as soon as their group is added."""
 
     def __init__(self, model: Model, tolerance: Tolerance, layer_of: Mapping[str, tuple[str, str]] | None = None,
-                 engine: str = "", precision: str = "", local: bool = False, histograms: int = 0):
+                 engine: str = "", precision: str = "", local: bool = False, histograms: int = 0,
+                 inspect_wrong: Callable[[TensorReport, np.ndarray, np.ndarray], None] | None = None):
         self.model, self.tolerance, self.engine, self.precision = model, tolerance, engine, precision
+        self.inspect_wrong = inspect_wrong  # sees each wrong tensor's values once, while they live
         self.layer_of = layer_of or {}
         self.local = local
         self.output_names = {o.name for o in model.outputs}
@@ -572,6 +574,8 @@ class TensorComparer:
         self.undecided = []
 
     def _take_histogram(self, report: TensorReport, ref: np.ndarray, cand: np.ndarray) -> None:
+        if self.inspect_wrong is not None and report.status not in ("ok", "missing"):
+            self.inspect_wrong(report, ref, cand)
         if report.status == "introduced" and len(self.histograms) < self.histogram_limit and cand.size:
             self.histograms[report.tensor] = value_histogram(report.tensor, ref, cand)
 

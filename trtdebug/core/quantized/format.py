@@ -24,6 +24,7 @@ from trtdebug.core.quantized.fp8 import Fp8Format
 from trtdebug.core.quantized.int4 import Int4Format
 from trtdebug.core.quantized.int8 import Int8Format
 from trtdebug.core.quantized.qdq import QdqPair, QuantizedModel
+from trtdebug.core.quantized.scale_findings import CodeFlips
 from trtdebug.core.search.strategies import Suspicion
 
 
@@ -42,10 +43,14 @@ class QuantFormat(Protocol):
 
     # -- findings ---------------------------------------------------------------------------------
 
-    def annotate(self, tensors: Sequence[TensorReport], plan: PrecisionPlan,
-                 reference: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-        """Attach this format's defects (bad scales) to the wrong tensors they explain; return each
-        quantized tensor's statistics (the report's notes.marking.<format>.tensors)."""
+    def code_flips(self, tensor: str, ref: np.ndarray, cand: np.ndarray) -> CodeFlips | None:
+        """How a wrong quantized tensor's candidate codes differ from its reference's (None: the tensor
+        is not quantized); taken while the comparison holds its values, for `annotate`."""
+
+    def annotate(self, tensors: Sequence[TensorReport], plan: PrecisionPlan, reference: Mapping[str, np.ndarray],
+                 flips: Mapping[str, CodeFlips] | None = None) -> dict[str, dict[str, Any]]:
+        """Attach this format's defects (bad scales, code flips) to the wrong tensors they explain; return
+        each quantized tensor's statistics (the report's notes.marking.<format>.tensors)."""
 
     def defects(self, result: CompareResult) -> list[tuple[str, Defect]]:
         """(tensor, defect) for every defect of this format in `result`, in topological order."""

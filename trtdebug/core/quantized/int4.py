@@ -26,7 +26,7 @@ from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.quantized.int8 import EXPLAINED_BY_INT8, Int8Format
 from trtdebug.core.quantized.qdq import BlockParams, QdqPair, QuantizedModel, removal_for_plan
-from trtdebug.core.quantized.scale_findings import SATURATION_SHARE
+from trtdebug.core.quantized.scale_findings import SATURATION_SHARE, CodeFlips
 
 ROUNDING_DOMINATES_DB = 6.0  # the rounding error is at least a quarter of the block's signal
 TYPICAL_GAP_DB = 10.0  # ... and the block is this much worse than the weight's median block
@@ -134,10 +134,10 @@ class Int4Format(Int8Format):
     def tensors_of(self, pair: QdqPair) -> list[str]:
         return self.reader_tensors(pair)
 
-    def annotate(self, tensors: Sequence[TensorReport], plan: PrecisionPlan,
-                 reference: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    def annotate(self, tensors: Sequence[TensorReport], plan: PrecisionPlan, reference: Mapping[str, np.ndarray],
+                 flips: Mapping[str, CodeFlips] | None = None) -> dict[str, dict[str, Any]]:
         """Per-block findings of every weight left in INT4, keyed by weight; a wrong reader layer gets
-        its weight's defects (first: they say why)."""
+        its weight's defects (first: they say why). Weights are constants: their codes cannot flip."""
         model = self.model
         gone = {p.quantize for p in removal_for_plan(model, plan.nodes)[0]}
         reports = {t.tensor: t for t in tensors}

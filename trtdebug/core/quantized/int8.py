@@ -26,8 +26,11 @@ from trtdebug.core.model.graph import Model
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.quantized.qdq import QdqPair, QuantizedModel, QuantParams, qdq_for_plan, removal_for_plan
 from trtdebug.core.quantized.scale_findings import (
+    CodeFlips,
     QuantizationStats,
+    code_flips,
     detect_coarse_scale,
+    detect_code_flips,
     detect_saturation,
     quantization_stats,
 )
@@ -69,14 +72,21 @@ class Int8Format:
 
     # -- findings ---------------------------------------------------------------------------------
 
-    def annotate(self, tensors: Sequence[TensorReport], plan: PrecisionPlan,
-                 reference: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    def code_flips(self, tensor: str, ref: np.ndarray, cand: np.ndarray) -> CodeFlips | None:
+        """How a quantized tensor's candidate codes differ from its reference's (None: not quantized)."""
+        pair = self.model.pair_of_tensor.get(tensor)
+        return None if pair is None or pair.is_weight else code_flips(ref, cand, pair.params)
+
+    def annotate(self, tensors: Sequence[TensorReport], plan: PrecisionPlan, reference: Mapping[str, np.ndarray],
+                 flips: Mapping[str, CodeFlips] | None = None) -> dict[str, dict[str, Any]]:
         """Attach INT8 defects to the wrong quantized tensors' reports (first: they say why); returns the
-        quantization statistics of each quantized tensor (the report's notes.marking.int8.tensors)."""
+        quantization statistics of each quantized tensor (the report's notes.marking.int8.tensors).
+        `flips`: the wrong quantized tensors' code flips (`code_flips`), measured while their values lived."""
         model = self.model
         removed, _ = removal_for_plan(model, plan.nodes)
         gone = {p.quantize for p in removed}
         findings: dict[str, Any] = {}
+        by_tensor = {r.tensor: r for r in tensors}
         for report in tensors:
             pair = model.pair_of_tensor.get(report.tensor)
             if pair is None or pair.quantize in gone or report.tensor not in reference:
@@ -99,6 +109,14 @@ class Int8Format:
                 report.status, report.defects = "ok", []
                 continue
             found = self.detect(stats, pair.params)
+            if not found and flips and report.tensor in flips:
+                upstream = _input_difference(model, report, by_tensor)
+                flip = detect_code_flips(flips[report.tensor], pair.params, upstream)
+                if flip is not None:
+                    findings[report.tensor]["code_flips"] = flip.details
+                    found = [flip]
+                    if upstream:  # the rounding was right; what it rounded came in different
+                        report.status = "propagated"
             for defect in found:
                 defect.details.update(pair=pair.quantize, local_sqnr_db=findings[report.tensor]["local_sqnr_db"],
                                       accumulated_sqnr_db=findings[report.tensor]["accumulated_sqnr_db"])
@@ -231,6 +249,15 @@ def absorbing_reader(model: QuantizedModel, tensor: str, ref: np.ndarray, params
     step = float(np.max(params.scale))
     after_quantizer = np.clip(np.clip(ref64, low, high), *bounds)
     return readers[0] if np.allclose(after_quantizer, np.clip(ref64, *bounds), rtol=0, atol=step) else ""
+
+
+def _input_difference(model: QuantizedModel, report: TensorReport, reports: Mapping[str, TensorReport]
+                      ) -> float | None:
+    """The largest difference from the reference of the inputs of the tensor's layer (0: none differ;
+    None: none was compared)."""
+    measured = [r.accumulated.max_abs for t in model.node_by_name[report.node].input
+                if (r := reports.get(t)) is not None and r.accumulated is not None]
+    return max(measured) if measured else None
 
 
 def _noise(snr_db: float) -> float:
