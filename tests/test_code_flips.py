@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from tests.cli import run_cli
 from tests.qdq_models import CODE_FLIP_SCALE, CODE_FLIP_VALUES, code_flip_model
@@ -26,7 +27,8 @@ def _compare(tmp_path, *extra):
                                   tmp_path / "report.json")
     onnx.save(model, str(path))
     np.savez(inputs, input=values)
-    PrecisionPlan("int8", {"add": "fp32"}).save(plan)
+    # strongly typed, layers outside INT8 run FP32: `round` is put in FP16 to round `a` before the quantizer
+    PrecisionPlan("int8", {"round": "fp16", "add": "fp32"}).save(plan)
     run = run_cli("compare", path, "--precision", "int8", "--inputs", inputs, "--plan", plan, "--json", report,
                   *extra)
     return run, json.loads(report.read_text())
@@ -58,3 +60,30 @@ def test_codes_far_from_a_boundary_or_more_than_a_step_off_are_no_code_flips():
     assert two_steps is not None and not two_steps.explained  # a wrong value, not a rounding the other way
     mid_step = code_flips(ref, np.array([1.5 / 8 - 2.0**-15, 2 / 8, 2 / 8], np.float32), params)
     assert mid_step is not None and not mid_step.explained  # 1/8 lies a whole half step from any boundary
+
+
+def _amplified_after_qdq() -> onnx.ModelProto:
+    """input -> Q/DQ -> Mul by 2^17 ("amplify", outside INT8: FP16 would overflow) -> output."""
+    from tests.qdq_models import _pair
+
+    nodes: list = []
+    inits = [numpy_helper.from_array(np.float32(2.0**17), "gain")]
+    x = _pair(nodes, inits, "input", np.float32(1 / 64))
+    nodes.append(helper.make_node("Mul", [x, "gain"], ["output"], name="amplify"))
+    graph = helper.make_graph(nodes, "amplified", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_layers_outside_a_given_qdq_model_run_at_its_own_type(tmp_path):
+    """A Q/DQ model is strongly typed (TensorRT 11, --stronglyTyped): the FP32 Mul after the pair runs
+    in FP32, so no FP16 overflow is invented there."""
+    path = tmp_path / "amplified.onnx"
+    onnx.save(_amplified_after_qdq(), str(path))
+    run = run_cli("compare", path, "--precision", "int8", "--json", tmp_path / "r.json")
+    report = json.loads((tmp_path / "r.json").read_text())
+    kinds = {d["kind"] for t in report["tensors"] for d in t["defects"]}
+    assert "overflow" not in kinds, run.stdout
+    assert "other layers FP32" in json.dumps(report["notes"]), report["notes"]

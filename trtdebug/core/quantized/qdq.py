@@ -392,6 +392,15 @@ class QuantizedModel(Model):
         super().__init__(float_counterpart(qdq, self.pairs), path or qdq.path, list(qdq.data_files))
         self.stored_precision = self.precision  # what the model is built in without --precision
 
+    @property
+    def outside_precision(self) -> str:
+        """The precision of the layers outside the format. A Q/DQ model the user gave is strongly typed
+        (TensorRT 11, --stronglyTyped): those layers run at the ONNX's own type, FP32 in an FP32
+        export. An implicit INT8 build (a float model calibrated: weak typing) sets INT8 with FP16."""
+        if self.implicit:
+            return "fp16"
+        return self.qdq.stored_precision if self.qdq.stored_precision in ("fp16", "bf16") else "fp32"
+
     @cached_property
     def sha256(self) -> str:
         """What plans bind to: the Q/DQ model the user gave, or (implicit) the float model."""

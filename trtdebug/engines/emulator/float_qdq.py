@@ -76,10 +76,12 @@ def build_float_qdq(emulator: FoldedBuilder, model: QuantizedModel, plan: Precis
     live = [p for p in model.pairs.values() if p.quantize not in gone]
     proto = fold_weight_quantizers(without_pairs(model.qdq.proto, removed, bypass), live, model.qdq_constants)
     graph = Model.from_proto(proto)
-    higher = {n: p for n, p in plan.nodes.items() if p == "fp32" and n in graph.node_by_name}
+    # layers the plan gives a float precision (pair keys are graph edits, gone from `graph`)
+    layers = {n: p for n, p in plan.nodes.items() if p in ("fp32", "fp16", "bf16") and n in graph.node_by_name}
     stands_for = {p.source: p.dequantized[0] for p in live if not p.is_weight}
     inner_mark = mark if mark.tensors is None else Marking(
         mark.mode, tuple(dict.fromkeys(stands_for.get(t, t) for t in mark.tensors)), mark.chunk_size)
-    inner = emulator.build_folded(graph, unfolded(graph), PrecisionPlan("fp16", higher), bans, inner_mark)
+    inner_plan = PrecisionPlan(model.outside_precision, layers)
+    inner = emulator.build_folded(graph, unfolded(graph), inner_plan, bans, inner_mark)
     return FloatQdqBuilt(model, plan, live, removed, graph, inner)
 

@@ -4,7 +4,8 @@ TensorRT computes an INT8 layer on the integer codes of its quantized inputs wit
 accumulation, which is exact; the layer's result, dequantized, equals the float computation on
 the fake-quantized (quantized, then dequantized) values up to float32 rounding. So running the
 Q/DQ graph in float32, QuantizeLinear rounding and saturating exactly as TensorRT's, is faithful.
-Layers outside INT8 compute in FP16, as in a TensorRT build with the INT8 and FP16 flags; a plan
+Layers outside INT8 compute at the model's own type in a Q/DQ model the user gave (a strongly typed
+build: FP32 in an FP32 export), in FP16 in an implicit INT8 build (INT8 and FP16 flags); a plan
 keeps pairs out of INT8 (their readers read the float tensor) or layers (implicit INT8: the layer
 reads float inputs) and may keep layers in FP32.
 
@@ -61,7 +62,7 @@ class Int8Built:
             model.precision: {"pairs": len(model.pairs), "live_pairs": len(live),
                               "removed_pairs": [p.quantize for p in removed],
                               "note": f"Q/DQ graph in float32: {model.precision.upper()} layers read fake-quantized "
-                                      "values; other layers FP16"},
+                                      f"values; other layers {model.outside_precision.upper()}"},
         }
 
     def _to_float_names(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -106,8 +107,9 @@ def build_int8(emulator: FoldedBuilder, model: QuantizedModel, plan: PrecisionPl
                mark: Marking) -> Int8Built:
     removed, bypass = removal_for_plan(model, plan.nodes)
     graph = Model.from_proto(without_pairs(model.qdq.proto, removed, bypass))
-    higher = {n: p for n, p in plan.nodes.items() if p == "fp32" and n in graph.node_by_name}
-    inner_plan = PrecisionPlan("fp16", higher)
+    # layers the plan gives a float precision (pair keys are graph edits, gone from `graph`)
+    layers = {n: p for n, p in plan.nodes.items() if p in ("fp32", "fp16", "bf16") and n in graph.node_by_name}
+    inner_plan = PrecisionPlan(model.outside_precision, layers)
     gone = {p.quantize for p in removed}
     live = [p for p in model.pairs.values() if p.quantize not in gone]
     stands_for = {p.source: p.dequantized[0] for p in live if not p.is_weight}
