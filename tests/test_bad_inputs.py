@@ -73,6 +73,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                        "training_dropout": user_models.training_dropout}.items():
         files[name] = folder / f"{name}.onnx"
         onnx.save(make(), files[name])
+    files["capture"] = folder / "capture.npz"  # an engine's tensors without the inputs they were made on
+    np.savez(files["capture"], logits=np.zeros((1, 10), np.float32))
     files["not_a_plan"] = folder / "not_a_plan.json"
     files["not_a_plan"].write_text('{"hello": 1}')
     return files
@@ -119,6 +121,8 @@ BAD = [
     Bad("check-that-cannot-run", ("compare", "{clean}", "--check", "no_such_tool_anywhere {{outputs}}"),
         ("--check could not run",)),
     Bad("plan-not-a-plan", ("compare", "{clean}", "--plan", "{not_a_plan}"), ("not a trtdebug precision plan",)),
+    Bad("results-capture-without-its-inputs", ("compare", "{clean}", "--engine", "results", "--results", "{capture}"),
+        ("does not hold input 'input'", "--inputs")),
     Bad("results-engine-without-results", ("compare", "{clean}", "--engine", "results"), ("needs --results",)),
     Bad("against-without-results", ("compare", "{clean}", "--against", "{feeds}"),
         ("--against compares two captures", "--engine results --results")),

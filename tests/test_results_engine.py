@@ -164,3 +164,18 @@ def test_saved_inputs_must_match_the_feeds(tmp_path: Path, model: Model, feeds: 
         built.run(feeds)
     np.savez(path, input=feeds["input"], logits=reference["logits"])
     assert set(ResultsEngine(results=path).build(model).run(feeds)) == {"input", "logits"}
+
+
+def test_a_capture_that_holds_its_inputs_is_judged_on_them(planted_models, tmp_path):
+    """Without --inputs, the FP32 reference runs the inputs the capture was made on (taken from the
+    capture), never generated ones: a capture of the FP32 model itself then passes."""
+    from tests.cli import run_cli
+    from trtdebug.core.reference.fp32_run import run_reference
+
+    path, _ = planted_models["clean"]
+    inputs = {"input": np.random.default_rng(7).uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)}
+    captured = run_reference(Model.load(path), inputs)  # every tensor, as an FP32 engine would give them
+    np.savez(tmp_path / "capture.npz", **inputs, **{k: v for k, v in captured.items() if k not in inputs})
+    run = run_cli("compare", path, "--engine", "results", "--results", tmp_path / "capture.npz")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.startswith("PASS")

@@ -156,7 +156,24 @@ def prepare_feeds(model: Model, spec: ProblemSpec) -> dict[str, np.ndarray]:
                 raise UserError(f"--input-shape {name}:{'x'.join(map(str, shape))} contradicts the inputs file, whose "
                                 f"{name!r} has shape {'x'.join(map(str, feeds[name].shape))}; leave --input-shape out")
         return feeds
+    if spec.engine == "results" and spec.results:
+        return _captured_inputs(model, spec.results)
     return generate_feeds(model, resolve_shapes(model, spec.input_shapes), spec.input_ranges, spec.seed)
+
+
+def _captured_inputs(model: Model, results: str | Path) -> dict[str, np.ndarray]:
+    """The inputs a capture was made on: compared against the FP32 run of other (generated) inputs, a
+    capture would show differences no engine made. Taken from the capture when it holds every model
+    input, otherwise the user must give them."""
+    from trtdebug.engines.results import load_results
+
+    captured, _ = load_results(results)
+    missing = [spec.name for spec in model.inputs if spec.name not in captured]
+    if missing:
+        raise UserError(f"--engine results compares {results} against the FP32 run of the inputs it was captured "
+                        f"on, and it does not hold input {missing[0]!r}: give them with --inputs "
+                        "(polygraphy run ... --save-inputs inputs.json)")
+    return validate_feeds(model, {spec.name: captured[spec.name] for spec in model.inputs})
 
 
 def input_files(spec: ProblemSpec, model: Model) -> dict[str, Path | str | None]:
