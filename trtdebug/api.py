@@ -30,7 +30,14 @@ from trtdebug.workflows.compare import LOCAL_SCOPES, compare_case
 from trtdebug.workflows.fallback import FallbackOutcome, run_fallback
 from trtdebug.workflows.problem import ProblemSpec, prepare
 from trtdebug.workflows.progress import SILENT, Progress
-from trtdebug.workflows.quantize import Calibration, QuantizeOutcome, run_quantize
+from trtdebug.workflows.quantize import (
+    DEFAULT_CALIBRATION_METHOD,
+    DEFAULT_GENERATED_BATCHES,
+    DEFAULT_QUANTIZE_FORMAT,
+    Calibration,
+    QuantizeOutcome,
+    run_quantize,
+)
 from trtdebug.workflows.tactics import TacticSearch, find_tactic_bans
 
 Shape = tuple[int, ...]
@@ -44,7 +51,7 @@ def problem_spec(model: str | Path, *, precision: str | None = None, engine: str
                  inputs: str | Path | None = None, seed: int = 0, atol: float | None = None,
                  rtol: float | None = None, output_tol: Mapping[str, tuple[float, float]] | None = None,
                  plan: str | Path | None = None, bans: str | Path | None = None, results: str | Path | None = None,
-                 obey: bool = False, calib_inputs: Sequence[str | Path] = (), calib_method: str = "minmax",
+                 obey: bool = False, calib_inputs: Sequence[str | Path] = (), calib_method: str = DEFAULT_CALIBRATION_METHOD,
                  memory_budget: int | str | None = None, reference_model: str | Path | None = None) -> ProblemSpec:
     """The options every analysing command shares, checked, as the ProblemSpec the workflows take."""
     _choice("precision", precision, PRECISIONS, optional=True)
@@ -123,21 +130,24 @@ def build(model: ModelSource, *, plan: str | Path, bans: str | Path | None = Non
           out: str | Path | None = None, emit: Sequence[str] = (), obey: bool = False, target_version: str = "10",
           calib_cache: str | Path | None = None, qdq: bool = False, input_shape: InputShapes | None = None,
           inputs: str | Path | None = None, input_range: Mapping[str, tuple[float, float]] | None = None,
-          seed: int = 0) -> BuildOutcome:
-    """`trtdebug build`: the plan applied (`out` NAME.onnx or an engine file), or the commands that build it."""
+          seed: int = 0, calib_inputs: Sequence[str | Path] = (),
+          calib_method: str = DEFAULT_CALIBRATION_METHOD) -> BuildOutcome:
+    """`trtdebug build`: the plan applied (`out` NAME.onnx or an engine file), or the commands that build it.
+    An implicit INT8 engine file calibrates on `calib_inputs` with `calib_method`, as compare and fallback do."""
     if out is None and not emit:
         raise UserError("trtdebug build needs --out FILE (NAME.onnx or an engine file) or --emit trtexec|polygraphy")
     with _model_path(model) as path:
-        spec = problem_spec(path, input_shape=input_shape, inputs=inputs, input_range=input_range, seed=seed)
+        spec = problem_spec(path, input_shape=input_shape, inputs=inputs, input_range=input_range, seed=seed,
+                            calib_inputs=calib_inputs, calib_method=calib_method)
         return build_artifact(path, plan, bans, engine, out, tuple(emit),
                               EmitOptions(obey, target_version, None if calib_cache is None else str(calib_cache),
                                           qdq), spec)
 
 
 def quantize(model: ModelSource, *, out: str | Path | None = None, calib_inputs: Sequence[str | Path] = (),
-             calib_method: str = "minmax", calib_batches: int = 8, input_shape: InputShapes | None = None,
+             calib_method: str = DEFAULT_CALIBRATION_METHOD, calib_batches: int = DEFAULT_GENERATED_BATCHES, input_shape: InputShapes | None = None,
              input_range: Mapping[str, tuple[float, float]] | None = None, seed: int = 0,
-             format: str = "int8", block_size: int | None = None) -> QuantizeOutcome:
+             format: str = DEFAULT_QUANTIZE_FORMAT, block_size: int | None = None) -> QuantizeOutcome:
     """`trtdebug quantize`: a Q/DQ model (`format`: int8, fp8 or int4 weight-only) written to `out`
     (default: MODEL.qdq.onnx beside a model path)."""
     if calib_batches < 1:
