@@ -51,7 +51,8 @@ def problem_spec(model: str | Path, *, precision: str | None = None, engine: str
                  inputs: str | Path | None = None, seed: int = 0, atol: float | None = None,
                  rtol: float | None = None, output_tol: Mapping[str, tuple[float, float]] | None = None,
                  plan: str | Path | None = None, bans: str | Path | None = None, results: str | Path | None = None,
-                 obey: bool = False, calib_inputs: Sequence[str | Path] = (), calib_method: str = DEFAULT_CALIBRATION_METHOD,
+                 obey: bool = False, calib_inputs: Sequence[str | Path] = (),
+                 calib_method: str = DEFAULT_CALIBRATION_METHOD,
                  memory_budget: int | str | None = None, reference_model: str | Path | None = None) -> ProblemSpec:
     """The options every analysing command shares, checked, as the ProblemSpec the workflows take."""
     _choice("precision", precision, PRECISIONS, optional=True)
@@ -145,7 +146,8 @@ def build(model: ModelSource, *, plan: str | Path, bans: str | Path | None = Non
 
 
 def quantize(model: ModelSource, *, out: str | Path | None = None, calib_inputs: Sequence[str | Path] = (),
-             calib_method: str = DEFAULT_CALIBRATION_METHOD, calib_batches: int = DEFAULT_GENERATED_BATCHES, input_shape: InputShapes | None = None,
+             calib_method: str = DEFAULT_CALIBRATION_METHOD, calib_batches: int = DEFAULT_GENERATED_BATCHES,
+             input_shape: InputShapes | None = None,
              input_range: Mapping[str, tuple[float, float]] | None = None, seed: int = 0,
              format: str = DEFAULT_QUANTIZE_FORMAT, block_size: int | None = None) -> QuantizeOutcome:
     """`trtdebug quantize`: a Q/DQ model (`format`: int8, fp8 or int4 weight-only) written to `out`
