@@ -462,13 +462,6 @@ def _ban_rounds(search: _Search, baseline: CompareResult
     return result, decisions, all_suspects, unbannable
 
 
-def _with_provenance(bans: BanList, problem: Problem, engine: Engine, plan: PrecisionPlan,
-                     tally: BuildTally) -> BanList:
-    return BanList(bans.entries, problem.model.sha256,
-                   {"tool": f"trtdebug {__version__}", "command": "tactics", "engine": engine.name,
-                    "precision": plan.default, "builds": tally.builds})
-
-
 def _explain(baseline: CompareResult, suspects: list[Suspect], unbannable: list[Suspect],
              decisions: list[BanDecision], records: list[BuildRecord]) -> list[str]:
     notes = []

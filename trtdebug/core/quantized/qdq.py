@@ -454,5 +454,3 @@ def qdq_for_plan(model: QuantizedModel, plan_nodes: Mapping[str, str]) -> onnx.M
     return without_pairs(model.qdq.proto, removed, bypass)
 
 
-def describe_pair(pair: QdqPair) -> str:
-    return f"{pair.quantize} (quantizes {pair.source})"

@@ -50,14 +50,6 @@ def load_tensorrt(flavor: str = "tensorrt") -> ModuleType:
     raise UserError(INSTALL_HINT[flavor])
 
 
-def tensorrt_available(flavor: str = "tensorrt") -> bool:
-    try:
-        load_tensorrt(flavor)
-    except UserError:
-        return False
-    return True
-
-
 @dataclass(frozen=True)
 class Features:
     """What the loaded TensorRT module offers (docs/trt-api.md, section 8)."""
