@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 
 from trtdebug.core.model.graph import Model
+from trtdebug.core.model.weights import Weights, save_with_weights, weight_bytes, with_weights
 from trtdebug.core.plans.cast_islands import to_mixed_precision_onnx
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.system import files
@@ -20,22 +21,28 @@ PROTOBUF_LIMIT = 2**31 - 1
 
 def write_mixed_onnx(model: Model, plan: PrecisionPlan, path: str | Path) -> Path:
     """The plan as a typed ONNX file (for TensorRT 11.x, TensorRT-RTX, STRONGLY_TYPED builds)."""
-    return write_model(to_mixed_precision_onnx(model, plan), path)
+    return write_model(to_mixed_precision_onnx(model, plan), path, model.weights)
 
 
-def write_model(typed: onnx.ModelProto, path: str | Path) -> Path:
-    """An ONNX model written atomically; beyond protobuf's 2 GiB limit, with its weights in
-    NAME.onnx.data beside it. `typed` is a proto of our own making: saving with external data
-    rewrites it in place."""
+def write_model(typed: onnx.ModelProto, path: str | Path, weights: Weights | None = None) -> Path:
+    """An ONNX model written atomically, its weight placeholders' values (`weights`, core.model.weights)
+    put back; beyond protobuf's 2 GiB limit, with its weights in NAME.onnx.data beside it, written an
+    array at a time. `typed` is a proto of our own making: saving with external data rewrites it in place."""
     path = Path(path)
-    if typed.ByteSize() < PROTOBUF_LIMIT:
-        return files.write_atomic(path, lambda staged: onnx.save(typed, str(staged)))
+    weights = weights or {}
+    held = weight_bytes(typed, weights)
+    if typed.ByteSize() + held < PROTOBUF_LIMIT:
+        whole = with_weights(typed, weights) if held else typed
+        return files.write_atomic(path, lambda staged: onnx.save(whole, str(staged)))
     data_name = f"{path.name}.data"
     # Both files are staged in one folder beside the destination, then renamed into place.
     with tempfile.TemporaryDirectory(dir=files.folder_for(path), prefix=f".{path.name}.") as folder:
         staged = Path(folder) / path.name
-        onnx.save(typed, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=data_name)
+        if held:
+            save_with_weights(typed, weights, staged, data_name)
+        else:
+            onnx.save(typed, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=data_name)
         os.replace(Path(folder) / data_name, path.parent / data_name)
         os.replace(staged, path)
     return path

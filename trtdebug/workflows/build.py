@@ -51,7 +51,7 @@ def write_plan_artifacts(engine: Engine, model: Model, plan: PrecisionPlan, bans
     quant_format = format_for(model, plan)
     if quant_format is not None:
         # A quantized plan (INT8, FP8, INT4) made concrete: the Q/DQ model with its pairs (or layers) taken out.
-        write_model(quant_format.plan_model(plan.nodes), onnx_path)
+        write_model(quant_format.plan_model(plan.nodes), onnx_path, quant_format.model.qdq.weights)
         return [onnx_path], notes
     try:
         written.append(write_mixed_onnx(model, plan, onnx_path))

@@ -36,6 +36,7 @@ from trtdebug import logs
 from trtdebug.artifacts.mixed_onnx import write_model
 from trtdebug.core.model.feeds import feeds_sha256, generate_feeds, load_feeds, resolve_shapes, validate_feeds
 from trtdebug.core.model.graph import Model
+from trtdebug.core.model.weights import with_weights
 from trtdebug.core.plans.precision_plan import QUANTIZED_PRECISIONS, PrecisionPlan
 from trtdebug.core.quantized.placement import (
     DEFAULT_BLOCK_SIZE,
@@ -145,11 +146,13 @@ class _Batches:
 
 
 def upgraded(model: Model, opset: int = PER_CHANNEL_OPSET) -> tuple[onnx.ModelProto, int | None]:
-    """The model at an opset with the Q/DQ it needs (per-channel: 13); returns the old opset when it converted."""
+    """The model, weights embedded (what onnxruntime's quantization tools and the placement read), at an
+    opset with the Q/DQ it needs (per-channel: 13); returns the old opset when it converted."""
+    whole = with_weights(model.proto, model.weights)
     if model.opset >= opset:
-        return model.proto, None
+        return whole, None
     try:
-        converted = onnx.version_converter.convert_version(model.proto, opset)
+        converted = onnx.version_converter.convert_version(whole, opset)
     except Exception as exc:
         raise UserError(f"{model.name} is at opset {model.opset}, too old for its Q/DQ, and "
                         f"onnx.version_converter cannot convert it to {opset} ({exc}); "

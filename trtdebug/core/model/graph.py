@@ -166,9 +166,16 @@ def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
 class Model:
     """An ONNX model with unique node names, inferred shapes and a graph index."""
 
-    def __init__(self, proto: onnx.ModelProto, path: Path | None = None, data_files: list[Path] | None = None):
+    def __init__(self, proto: onnx.ModelProto, path: Path | None = None, data_files: list[Path] | None = None,
+                 weights: Mapping[str, np.ndarray] | None = None):
+        """`proto` is the model's own (taken, not copied): its large initializers become placeholders
+        whose values are held as arrays (weights.take_weights); `weights` gives those of placeholders
+        it has already."""
         self.path = path
         self.data_files = data_files or []  # external data files read with the model
+        missing = [t.name for t in proto.graph.initializer if shared.is_shared(t) and t.name not in (weights or {})]
+        if missing:
+            raise ValueError(f"no value given for the weight placeholder {missing[0]!r}")
         _lift_initializer_inputs(proto)
         # A model stored in FP16/BF16 is analysed as its FP32 upcast (the reference needs FP32; a
         # reduced-precision build of the upcast is the model as given); its inputs keep their type.
@@ -190,6 +197,10 @@ class Model:
         if self.stored_proto is not None:
             _make_node_names_unique(self.stored_proto.graph)  # the same names: the rule is deterministic
         self._infer_shapes()
+        proto = self.proto
+        self._held = {t.name: (weights or {})[t.name] for t in proto.graph.initializer if shared.is_shared(t)}
+        self.proto, taken = shared.take_weights(proto)
+        self._held.update(taken)
         proto = self.proto
         initializer_names = {i.name for i in proto.graph.initializer}
         self.initializer_names = initializer_names
@@ -233,19 +244,28 @@ class Model:
             raise UserError(f"{path} has no nodes: its outputs are its inputs, which no precision changes; "
                             "there is nothing to debug (check that the export kept the graph)")
         data_files = _check_external_data(proto, path.parent)
+        weights: dict[str, np.ndarray] = {}
         try:
-            onnx.load_external_data_for_model(proto, str(path.parent))
+            if mentions_reduced_types(proto):  # upcast to FP32 first (Model.__init__), then taken out
+                onnx.load_external_data_for_model(proto, str(path.parent))
+            else:  # large weights straight from their file into arrays, never into the proto
+                proto, weights = shared.take_weights(proto, path.parent)
+                for tensor in _all_tensors(proto.graph):
+                    if tensor.data_location == onnx.TensorProto.EXTERNAL and not shared.is_shared(tensor):
+                        onnx.external_data_helper.load_external_data_for_tensor(tensor, str(path.parent))
         except Exception as exc:
             raise UserError(f"cannot read external data of {path}: {exc}") from None
         _check_opset(proto, path)
-        return cls(proto, path, data_files)
+        return cls(proto, path, data_files, weights)
 
     @classmethod
-    def from_proto(cls, proto: onnx.ModelProto) -> Model:
+    def from_proto(cls, proto: onnx.ModelProto, weights: Mapping[str, np.ndarray] | None = None) -> Model:
+        """A model of a proto trtdebug made or was given (copied: the caller's stays as it is); `weights`:
+        the values of its placeholders (a graph derived from another Model's `proto`)."""
         copy = onnx.ModelProto()
         copy.CopyFrom(proto)
         _check_opset(copy, None)
-        return cls(copy)
+        return cls(copy, weights=weights)
 
     def _infer_shapes(self) -> None:
         inferred = infer_shapes(self.proto)
@@ -270,14 +290,12 @@ class Model:
 
     @cached_property
     def sha256(self) -> str:
-        """Hash of the model as trtdebug sees it (after renaming), so plans bind to one graph. A model
-        of LARGE_MODEL_BYTES or more is hashed a part at a time (protobuf serializes at most 2 GiB):
-        the graph without its weights, then each weight's bytes."""
-        if self.proto.ByteSize() < shared.LARGE_MODEL_BYTES:
-            return hashlib.sha256(self.proto.SerializeToString()).hexdigest()
-        digest = hashlib.sha256(shared.without_weights(self.proto, self.weights).SerializeToString())
+        """Hash of the model as trtdebug sees it (after renaming), so plans bind to one graph: the graph
+        (its large weights as placeholders), then each large weight's bytes, read in place."""
+        digest = hashlib.sha256(self.proto.SerializeToString())  # the graph, its large weights as placeholders
         for tensor in self.proto.graph.initializer:
-            digest.update(tensor.SerializeToString())
+            if shared.is_shared(tensor):
+                digest.update(np.ascontiguousarray(self._held[tensor.name]).data)
         return digest.hexdigest()
 
     @property
@@ -326,7 +344,7 @@ class Model:
 
     @cached_property
     def _initializers(self) -> dict[str, np.ndarray]:
-        return {i.name: numpy_helper.to_array(i) for i in self.proto.graph.initializer}
+        return {i.name: shared.value_of(i, self._held) for i in self.proto.graph.initializer}
 
     def constants(self) -> Iterable[tuple[str, np.ndarray]]:
         """Initializers and Constant-node values."""

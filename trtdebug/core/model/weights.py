@@ -1,14 +1,19 @@
-"""A model's weights held apart from its graph: a copy of the graph whose large initializers are only
-named (placeholders), and the arrays that onnxruntime sessions read in place instead.
+"""A model's weights held apart from its graph: a graph whose large initializers are only named
+(placeholders), and the arrays that onnxruntime sessions read in place instead.
 
-A model's weights then exist once in the process however many sessions run it (reference, pieces,
-emulated and local-error graphs), and no graph is ever serialized with them: protobuf refuses to
-serialize more than 2 GiB, so a billion-parameter model could not be run otherwise.
+`Model` takes its weights out when it loads (an external data file is read straight into arrays), so
+a model's weights exist once in the process however many sessions run it (reference, pieces,
+emulated and local-error graphs), graphs are copied and rewritten without copying weight bytes, and no
+graph is ever serialized with them: protobuf refuses to serialize more than 2 GiB, so a
+billion-parameter model could not be run otherwise. What writes a model file or hands one to
+TensorRT puts the weights back (`save_with_weights`, `with_weights`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,6 +77,105 @@ def _copy_fields(source: Any, target: Any, skip: str) -> None:
             setattr(target, field.name, value)
 
 
+def value_of(tensor: onnx.TensorProto, weights: Weights) -> np.ndarray:
+    """An initializer's value: the held array of a placeholder, else the proto's own data."""
+    return weights[tensor.name] if is_shared(tensor) else numpy_helper.to_array(tensor)
+
+
+def _numpy_type(data_type: int) -> np.dtype | None:
+    """The numpy type of an ONNX element type that onnxruntime's binding takes (`_ort_takes`), else None."""
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return dtype if dtype.kind in "fiub" and dtype.type.__module__ == "numpy" else None
+
+
+def _declared_bytes(tensor: onnx.TensorProto) -> int:
+    dtype = _numpy_type(tensor.data_type)
+    count = 1
+    for d in tensor.dims:
+        count *= int(d)
+    return count * dtype.itemsize if dtype is not None else 0
+
+
+def take_weights(proto: onnx.ModelProto, folder: str | Path | None = None
+                 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """`proto` with its large initializers (SHARED_WEIGHT_BYTES and up, plain numpy types) moved out
+    into arrays: each becomes a placeholder. Embedded data is converted once; external data (files in
+    `folder`) is read straight into its array, never into the proto. Other external initializers (small
+    ones, FP8/INT4/BF16 codes) are loaded into the proto. Returns a new, compact proto where anything
+    was taken (protobuf frees a message's bytes only with the message: `proto` still holds them)."""
+    held: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(proto.graph.initializer):
+        if is_shared(tensor):
+            continue
+        external = tensor.data_location == onnx.TensorProto.EXTERNAL
+        dtype = _numpy_type(tensor.data_type)
+        if dtype is None or _declared_bytes(tensor) < SHARED_WEIGHT_BYTES:
+            if external:
+                onnx.external_data_helper.load_external_data_for_tensor(tensor, str(folder or "."))
+            continue
+        shape = tuple(int(d) for d in tensor.dims)
+        if external:
+            info = onnx.external_data_helper.ExternalDataInfo(tensor)
+            path = os.path.join(str(folder or "."), info.location)
+            count = _declared_bytes(tensor) // dtype.itemsize
+            value = np.fromfile(path, dtype=dtype.newbyteorder("<"), count=count, offset=int(info.offset or 0))
+            if value.size != count:
+                raise ValueError(f"external data of {tensor.name!r} ends early in {info.location}")
+            value = value.astype(dtype, copy=False).reshape(shape)
+        else:
+            value = numpy_helper.to_array(tensor)
+        held[tensor.name] = value
+        proto.graph.initializer[i].CopyFrom(placeholder(tensor))
+    if not held:
+        return proto, held
+    compact = onnx.ModelProto()
+    compact.CopyFrom(proto)
+    return compact, held
+
+
+def with_weights(proto: onnx.ModelProto, weights: Weights) -> onnx.ModelProto:
+    """A copy of `proto` with its placeholders' values embedded (a model below protobuf's 2 GiB)."""
+    whole = onnx.ModelProto()
+    _copy_fields(proto, whole, skip="graph")
+    _copy_fields(proto.graph, whole.graph, skip="initializer")
+    whole.graph.initializer.extend(
+        numpy_helper.from_array(np.asarray(weights[t.name]), t.name) if is_shared(t) else t
+        for t in proto.graph.initializer)
+    return whole
+
+
+def weight_bytes(proto: onnx.ModelProto, weights: Weights) -> int:
+    """Bytes of the placeholders' values: what embedding them adds to the serialized proto."""
+    return sum(weights[t.name].nbytes for t in proto.graph.initializer if is_shared(t))
+
+
+def save_with_weights(proto: onnx.ModelProto, weights: Weights, path: str | Path, data_name: str) -> None:
+    """Write `proto` to `path` with its placeholders' values in `data_name` beside it (the layout
+    `onnx.save(..., save_as_external_data=True)` writes), one array at a time: the model is never
+    serialized whole with its weights. `proto` itself is left as it was."""
+    path = Path(path)
+    written = onnx.ModelProto()
+    _copy_fields(proto, written, skip="graph")
+    _copy_fields(proto.graph, written.graph, skip="initializer")
+    with open(path.parent / data_name, "wb") as data:
+        for tensor in proto.graph.initializer:
+            if not is_shared(tensor):
+                written.graph.initializer.append(tensor)
+                continue
+            value = np.ascontiguousarray(weights[tensor.name])
+            offset = data.tell()
+            data.write(value.astype(value.dtype.newbyteorder("<"), copy=False).tobytes())
+            entry = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                                     data_location=onnx.TensorProto.EXTERNAL)
+            for key, text in (("location", data_name), ("offset", str(offset)), ("length", str(value.nbytes))):
+                entry.external_data.add(key=key, value=text)
+            written.graph.initializer.append(entry)
+    onnx.save(written, str(path))
+
+
 def weights_of(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     """The model's large initializers as arrays (a model too large to serialize whole)."""
     held = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer
@@ -88,25 +192,3 @@ def _ort_takes(value: np.ndarray) -> bool:
 
 def _stored_bytes(tensor: onnx.TensorProto) -> int:
     return tensor.ByteSize()
-
-
-def held_weights(proto: onnx.ModelProto, known: Weights) -> dict[str, np.ndarray]:
-    """`proto`'s large initializers as arrays: `known`'s array where it holds the same bits (a weight
-    that a rewrite of the graph left as it was is not held twice), a new one otherwise."""
-    held: dict[str, np.ndarray] = {}
-    for tensor in proto.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.ByteSize() < SHARED_WEIGHT_BYTES:
-            continue
-        value = numpy_helper.to_array(tensor)
-        if not _ort_takes(value):
-            continue
-        same = known.get(tensor.name)
-        held[tensor.name] = same if same is not None and _same_bits(same, value) else value
-    return held
-
-
-def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    if a.dtype != b.dtype or a.shape != b.shape or a.dtype.kind not in "fiub":
-        return False
-    as_bits = np.dtype(f"u{a.dtype.itemsize}") if a.dtype.kind != "b" else a.dtype
-    return bool(np.array_equal(a.view(as_bits), b.view(as_bits)))

@@ -33,6 +33,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from trtdebug.core.model.graph import Model, subgraph_outer_inputs
+from trtdebug.core.model.weights import value_of
 from trtdebug.core.plans.precision_plan import (
     ONNX_TYPE,
     QUANTIZED_PRECISIONS,
@@ -149,7 +150,7 @@ class _TypedGraphWriter:
         return name
 
     def _converted_initializer(self, tensor: str, elem_type: int) -> str:
-        value = numpy_helper.to_array(self.initializers[tensor]).astype("float32")
+        value = value_of(self.initializers[tensor], self.model.weights).astype("float32")
         name = self.fresh(f"{tensor}__{TYPE_SUFFIX[elem_type]}", self.used_names)
         if elem_type == onnx.TensorProto.BFLOAT16:
             converted = helper.make_tensor(name, elem_type, value.shape, value.reshape(-1).tolist())

@@ -389,7 +389,7 @@ class QuantizedModel(Model):
         self.implicit = implicit
         self.calibration = dict(calibration or {})
         self._identity = identity
-        super().__init__(float_counterpart(qdq, self.pairs), path or qdq.path, list(qdq.data_files))
+        super().__init__(float_counterpart(qdq, self.pairs), path or qdq.path, list(qdq.data_files), qdq.weights)
         self.stored_precision = self.precision  # what the model is built in without --precision
 
     @property

@@ -13,7 +13,6 @@ import onnx
 from onnx import helper
 
 from trtdebug.core.model.graph import Model
-from trtdebug.core.model.weights import held_weights, without_weights
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.reference import ort_sessions
 from trtdebug.core.reference.random_ops import RANDOM_OPS
@@ -71,12 +70,10 @@ class EmulatorBuilt:
                                 for name, nodes in folded.covers.items()}
         self.layers = layer_infos(folded, self.layer_precision, tactics, choices)
         self.float_tensors = float_tensors(model, folded)
-        # the large weights held apart, once, read in place by every session below (the folded graph's
-        # own weights are the model's arrays where folding left them as they were)
-        rounded = self._rounded_graph(folded.proto, self.float_tensors)
-        self.weights = held_weights(rounded, model.weights)
-        self.proto = without_weights(rounded, self.weights)
-        del rounded
+        # the large weights held apart, once, read in place by every session below: the folded graph's
+        # (the model's arrays where folding left them as they were) and their rounded copies
+        self.weights = folded.weights
+        self.proto = self._rounded_graph(folded.proto, self.float_tensors)
         exposed = self._exposed(mark)
         self.marking_notes: dict[str, Any] = {
             "mode": "all" if mark.mode != "none" else "none",
@@ -86,7 +83,7 @@ class EmulatorBuilt:
         self._exposed_names = exposed
         self._session: Any = None  # made by the first `run`: a piecewise compare never needs it
         self._local_session: Any = None
-        self._pieces: dict[int, tuple[Any, Any]] = {}  # id(groups) -> (PiecewiseGraph, local PiecewiseGraph)
+        self._pieces: dict[tuple[int, str], Any] = {}  # (id(groups), EMULATED or LOCAL) -> PiecewiseGraph
         self._local_live: dict[str, np.ndarray] = {}
         self._local_parts: tuple[onnx.ModelProto, dict[str, str], list[str]] | None = None
         self._switching: tuple[tuple[str, ...], Any] | None = None  # run_substituted's switches and session
@@ -94,7 +91,7 @@ class EmulatorBuilt:
     def _rounded_graph(self, source: onnx.ModelProto, floats: set[str]) -> onnx.ModelProto:
         shapes = tensor_shapes(self.model, self.folded.proto)
         return rounded_graph(source, self.model.opset, self.layer_precision, self.tactics, floats,
-                             lambda t: shapes(t.removeprefix(REF_PREFIX)))
+                             lambda t: shapes(t.removeprefix(REF_PREFIX)), self.weights)
 
     def _exposed(self, mark: Marking) -> list[str]:
         if mark.mode == "none":
@@ -136,13 +133,12 @@ class EmulatorBuilt:
     def run_pieces(self, feeds: Mapping[str, np.ndarray], groups: Sequence[Sequence[str]]
                    ) -> Iterator[dict[str, np.ndarray]]:
         """`run`, a group of tensors at a time (core.reference.pieces): every layer still runs once."""
-        graph = self._piecewise(groups)[0]
-        return graph.run(feeds)
+        return self._piecewise(groups).run(feeds)
 
     def run_local_piece(self, k: int, reference: Mapping[str, np.ndarray],
                         groups: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
         """`run_local` for the layers writing group k's tensors; `reference` holds what they read."""
-        graph = self._piecewise(groups)[1]
+        graph = self._local_piecewise(groups)
         if k == 0:
             self._local_live = {}
         live = self._local_live  # rounded copies of reference values that several groups' layers share
@@ -165,17 +161,26 @@ class EmulatorBuilt:
         graph = PiecewiseGraph(self.proto, [list(range(len(self.proto.graph.node)))], tensors, EMULATED, self.weights)
         return next(iter(graph.run(feeds)))
 
-    def _piecewise(self, groups: Sequence[Sequence[str]]) -> tuple[Any, Any]:
+    def _piecewise(self, groups: Sequence[Sequence[str]]) -> Any:
         from trtdebug.core.reference.pieces import PiecewiseGraph, split_by_targets
 
-        key = id(groups)
+        key = (id(groups), EMULATED)
         if key not in self._pieces:
-            self._pieces.clear()
-            graph = PiecewiseGraph(self.proto, split_by_targets(self.proto, groups), self._exposed_names, EMULATED,
-                                   self.weights)
+            self._pieces = {k: v for k, v in self._pieces.items() if k[0] == id(groups)}
+            self._pieces[key] = PiecewiseGraph(self.proto, split_by_targets(self.proto, groups), self._exposed_names,
+                                               EMULATED, self.weights)
+        return self._pieces[key]
+
+    def _local_piecewise(self, groups: Sequence[Sequence[str]]) -> Any:
+        """Every layer's local graph in pieces: made only where every layer's local error is asked for."""
+        from trtdebug.core.reference.pieces import PiecewiseGraph, split_by_targets
+
+        key = (id(groups), LOCAL)
+        if key not in self._pieces:
+            self._pieces = {k: v for k, v in self._pieces.items() if k[0] == id(groups)}
             local_proto, _, outputs = self._local_graph()
-            local = PiecewiseGraph(local_proto, split_by_targets(local_proto, groups), outputs, LOCAL, self.weights)
-            self._pieces[key] = (graph, local)
+            self._pieces[key] = PiecewiseGraph(local_proto, split_by_targets(local_proto, groups), outputs, LOCAL,
+                                               self.weights)
         return self._pieces[key]
 
     def run_substituted(self, feeds: Mapping[str, np.ndarray], replacements: Mapping[str, np.ndarray],
@@ -323,5 +328,4 @@ class EmulatorBuilt:
                 name, onnx.helper.np_dtype_to_tensor_dtype(self.model.dtype(tensor) or np.dtype("float32")),
                 self._declared_shape(tensor)))
         cut_floats = {REF_PREFIX + t for t in feeds_from.values() if t in self.float_tensors}
-        proto = without_weights(self._rounded_graph(kept, self.float_tensors | cut_floats), self.weights)
-        return proto, feeds_from, outputs
+        return self._rounded_graph(kept, self.float_tensors | cut_floats), feeds_from, outputs

@@ -75,7 +75,7 @@ def build_float_qdq(emulator: FoldedBuilder, model: QuantizedModel, plan: Precis
     gone = {p.quantize for p in removed}
     live = [p for p in model.pairs.values() if p.quantize not in gone]
     proto = fold_weight_quantizers(without_pairs(model.qdq.proto, removed, bypass), live, model.qdq_constants)
-    graph = Model.from_proto(proto)
+    graph = Model.from_proto(proto, model.qdq.weights)
     # layers the plan gives a float precision (pair keys are graph edits, gone from `graph`)
     layers = {n: p for n, p in plan.nodes.items() if p in ("fp32", "fp16", "bf16") and n in graph.node_by_name}
     stands_for = {p.source: p.dequantized[0] for p in live if not p.is_weight}

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 
 from trtdebug.core.model.graph import Model
+from trtdebug.core.model.weights import take_weights
 from trtdebug.core.reference import ort_sessions
 
 
@@ -22,9 +25,12 @@ from trtdebug.core.reference import ort_sessions
 class FoldedGraph:
     """The model after the builder's FP32 folding, and which ONNX nodes each layer covers."""
 
-    proto: onnx.ModelProto
+    proto: onnx.ModelProto  # its large weights are placeholders (core.model.weights)
     covers: dict[str, tuple[str, ...]]  # layer (optimized node name) -> original ONNX nodes
     folded_away: tuple[str, ...]  # ONNX nodes computed at build time (constant folding)
+    # the placeholders' arrays: the model's own where folding left a weight as it was; emulated builds
+    # add the rounded copies they make (`name::fp16`: the same for every build of this graph)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def fold_like_builder(model: Model) -> FoldedGraph:
@@ -32,7 +38,8 @@ def fold_like_builder(model: Model) -> FoldedGraph:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "folded.onnx")
         ort_sessions.session(model.proto, level="basic", threads=1, optimized_path=path, weights=model.weights)
-        folded = onnx.load(path)
+        folded, weights = take_weights(onnx.load(path, load_external_data=False), tmp)
+        weights = _same_as_model(weights, model.weights)
     # onnxruntime may leave nodes unnamed or reuse names; layer names must be unique.
     seen: set[str] = set()
     for i, node in enumerate(folded.graph.node):
@@ -42,8 +49,17 @@ def fold_like_builder(model: Model) -> FoldedGraph:
     covers = _coverage(model, folded)
     covered = {n for nodes in covers.values() for n in nodes}
     folded_away = tuple(n.name for n in model.nodes if n.name not in covered)
-    return FoldedGraph(folded, covers, folded_away)
+    return FoldedGraph(folded, covers, folded_away, weights)
 
+
+def _same_as_model(weights: dict[str, np.ndarray], model_weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model's own array for each weight the folding left as it was (held once, not twice)."""
+    for name, value in weights.items():
+        same = model_weights.get(name)
+        if same is not None and same.dtype == value.dtype and same.shape == value.shape and \
+                np.array_equal(same.view(np.uint8), value.view(np.uint8)):
+            weights[name] = same
+    return weights
 
 def _coverage(model: Model, folded: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
     """Map each folded-graph node to the original nodes between its inputs and its outputs."""

@@ -35,7 +35,7 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 def unfolded(model: Model) -> FoldedGraph:
     """Every node is its own layer."""
-    return FoldedGraph(model.proto, {n.name: (n.name,) for n in model.nodes}, ())
+    return FoldedGraph(model.proto, {n.name: (n.name,) for n in model.nodes}, (), dict(model.weights))
 
 
 class Int8Built:
@@ -106,7 +106,7 @@ class Int8Built:
 def build_int8(emulator: FoldedBuilder, model: QuantizedModel, plan: PrecisionPlan, bans: Any,
                mark: Marking) -> Int8Built:
     removed, bypass = removal_for_plan(model, plan.nodes)
-    graph = Model.from_proto(without_pairs(model.qdq.proto, removed, bypass))
+    graph = Model.from_proto(without_pairs(model.qdq.proto, removed, bypass), model.qdq.weights)
     # layers the plan gives a float precision (pair keys are graph edits, gone from `graph`)
     layers = {n: p for n, p in plan.nodes.items() if p in ("fp32", "fp16", "bf16") and n in graph.node_by_name}
     inner_plan = PrecisionPlan(model.outside_precision, layers)

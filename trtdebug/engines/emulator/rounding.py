@@ -20,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from trtdebug.core.model.graph import Model
+from trtdebug.core.model.weights import is_shared, placeholder, value_of
 from trtdebug.core.plans.precision_plan import (
     DATA_MOVEMENT_OPS,
     ONNX_TYPE,
@@ -33,17 +34,27 @@ from trtdebug.engines.emulator.tactics import Shape, ShapeOf, apply_variant
 
 
 class Rounder:
-    """Builds the emulated graph: the folded graph with FP16/BF16 rounding at layer I/O."""
+    """Builds the emulated graph: the folded graph with FP16/BF16 rounding at layer I/O.
 
-    def __init__(self, folded: onnx.ModelProto, opset: int, shape_of: ShapeOf | None = None):
+    The folded graph's large weights are placeholders (core.model.weights) whose arrays are in
+    `weights`; their rounded copies are placeholders too, their arrays added to `weights` (which
+    may hold them already, from an earlier graph of the same folded graph: rounding is the same)."""
+
+    def __init__(self, folded: onnx.ModelProto, opset: int, shape_of: ShapeOf | None = None,
+                 weights: dict[str, np.ndarray] | None = None):
         self.opset = opset
         self.shape_of = shape_of
+        self.weights = weights if weights is not None else {}
         self.graph = onnx.GraphProto()
         self.graph.CopyFrom(folded.graph)
         del self.graph.node[:]
         self.initializers = {i.name: i for i in folded.graph.initializer}
         self.rounded: dict[str, str] = {}  # tensor -> precision it is already rounded to
         self.cast_cache: dict[tuple[str, str], str] = {}
+
+    def value(self, name: str) -> np.ndarray:
+        """An initializer's value (a placeholder's array, or the proto's data)."""
+        return value_of(self.initializers[name], self.weights)
 
     def round_tensor(self, tensor: str, precision: str) -> str:
         """Name of `tensor` rounded to `precision` (values still FP32)."""
@@ -54,10 +65,16 @@ class Rounder:
             return self.cast_cache[key]
         name = f"{tensor}::{precision}"
         if tensor in self.initializers:
-            value = numpy_helper.to_array(self.initializers[tensor])
-            if value.dtype != np.float32:
+            if self.initializers[tensor].data_type != onnx.TensorProto.FLOAT:
                 return tensor
-            self.graph.initializer.append(numpy_helper.from_array(round_values(value, precision), name))
+            if is_shared(self.initializers[tensor]):  # a large weight: rounded once, held as an array
+                if name not in self.weights:
+                    self.weights[name] = round_values(self.weights[tensor], precision)
+                self.graph.initializer.append(placeholder(onnx.TensorProto(
+                    name=name, data_type=onnx.TensorProto.FLOAT, dims=self.initializers[tensor].dims)))
+            else:
+                rounded = round_values(self.value(tensor), precision)
+                self.graph.initializer.append(numpy_helper.from_array(rounded, name))
         else:
             self._cast_pair(tensor, name, precision)
         self.cast_cache[key] = name
@@ -169,10 +186,11 @@ def _new_float_tensors(model: Model, folded: FoldedGraph) -> set[str]:
 
 
 def rounded_graph(source: onnx.ModelProto, opset: int, precisions: Mapping[str, str], tactics: Mapping[str, str],
-                  floats: set[str], shape_of: ShapeOf) -> onnx.ModelProto:
+                  floats: set[str], shape_of: ShapeOf, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     """`source` (the folded graph, or a part of it) with each layer rounded to its precision
-    (`precisions`, by layer name) and emitted by its tactic's arithmetic variant."""
-    rounder = Rounder(source, opset, shape_of)
+    (`precisions`, by layer name) and emitted by its tactic's arithmetic variant. `weights`: the
+    arrays of `source`'s weight placeholders; the rounded weights' arrays are added to it."""
+    rounder = Rounder(source, opset, shape_of, weights)
     for node in source.graph.node:
         precision = precisions[node.name]
         plain = apply_variant(node, tactics.get(node.name, ""), precision, rounder)

@@ -21,7 +21,6 @@ import onnx
 from onnx import helper
 
 from trtdebug.core.model.graph import Model
-from trtdebug.core.model.weights import held_weights, without_weights
 from trtdebug.core.plans.precision_plan import DATA_MOVEMENT_OPS, REDUCED, precision_slots
 from trtdebug.core.reference import ort_sessions
 from trtdebug.engines.base import LayerInfo
@@ -40,8 +39,9 @@ def _plain(tactic: str) -> str:
 class _SwitchingRounder(Rounder):
     """The Rounder, emitting switchable layers with both states and a switch per rounding."""
 
-    def __init__(self, folded: onnx.ModelProto, opset: int, shape_of: ShapeOf, float32: Callable[[str], bool]):
-        super().__init__(folded, opset, shape_of)
+    def __init__(self, folded: onnx.ModelProto, opset: int, shape_of: ShapeOf, float32: Callable[[str], bool],
+                 weights: dict[str, np.ndarray]):
+        super().__init__(folded, opset, shape_of, weights)
         self.float32 = float32  # tensors an If's branches may declare FP32 (others switch through a Where)
         self.output_rounding: dict[str, tuple[str, str]] = {}  # switched output -> (precision, its rounding)
 
@@ -131,7 +131,7 @@ class SwitchedGraph:
                 return initializers[tensor] == onnx.TensorProto.FLOAT
             return model.dtype(tensor) == np.dtype(np.float32)
 
-        rounder = _SwitchingRounder(folded.proto, model.opset, shapes, float32)
+        rounder = _SwitchingRounder(folded.proto, model.opset, shapes, float32, folded.weights)
         for node in folded.proto.graph.node:
             precision = self.low[node.name]
             if node.name in switchable:
@@ -146,9 +146,8 @@ class SwitchedGraph:
         del proto.graph.value_info[:]
         proto.graph.input.extend(helper.make_tensor_value_info(REDUCED_PREFIX + layer, onnx.TensorProto.BOOL, [])
                                  for layer in self.switchable)
-        self.weights = held_weights(proto, model.weights)
-        self.proto = without_weights(proto, self.weights)
-        del proto
+        self.weights = folded.weights  # its placeholders' arrays, rounded copies included
+        self.proto = proto
         self._session: Any = None
 
     def serves(self, precisions: Mapping[str, str], tactics: Mapping[str, str]) -> bool:

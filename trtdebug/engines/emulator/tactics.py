@@ -58,6 +58,7 @@ class VariantEmitter(Protocol):
 
     initializers: dict[str, onnx.TensorProto]
 
+    def value(self, name: str) -> np.ndarray: ...
     def round_tensor(self, tensor: str, precision: str) -> str: ...
     def round_into(self, source: str, target: str, precision: str) -> None: ...
     def rounding_nodes(self, source: str, target: str, precision: str) -> list[onnx.NodeProto]: ...
@@ -360,7 +361,7 @@ def _emit_conv(emit: _Subgraph, node: onnx.NodeProto, channels: int, block: int,
     if node.input[1] not in r.initializers:
         raise UserError(f"conv {node.name!r} has non-constant weights, so its accumulation variant "
                         "cannot be emulated")
-    weight = numpy_helper.to_array(r.initializers[node.input[1]]).astype(np.float32)
+    weight = r.value(node.input[1]).astype(np.float32)
     out_channels, rank = weight.shape[0], weight.ndim
     blocks = math.ceil(channels / block)
     grouped = np.zeros((blocks * out_channels, block, *weight.shape[2:]), np.float32)
@@ -379,7 +380,7 @@ def _emit_conv(emit: _Subgraph, node: onnx.NodeProto, channels: int, block: int,
     out_shape = emit.op("Concat", [batch, emit.ints([out_channels], "channels"), spatial], "out_shape", axis=0)
     total = emit.op("Reshape", [total, out_shape], "accumulated_nd")
     if len(node.input) > 2 and node.input[2] and node.input[2] in r.initializers:
-        bias = numpy_helper.to_array(r.initializers[node.input[2]]).astype(np.float32)
+        bias = r.value(node.input[2]).astype(np.float32)
         broadcastable = emit.constant(bias.reshape(out_channels, *[1] * (rank - 2)), "bias")
         total = emit.op("Add", [total, r.round_tensor(broadcastable, precision)], "biased")
     elif len(node.input) > 2 and node.input[2]:

@@ -123,6 +123,8 @@ class NetworkBuilder:
             self.live_pairs = quant_format.live_pairs(plan.nodes)
             self.layer_plan = quant_format.layer_plan(plan)
         self.proto, self.modified = self._graph()
+        # the values of the graph's weight placeholders: the Q/DQ model's, or the model's (core.model.weights)
+        self.weights = quant_format.model.qdq.weights if quant_format is not None else self.model.weights
         self.builds = 0
         self.failures: dict[str, str] = {}
         self._unmarked: dict[str, BuildResult] = {}
@@ -152,7 +154,7 @@ class NetworkBuilder:
         logger = self.context.logger()
         builder = self.trt.Builder(logger)
         network = create_network(self.trt, builder, self.features, self.strong)
-        _parser = parse_onnx(self.trt, network, logger, self.proto, self.modified)
+        _parser = parse_onnx(self.trt, network, logger, self.proto, self.modified, self.weights)
         stands_for = {p.source: p.dequantized[0] for p in self.live_pairs}
         found = markable_tensors(self.trt, network, wanted | {stands_for[t] for t in wanted if t in stands_for})
         by_dequantized = set(found)
@@ -179,7 +181,7 @@ class NetworkBuilder:
         logger = self.context.logger()
         builder = trt_api.Builder(logger)
         network = create_network(trt_api, builder, self.features, self.strong)
-        parser = parse_onnx(trt_api, network, logger, self.proto, self.modified)
+        parser = parse_onnx(trt_api, network, logger, self.proto, self.modified, self.weights)
         config = builder.create_builder_config()
         self._configure(config)
         ranges = shape_ranges_for(network, self.options.input_shapes, self.options.shape_ranges,

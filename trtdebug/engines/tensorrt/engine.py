@@ -93,7 +93,7 @@ class TensorRTEngine:
         logger = make_logger(self.trt)
         builder = self.trt.Builder(logger)
         network = create_network(self.trt, builder, self.features, strong=False)
-        _parser = parse_onnx(self.trt, network, logger, model.proto, modified=False)
+        _parser = parse_onnx(self.trt, network, logger, model.proto, modified=False, weights=model.weights)
         resolver = NodeResolver([n.name for n in model.nodes])
         names: dict[str, list[str]] = {}
         for i in range(network.num_layers):

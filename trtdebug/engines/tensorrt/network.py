@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from trtdebug.core.model.feeds import input_shape_hint
+from trtdebug.core.model.weights import Weights, save_with_weights, weight_bytes, with_weights
 from trtdebug.core.plans.precision_plan import PRECISIONS, PrecisionPlan, builder_precisions
 from trtdebug.engines.base import BuildError
 from trtdebug.engines.tensorrt.layers import NodeResolver, network_layer_nodes
@@ -82,10 +83,12 @@ def create_network(trt_api: Any, builder: trt.Builder, features: Features, stron
 
 
 def parse_onnx(trt_api: Any, network: trt.INetworkDefinition, logger: Any, proto: onnx.ModelProto,
-               modified: bool) -> Any:
-    """Parse into `network`; the parser must outlive the network (it owns the weights)."""
+               modified: bool, weights: Weights | None = None) -> Any:
+    """Parse into `network`; the parser must outlive the network (it owns the weights). `weights`: the
+    values of `proto`'s weight placeholders (core.model.weights: a Model's graph holds its large
+    weights apart), put back for the parser."""
     parser = trt_api.OnnxParser(network, logger)
-    ok = _parse(parser, proto)
+    ok = _parse(parser, proto, weights or {})
     if not ok:
         errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)] or ["no parser message"]
         message = f"TensorRT cannot parse the model: {errors[0].splitlines()[0]}{parser_reason(errors[0])}"
@@ -112,11 +115,12 @@ def parser_reason(error: str) -> str:
 PROTOBUF_LIMIT = (1 << 31) - 1
 
 
-def _parse(parser: Any, proto: onnx.ModelProto) -> bool:
+def _parse(parser: Any, proto: onnx.ModelProto, weights: Weights) -> bool:
     data: bytes | None = None
-    if proto.ByteSize() <= PROTOBUF_LIMIT:
+    held = weight_bytes(proto, weights)
+    if proto.ByteSize() + held <= PROTOBUF_LIMIT:
         try:
-            data = proto.SerializeToString()
+            data = (with_weights(proto, weights) if held else proto).SerializeToString()
         except ValueError:  # over protobuf's limit after all
             data = None
     if data is not None:
@@ -126,13 +130,16 @@ def _parse(parser: Any, proto: onnx.ModelProto) -> bool:
     # onnx.save(..., save_as_external_data=True) rewrites the tensors of the proto it is given
     # (clears raw_data, points them at the file), so it gets a copy: the caller's model stays whole.
     # The folder lives until parsing is done (the parser reads the external weights while parsing).
-    clone = onnx.ModelProto()
-    clone.CopyFrom(proto)
     with tempfile.TemporaryDirectory(prefix="trtdebug-onnx-") as folder:
         path = Path(folder) / "model.onnx"
-        onnx.save(clone, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location="model.onnx.data")
-        del clone
+        if held:  # the placeholders' arrays written one at a time, the proto left as it is
+            save_with_weights(proto, weights, path, "model.onnx.data")
+        else:
+            clone = onnx.ModelProto()
+            clone.CopyFrom(proto)
+            onnx.save(clone, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location="model.onnx.data")
+            del clone
         return bool(parser.parse_from_file(str(path)))
 
 
