@@ -270,7 +270,7 @@ def main() -> None:
             evaluations(config, Path(name))
         return
     print(_machine(), flush=True)
-    print(f"decoder/encoder: {config.layers} layers, d {config.d_model}, {config.parameters / 1e6:.0f} M parameters, "
+    print(f"decoder/encoder: {config.layers} layers, d {config.d_model}, {config.parameters / 1e6:.3g} M parameters, "
           f"1x{config.seq} tokens; detector: {DETECTOR} at {args.detector_shape}; time: wall; "
           f"memory: peak resident set", flush=True)
     table = ["| run | time | peak MiB | time/exposed | memory/exposed | target met | exit code |",
