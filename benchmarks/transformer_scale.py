@@ -1,15 +1,30 @@
-"""compare and fallback on generated transformers, against one exposed FP32 run (run by hand, not in CI).
+"""compare and fallback at scale, against one exposed FP32 run of the same model (run by hand, not in CI).
 
     python -m benchmarks.transformer_scale [--layers 12 --d-model 768 --seq 256] [--billion] [--skip-fallback]
+                                           [--detector-shape 4x3x640x640 | --no-detector]
     python -m benchmarks.transformer_scale --evaluations [--layers 4 --d-model 256 --seq 64]
 
-Models (fixtures.transformer_models): the LLaMA-style decoder with a passing mask (-1e4) and with HF's
-finfo(float32).min mask (NaN in FP16: compare fails, fallback searches), the encoder with a padding
-mask, and with --billion the 1.1 B decoder (22 layers, d 2048, 4.5 GB of external weights: needs about
-17 GiB free; `free -g` first). Every measurement is a fresh process: time is its wall time, memory its
-peak resident set (the child's ru_maxrss). Printed: seconds and MiB, and the ratios to one exposed FP32
-run of the same model (onnxruntime with every tensor exposed, the reference alone).
-Targets (issue): compare <= 1.5x memory and <= 2.5x time; fallback <= 2x memory.
+Models: from fixtures.transformer_models, the LLaMA-style decoder with a passing mask (-1e4; compare)
+and with HF's finfo(float32).min mask (NaN in FP16: compare fails, fallback searches), the encoder with
+a padding mask (compare); the zoo's YOLOv8n detector (fixtures.zoo yolov8n_nudenet, input `images`,
+dynamic batch, H and W) at 4x3x640x640 (compare, and fallback if compare fails); with --billion the
+1.1 B decoder with the finfo mask (22 layers, d 2048, 4.5 GB of external weights, generated on demand:
+needs about 17 GiB free, `free -g` first; compare and fallback with --memory-budget 16GiB).
+Feeds everywhere: float inputs uniform [-1, 1) (x, images), attention_mask all ones.
+
+The baseline (the issue's "one exposed FP32 run"): a plain script, no trtdebug, what a user would write:
+onnx.load the model (its external data with it), add every node output as a graph output, one
+onnxruntime InferenceSession (CPUExecutionProvider, default options), one run. A model with external
+data is not loaded with its weights (protobuf cannot serialize over 2 GiB): its graph gets the outputs
+and is saved as a copy beside the model, and the session is made from that path, reading the weights
+once. Printed on the same line as a second baseline, judged against nothing: trtdebug's own FP32
+reference run (Reference(model).run, every tensor exposed).
+
+Every measurement is a fresh process: time is its wall time, memory its peak resident set (the child's
+ru_maxrss). At the end a markdown table: run | time | peak MiB | time/exposed | memory/exposed |
+target met | exit code. Targets (issue 22): compare <= 1.5x the memory and <= 2.5x the time of the
+exposed onnxruntime run; fallback <= 2x the memory. Exit codes 0 (passes) and 1 (fails) are verdicts;
+any other is a crash and misses the target.
 --evaluations: the fallback row alone, in this process: what one evaluation of a plan costs (build, run,
 judge: workflows.evaluate.evaluate_build) built per plan and on the emulator's switched graph, against one
 run of an emulated build; target <= 1.3x one emulated run.
@@ -20,55 +35,170 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import re
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from fixtures.transformer_models import BENCHMARK, BILLION, FEED_RANGES, TransformerConfig, save
 
-RANGES = [arg for name, (low, high) in FEED_RANGES.items() for arg in ("--input-range", f"{name}:{low:g},{high:g}")]
-EXPOSED = """
-import sys
+DETECTOR = "yolov8n_nudenet"
+DETECTOR_INPUT = "images"
+DETECTOR_SHAPE = (4, 3, 640, 640)
+BILLION_BUDGET = "16GiB"
+COMPARE_MEMORY, COMPARE_TIME, FALLBACK_MEMORY = 1.5, 2.5, 2.0
+
+# The user's exposed FP32 run: argv = model, JSON {input: {"shape": [...], "range": [low, high]}}.
+EXPOSED_ONNXRUNTIME = """
+import json, os, sys, tempfile
+import numpy as np, onnx, onnxruntime as ort
+from onnx.external_data_helper import uses_external_data
+path, specs = sys.argv[1], json.loads(sys.argv[2])
+external = any(uses_external_data(t) for t in onnx.load(path, load_external_data=False).graph.initializer)
+model = onnx.load(path, load_external_data=not external)
+outputs = {o.name for o in model.graph.output}
+for node in model.graph.node:
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in node.output if n and n not in outputs)
+    outputs.update(node.output)
+rng = np.random.default_rng(0)
+feeds = {}
+for i in model.graph.input:
+    if i.name not in specs:
+        continue
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+    shape = specs[i.name]["shape"] or [d.dim_value for d in i.type.tensor_type.shape.dim]
+    low, high = specs[i.name]["range"]
+    floating = np.issubdtype(dtype, np.floating)
+    feeds[i.name] = (rng.uniform(low, high, shape) if floating else rng.integers(low, high + 1, shape)).astype(dtype)
+if external:  # over 2 GiB: a copy of the graph beside the model, the weights read from their file
+    handle, copy = tempfile.mkstemp(suffix=".onnx", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(handle)
+    onnx.save(model, copy)
+    session = ort.InferenceSession(copy, providers=["CPUExecutionProvider"])
+    os.unlink(copy)
+else:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+del model
+results = session.run(None, feeds)
+print(f"{len(results)} tensors exposed")
+"""
+# trtdebug's own FP32 reference run, every tensor exposed: the second baseline.
+EXPOSED_TRTDEBUG = """
+import json, sys
 from trtdebug.core.model.feeds import generate_feeds, resolve_shapes
 from trtdebug.core.model.graph import Model
 from trtdebug.core.reference.fp32_run import Reference
-model = Model.load(sys.argv[1])
-feeds = generate_feeds(model, resolve_shapes(model, {}), {"x": (-1.0, 1.0), "attention_mask": (1.0, 1.0)})
+model, specs = Model.load(sys.argv[1]), json.loads(sys.argv[2])
+shapes = {name: tuple(spec["shape"]) for name, spec in specs.items() if spec["shape"]}
+ranges = {name: tuple(spec["range"]) for name, spec in specs.items()}
+feeds = generate_feeds(model, resolve_shapes(model, shapes), ranges)
 Reference(model).run(feeds)
 """
 
 
-def measure(command: list[str]) -> tuple[float, float, int]:
+@dataclass(frozen=True)
+class Case:
+    label: str
+    model: Path
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # inputs with dynamic dimensions
+    ranges: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(FEED_RANGES))
+    fallback: str = "never"  # "never", "always", or "if compare fails"
+    budget: str | None = None  # --memory-budget
+
+    def specs(self) -> str:
+        return json.dumps({name: {"shape": list(self.shapes.get(name, ())), "range": list(span)}
+                           for name, span in self.ranges.items()})
+
+    def options(self) -> list[str]:
+        args = [arg for name, shape in self.shapes.items()
+                for arg in ("--input-shape", f"{name}:{'x'.join(map(str, shape))}")]
+        args += [arg for name, (low, high) in self.ranges.items()
+                 for arg in ("--input-range", f"{name}:{low:g},{high:g}")]
+        return args + (["--memory-budget", self.budget] if self.budget else [])
+
+
+@dataclass(frozen=True)
+class Measured:
+    run: str
+    seconds: float
+    mib: float
+    code: int
+
+
+def measure(command: list[str]) -> Measured:
     """Wall seconds, peak resident MiB and exit code of `command` in a fresh process."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     start = time.perf_counter()
     child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # read stderr while the child runs (a full pipe would block it), then its resource usage
+    error = child.stderr.read() if child.stderr else b""
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode not in (0, 1):
-        print(f"  ({' '.join(command[2:4])} exited {child.returncode}: "
-              f"{(child.stderr.read() if child.stderr else b'').decode().strip().splitlines()[-1:]})", flush=True)
-    return seconds, usage.ru_maxrss / 1024, child.returncode
+    code = os.waitstatus_to_exitcode(status)
+    child.returncode = code
+    if code not in (0, 1):
+        print(f"  ({' '.join(command[1:4])[:80]} exited {code}: {error.decode().strip().splitlines()[-1:]})",
+              flush=True)
+    return Measured("", seconds, usage.ru_maxrss / 1024, code)
 
 
-def row(label: str, model: Path, folder: Path, fallback: bool) -> None:
-    exposed = measure([sys.executable, "-c", EXPOSED, str(model)])
-    print(f"{label}: one exposed FP32 run {exposed[0]:.1f} s, {exposed[1]:.0f} MiB", flush=True)
-    runs = [("compare", ["compare", str(model), *RANGES, "--json", str(folder / f"{model.stem}.json")])]
-    if fallback:
-        runs.append(("fallback", ["fallback", str(model), *RANGES, "--out", str(folder / f"{model.stem}.plan.json")]))
-    for name, args in runs:
-        seconds, mib, code = measure([sys.executable, "-m", "trtdebug", *args])
-        builds = ""
-        if name == "fallback" and code == 0:
-            plan = json.loads((folder / f"{model.stem}.plan.json").read_text())
-            builds = f", plan keeps {len(plan.get('nodes', {}))} node(s) in higher precision"
-        print(f"  {name:<8} {seconds:7.1f} s {mib:7.0f} MiB | time {seconds / exposed[0]:5.2f}x, "
-              f"memory {mib / exposed[1]:5.2f}x (exit {code}{builds})", flush=True)
+def row(case: Case, folder: Path, table: list[str], skip_fallback: bool) -> None:
+    exposed = measure([sys.executable, "-c", EXPOSED_ONNXRUNTIME, str(case.model), case.specs()])
+    own = measure([sys.executable, "-c", EXPOSED_TRTDEBUG, str(case.model), case.specs()])
+    print(f"{case.label}: exposed FP32 run (plain onnxruntime script, the baseline) {exposed.seconds:.1f} s, "
+          f"{exposed.mib:.0f} MiB (exit {exposed.code}) | trtdebug's own reference run {own.seconds:.1f} s, "
+          f"{own.mib:.0f} MiB, {own.seconds / exposed.seconds:.2f}x time, {own.mib / exposed.mib:.2f}x memory "
+          f"(exit {own.code})", flush=True)
+    table.append(_line(f"{case.label}: exposed FP32, onnxruntime (baseline)", exposed, exposed, None))
+    table.append(_line(f"{case.label}: exposed FP32, trtdebug Reference", own, exposed, None))
+    stem = case.model.stem
+    compare = measure([sys.executable, "-m", "trtdebug", "compare", str(case.model), *case.options(),
+                       "--json", str(folder / f"{stem}.json")])
+    _report(case, "compare", compare, exposed, table)
+    wanted = {"never": False, "always": True, "if compare fails": compare.code == 1}[case.fallback]
+    if wanted and not skip_fallback:
+        out = folder / f"{stem}.plan.json"
+        fallback = measure([sys.executable, "-m", "trtdebug", "fallback", str(case.model), *case.options(),
+                            "--out", str(out)])
+        kept = ""
+        if fallback.code == 0 and out.is_file():
+            kept = f", plan keeps {len(json.loads(out.read_text()).get('nodes', {}))} node(s) in higher precision"
+        _report(case, "fallback", fallback, exposed, table, kept)
+
+
+def _report(case: Case, name: str, measured: Measured, exposed: Measured, table: list[str], note: str = "") -> None:
+    met = _target_met(name, measured, exposed)
+    print(f"  {name:<8} {measured.seconds:7.1f} s {measured.mib:7.0f} MiB | "
+          f"time {measured.seconds / exposed.seconds:5.2f}x, memory {measured.mib / exposed.mib:5.2f}x | "
+          f"target met: {met} (exit {measured.code}{note})", flush=True)
+    table.append(_line(f"{case.label}: {name}", measured, exposed, met))
+
+
+def _target_met(name: str, measured: Measured, exposed: Measured) -> str:
+    if measured.code not in (0, 1):
+        return "no"
+    memory, seconds = measured.mib / exposed.mib, measured.seconds / exposed.seconds
+    if name == "compare":
+        return "yes" if memory <= COMPARE_MEMORY and seconds <= COMPARE_TIME else "no"
+    return "yes" if memory <= FALLBACK_MEMORY else "no"
+
+
+def _line(run: str, measured: Measured, exposed: Measured, met: str | None) -> str:
+    return (f"| {run} | {measured.seconds:.1f} s | {measured.mib:.0f} | {measured.seconds / exposed.seconds:.2f}x | "
+            f"{measured.mib / exposed.mib:.2f}x | {met or '-'} | {measured.code} |")
+
+
+def _machine() -> str:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {platform.node()}; nproc {os.cpu_count()} "
+            f"(usable {len(os.sched_getaffinity(0))}); memory {memory:.1f} GiB; load average {load}")
 
 
 def evaluations(config: TransformerConfig, folder: Path, plans: int = 9) -> None:
@@ -126,6 +256,10 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=BENCHMARK.heads)
     parser.add_argument("--ffn", type=int, default=BENCHMARK.ffn)
     parser.add_argument("--seq", type=int, default=BENCHMARK.seq)
+    parser.add_argument("--detector-shape", default="x".join(map(str, DETECTOR_SHAPE)),
+                        help="the detector's input shape, NxCxHxW")
+    parser.add_argument("--no-detector", action="store_true",
+                        help="leave the detector out (its wheel is fetched from PyPI once)")
     parser.add_argument("--billion", action="store_true", help="also the 1.1 B decoder (about 17 GiB)")
     parser.add_argument("--skip-fallback", action="store_true")
     parser.add_argument("--evaluations", action="store_true", help="only the fallback row: seconds per evaluation")
@@ -135,18 +269,45 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="trtdebug-scale-") as name:
             evaluations(config, Path(name))
         return
-    print(f"decoder/encoder: {config.layers} layers, d {config.d_model}, {config.parameters / 1e6:.0f} M parameters, "
-          f"1x{config.seq} tokens; time: wall; memory: peak resident set", flush=True)
+    print(_machine(), flush=True)
+    print(f"decoder/encoder: {config.layers} layers, d {config.d_model}, {config.parameters / 1e6:.3g} M parameters, "
+          f"1x{config.seq} tokens; detector: {DETECTOR} at {args.detector_shape}; time: wall; "
+          f"memory: peak resident set", flush=True)
+    table = ["| run | time | peak MiB | time/exposed | memory/exposed | target met | exit code |",
+             "|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory(prefix="trtdebug-scale-") as name:
         folder = Path(name)
-        cases = [("decoder, -1e4 mask (passes)", replace(config, mask_value="1e4"), False),
-                 ("decoder, finfo.min mask (NaN in FP16)", replace(config, mask_value="finfo"), False),
-                 ("encoder, padding mask", replace(config, causal=False), False)]
+        cases: list[Callable[[], Case]] = [
+            partial(_generated, "decoder, -1e4 mask (passes)", replace(config, mask_value="1e4"), folder, "never"),
+            partial(_generated, "decoder, finfo.min mask (NaN in FP16)", replace(config, mask_value="finfo"), folder,
+                    "always"),
+            partial(_generated, "encoder, padding mask", replace(config, causal=False), folder, "never")]
+        if not args.no_detector:
+            cases.append(partial(_detector, tuple(int(d) for d in args.detector_shape.lower().split("x"))))
         if args.billion:
-            cases.append(("1.1 B decoder, external data", BILLION, True))
-        for i, (label, case, external) in enumerate(cases):
-            model = save(case, folder / f"model{i}.onnx", external=external)
-            row(label, model, folder, fallback=not args.skip_fallback and case.mask_value == "finfo")
+            cases.append(partial(_generated, "1.1 B decoder, finfo.min mask, external data",
+                                 replace(BILLION, mask_value="finfo"), folder, "always", BILLION_BUDGET))
+        for make in cases:
+            case = make()  # generated when its turn comes, removed after: the 1.1 B decoder's 4.5 GB once
+            row(case, folder, table, args.skip_fallback)
+            if case.model.parent == folder:
+                for written in folder.glob(f"{case.model.name}*"):
+                    written.unlink()
+    print("\n" + "\n".join(table), flush=True)
+
+
+def _generated(label: str, config: TransformerConfig, folder: Path, fallback: str, budget: str | None = None) -> Case:
+    """A generated transformer, written into folder; external data when it runs under a memory budget."""
+    stem = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+    model = save(config, folder / f"{stem}.onnx", external=budget is not None)
+    return Case(label=label, model=model, fallback=fallback, budget=budget)
+
+
+def _detector(shape: tuple[int, ...]) -> Case:
+    from fixtures.zoo import by_name
+
+    return Case(label=f"detector {DETECTOR}, {'x'.join(map(str, shape))}", model=by_name(DETECTOR).path(),
+                shapes={DETECTOR_INPUT: shape}, ranges={DETECTOR_INPUT: (-1.0, 1.0)}, fallback="if compare fails")
 
 
 if __name__ == "__main__":
