@@ -48,3 +48,20 @@ def test_culprit_invariants_hold_on_the_decode(decode):
 def test_max_rel_is_floored_by_the_tensors_scale(decode):
     _, result = decode
     assert all(t.accumulated.max_rel < 1e3 for t in result.tensors if t.accumulated is not None)
+
+
+def test_no_bisection_runs_once_nonfinite_culprits_explain_the_failure(tmp_path, monkeypatch):
+    """HF's finfo.min mask NaNs everything downstream in FP16: the non-finite culprits, measured one run
+    each, explain all of it, so the search for more must cost no further run of the model."""
+    from fixtures.transformer_models import FEED_RANGES, TransformerConfig, save
+    from trtdebug.engines.emulator.built import EmulatorBuilt
+
+    path = save(TransformerConfig(layers=2, mask_value="finfo"), tmp_path / "decoder.onnx")
+    runs = []
+    substituted = EmulatorBuilt.run_substituted
+    monkeypatch.setattr(EmulatorBuilt, "run_substituted",
+                        lambda self, *args, **kwargs: runs.append(1) or substituted(self, *args, **kwargs))
+    result = compare_case(prepare(problem_spec(path, input_range=FEED_RANGES)))
+    assert not result.passed and result.culprits_explain > 0.999
+    assert all(c.creates_nonfinite for c in result.culprits)
+    assert len(runs) == len(result.culprits)

@@ -146,7 +146,10 @@ def find_culprits(model: Model, reports: Sequence[TensorReport], keepable: set[s
             replaced.append(best.tensor)
             remaining = after
             candidates = [r for r in candidates if r is not best]
-    for group in search.groups(keepable) if whole_network else ():
+    # the bisection costs a run per step: made only where a group could still add MIN_SHARE (below, the
+    # first group found would end the loop) and culprits are still wanted
+    searched = whole_network and len(culprits) < MAX_CULPRITS and (not culprits or remaining >= MIN_SHARE * baseline)
+    for group in search.groups(keepable) if searched else ():
         if len(culprits) >= MAX_CULPRITS or remaining <= 0:
             break
         tensors = [t for r in group.members for t in search.tensors_of(r)]
