@@ -89,6 +89,8 @@ class Bad:
 
 
 BAD = [
+    Bad("budget-below-the-weights", ("compare", "{clean}", "--memory-budget", "1KB"),
+        ("weights alone take", "give --memory-budget")),
     Bad("int8-on-a-typed-model", ("compare", "{fp16}", "--precision", "int8"),
         ("strongly typed", "Q/DQ nodes only")),
     Bad("reference-model-typed", ("compare", "{fp16}", "--reference-model", "{bf16}"),

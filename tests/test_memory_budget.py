@@ -6,6 +6,7 @@ report with a budget is the report without one, apart from the memory note."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from tests.cli import cli_command, run_cli
 from trtdebug.artifacts.compare_report import write_compare_report
 from trtdebug.core.model.graph import Model
 from trtdebug.core.reference import ort_sessions
-from trtdebug.core.reference.budget import plan_compare
+from trtdebug.core.reference.budget import plan_compare, weight_bytes
 from trtdebug.core.reference.pieces import PiecewiseGraph, split_by_targets
 from trtdebug.core.system.memory import format_size, parse_size
 from trtdebug.errors import UserError
@@ -62,6 +63,21 @@ def test_a_bad_memory_budget_is_one_line_and_exit_2(text, tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "--memory-budget" in lines[0], done.stderr
+
+
+def test_a_budget_below_the_weights_is_refused_with_a_budget_that_works(tmp_path):
+    """The budget covers the weights (the model's and a build's copy) before any tensor: below them,
+    one line says how much is needed, as an option the CLI takes; that budget then works."""
+    model = planted_chain(20, 1, seed=0).save(tmp_path / "chain.onnx")
+    refused = run_cli("compare", model, "--memory-budget", "1KB")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    suggested = re.search(r"give (--memory-budget \S+)", refused.stderr)
+    assert suggested, refused.stderr
+    done = run_cli("compare", model, *suggested[1].split(), "--json", tmp_path / "report.json")
+    assert done.returncode in (0, 1), done.stderr
+    memory = json.loads((tmp_path / "report.json").read_text())["notes"]["marking"]["memory"]
+    assert memory["weight_bytes"] == weight_bytes(Model.load(model)) > 0
+    assert memory["budget_bytes"] == parse_size(suggested[1].split()[1])
 
 
 def test_a_tiny_budget_plans_one_tensor_per_group():
@@ -146,7 +162,7 @@ def _without_memory_note(report: dict[str, Any]) -> dict[str, Any]:
 def test_planted_fixtures_report_the_same_with_one_tensor_per_group(name, tmp_path):
     model, _ = write_all(tmp_path)[name]
     whole = _report(model, tmp_path, None)
-    tiny = _report(model, tmp_path, 1)
+    tiny = _report(model, tmp_path, weight_bytes(Model.load(model)) + 1)  # the weights, one byte for tensors
     memory = tiny["notes"]["marking"]["memory"]
     assert memory["chunks"] == len(Model(onnx.load(model)).intermediate_tensors()) > 1
     assert not memory["reference_held"]

@@ -29,7 +29,7 @@ from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan, eligible_nodes
 from trtdebug.core.quantized.format import format_of
 from trtdebug.core.quantized.scale_findings import CodeFlips
-from trtdebug.core.reference.budget import plan_compare, tensor_bytes
+from trtdebug.core.reference.budget import plan_compare, tensor_bytes, weight_bytes
 from trtdebug.core.reference.fp32_run import LazyReference
 from trtdebug.core.reference.pieces import run_ahead
 from trtdebug.core.search.user_check import CheckCommand
@@ -76,7 +76,7 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
         check.require_reference_passes(problem.reference_outputs())
     model = problem.model
     cplan = problem.memory_plan or plan_compare(model, tensor_bytes(model, problem.feeds),
-                                                problem.memory_budget or default_budget())
+                                                problem.memory_budget or default_budget(), weight_bytes(model))
     budget = cplan.budget
     mark = mark or Marking()
     builds = math.ceil(3 * cplan.total / budget)  # reference, candidate and measuring, a build's tensors at once
@@ -136,7 +136,8 @@ def run_compare(problem: Problem, engine: Engine, plan: PrecisionPlan, bans: Ban
         marking["notes"] = list(problem.notes)
     if problem.reference_source is not None:
         marking["reference"] = dict(problem.reference_source)
-    marking["memory"] = {"budget_bytes": budget, "tensor_bytes": cplan.total, "chunks": chunks,
+    marking["memory"] = {"budget_bytes": budget + cplan.weights, "weight_bytes": cplan.weights,
+                         "tensor_bytes": cplan.total, "chunks": chunks,
                          "reference_held": not isinstance(problem.reference, LazyReference)}
     reproduction = None
     if not engine.capabilities.exact_marking:
@@ -231,7 +232,8 @@ def _culprits(problem: Problem, engine: Engine, plan: PrecisionPlan, built: Buil
            ) if substituting else None
     return find_culprits(model, tensors, keepable or set(model.node_by_name), problem.reference,
                          problem.tolerance, run, outputs if substituting else None,
-                         max_bytes=(problem.memory_budget or default_budget()) // 3,
+                         max_bytes=(problem.memory_plan.budget if problem.memory_plan else
+                                    problem.memory_budget or default_budget()) // 3,
                          whole_network=format_of(model) is None)
 
 

@@ -22,11 +22,11 @@ from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.cast_islands import typed_plan
 from trtdebug.core.plans.precision_plan import PrecisionPlan, eligible_nodes
 from trtdebug.core.quantized.format import format_of
-from trtdebug.core.reference.budget import ComparePlan, plan_compare, tensor_bytes
+from trtdebug.core.reference.budget import ComparePlan, least_budget, plan_compare, tensor_bytes, weight_bytes
 from trtdebug.core.reference.fp32_run import LazyReference, first_nonfinite, inputs_upstream, run_reference
 from trtdebug.core.reference.random_ops import random_nodes
 from trtdebug.core.system.files import prepare_outputs
-from trtdebug.core.system.memory import default_budget, release_freed_tensors
+from trtdebug.core.system.memory import default_budget, format_size, release_freed_tensors, size_argument
 from trtdebug.engines import DEFAULT_ENGINE, Engine, get_engine
 from trtdebug.errors import UserError
 from trtdebug.workflows.quantize import DEFAULT_CALIBRATION_METHOD, Calibration, calibration_files, int8_model
@@ -53,12 +53,28 @@ class Problem:
                 memory_budget: int | None = None) -> Problem:
         feeds = dict(feeds)
         release_freed_tensors()
-        plan = plan_compare(model, tensor_bytes(model, feeds), memory_budget or default_budget())
+        sizes, weights = tensor_bytes(model, feeds), weight_bytes(model)
+        budget = memory_budget or default_budget()
+        if budget <= weights:  # below that, the tensors' share is obeyed as far as one tensor per group
+            raise UserError(_budget_too_small(model, sizes, weights, memory_budget))
+        plan = plan_compare(model, sizes, budget, weights)
         reference = run_reference(model, feeds) if plan.hold_reference else LazyReference(model, feeds, plan.groups)
         return cls(model, feeds, reference, tolerance, memory_budget, plan)
 
     def reference_outputs(self) -> dict[str, np.ndarray]:
         return {o.name: self.reference[o.name] for o in self.model.outputs}
+
+
+def _budget_too_small(model: Model, sizes: Mapping[str, int], weights: int, given: int | None) -> str:
+    least = least_budget(sizes, weights)
+    why = (f"the memory budget ({format_size(given)})" if given is not None else
+           f"half of this machine's available memory ({format_size(default_budget())}, the default budget)")
+    fix = (f"give --memory-budget {size_argument(least)} or more" if given is not None else
+           f"give --memory-budget {size_argument(least)} if the machine can spare it, or run on one "
+           "with more memory")
+    return (f"{model.name}'s weights alone take {format_size(weights)} (the model's and a build's copy of "
+            f"them), more than {why}; with its largest tensor three times over it needs "
+            f"{format_size(least)}: {fix}")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Memory budget for comparing every tensor: how large the model's tensors are, and in how many
 pieces compare must expose them so that what it holds at once fits.
 
-What compare holds at once: the FP32 reference of every tensor when that fits in half the budget
+What compare holds at once: the model's weights and a build's copy of them (`weight_bytes`, taken
+from the budget first), the FP32 reference of every tensor when that fits in half of what is left
 (else only the final outputs, with the rest computed a piece at a time), plus one piece each of
 reference, candidate and local-error tensors and the temporaries measuring them.
 """
@@ -62,21 +63,39 @@ def _itemsize(elem_type: int) -> int:
         return 4
 
 
+def weight_bytes(model: Model) -> int:
+    """The weights a compare or fallback holds: the model's (once, shared by every session) and a build's
+    copy of each FP32 weight (the emulator's FP16/BF16-rounded copies; TensorRT's parser holds the
+    weights while it builds)."""
+    values = model.weights.values()
+    return sum(v.nbytes for v in values) + sum(v.nbytes for v in values if v.dtype == np.float32)
+
+
+def least_budget(sizes: Mapping[str, int], weights: int) -> int:
+    """The budget compare needs at the least: the weights, and the largest tensor as reference, candidate
+    and local error at once (a group of one tensor; a smaller budget is obeyed as far as that)."""
+    return weights + 3 * max(sizes.values(), default=0)
+
+
 @dataclass(frozen=True)
 class ComparePlan:
     """How compare exposes tensors under a budget."""
 
-    budget: int
+    budget: int  # for tensors: the budget given, less the weights
     total: int  # estimated bytes of every intermediate tensor
     hold_reference: bool  # the whole FP32 reference fits (half the budget, at most HOLD_AT_MOST): hold it
     groups: list[list[str]]  # the model's tensors, in topological order, exposed a group at a time
+    weights: int = 0  # bytes of weights held (weight_bytes), taken from the budget given
 
     @property
     def chunks(self) -> int:
         return len(self.groups)
 
 
-def plan_compare(model: Model, sizes: Mapping[str, int], budget: int) -> ComparePlan:
+def plan_compare(model: Model, sizes: Mapping[str, int], budget: int, weights: int = 0) -> ComparePlan:
+    """`budget`: all compare may hold; `weights` of it go to the weights (the caller checks that the
+    rest holds a group: `least_budget`)."""
+    budget = max(1, budget - weights)
     tensors = model.intermediate_tensors()
     total = sum(sizes.get(t, 0) for t in tensors)
     hold = total <= budget // 2 and total <= HOLD_AT_MOST
@@ -86,7 +105,7 @@ def plan_compare(model: Model, sizes: Mapping[str, int], budget: int) -> Compare
     # the budget is obeyed below the shares (one tensor per group at the least)
     share = max(total // HELD_PIECES, HELD_MIN_PIECE) if hold else max(total // PIECE_SHARE, MIN_PIECE)
     piece = max(1, min(free // 6, share))
-    return ComparePlan(budget, total, hold, group_tensors(tensors, sizes, piece))
+    return ComparePlan(budget, total, hold, group_tensors(tensors, sizes, piece), weights)
 
 
 def group_tensors(tensors: Sequence[str], sizes: Mapping[str, int], piece: int) -> list[list[str]]:

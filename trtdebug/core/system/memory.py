@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import re
 
@@ -64,6 +65,14 @@ def available_memory() -> int | None:
 def default_budget() -> int:
     available = available_memory()
     return int(available * DEFAULT_SHARE) if available else 8 * 2**30
+
+
+def size_argument(size: int) -> str:
+    """A size as --memory-budget takes it, rounded up to a tenth of its unit: '9.2GiB'."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{math.ceil(size * 10 / scale) / 10:g}{unit}"
+    return f"{size}B"
 
 
 def format_size(size: float) -> str:
