@@ -42,7 +42,7 @@ def shareable(tensor: onnx.TensorProto, weights: Weights) -> bool:
     if is_shared(tensor):
         return True
     value = weights.get(tensor.name)
-    return value is not None and value.nbytes >= SHARED_WEIGHT_BYTES
+    return value is not None and value.nbytes >= SHARED_WEIGHT_BYTES and _ort_takes(value)
 
 
 def placeholder(tensor: onnx.TensorProto) -> onnx.TensorProto:
