@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -136,7 +136,7 @@ def _check_external_data(proto: onnx.ModelProto, folder: Path) -> list[Path]:
     """The external data files the model reads; refused when outside its folder or missing."""
     root = folder.resolve()
     found: list[Path] = []
-    for tensor in _all_tensors(proto.graph):
+    for tensor in shared.all_tensors(proto.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
@@ -149,18 +149,6 @@ def _check_external_data(proto: onnx.ModelProto, folder: Path) -> list[Path]:
                             f"copy it into {folder}")
         found.append(target)
     return sorted(set(found))
-
-
-def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            if attr.HasField("g"):
-                yield from _all_tensors(attr.g)
-            for g in attr.graphs:
-                yield from _all_tensors(g)
 
 
 class Model:
@@ -250,9 +238,6 @@ class Model:
                 onnx.load_external_data_for_model(proto, str(path.parent))
             else:  # large weights straight from their file into arrays, never into the proto
                 proto, weights = shared.take_weights(proto, path.parent)
-                for tensor in _all_tensors(proto.graph):
-                    if tensor.data_location == onnx.TensorProto.EXTERNAL and not shared.is_shared(tensor):
-                        onnx.external_data_helper.load_external_data_for_tensor(tensor, str(path.parent))
         except Exception as exc:
             raise UserError(f"cannot read external data of {path}: {exc}") from None
         _check_opset(proto, path)

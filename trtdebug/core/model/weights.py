@@ -12,7 +12,7 @@ TensorRT puts the weights back (`save_with_weights`, `with_weights`).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +99,26 @@ def _declared_bytes(tensor: onnx.TensorProto) -> int:
     return count * dtype.itemsize if dtype is not None else 0
 
 
+def all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            if attr.HasField("g"):
+                yield from all_tensors(attr.g)
+            for g in attr.graphs:
+                yield from all_tensors(g)
+
+
 def take_weights(proto: onnx.ModelProto, folder: str | Path | None = None
                  ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """`proto` with its large initializers (SHARED_WEIGHT_BYTES and up, plain numpy types) moved out
     into arrays: each becomes a placeholder. Embedded data is converted once; external data (files in
-    `folder`) is read straight into its array, never into the proto. Other external initializers (small
-    ones, FP8/INT4/BF16 codes) are loaded into the proto. Returns a new, compact proto where anything
-    was taken (protobuf frees a message's bytes only with the message: `proto` still holds them)."""
+    `folder`) is read straight into its array, never into the proto. Other external tensors (small
+    ones, FP8/INT4/BF16 codes, subgraphs' and attributes') are loaded into the proto. Returns a new,
+    compact proto where anything was taken (protobuf frees a message's bytes only with the message:
+    `proto` still holds them)."""
     held: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(proto.graph.initializer):
         if is_shared(tensor):
@@ -129,6 +142,9 @@ def take_weights(proto: onnx.ModelProto, folder: str | Path | None = None
             value = numpy_helper.to_array(tensor)
         held[tensor.name] = value
         proto.graph.initializer[i].CopyFrom(placeholder(tensor))
+    for tensor in all_tensors(proto.graph):  # subgraphs' and attributes' tensors go into the proto
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and not is_shared(tensor):
+            onnx.external_data_helper.load_external_data_for_tensor(tensor, str(folder or "."))
     if not held:
         return proto, held
     compact = onnx.ModelProto()
