@@ -126,6 +126,36 @@ def test_substituted_runs_of_one_session_equal_runs_of_their_own(planted_models)
     assert np.isfinite(repaired).all() and not np.isfinite(plain).all()
 
 
+def test_pruned_substituted_runs_equal_the_switching_session_bit_for_bit(planted_models, tmp_path, monkeypatch):
+    """Where a session is cheap beside a run, trials after the first run the graph cut at the replaced
+    tensors and pruned to what the outputs need: the values are the switching session's, bit for bit."""
+    from fixtures.transformer_models import FEED_RANGES, TransformerConfig, save
+    from trtdebug.core.model.feeds import generate_feeds, resolve_shapes
+    from trtdebug.engines.emulator import built as emulated
+
+    decoder = save(TransformerConfig(layers=2, mask_value="finfo"), tmp_path / "decoder.onnx")
+    cases = [(planted_models["residual_overflow"][0], {}, ["conv_amplify", "relu_amplify", "rescale", "skip"]),
+             (decoder, FEED_RANGES, ["mask.padding", "layers.0.attn.softmax", "layers.0.mlp_residual",
+                                     "layers.1.post_norm.mul"])]
+    for path, ranges, tensors in cases:
+        model = Model.load(path)
+        feeds = generate_feeds(model, resolve_shapes(model, {}), ranges)
+        reference = run_reference(model, feeds)
+        subsets = [tensors[:1], tensors[1:3], tensors[2:], tensors, [model.outputs[0].name]]
+        values = {}
+        for prune in (False, True):
+            monkeypatch.setattr(emulated, "PRUNE_WHEN_SESSION_BELOW", 1e9 if prune else 0.0)
+            built = EmulatorEngine().build(model, PrecisionPlan("fp16"))
+            built.run_substituted(feeds, {}, model.intermediate_tensors())  # the first trial decides
+            assert built._prune is prune
+            values[prune] = [built.run_substituted(feeds, {t: reference[t] for t in subset},
+                                                   model.intermediate_tensors()) for subset in subsets]
+        for switched, pruned in zip(values[False], values[True], strict=True):
+            assert switched.keys() == pruned.keys()
+            for name in switched:
+                assert switched[name].tobytes() == pruned[name].tobytes(), (path, name)
+
+
 def test_local_error_of_some_layers_equals_theirs_among_all(planted_models, silero_path):
     """Running again only the layers compare asks for (a graph of just them) gives exactly the values
     the local graph of every layer gives them, on a planted net and on Silero VAD (recurrent, If)."""

@@ -4,6 +4,7 @@ time on reference inputs (local error), in pieces, or with some tensors substitu
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Protocol
@@ -27,6 +28,8 @@ from trtdebug.engines.emulator.rounding import (
 )
 from trtdebug.engines.emulator.tactics import TacticChoice, tensor_shapes
 
+# run_substituted prunes a graph per trial where making a session costs less than this share of a run
+PRUNE_WHEN_SESSION_BELOW = 0.25
 SUBSTITUTE_PREFIX = "substitute::"  # graph inputs that replace a layer output in run_substituted
 SWITCH_PREFIX = "switch::"  # ... and whether they do, in this run
 SWITCHED_PREFIX = "switched::"  # the value consumers read: the layer's own or the substitute
@@ -87,6 +90,7 @@ class EmulatorBuilt:
         self._local_live: dict[str, np.ndarray] = {}
         self._local_parts: tuple[onnx.ModelProto, dict[str, str], list[str]] | None = None
         self._switching: tuple[tuple[str, ...], Any] | None = None  # run_substituted's switches and session
+        self._prune: bool | None = None  # run_substituted on pruned graphs (decided by its first trial)
 
     def _rounded_graph(self, source: onnx.ModelProto, floats: set[str]) -> onnx.ModelProto:
         shapes = tensor_shapes(self.model, self.folded.proto)
@@ -190,19 +194,63 @@ class EmulatorBuilt:
 
         One session serves every subset of `switchable` (and of `replacements`): each switchable tensor
         passes through a Where that picks the given value when its switch is on, so a search trying
-        many subsets builds one session, not one per trial."""
+        many subsets builds one session, not one per trial. Where a session costs little beside a run
+        (large tensors: a transformer, a detector at batch 4), later trials run instead the graph cut at
+        the replaced tensors and pruned to what the outputs still need: the same nodes compute the same
+        values (bit for bit), without the switches' copies and without the layers the replacements
+        make dead (a prefix of the network at reference values costs only its suffix)."""
         switches = tuple(sorted({*switchable, *replacements}))
+        if self._prune and not set(replacements) & {i.name for i in self.proto.graph.input}:
+            return self._run_pruned(feeds, replacements)
         if self._switching is None or self._switching[0] != switches:
+            started = time.perf_counter()
             self._switching = (switches, self._switching_session(switches))
+            made = time.perf_counter() - started
+        else:
+            made = None
         fed = dict(feeds)
         for tensor in switches:
             on = tensor in replacements
             fed[SWITCH_PREFIX + tensor] = np.asarray(on)
             fed[SUBSTITUTE_PREFIX + tensor] = np.asarray(replacements[tensor]) if on else np.zeros(
                 (), self._substitute_dtype(tensor))
+        started = time.perf_counter()
         values = ort_sessions.run(self._switching[1], fed, [o.name for o in self.model.outputs])
+        if made is not None and self._prune is None:  # the first trial decides (the values do not depend on it)
+            self._prune = made < PRUNE_WHEN_SESSION_BELOW * (time.perf_counter() - started)
         values.update({o.name: np.asarray(replacements[o.name]) for o in self.model.outputs if o.name in replacements})
         return values
+
+    def _run_pruned(self, feeds: Mapping[str, np.ndarray], replacements: Mapping[str, np.ndarray]
+                    ) -> dict[str, np.ndarray]:
+        outputs = [o.name for o in self.model.outputs if o.name not in replacements]
+        values = ort_sessions.run(self._pruned_session(frozenset(replacements), outputs),
+                                  {**feeds, **{t: np.asarray(v) for t, v in replacements.items()}}, outputs) \
+            if outputs else {}
+        values.update({o.name: np.asarray(replacements[o.name]) for o in self.model.outputs if o.name in replacements})
+        return values
+
+    def _pruned_session(self, replaced: frozenset[str], outputs: list[str]) -> Any:
+        """The emulated graph with `replaced` as graph inputs, holding only the nodes `outputs` need."""
+        from trtdebug.core.reference.pieces import producers, upstream_nodes
+
+        cut = {t: i for t, i in producers(self.proto).items() if t not in replaced}
+        kept = sorted(upstream_nodes(self.proto, cut, outputs))
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)  # no weight bytes: they are placeholders
+        graph = proto.graph
+        del graph.node[:]
+        for i in kept:
+            node = graph.node.add()
+            node.CopyFrom(self.proto.graph.node[i])
+            for j, t in enumerate(node.output):
+                if t in replaced:  # written by a node kept for its other outputs: the replacement is read
+                    node.output[j] = f"{t}::replaced"
+        del graph.output[:]
+        graph.output.extend(o for o in self.proto.graph.output if o.name in outputs)
+        graph.input.extend(helper.make_tensor_value_info(
+            t, onnx.helper.np_dtype_to_tensor_dtype(self._substitute_dtype(t)), None) for t in sorted(replaced))
+        return ort_sessions.session(proto, built=SUBSTITUTING, weights=self.weights)
 
     def _substitute_dtype(self, tensor: str) -> np.dtype:
         """The emulated graph computes float tensors in FP32 (rounding with casts); others as declared."""
