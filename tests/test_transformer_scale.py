@@ -86,3 +86,21 @@ def test_a_model_over_two_gib_compares_as_its_small_copy(tmp_path, monkeypatch):
     assert reports["big"]["verdict"] == reports["small"]["verdict"]
     done = run_cli("fallback", big, "--out", tmp_path / "big.plan.json")
     assert done.returncode == 0, done.stderr
+
+
+def test_a_written_model_holds_its_weights_put_back_a_weight_at_a_time(tmp_path, monkeypatch):
+    """What trtdebug writes for other tools (a plan's mixed ONNX, a quantized model) carries the weights
+    the model holds apart; below 2 GiB in one file, serialized one weight at a time."""
+    import onnx
+
+    from trtdebug.artifacts.mixed_onnx import write_model
+
+    monkeypatch.setattr(shared, "SHARED_WEIGHT_BYTES", 1024)  # every weight matrix held apart
+    model = Model.load(str(save(CONFIG, tmp_path / "decoder.onnx")))
+    assert any(shared.is_shared(t) for t in model.proto.graph.initializer)
+    written = onnx.load(str(write_model(model.proto, tmp_path / "written.onnx", model.weights)))
+    onnx.checker.check_model(written)
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in written.graph.initializer}
+    assert values.keys() == model.weights.keys()
+    assert all(values[name].tobytes() == model.weights[name].tobytes() for name in values)
+    assert [n.name for n in written.graph.node] == [n.name for n in model.proto.graph.node]

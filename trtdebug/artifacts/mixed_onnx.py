@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
 
 from trtdebug.core.model.graph import Model
-from trtdebug.core.model.weights import Weights, save_with_weights, weight_bytes, with_weights
+from trtdebug.core.model.weights import Weights, save_with_weights, serialized_pieces, weight_bytes
 from trtdebug.core.plans.cast_islands import to_mixed_precision_onnx
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.system import files
@@ -32,8 +33,9 @@ def write_model(typed: onnx.ModelProto, path: str | Path, weights: Weights | Non
     weights = weights or {}
     held = weight_bytes(typed, weights)
     if typed.ByteSize() + held < PROTOBUF_LIMIT:
-        whole = with_weights(typed, weights) if held else typed
-        return files.write_atomic(path, lambda staged: onnx.save(whole, str(staged)))
+        if not held:
+            return files.write_atomic(path, lambda staged: onnx.save(typed, str(staged)))
+        return files.write_atomic(path, lambda staged: _write_pieces(staged, serialized_pieces(typed, weights)))
     data_name = f"{path.name}.data"
     # Both files are staged in one folder beside the destination, then renamed into place.
     with tempfile.TemporaryDirectory(dir=files.folder_for(path), prefix=f".{path.name}.") as folder:
@@ -46,3 +48,9 @@ def write_model(typed: onnx.ModelProto, path: str | Path, weights: Weights | Non
         os.replace(Path(folder) / data_name, path.parent / data_name)
         os.replace(staged, path)
     return path
+
+
+def _write_pieces(path: Path, pieces: Iterable[bytes]) -> None:
+    with open(path, "wb") as out:
+        for piece in pieces:
+            out.write(piece)

@@ -163,6 +163,23 @@ def with_weights(proto: onnx.ModelProto, weights: Weights) -> onnx.ModelProto:
     return whole
 
 
+def serialized_pieces(proto: onnx.ModelProto, weights: Weights) -> Iterator[bytes]:
+    """`with_weights(proto, weights)` serialized, a weight at a time: protobuf merges concatenated
+    messages (a repeated field's entries append), so the graph without its placeholders, then one
+    message per weight holding just that initializer, read back as the whole model (its weights last
+    among the initializers). Never more than one weight's bytes at once beside the arrays."""
+    light = onnx.ModelProto()
+    _copy_fields(proto, light, skip="graph")
+    _copy_fields(proto.graph, light.graph, skip="initializer")
+    light.graph.initializer.extend(t for t in proto.graph.initializer if not is_shared(t))
+    yield light.SerializeToString()
+    for tensor in proto.graph.initializer:
+        if is_shared(tensor):
+            piece = onnx.ModelProto()
+            piece.graph.initializer.append(numpy_helper.from_array(np.asarray(weights[tensor.name]), tensor.name))
+            yield piece.SerializeToString()
+
+
 def weight_bytes(proto: onnx.ModelProto, weights: Weights) -> int:
     """Bytes of the placeholders' values: what embedding them adds to the serialized proto."""
     return sum(weights[t.name].nbytes for t in proto.graph.initializer if is_shared(t))

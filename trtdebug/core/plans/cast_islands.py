@@ -32,7 +32,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper, numpy_helper
 
-from trtdebug.core.model.graph import Model, subgraph_outer_inputs
+from trtdebug.core.model.graph import Model, infer_shapes, subgraph_outer_inputs
 from trtdebug.core.model.weights import value_of
 from trtdebug.core.plans.precision_plan import (
     ONNX_TYPE,
@@ -306,7 +306,13 @@ def to_mixed_precision_onnx(model: Model, plan: PrecisionPlan) -> onnx.ModelProt
     typed = onnx.ModelProto()
     typed.CopyFrom(model.proto)
     typed.graph.CopyFrom(writer.graph)
-    try:
-        return onnx.shape_inference.infer_shapes(typed)
-    except Exception:
-        return typed  # custom ops or > 2 GiB: the graph is still valid, only less annotated
+    # annotated from a copy whose weights are typed inputs (the converted FP16 weights are not copied
+    # through onnx's C++ and back); custom ops: the graph is still valid, only less annotated
+    inferred = infer_shapes(typed)
+    typed.graph.value_info.extend(inferred.graph.value_info)
+    del typed.graph.output[:]
+    typed.graph.output.extend(inferred.graph.output)
+    for node, annotated in zip(typed.graph.node, inferred.graph.node, strict=True):
+        if _has_subgraphs(node):  # subgraphs carry their own shapes
+            node.CopyFrom(annotated)
+    return typed

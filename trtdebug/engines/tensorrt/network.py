@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from trtdebug.core.model.feeds import input_shape_hint
-from trtdebug.core.model.weights import Weights, save_with_weights, weight_bytes, with_weights
+from trtdebug.core.model.weights import Weights, save_with_weights, serialized_pieces, weight_bytes
 from trtdebug.core.plans.precision_plan import PRECISIONS, PrecisionPlan, builder_precisions
 from trtdebug.engines.base import BuildError
 from trtdebug.engines.tensorrt.layers import NodeResolver, network_layer_nodes
@@ -120,7 +120,7 @@ def _parse(parser: Any, proto: onnx.ModelProto, weights: Weights) -> bool:
     held = weight_bytes(proto, weights)
     if proto.ByteSize() + held <= PROTOBUF_LIMIT:
         try:
-            data = (with_weights(proto, weights) if held else proto).SerializeToString()
+            data = b"".join(serialized_pieces(proto, weights)) if held else proto.SerializeToString()
         except ValueError:  # over protobuf's limit after all
             data = None
     if data is not None:
