@@ -104,3 +104,28 @@ def test_a_written_model_holds_its_weights_put_back_a_weight_at_a_time(tmp_path,
     assert values.keys() == model.weights.keys()
     assert all(values[name].tobytes() == model.weights[name].tobytes() for name in values)
     assert [n.name for n in written.graph.node] == [n.name for n in model.proto.graph.node]
+
+
+def test_a_plans_mixed_onnx_carries_its_fp16_weights_held_apart(tmp_path, monkeypatch):
+    """The typed graph of a plan converts weights to FP16: those too are held as arrays until written,
+    and the written model runs as the typed graph of the same model with everything embedded."""
+    import onnx
+
+    from trtdebug.artifacts.mixed_onnx import write_mixed_onnx
+    from trtdebug.core.plans.cast_islands import to_mixed_precision_onnx
+    from trtdebug.core.reference import ort_sessions
+
+    path = save(TransformerConfig(layers=2, d_model=64, heads=4, seq=16), tmp_path / "decoder.onnx")
+    plan = PrecisionPlan("fp16", {"layers.0.mlp.down_proj": "fp32"})
+    embedded = to_mixed_precision_onnx(Model.load(str(path)), plan)  # small weights: all embedded
+    monkeypatch.setattr(shared, "SHARED_WEIGHT_BYTES", 1024)
+    model = Model.load(str(path))
+    held: dict[str, np.ndarray] = dict(model.weights)
+    typed = to_mixed_precision_onnx(model, plan, held)
+    assert any(shared.is_shared(t) and t.data_type == onnx.TensorProto.FLOAT16 for t in typed.graph.initializer)
+    written = onnx.load(str(write_mixed_onnx(model, plan, tmp_path / "mixed.onnx")))
+    onnx.checker.check_model(written)
+    feeds = generate_feeds(model, resolve_shapes(model, {}), FEED_RANGES)
+    ours = ort_sessions.run(ort_sessions.session(written), feeds)
+    theirs = ort_sessions.run(ort_sessions.session(embedded), feeds)
+    _equal_bits(ours, theirs)

@@ -22,7 +22,8 @@ PROTOBUF_LIMIT = 2**31 - 1
 
 def write_mixed_onnx(model: Model, plan: PrecisionPlan, path: str | Path) -> Path:
     """The plan as a typed ONNX file (for TensorRT 11.x, TensorRT-RTX, STRONGLY_TYPED builds)."""
-    return write_model(to_mixed_precision_onnx(model, plan), path, model.weights)
+    weights = dict(model.weights)
+    return write_model(to_mixed_precision_onnx(model, plan, weights), path, weights)
 
 
 def write_model(typed: onnx.ModelProto, path: str | Path, weights: Weights | None = None) -> Path:

@@ -29,11 +29,12 @@ as stored, so its weights keep their stored types; `typed_plan` reads the plan i
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from trtdebug.core.model import weights as shared
 from trtdebug.core.model.graph import Model, infer_shapes, subgraph_outer_inputs
-from trtdebug.core.model.weights import value_of
 from trtdebug.core.plans.precision_plan import (
     ONNX_TYPE,
     QUANTIZED_PRECISIONS,
@@ -65,8 +66,9 @@ def _has_subgraphs(node: onnx.NodeProto) -> bool:
 class _TypedGraphWriter:
     """Rewrites the graph node by node, tracking which name holds each tensor in which type."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, held: dict[str, np.ndarray] | None = None):
         self.model = model
+        self.held = held  # where large converted weights go (placeholders in the graph), or None: embedded
         self.source = model.stored_proto if model.stored_proto is not None else model.proto
         self.source_nodes = {n.name: n for n in self.source.graph.node}
         self.graph = onnx.GraphProto()
@@ -150,10 +152,13 @@ class _TypedGraphWriter:
         return name
 
     def _converted_initializer(self, tensor: str, elem_type: int) -> str:
-        value = value_of(self.initializers[tensor], self.model.weights).astype("float32")
+        value = shared.value_of(self.initializers[tensor], self.model.weights).astype("float32")
         name = self.fresh(f"{tensor}__{TYPE_SUFFIX[elem_type]}", self.used_names)
         if elem_type == onnx.TensorProto.BFLOAT16:
             converted = helper.make_tensor(name, elem_type, value.shape, value.reshape(-1).tolist())
+        elif self.held is not None and value.nbytes >= shared.SHARED_WEIGHT_BYTES:
+            self.held[name] = value.astype(helper.tensor_dtype_to_np_dtype(elem_type))
+            converted = shared.placeholder(onnx.TensorProto(name=name, data_type=elem_type, dims=value.shape))
         else:
             converted = numpy_helper.from_array(value.astype(helper.tensor_dtype_to_np_dtype(elem_type)), name)
         self.graph.initializer.append(converted)
@@ -292,14 +297,17 @@ def _rename_reads(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
             output.name = active[output.name]
 
 
-def to_mixed_precision_onnx(model: Model, plan: PrecisionPlan) -> onnx.ModelProto:
-    """The model with every compute node typed in its planned precision (see the module docstring)."""
+def to_mixed_precision_onnx(model: Model, plan: PrecisionPlan,
+                            weights: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """The model with every compute node typed in its planned precision (see the module docstring).
+    With `weights` (the model's, core.model.weights), large converted weights are held there too and
+    named by placeholders, as the model's own are; without, they are embedded."""
     quantized = [p for p in (plan.default, *plan.nodes.values()) if p in QUANTIZED_PRECISIONS]
     if quantized:
         name = quantized[0].upper()
         raise UserError(f"a typed graph cannot express {name} by a plan: strongly typed builds take {name} from "
                         "Q/DQ nodes in the model; quantize the model (Q/DQ) and use --precision fp16 or fp32")
-    writer = _TypedGraphWriter(model)
+    writer = _TypedGraphWriter(model, weights)
     for node in model.nodes:
         writer.add(node, plan.precision_of(node.name) if is_eligible(model, node) else None)
     writer.finish()

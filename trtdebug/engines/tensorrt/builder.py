@@ -122,9 +122,10 @@ class NetworkBuilder:
         if quant_format is not None:
             self.live_pairs = quant_format.live_pairs(plan.nodes)
             self.layer_plan = quant_format.layer_plan(plan)
+        # the values of the graph's weight placeholders (core.model.weights): the Q/DQ model's, or the
+        # model's and the typed graph's converted weights
+        self.weights = dict(quant_format.model.qdq.weights if quant_format is not None else self.model.weights)
         self.proto, self.modified = self._graph()
-        # the values of the graph's weight placeholders: the Q/DQ model's, or the model's (core.model.weights)
-        self.weights = quant_format.model.qdq.weights if quant_format is not None else self.model.weights
         self.builds = 0
         self.failures: dict[str, str] = {}
         self._unmarked: dict[str, BuildResult] = {}
@@ -142,7 +143,7 @@ class NetworkBuilder:
             return self.model.proto, False
         from trtdebug.core.plans.cast_islands import to_mixed_precision_onnx
 
-        return to_mixed_precision_onnx(self.model, self.plan), True
+        return to_mixed_precision_onnx(self.model, self.plan, self.weights), True
 
     def nodes_of(self, builder_name: str) -> tuple[str, ...]:
         return self.resolver.from_name(builder_name)[0]
