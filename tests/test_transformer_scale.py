@@ -129,3 +129,29 @@ def test_a_plans_mixed_onnx_carries_its_fp16_weights_held_apart(tmp_path, monkey
     ours = ort_sessions.run(ort_sessions.session(written), feeds)
     theirs = ort_sessions.run(ort_sessions.session(embedded), feeds)
     _equal_bits(ours, theirs)
+
+
+def test_a_budget_changes_nothing_but_how_the_decoder_is_compared(tmp_path):
+    """The billion-parameter decoder runs under --memory-budget 16GiB; on a small copy of the same
+    architecture (external data, failing FP16 mask) a budget just above its weights, which streams the
+    reference in many chunks, gives the verdict, culprits and tensor statuses of a run without one."""
+    import json
+
+    from tests.cli import run_cli
+    from trtdebug.core.reference.budget import weight_bytes
+
+    path = save(TransformerConfig(layers=2, d_model=64, heads=4, seq=16, mask_value="finfo"),
+                tmp_path / "decoder.onnx", external=True)
+    tight = weight_bytes(Model.load(str(path))) + 64 * 1024
+    reports = {}
+    for name, budget in (("whole", []), ("budget", ["--memory-budget", f"{tight}B"])):
+        ranges = [a for t, (lo, hi) in FEED_RANGES.items() for a in ("--input-range", f"{t}:{lo:g},{hi:g}")]
+        done = run_cli("compare", path, *ranges, *budget, "--json", tmp_path / f"{name}.json")
+        assert done.returncode == 1, done.stderr
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    memory = reports["budget"]["notes"]["marking"]["memory"]
+    assert memory["chunks"] > 10 and not memory["reference_held"]
+    for key in ("verdict", "culprits"):
+        assert reports["budget"][key] == reports["whole"][key], key
+    assert [(t["tensor"], t["status"]) for t in reports["budget"]["tensors"]] == \
+        [(t["tensor"], t["status"]) for t in reports["whole"]["tensors"]]
