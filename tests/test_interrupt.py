@@ -82,6 +82,27 @@ def test_ctrl_c_during_fallback_ranking_build_says_how_to_resume_and_keeps_the_j
     assert not plan.exists()
 
 
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def searched_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return planted_chain(2000, 3, seed=5).save(tmp_path_factory.mktemp("search") / "chain2000.onnx")
@@ -96,10 +117,14 @@ def test_a_fallback_interrupted_mid_search_leaves_no_lock_and_resumes(searched_m
         assert process.poll() is None, "".join(lines)
         assert time.monotonic() < deadline, "the search never started"
         time.sleep(0.02)
+    workers = _children(process.pid)
+    assert len(workers) >= (jobs if jobs > 1 else 0), workers
     process.send_signal(signal.SIGINT)
     process.wait(timeout=30)
     assert process.returncode == 130, "".join(lines)
     assert not list(tmp_path.glob("*.lock")), "Ctrl-C left the journal's lock file behind"
+    time.sleep(0.5)
+    assert not [pid for pid in workers if _alive(pid)], "Ctrl-C left --jobs worker processes running"
     resumed = run_cli("fallback", searched_model, "--out", plan, "--resume", "--jobs", jobs)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(plan.read_text())["provenance"]["resumed"] is True

@@ -9,6 +9,7 @@ waiting for the native call to return.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 import threading
@@ -22,6 +23,16 @@ from trtdebug.errors import EXIT_INTERRUPTED
 
 T = TypeVar("T")
 POLL_SECONDS = 0.1
+
+
+def _stop_worker_processes() -> None:
+    """Terminate the worker processes multiprocessing started (fallback --jobs N): os._exit leaves no
+    pool shutdown to do it, and a terminal's Ctrl-C reaches them only when they share its process group."""
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(timeout=1)
 
 
 def run_interruptible(work: Callable[[], T], interrupted: Callable[[], str] = lambda: "interrupted",
@@ -45,6 +56,7 @@ def run_interruptible(work: Callable[[], T], interrupted: Callable[[], str] = la
     except KeyboardInterrupt:
         before_exit()
         release_held_locks()  # os._exit below skips the `with` that would remove the lock files
+        _stop_worker_processes()  # --jobs N: spawned judges would outlive us, each holding a model
         click.echo(f"trtdebug: {interrupted()}", err=True)
         sys.stdout.flush()
         sys.stderr.flush()
