@@ -168,3 +168,23 @@ def test_a_zoo_cnn_plan_passes_on_seeds_it_never_saw(orientation_plan):
     model, plan, options = orientation_plan
     for seed in (2, 3, 4):
         assert run_cli("compare", model, *options, "--plan", plan, "--seed", seed).returncode == 0, seed
+
+
+def test_further_input_sets_hold_only_their_final_outputs(tmp_path):
+    """Fallback judges its further input sets by their outputs: their FP32 reference keeps the feeds and
+    the outputs, not every tensor (which doubled what a convolutional detector held)."""
+    from trtdebug.core.reference.fp32_run import LazyReference
+    from trtdebug.workflows.input_sets import input_sets, prepare_extra_sets
+    from trtdebug.workflows.problem import ProblemSpec, prepare
+
+    path = planted_chain(30, 1, seed=2).save(tmp_path / "chain.onnx")
+    spec = ProblemSpec(model=str(path))
+    case = prepare(spec)
+    sets = input_sets(spec)
+    assert len(sets) == DEFAULT_INPUT_SEEDS > 1
+    for judged in prepare_extra_sets(case, sets):
+        reference = judged.problem.reference
+        assert isinstance(reference, LazyReference)
+        outputs = {o.name for o in case.problem.model.outputs}
+        assert set(reference.held) == set(judged.problem.feeds) | outputs
+        assert np.isfinite(judged.problem.reference_outputs()[next(iter(outputs))]).all()

@@ -86,7 +86,8 @@ def prepare_extra_sets(case: Case, sets: Sequence[InputSet]) -> list[JudgedSet]:
     extra: list[JudgedSet] = []
     for input_set in sets[1:]:
         feeds = prepare_feeds(primary.model, input_set.spec)
-        problem = Problem.prepare(primary.model, feeds, primary.tolerance, input_set.spec.memory_budget)
+        problem = Problem.prepare(primary.model, feeds, primary.tolerance, input_set.spec.memory_budget,
+                                  outputs_only=True)
         refuse_nonfinite_reference(problem, input_set.spec)
         extra.append(JudgedSet(problem, input_set.label))
     return extra

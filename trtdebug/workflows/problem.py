@@ -50,7 +50,9 @@ class Problem:
 
     @classmethod
     def prepare(cls, model: Model, feeds: Mapping[str, np.ndarray], tolerance: Tolerance,
-                memory_budget: int | None = None) -> Problem:
+                memory_budget: int | None = None, outputs_only: bool = False) -> Problem:
+        """`outputs_only`: the problem is judged by its final outputs alone (fallback's further input
+        sets): the reference holds them and computes any other tensor again when asked."""
         feeds = dict(feeds)
         release_freed_tensors()
         sizes, weights = tensor_bytes(model, feeds), weight_bytes(model)
@@ -58,7 +60,8 @@ class Problem:
         if budget <= weights:  # below that, the tensors' share is obeyed as far as one tensor per group
             raise UserError(_budget_too_small(model, sizes, weights, memory_budget))
         plan = plan_compare(model, sizes, budget, weights)
-        reference = run_reference(model, feeds) if plan.hold_reference else LazyReference(model, feeds, plan.groups)
+        held = plan.hold_reference and not outputs_only
+        reference = run_reference(model, feeds) if held else LazyReference(model, feeds, plan.groups)
         return cls(model, feeds, reference, tolerance, memory_budget, plan)
 
     def reference_outputs(self) -> dict[str, np.ndarray]:
