@@ -22,11 +22,13 @@ from trtdebug.core.model.graph import Model, infer_shapes
 # Pieces let one group be measured while the next runs, but each is a session of its own. With the reference
 # streamed, many small pieces won (PP-OCRv4 detector at batch 4). With it held, a few large ones: the
 # detector at batch 1 (663 MiB of tensors) 1.0 s in 5 pieces, 1.1 s in 39, 1.3 s whole; the recognizer
-# (290 MiB) 3.0 s whole, 3.2 s in 5, 3.4 s in 37; at 76 MiB, 2.3 s whole against 2.7 s in 5.
+# (290 MiB) 3.0 s whole, 3.2 s in 5, 3.4 s in 37; at 76 MiB, 2.3 s whole against 2.7 s in 5. But two
+# candidate pieces are alive beside the held reference: YOLOv8n at 4x3x640x640 (0.95 GiB of tensors, held)
+# peaked at 1841 MiB in 5 pieces, 1522 MiB in 9, against 1123 MiB for one exposed onnxruntime run.
 PIECE_SHARE = 32  # streamed reference: a piece is 1/32 of the tensors ...
 MIN_PIECE = 16 * 2**20  # ... and at least this
-HELD_PIECES = 4  # held reference: at most 4 pieces ...
-HELD_MIN_PIECE = 128 * 2**20  # ... none under this (a smaller model runs whole)
+HELD_PIECES = 8  # held reference: at most 8 pieces ...
+HELD_MIN_PIECE = 64 * 2**20  # ... none under this (a smaller model runs whole)
 # Tensors beyond this are streamed even where the budget could hold them: the fresh pages a held reference
 # takes cost more than computing it again piece by piece beside the measuring (PP-OCRv4 detector at
 # 4x3x640x640, 2.6 GiB of tensors: 4.3 s streamed against 5.0 s held, and a third of the memory).
