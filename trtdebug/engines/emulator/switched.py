@@ -3,11 +3,12 @@ run time by a boolean graph input, so a search evaluating many plans runs one se
 building one per plan (EmulatorEngine.replanned).
 
 A switchable layer has two states: its precision under the graph's low plan (FP16/BF16, with the
-tactic the autotuner picks there) and FP32 (no rounding, no tactic). Each rounding the rebuilt graph
-would hold (a Cast pair on an input or output, a rounded weight copy) is computed and an `If` on the
-layer's switch passes it or the unrounded value on. A layer's rounded output is rounded once, from its raw
-value: a reduced consumer reads that rounding whatever its producer's state (rounding twice is
-rounding once), so values equal a graph rebuilt for the plan bit for bit (tested). `If` costs less
+tactic the autotuner picks there) and FP32 (no rounding, no tactic). The layer is an `If` on its switch
+whose branches run it on its rounded inputs (Cast pairs, rounded weight copies) or on its own, each
+reading its inputs in place (passing a switched weight on copied it, every weight at every run); its
+output's rounding is computed and an `If` passes it or the raw value on. A layer's rounded output is
+rounded once, from its raw value: a reduced consumer reads that rounding whatever its producer's state
+(rounding twice is rounding once), so values equal a graph rebuilt for the plan bit for bit (tested). `If` costs less
 than `Where(switch, rounded, unrounded)` here (measured: docs/performance.md).
 """
 
@@ -40,9 +41,10 @@ class _SwitchingRounder(Rounder):
     """The Rounder, emitting switchable layers with both states and a switch per rounding."""
 
     def __init__(self, folded: onnx.ModelProto, opset: int, shape_of: ShapeOf, float32: Callable[[str], bool],
-                 weights: dict[str, np.ndarray]):
+                 weights: dict[str, np.ndarray], dtype_of: Callable[[str], np.dtype | None]):
         super().__init__(folded, opset, shape_of, weights)
         self.float32 = float32  # tensors an If's branches may declare FP32 (others switch through a Where)
+        self.dtype_of = dtype_of  # the model's type of a tensor (a layer's other outputs, in an If's branches)
         self.output_rounding: dict[str, tuple[str, str]] = {}  # switched output -> (precision, its rounding)
 
     def _where(self, switch: str, on: str, off: str, target: str, tensor: str) -> str:
@@ -59,6 +61,42 @@ class _SwitchingRounder(Rounder):
                                                 then_branch=branch(on, f"{target}::on"),
                                                 else_branch=branch(off, f"{target}::off")))
         return target
+
+    def _emit_both_states(self, node: onnx.NodeProto, switch: str, rounded_inputs: list[str]) -> None:
+        """`node` in an If on `switch`: reading `rounded_inputs` where it holds, its own inputs otherwise.
+        Only the taken branch runs, and each reads its inputs (a weight or its rounded copy) in place:
+        switching each input instead passed a copy of it on, every weight of the model at every run."""
+        found = [self._output_type(t) for t in node.output]
+        types = [t for t in found if t is not None]
+        if len(types) < len(found):  # a branch must declare its outputs' types: switch each input
+            for i, (given, rounded) in enumerate(zip(node.input, rounded_inputs, strict=True)):
+                if rounded != given:
+                    node.input[i] = self._where(switch, rounded, given, f"{given}::?{node.name}", given)
+            self.graph.node.append(node)
+            return
+
+        def branch(inputs: list[str], state: str) -> onnx.GraphProto:
+            inner = onnx.NodeProto()
+            inner.CopyFrom(node)
+            inner.name = f"{node.name}::{state}"
+            del inner.input[:]
+            inner.input.extend(inputs)
+            for i, t in enumerate(inner.output):
+                if t:
+                    inner.output[i] = f"{t}::{state}"
+            return helper.make_graph([inner], inner.name, [], [
+                helper.make_tensor_value_info(f"{t}::{state}", elem, None)
+                for t, elem in zip(node.output, types, strict=True) if t])
+
+        self.graph.node.append(helper.make_node(
+            "If", [switch], [t for t in node.output if t], name=f"{node.name}::both states",
+            then_branch=branch(rounded_inputs, "on"), else_branch=branch(list(node.input), "off")))
+
+    def _output_type(self, tensor: str) -> int | None:
+        if not tensor or tensor.endswith("::raw") or self.float32(tensor):
+            return onnx.TensorProto.FLOAT  # a float output: FP32 in the emulated graph
+        dtype = self.dtype_of(tensor)
+        return onnx.helper.np_dtype_to_tensor_dtype(dtype) if dtype is not None else None
 
     def _rounded_input(self, tensor: str, precision: str) -> str:
         known = self.output_rounding.get(tensor)
@@ -84,22 +122,19 @@ class _SwitchingRounder(Rounder):
         in_slots, out_slots = precision_slots(node, self.opset)
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
-        chosen: dict[str, str] = {}
-        for i in in_slots:
-            t = copy.input[i]
-            if not t or t not in floats:
-                continue
-            if t not in chosen:
-                rounded = self._rounded_input(t, precision)
-                chosen[t] = t if rounded == t else self._where(switch, rounded, t, f"{t}::{precision}?{node.name}", t)
-            copy.input[i] = chosen[t]
         renamed = []
         for i in out_slots:
             t = copy.output[i]
             if t and t in floats:
                 copy.output[i] = f"{t}::raw"
                 renamed.append((copy.output[i], t))
-        self.graph.node.append(copy)
+        rounded_inputs = {t: self._rounded_input(t, precision) for i in in_slots
+                          if (t := node.input[i]) and t in floats}
+        if any(r != t for t, r in rounded_inputs.items()):
+            self._emit_both_states(copy, switch, [rounded_inputs.get(t, t) if i in in_slots else t
+                                                  for i, t in enumerate(copy.input)])
+        else:
+            self.graph.node.append(copy)
         for raw, final in renamed:
             rounded = f"{final}::{precision}::rounded"
             self._cast_pair(raw, rounded, precision)
@@ -131,7 +166,7 @@ class SwitchedGraph:
                 return initializers[tensor] == onnx.TensorProto.FLOAT
             return model.dtype(tensor) == np.dtype(np.float32)
 
-        rounder = _SwitchingRounder(folded.proto, model.opset, shapes, float32, folded.weights)
+        rounder = _SwitchingRounder(folded.proto, model.opset, shapes, float32, folded.weights, model.dtype)
         for node in folded.proto.graph.node:
             precision = self.low[node.name]
             if node.name in switchable:
