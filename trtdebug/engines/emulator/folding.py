@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from trtdebug.core.model import weights as shared
 from trtdebug.core.model.graph import Model
-from trtdebug.core.model.weights import take_weights
 from trtdebug.core.reference import ort_sessions
 
 
@@ -38,8 +38,10 @@ def fold_like_builder(model: Model) -> FoldedGraph:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "folded.onnx")
         ort_sessions.session(model.proto, level="basic", threads=1, optimized_path=path, weights=model.weights)
-        folded, weights = take_weights(onnx.load(path, load_external_data=False), tmp)
-        weights = _same_as_model(weights, model.weights)
+        folded = onnx.load(path, load_external_data=False)
+        kept = _left_as_they_were(folded, model.weights, tmp)
+        folded, weights = shared.take_weights(folded, tmp)  # what the folding made or changed
+        weights.update(kept)
     # onnxruntime may leave nodes unnamed or reuse names; layer names must be unique.
     seen: set[str] = set()
     for i, node in enumerate(folded.graph.node):
@@ -52,14 +54,34 @@ def fold_like_builder(model: Model) -> FoldedGraph:
     return FoldedGraph(folded, covers, folded_away, weights)
 
 
-def _same_as_model(weights: dict[str, np.ndarray], model_weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The model's own array for each weight the folding left as it was (held once, not twice)."""
-    for name, value in weights.items():
-        same = model_weights.get(name)
-        if same is not None and same.dtype == value.dtype and same.shape == value.shape and \
-                np.array_equal(same.view(np.uint8), value.view(np.uint8)):
-            weights[name] = same
-    return weights
+# Values compared where a folded weight keeps a model weight's name: every this-many-th byte, and the ends
+SAMPLE_STRIDE = 1 << 16
+
+
+def _left_as_they_were(folded: onnx.ModelProto, model_weights: Mapping[str, np.ndarray], folder: str
+                       ) -> dict[str, np.ndarray]:
+    """The model's own arrays for the folded graph's weights that folding left as they were, their entries
+    made placeholders (held once, and never read back from the file onnxruntime wrote). onnxruntime names
+    what it folds or fuses anew, so a weight keeping its name is the model's; a sample of its bytes,
+    read in place from the file, is compared to be sure."""
+    kept: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(folded.graph.initializer):
+        same = model_weights.get(tensor.name)
+        external = tensor.data_location == onnx.TensorProto.EXTERNAL
+        if same is None or not external or same.nbytes < shared.SHARED_WEIGHT_BYTES:
+            continue
+        info = onnx.external_data_helper.ExternalDataInfo(tensor)
+        typed = same.dtype.kind in "fiub" and onnx.helper.np_dtype_to_tensor_dtype(same.dtype) == tensor.data_type
+        if not typed or tuple(tensor.dims) != same.shape or int(info.length or -1) != same.nbytes:
+            continue
+        written = np.memmap(os.path.join(folder, info.location), np.uint8, "r", int(info.offset or 0), (same.nbytes,))
+        ours = np.ascontiguousarray(same).reshape(-1).view(np.uint8)
+        sample = np.s_[::SAMPLE_STRIDE]
+        if np.array_equal(written[sample], ours[sample]) and np.array_equal(written[-64:], ours[-64:]):
+            kept[tensor.name] = same
+            folded.graph.initializer[i].CopyFrom(shared.placeholder(tensor))
+        del written
+    return kept
 
 def _coverage(model: Model, folded: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
     """Map each folded-graph node to the original nodes between its inputs and its outputs."""
