@@ -54,6 +54,10 @@ DETECTOR = "yolov8n_nudenet"
 DETECTOR_INPUT = "images"
 DETECTOR_SHAPE = (4, 3, 640, 640)
 BILLION_BUDGET = "16GiB"
+# The 1.1 B decoder fails in FP16 beyond its mask (rounding spread over hundreds of layers): a 1-minimal plan
+# takes hundreds of evaluations of about 5 s. The row measures what a search costs, so it stops at this many
+# (exit 5, the best plan so far written); each evaluation's time is in the fallback's own log.
+BILLION_EVALUATIONS = 24
 COMPARE_MEMORY, COMPARE_TIME, FALLBACK_MEMORY = 1.5, 2.5, 2.0
 
 # The user's exposed FP32 run: argv = model, JSON {input: {"shape": [...], "range": [low, high]}}.
@@ -144,7 +148,7 @@ def measure(command: list[str]) -> Measured:
     seconds = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
     child.returncode = code
-    if code not in (0, 1):
+    if code not in (0, 1, 5):  # 5: fallback stopped at --max-evaluations, its plan written
         print(f"  ({' '.join(command[1:4])[:80]} exited {code}: {error.decode().strip().splitlines()[-1:]})",
               flush=True)
     return Measured("", seconds, usage.ru_maxrss / 1024, code)
@@ -166,8 +170,9 @@ def row(case: Case, folder: Path, table: list[str], skip_fallback: bool) -> None
     wanted = {"never": False, "always": True, "if compare fails": compare.code == 1}[case.fallback]
     if wanted and not skip_fallback:
         out = folder / f"{stem}.plan.json"
+        bounded = ["--max-evaluations", str(BILLION_EVALUATIONS)] if case.budget else []
         fallback = measure([sys.executable, "-m", "trtdebug", "fallback", str(case.model), *case.options(),
-                            "--out", str(out)])
+                            *bounded, "--out", str(out)])
         kept = ""
         if fallback.code == 0 and out.is_file():
             kept = f", plan keeps {len(json.loads(out.read_text()).get('nodes', {}))} node(s) in higher precision"
@@ -183,7 +188,7 @@ def _report(case: Case, name: str, measured: Measured, exposed: Measured, table:
 
 
 def _target_met(name: str, measured: Measured, exposed: Measured) -> str:
-    if measured.code not in (0, 1):
+    if measured.code not in (0, 1, 5):
         return "no"
     memory, seconds = measured.mib / exposed.mib, measured.seconds / exposed.seconds
     if name == "compare":
