@@ -107,8 +107,8 @@ def test_a_written_model_holds_its_weights_put_back_a_weight_at_a_time(tmp_path,
 
 
 def test_a_plans_mixed_onnx_carries_its_fp16_weights_held_apart(tmp_path, monkeypatch):
-    """The typed graph of a plan converts weights to FP16: those too are held as arrays until written,
-    and the written model runs as the typed graph of the same model with everything embedded."""
+    """The typed graph of a plan converts weights to FP16: those are placeholders too, each computed when
+    it is written, and the written model runs as the typed graph of the same model with everything embedded."""
     import onnx
 
     from trtdebug.artifacts.mixed_onnx import write_mixed_onnx
@@ -120,9 +120,12 @@ def test_a_plans_mixed_onnx_carries_its_fp16_weights_held_apart(tmp_path, monkey
     embedded = to_mixed_precision_onnx(Model.load(str(path)), plan)  # small weights: all embedded
     monkeypatch.setattr(shared, "SHARED_WEIGHT_BYTES", 1024)
     model = Model.load(str(path))
-    held: dict[str, np.ndarray] = dict(model.weights)
-    typed = to_mixed_precision_onnx(model, plan, held)
-    assert any(shared.is_shared(t) and t.data_type == onnx.TensorProto.FLOAT16 for t in typed.graph.initializer)
+    derived = shared.DerivedWeights(model.weights)
+    typed = to_mixed_precision_onnx(model, plan, derived)
+    converted = [t.name for t in typed.graph.initializer
+                 if shared.is_shared(t) and t.data_type == onnx.TensorProto.FLOAT16]
+    assert converted and set(converted) <= set(derived.derived)  # computed when written, never held
+    assert derived[converted[0]].dtype == np.float16
     written = onnx.load(str(write_mixed_onnx(model, plan, tmp_path / "mixed.onnx")))
     onnx.checker.check_model(written)
     feeds = generate_feeds(model, resolve_shapes(model, {}), FEED_RANGES)

@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 
 from trtdebug.core.model.graph import Model
-from trtdebug.core.model.weights import Weights, save_with_weights, serialized_pieces, weight_bytes
+from trtdebug.core.model.weights import DerivedWeights, Weights, save_with_weights, serialized_pieces, weight_bytes
 from trtdebug.core.plans.cast_islands import to_mixed_precision_onnx
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.system import files
@@ -22,7 +22,7 @@ PROTOBUF_LIMIT = 2**31 - 1
 
 def write_mixed_onnx(model: Model, plan: PrecisionPlan, path: str | Path) -> Path:
     """The plan as a typed ONNX file (for TensorRT 11.x, TensorRT-RTX, STRONGLY_TYPED builds)."""
-    weights = dict(model.weights)
+    weights = DerivedWeights(model.weights)
     return write_model(to_mixed_precision_onnx(model, plan, weights), path, weights)
 
 

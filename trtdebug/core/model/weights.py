@@ -12,7 +12,7 @@ TensorRT puts the weights back (`save_with_weights`, `with_weights`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,25 @@ def _copy_fields(source: Any, target: Any, skip: str) -> None:
             getattr(target, field.name).CopyFrom(value)
         else:
             setattr(target, field.name, value)
+
+
+class DerivedWeights(Mapping[str, np.ndarray]):
+    """Weights, and weights derived from them (a typed graph's FP16 casts) computed each time one is read,
+    never held: a writer reads each once, so a model's converted weights never exist all at once."""
+
+    def __init__(self, base: Weights):
+        self.base = base
+        self.derived: dict[str, Callable[[], np.ndarray]] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.derived[name]() if name in self.derived else self.base[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.base
+        yield from (name for name in self.derived if name not in self.base)
+
+    def __len__(self) -> int:
+        return len(self.base) + sum(1 for name in self.derived if name not in self.base)
 
 
 def value_of(tensor: onnx.TensorProto, weights: Weights) -> np.ndarray:
@@ -181,8 +200,9 @@ def serialized_pieces(proto: onnx.ModelProto, weights: Weights) -> Iterator[byte
 
 
 def weight_bytes(proto: onnx.ModelProto, weights: Weights) -> int:
-    """Bytes of the placeholders' values: what embedding them adds to the serialized proto."""
-    return sum(weights[t.name].nbytes for t in proto.graph.initializer if is_shared(t))
+    """Bytes of the placeholders' values: what embedding them adds to the serialized proto (from their
+    entries' types and shapes: a derived weight is not computed to be counted)."""
+    return sum(_declared_bytes(t) for t in proto.graph.initializer if is_shared(t))
 
 
 def save_with_weights(proto: onnx.ModelProto, weights: Weights, path: str | Path, data_name: str) -> None:

@@ -29,7 +29,6 @@ as stored, so its weights keep their stored types; `typed_plan` reads the plan i
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -66,9 +65,9 @@ def _has_subgraphs(node: onnx.NodeProto) -> bool:
 class _TypedGraphWriter:
     """Rewrites the graph node by node, tracking which name holds each tensor in which type."""
 
-    def __init__(self, model: Model, held: dict[str, np.ndarray] | None = None):
+    def __init__(self, model: Model, held: shared.DerivedWeights | None = None):
         self.model = model
-        self.held = held  # where large converted weights go (placeholders in the graph), or None: embedded
+        self.held = held  # where large converted weights are derived (placeholders in the graph), or None: embedded
         self.source = model.stored_proto if model.stored_proto is not None else model.proto
         self.source_nodes = {n.name: n for n in self.source.graph.node}
         self.graph = onnx.GraphProto()
@@ -157,7 +156,9 @@ class _TypedGraphWriter:
         if elem_type == onnx.TensorProto.BFLOAT16:
             converted = helper.make_tensor(name, elem_type, value.shape, value.reshape(-1).tolist())
         elif self.held is not None and value.nbytes >= shared.SHARED_WEIGHT_BYTES:
-            self.held[name] = value.astype(helper.tensor_dtype_to_np_dtype(elem_type))
+            source, dtype = self.initializers[tensor], helper.tensor_dtype_to_np_dtype(elem_type)
+            weights = self.model.weights
+            self.held.derived[name] = lambda: shared.value_of(source, weights).astype("float32").astype(dtype)
             converted = shared.placeholder(onnx.TensorProto(name=name, data_type=elem_type, dims=value.shape))
         else:
             converted = numpy_helper.from_array(value.astype(helper.tensor_dtype_to_np_dtype(elem_type)), name)
@@ -298,10 +299,10 @@ def _rename_reads(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
 
 
 def to_mixed_precision_onnx(model: Model, plan: PrecisionPlan,
-                            weights: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+                            weights: shared.DerivedWeights | None = None) -> onnx.ModelProto:
     """The model with every compute node typed in its planned precision (see the module docstring).
-    With `weights` (the model's, core.model.weights), large converted weights are held there too and
-    named by placeholders, as the model's own are; without, they are embedded."""
+    With `weights` (over the model's, core.model.weights), large converted weights are placeholders
+    derived there when read (never held all at once); without, they are embedded."""
     quantized = [p for p in (plan.default, *plan.nodes.values()) if p in QUANTIZED_PRECISIONS]
     if quantized:
         name = quantized[0].upper()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from trtdebug.core.model.graph import Model
+from trtdebug.core.model.weights import DerivedWeights
 from trtdebug.core.plans.ban_list import BanList
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.quantized.format import format_of
@@ -124,7 +125,8 @@ class NetworkBuilder:
             self.layer_plan = quant_format.layer_plan(plan)
         # the values of the graph's weight placeholders (core.model.weights): the Q/DQ model's, or the
         # model's and the typed graph's converted weights
-        self.weights = dict(quant_format.model.qdq.weights if quant_format is not None else self.model.weights)
+        base = quant_format.model.qdq.weights if quant_format is not None else self.model.weights
+        self.weights = DerivedWeights(base)
         self.proto, self.modified = self._graph()
         self.builds = 0
         self.failures: dict[str, str] = {}
