@@ -90,7 +90,7 @@ class EmulatorBuilt:
         self._local_live: dict[str, np.ndarray] = {}
         self._local_parts: tuple[onnx.ModelProto, dict[str, str], list[str]] | None = None
         self._switching: tuple[tuple[str, ...], Any] | None = None  # run_substituted's switches and session
-        self._prune: bool | None = None  # run_substituted on pruned graphs (decided by its first trial)
+        self._prune: bool | None = None  # run_substituted on pruned graphs (decided by the first, pruned, trial)
 
     def _rounded_graph(self, source: onnx.ModelProto, floats: set[str]) -> onnx.ModelProto:
         shapes = tensor_shapes(self.model, self.folded.proto)
@@ -195,38 +195,38 @@ class EmulatorBuilt:
         One session serves every subset of `switchable` (and of `replacements`): each switchable tensor
         passes through a Where that picks the given value when its switch is on, so a search trying
         many subsets builds one session, not one per trial. Where a session costs little beside a run
-        (large tensors: a transformer, a detector at batch 4), later trials run instead the graph cut at
-        the replaced tensors and pruned to what the outputs still need: the same nodes compute the same
-        values (bit for bit), without the switches' copies and without the layers the replacements
-        make dead (a prefix of the network at reference values costs only its suffix)."""
+        (large tensors: a transformer, a detector at batch 4; the first trial tells), trials run instead the
+        graph cut at the replaced tensors and pruned to what the outputs still need: the same nodes compute
+        the same values (bit for bit), without the switches' copies of every tensor and without the
+        layers the replacements make dead (a prefix of the network at reference values costs only its
+        suffix)."""
         switches = tuple(sorted({*switchable, *replacements}))
-        if self._prune and not set(replacements) & {i.name for i in self.proto.graph.input}:
+        if self._prune is not False and not set(replacements) & {i.name for i in self.proto.graph.input}:
             return self._run_pruned(feeds, replacements)
         if self._switching is None or self._switching[0] != switches:
-            started = time.perf_counter()
             self._switching = (switches, self._switching_session(switches))
-            made = time.perf_counter() - started
-        else:
-            made = None
         fed = dict(feeds)
         for tensor in switches:
             on = tensor in replacements
             fed[SWITCH_PREFIX + tensor] = np.asarray(on)
             fed[SUBSTITUTE_PREFIX + tensor] = np.asarray(replacements[tensor]) if on else np.zeros(
                 (), self._substitute_dtype(tensor))
-        started = time.perf_counter()
         values = ort_sessions.run(self._switching[1], fed, [o.name for o in self.model.outputs])
-        if made is not None and self._prune is None:  # the first trial decides (the values do not depend on it)
-            self._prune = made < PRUNE_WHEN_SESSION_BELOW * (time.perf_counter() - started)
         values.update({o.name: np.asarray(replacements[o.name]) for o in self.model.outputs if o.name in replacements})
         return values
 
     def _run_pruned(self, feeds: Mapping[str, np.ndarray], replacements: Mapping[str, np.ndarray]
                     ) -> dict[str, np.ndarray]:
         outputs = [o.name for o in self.model.outputs if o.name not in replacements]
-        values = ort_sessions.run(self._pruned_session(frozenset(replacements), outputs),
-                                  {**feeds, **{t: np.asarray(v) for t, v in replacements.items()}}, outputs) \
-            if outputs else {}
+        values: dict[str, np.ndarray] = {}
+        if outputs:
+            started = time.perf_counter()
+            session = self._pruned_session(frozenset(replacements), outputs)
+            made = time.perf_counter()
+            fed = {**feeds, **{t: np.asarray(v) for t, v in replacements.items()}}
+            values = ort_sessions.run(session, fed, outputs)
+            if self._prune is None:  # the first trial decides (the values do not depend on it)
+                self._prune = made - started < PRUNE_WHEN_SESSION_BELOW * (time.perf_counter() - made)
         values.update({o.name: np.asarray(replacements[o.name]) for o in self.model.outputs if o.name in replacements})
         return values
 
