@@ -218,7 +218,6 @@ class _ContributionSearch:
         switchable = [r.tensor for u in self.units[self.start:] for r in u if self.last_read[r.tensor] >= 0]
         switchable = list(dict.fromkeys([*self.cut(self.start), *switchable, *extra]))
         self.switchable = switchable
-        self.substitutes = values_of(reference, switchable)  # one run where the reference is streamed
         self.errors: dict[int, float] = {0: baseline}
         self.steps: dict[int, float] = {}  # unit -> what it adds on exact inputs
         self.spans: list[tuple[int, int, float]] = []  # unsplit (start, end, adds)
@@ -259,12 +258,20 @@ class _ContributionSearch:
     def error_with(self, tensors: Sequence[str]) -> float:
         """Output error with these tensors at their reference values."""
         self.runs += 1
-        values = {t: self.substitutes[t] if t in self.substitutes else values_of(self.reference, [t])[t]
+        known = self.__dict__.get("substitutes", {})  # taken once the bisection needs them
+        values = {t: known[t] if t in known else values_of(self.reference, [t])[t]
                   for t in tensors}
         return output_error(self.model, self.reference, self.run(values, self.switchable), self.tolerance)
 
+    @functools.cached_property
+    def substitutes(self) -> Mapping[str, np.ndarray]:
+        """The reference values of every switchable tensor: one run where the reference is streamed,
+        taken only when the bisection starts (culprits that make NaN need just their own)."""
+        return values_of(self.reference, self.switchable)
+
     def _error(self, k: int) -> float:
         if k not in self.errors:
+            _ = self.substitutes  # the prefixes' values, at once
             self.errors[k] = self.error_with(self.cut(k))
         return self.errors[k]
 
