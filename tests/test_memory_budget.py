@@ -307,3 +307,20 @@ def test_size_estimates_equal_full_shape_inference(tmp_path, silero_path):
         model = Model.load(path)
         feeds = generate_feeds(model, resolve_shapes(model, shapes), ranges)
         assert tensor_bytes(model, feeds) == _sizes_by_full_inference(model, feeds), path.name
+
+
+def test_a_streamed_reference_computes_a_tensor_from_just_the_nodes_it_needs(tmp_path, monkeypatch):
+    """onnxruntime runs every node of a graph whatever is fetched: a streamed reference asked for one early
+    tensor (a culprit's) runs a graph of just its upstream nodes, and gets the held reference's value."""
+    from trtdebug.core.model.feeds import generate_feeds, resolve_shapes
+    from trtdebug.core.reference.fp32_run import LazyReference, run_reference
+
+    model = Model.load(planted_chain(60, 1, seed=3).save(tmp_path / "chain.onnx"))
+    feeds = generate_feeds(model, resolve_shapes(model, {}))
+    reference = LazyReference(model, feeds, [model.intermediate_tensors()])
+    made = []
+    session = ort_sessions.session
+    monkeypatch.setattr(ort_sessions, "session", lambda proto, *a, **k: made.append(proto) or session(proto, *a, **k))
+    early = model.intermediate_tensors()[4]
+    assert reference.fetch([early])[early].tobytes() == run_reference(model, feeds)[early].tobytes()
+    assert len(made[0].graph.node) == 5 and [o.name for o in made[0].graph.output] == [early]

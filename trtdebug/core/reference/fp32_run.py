@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
+import onnx
 
 from trtdebug.core.model.graph import Model, node_dependencies
 from trtdebug.core.reference import ort_sessions
@@ -135,13 +136,23 @@ class LazyReference(Mapping[str, np.ndarray]):
         return {t: fetched[t] if t in fetched else self[t] for t in tensors}
 
     def fetch(self, tensors: list[str]) -> dict[str, np.ndarray]:
-        """These tensors' values, by one run that exposes only them."""
+        """These tensors' values, by one run of just the nodes they need (onnxruntime runs every node of a
+        graph whatever is fetched: on a billion-parameter decoder, a mask's value cost a whole run)."""
+        from trtdebug.core.reference.pieces import producers, upstream_nodes
+
         key = tuple(sorted(tensors))
         if key not in self._sessions:
             self._sessions.clear()
             types = {t: _elem_type(self.model, t) for t in key}
-            self._sessions[key] = ort_sessions.session(
-                ort_sessions.with_outputs(self.model.proto, key, types, self.model.weights), weights=self.model.weights)
+            proto = ort_sessions.with_outputs(self.model.proto, key, types, self.model.weights)
+            needed = sorted(upstream_nodes(proto, producers(proto), key))
+            graph = onnx.GraphProto()  # the needed nodes, in order, and only `key` as outputs
+            graph.CopyFrom(proto.graph)
+            del graph.node[:], graph.output[:]
+            graph.node.extend(proto.graph.node[i] for i in needed)
+            graph.output.extend(o for o in proto.graph.output if o.name in key)
+            proto.graph.CopyFrom(graph)
+            self._sessions[key] = ort_sessions.session(proto, weights=self.model.weights)
         values = ort_sessions.run(self._sessions[key], self.feeds)  # type: ignore[arg-type]
         return {t: values[t] for t in key}
 
