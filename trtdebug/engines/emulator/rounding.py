@@ -13,7 +13,7 @@ has no Cast to BF16) is rounded in arithmetic instead, bit for bit the same (bf1
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -123,16 +123,23 @@ class Rounder:
             t = copy.input[i]
             if t and t in float_tensors:
                 copy.input[i] = self.round_tensor(t, precision)
-        renamed = []
-        for i in out_slots:
-            t = copy.output[i]
-            if t and t in float_tensors:
-                copy.output[i] = f"{t}::raw"
-                renamed.append((copy.output[i], t))
+        renamed = raw_outputs(copy, out_slots, float_tensors)
         self.graph.node.append(copy)
         for raw, final in renamed:
             self._cast_pair(raw, final, precision)
             self.rounded[final] = precision
+
+
+def raw_outputs(node: onnx.NodeProto, out_slots: Iterable[int], floats: set[str]) -> list[tuple[str, str]]:
+    """Rename `node`'s float precision-carrying outputs to `<name>::raw` (their rounding writes the
+    name); returns (raw, name) for each."""
+    renamed = []
+    for i in out_slots:
+        t = node.output[i]
+        if t and t in floats:
+            node.output[i] = f"{t}::raw"
+            renamed.append((node.output[i], t))
+    return renamed
 
 
 def round_values(value: np.ndarray, precision: str) -> np.ndarray:

@@ -26,7 +26,7 @@ from trtdebug.core.plans.precision_plan import DATA_MOVEMENT_OPS, REDUCED, preci
 from trtdebug.core.reference import ort_sessions
 from trtdebug.engines.base import LayerInfo
 from trtdebug.engines.emulator.folding import FoldedGraph
-from trtdebug.engines.emulator.rounding import Rounder, float_tensors
+from trtdebug.engines.emulator.rounding import Rounder, float_tensors, raw_outputs
 from trtdebug.engines.emulator.tactics import FP32_ACCUMULATE, ShapeOf, apply_variant, tensor_shapes
 
 REDUCED_PREFIX = "reduced::"  # boolean graph inputs: True = the layer runs in its low precision
@@ -122,12 +122,7 @@ class _SwitchingRounder(Rounder):
         in_slots, out_slots = precision_slots(node, self.opset)
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
-        renamed = []
-        for i in out_slots:
-            t = copy.output[i]
-            if t and t in floats:
-                copy.output[i] = f"{t}::raw"
-                renamed.append((copy.output[i], t))
+        renamed = raw_outputs(copy, out_slots, floats)
         rounded_inputs = {t: self._rounded_input(t, precision) for i in in_slots
                           if (t := node.input[i]) and t in floats}
         if any(r != t for t, r in rounded_inputs.items()):
