@@ -188,3 +188,22 @@ def test_local_graph_of_a_few_layers_carries_only_their_weights(planted_models):
     carried = unrounded(i.name for i in proto.graph.initializer)
     assert carried == unrounded(t for node in proto.graph.node for t in node.input) & unrounded(
         i.name for i in built.folded.proto.graph.initializer) == {"conv_amplify.weight", "conv_amplify.bias"}
+
+
+def test_weights_round_alike_whatever_their_size_and_nan_stays_nan():
+    """Large weights round through onnxruntime's Cast kernels, small ones through NumPy: the same values
+    for every float32 bit pattern, and a NaN weight stays NaN in BF16 (the bit arithmetic's carry had
+    made some inf)."""
+    from trtdebug.engines.emulator.rounding import CAST_SESSION_ELEMENTS, round_values
+
+    bits = np.random.default_rng(0).integers(0, 2**32, 4 * CAST_SESSION_ELEMENTS, dtype=np.uint64)
+    values = bits.astype(np.uint32).view(np.float32)
+    for precision in ("fp16", "bf16"):
+        with np.errstate(all="ignore"):
+            whole = round_values(values, precision)
+            pieces = np.concatenate([round_values(piece, precision) for piece in np.array_split(values, 8)])
+        assert whole.dtype == pieces.dtype == np.float32
+        nan = np.isnan(values)
+        assert np.array_equal(np.isnan(whole), nan) and np.array_equal(np.isnan(pieces), nan), precision
+        assert np.array_equal(whole[~nan].view(np.uint32), pieces[~nan].view(np.uint32)), precision
+    assert round_values(np.float32([65519.99, 65520.0]), "fp16").tolist() == [65504.0, np.inf]

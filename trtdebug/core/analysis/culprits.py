@@ -11,8 +11,9 @@ box decode whose every tensor is within its own (relative) tolerance can still r
    layers before position k at their reference values (the tensors they hand to later layers
    replaced), the outputs keep error E(k); E(k) - E(k+1) is what layer k adds on exact inputs,
    what keeping it in FP32 would remove. A best-first bisection over the layers in topological
-   order finds the layers that add most in few runs (at most MAX_RUNS, each one run of the
-   engine's switching session: the emulator builds that session once per compare).
+   order finds the layers that add most in few runs: at most MAX_RUNS, and at most MAX_WORK whole
+   runs' worth of layers, as a trial runs the model from its cut on (the emulator prunes the layers
+   before it): a failure that starts early makes every trial nearly a whole run.
 3. Layers that each add a real share and feed one another are named together as a chain; each
    culprit's `explained` is measured by putting its tensors at their reference values (earlier
    culprits already replaced), so the named culprits at reference values remove that share.
@@ -42,6 +43,7 @@ MAX_CULPRITS = 3
 MEASURED_CANDIDATES = 6  # without the whole-network search: the most severe introduced errors measured
 MIN_SHARE = 0.05  # a culprit must explain at least this share of the output error
 MAX_RUNS = 32  # substitution runs of the contribution search (each one run of the build)
+MAX_WORK = 12.0  # ... and whole runs' worth of layers they compute, measured by the elements the layers write
 SPLIT_SHARE = 0.02  # a span of layers is split while it adds at least this share of the output error
 CHAIN_SHARE = 0.04  # a layer joins a chain culprit when it adds at least this share
 CHAIN_HOPS = 2  # layers of a chain are this close: one feeds the other, or both feed one layer
@@ -192,6 +194,8 @@ class _Group:
 
 
 def _adds(share: float) -> str:
+    if share > 1:  # errors of other layers partly cancel its own: a share over 100% would read as a typo
+        return "on exact inputs it adds more error than the outputs carry, which other layers partly cancel (measured)"
     return f"on exact inputs it adds {share:.0%} of the output error (measured)"
 
 
@@ -222,6 +226,7 @@ class _ContributionSearch:
         self.steps: dict[int, float] = {}  # unit -> what it adds on exact inputs
         self.spans: list[tuple[int, int, float]] = []  # unsplit (start, end, adds)
         self.runs = 0
+        self.work = 0.0  # whole runs' worth of layers the bisection's trials computed
         self._searched = False
 
     def _window(self, max_bytes: int) -> int:
@@ -269,11 +274,26 @@ class _ContributionSearch:
         taken only when the bisection starts (culprits that make NaN need just their own)."""
         return values_of(self.reference, self.switchable)
 
+    @functools.cached_property
+    def _suffix_work(self) -> list[float]:
+        """What a trial cut before unit k computes, as a share of a whole run: the elements the units
+        from k on write (the last entry, n, is 0)."""
+        written = [float(sum(int(np.prod(r.shape)) for r in unit)) for unit in self.units]
+        total = sum(written) or 1.0
+        suffix = [0.0] * (len(written) + 1)
+        for k in range(len(written) - 1, -1, -1):
+            suffix[k] = suffix[k + 1] + written[k] / total
+        return suffix
+
     def _error(self, k: int) -> float:
         if k not in self.errors:
             _ = self.substitutes  # the prefixes' values, at once
+            self.work += self._suffix_work[k]
             self.errors[k] = self.error_with(self.cut(k))
         return self.errors[k]
+
+    def _affordable(self, k: int) -> bool:
+        return k in self.errors or (self.runs < MAX_RUNS and self.work + self._suffix_work[k] <= MAX_WORK)
 
     def _search(self) -> None:
         """Best-first bisection: the span adding most is split first, until single layers or the budget."""
@@ -291,7 +311,7 @@ class _ContributionSearch:
             heapq.heappop(heap)
             if b - a == 1:
                 self.steps[a] = adds
-            elif adds < SPLIT_SHARE * self.baseline or self.runs >= MAX_RUNS:
+            elif adds < SPLIT_SHARE * self.baseline or not self._affordable((a + b) // 2):
                 self.spans.append((a, b, adds))
             else:
                 m = (a + b) // 2
