@@ -65,3 +65,38 @@ def test_no_bisection_runs_once_nonfinite_culprits_explain_the_failure(tmp_path,
     assert not result.passed and result.culprits_explain > 0.999
     assert all(c.creates_nonfinite for c in result.culprits)
     assert len(runs) == len(result.culprits)
+
+
+def _share_of_nodes_computed(model, replaced) -> float:
+    """The share of the model's nodes a run with `replaced` at reference values computes: what the
+    outputs still need (everything upstream of a replaced tensor is skipped)."""
+    stop, needed = set(replaced), set()
+    stack = [o.name for o in model.outputs if o.name not in stop]
+    while stack:
+        producer = model.producer.get(stack.pop())
+        if producer is None or producer in needed:
+            continue
+        needed.add(producer)
+        stack.extend(t for t in model.node_by_name[producer].input if t and t not in stop)
+    return len(needed) / len(model.nodes)
+
+
+def test_a_failure_spread_from_the_first_layer_costs_a_bounded_search(tmp_path, monkeypatch):
+    """FP16 rounding from the first layer on, at a tight tolerance: every trial of the culprit search runs
+    nearly the whole model (32 trials had cost 25 runs' worth). The search stops at MAX_WORK runs' worth
+    (and the few runs measuring the culprits), and what it names still explains the failure."""
+    from fixtures.transformer_models import FEED_RANGES, TransformerConfig, save
+    from trtdebug.core.analysis.culprits import MAX_CULPRITS, MAX_WORK
+    from trtdebug.engines.emulator.built import EmulatorBuilt
+
+    path = save(TransformerConfig(layers=12, causal=False, seq=32), tmp_path / "encoder.onnx")
+    trials: list[list[str]] = []
+    substituted = EmulatorBuilt.run_substituted
+    monkeypatch.setattr(EmulatorBuilt, "run_substituted", lambda self, feeds, replacements, *args, **kwargs:
+                        trials.append(list(replacements)) or substituted(self, feeds, replacements, *args, **kwargs))
+    case = prepare(problem_spec(path, input_range=FEED_RANGES, atol=1e-3, rtol=1e-3))
+    result = compare_case(case)
+    assert not result.passed and result.culprits
+    work = sum(_share_of_nodes_computed(case.problem.model, replaced) for replaced in trials)
+    assert work <= MAX_WORK + MAX_CULPRITS + 1, (work, len(trials))
+    check_culprit_invariants(case, result)
