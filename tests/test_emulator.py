@@ -156,6 +156,38 @@ def test_pruned_substituted_runs_equal_the_switching_session_bit_for_bit(planted
                 assert switched[name].tobytes() == pruned[name].tobytes(), (path, name)
 
 
+def test_a_trial_in_a_detectors_head_runs_without_its_backbone(monkeypatch):
+    """YOLOv8's anchors read the shapes of its feature maps: a trial cut in the box decode kept every
+    node those Shape nodes depend on, the whole backbone. The shapes follow from the feeds', so they are
+    constants there; the values stay the switching session's, bit for bit."""
+    from fixtures.zoo import by_name
+    from trtdebug.core.model.feeds import generate_feeds, resolve_shapes
+    from trtdebug.engines.emulator import built as emulated
+
+    model = Model.load(by_name("yolov8n_nudenet").path())
+    feeds = generate_feeds(model, resolve_shapes(model, {"images": (1, 3, 320, 320)}), {"images": (-1.0, 1.0)})
+    reference = run_reference(model, feeds)
+    cut = ["/model.21/Split_output_0", "/model.21/Split_output_1", "/model.21/m.0/cv2/act/Sigmoid_output_0",
+           "/model.21/m.0/cv2/conv/Conv_output_0", "/model.22/Add_2_output_0", "/model.22/Range_2_output_0",
+           "/model.22/Range_3_output_0", "/model.22/Reshape_1_output_0", "/model.22/Reshape_7_output_0",
+           "/model.22/Reshape_output_0"]
+    made = []
+    session = emulated.ort_sessions.session
+    monkeypatch.setattr(emulated.ort_sessions, "session", lambda proto, *args, **kwargs: made.append(proto)
+                        or session(proto, *args, **kwargs))
+    outputs = {}
+    for prune in (False, True):
+        monkeypatch.setattr(emulated, "PRUNE_WHEN_SESSION_BELOW", 1e9 if prune else 0.0)
+        built = EmulatorEngine().build(model, PrecisionPlan("fp16"))
+        built.run_substituted(feeds, {}, cut)  # the first trial decides
+        assert built._prune is prune
+        made.clear()
+        outputs[prune] = built.run_substituted(feeds, {t: reference[t] for t in cut}, cut)["output0"]
+    assert outputs[True].tobytes() == outputs[False].tobytes()
+    convs = [sum(n.op_type == "Conv" for n in proto.graph.node) for proto in (built.proto, made[-1])]
+    assert convs[1] <= 12 < convs[0], convs  # the head's last convs, not the backbone's
+
+
 def test_local_error_of_some_layers_equals_theirs_among_all(planted_models, silero_path):
     """Running again only the layers compare asks for (a graph of just them) gives exactly the values
     the local graph of every layer gives them, on a planted net and on Silero VAD (recurrent, If)."""

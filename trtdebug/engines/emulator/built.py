@@ -4,6 +4,7 @@ time on reference inputs (local error), in pieces, or with some tensors substitu
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict
@@ -11,9 +12,9 @@ from typing import Any, Protocol
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
-from trtdebug.core.model.graph import Model
+from trtdebug.core.model.graph import Model, infer_shapes, node_dependencies
 from trtdebug.core.plans.precision_plan import PrecisionPlan
 from trtdebug.core.reference import ort_sessions
 from trtdebug.core.reference.random_ops import RANDOM_OPS
@@ -36,6 +37,18 @@ SWITCHED_PREFIX = "switched::"  # the value consumers read: the layer's own or t
 REF_PREFIX = "ref::"  # graph inputs of the local-error graph carry reference values
 # what trtdebug built, as onnxruntime's load errors name it (they are trtdebug's bugs, not the model's)
 EMULATED, LOCAL, SUBSTITUTING = "the emulated graph", "the local-error graph", "the substituting graph"
+SHAPE_OPS = ("Shape", "Size")
+
+
+def shape_value(node: onnx.NodeProto, shape: tuple[int, ...]) -> np.ndarray:
+    """What a Shape (its start and end applied) or Size node writes for an input of this shape."""
+    if node.op_type == "Size":
+        return np.array(math.prod(shape), np.int64)
+    rank = len(shape)
+    bounds = {a.name: a.i for a in node.attribute if a.name in ("start", "end")}
+    start, end = (min(max(b + rank if b < 0 else b, 0), rank)
+                  for b in (bounds.get("start", 0), bounds.get("end", rank)))
+    return np.array(shape[start:end], np.int64)
 
 
 class FoldedBuilder(Protocol):
@@ -91,6 +104,7 @@ class EmulatorBuilt:
         self._local_parts: tuple[onnx.ModelProto, dict[str, str], list[str]] | None = None
         self._switching: tuple[tuple[str, ...], Any] | None = None  # run_substituted's switches and session
         self._prune: bool | None = None  # run_substituted on pruned graphs (decided by the first, pruned, trial)
+        self._shapes_for: tuple[tuple[Any, ...], dict[str, tuple[int, ...]]] | None = None  # _known_shapes' cache
 
     def _rounded_graph(self, source: onnx.ModelProto, floats: set[str]) -> onnx.ModelProto:
         shapes = tensor_shapes(self.model, self.folded.proto)
@@ -221,7 +235,7 @@ class EmulatorBuilt:
         values: dict[str, np.ndarray] = {}
         if outputs:
             started = time.perf_counter()
-            session = self._pruned_session(frozenset(replacements), outputs)
+            session = self._pruned_session(frozenset(replacements), outputs, feeds)
             made = time.perf_counter()
             fed = {**feeds, **{t: np.asarray(v) for t, v in replacements.items()}}
             values = ort_sessions.run(session, fed, outputs)
@@ -230,19 +244,34 @@ class EmulatorBuilt:
         values.update({o.name: np.asarray(replacements[o.name]) for o in self.model.outputs if o.name in replacements})
         return values
 
-    def _pruned_session(self, replaced: frozenset[str], outputs: list[str]) -> Any:
-        """The emulated graph with `replaced` as graph inputs, holding only the nodes `outputs` need."""
+    def _pruned_session(self, replaced: frozenset[str], outputs: list[str], feeds: Mapping[str, np.ndarray]) -> Any:
+        """The emulated graph with `replaced` as graph inputs, holding only the nodes `outputs` need. A
+        Shape or Size node whose input's shape follows from the feeds' becomes a constant: a detector's
+        anchors read the shapes of its feature maps, which would otherwise keep the whole backbone."""
         from trtdebug.core.reference.pieces import producers, upstream_nodes
 
+        nodes = self.proto.graph.node
         cut = {t: i for t, i in producers(self.proto).items() if t not in replaced}
-        kept = sorted(upstream_nodes(self.proto, cut, outputs))
+        kept = upstream_nodes(self.proto, cut, outputs)
+        constants: dict[int, np.ndarray] = {}
+        if any(nodes[i].op_type in SHAPE_OPS for i in kept):
+            known = self._known_shapes(feeds)
+            constants = {i: shape_value(nodes[i], known[nodes[i].input[0]]) for i in kept
+                         if nodes[i].op_type in SHAPE_OPS and nodes[i].input[0] in known}
+            kept = upstream_nodes(self.proto, cut, outputs, skip=frozenset(constants))
+            read = {t for i in kept for t in node_dependencies(nodes[i])} | set(outputs)
+            constants = {i: v for i, v in constants.items() if nodes[i].output[0] in read}
         proto = onnx.ModelProto()
         proto.CopyFrom(self.proto)  # no weight bytes: they are placeholders
         graph = proto.graph
         del graph.node[:]
-        for i in kept:
+        for i in sorted(kept | set(constants)):
+            if i in constants:
+                graph.node.append(helper.make_node("Constant", [], [nodes[i].output[0]], name=nodes[i].name,
+                                                   value=numpy_helper.from_array(constants[i])))
+                continue
             node = graph.node.add()
-            node.CopyFrom(self.proto.graph.node[i])
+            node.CopyFrom(nodes[i])
             for j, t in enumerate(node.output):
                 if t in replaced:  # written by a node kept for its other outputs: the replacement is read
                     node.output[j] = f"{t}::replaced"
@@ -251,6 +280,23 @@ class EmulatorBuilt:
         graph.input.extend(helper.make_tensor_value_info(
             t, onnx.helper.np_dtype_to_tensor_dtype(self._substitute_dtype(t)), None) for t in sorted(replaced))
         return ort_sessions.session(proto, built=SUBSTITUTING, weights=self.weights)
+
+    def _known_shapes(self, feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+        """The shapes onnx's shape inference derives from the feeds' shapes, of the tensors Shape and Size
+        nodes read (a shape that depends on values is never derived: it stays unknown)."""
+        given = {name: tuple(np.shape(value)) for name, value in feeds.items()}
+        key = tuple(sorted(given.items()))
+        if self._shapes_for is None or self._shapes_for[0] != key:
+            read = {n.input[0] for n in self.proto.graph.node if n.op_type in SHAPE_OPS and n.input}
+            inferred = infer_shapes(self.proto, given, keep_value_info=False).graph
+            shapes = {}
+            for info in [*inferred.input, *inferred.value_info, *inferred.output]:
+                dims = info.type.tensor_type.shape.dim
+                if info.name in read and info.type.tensor_type.HasField("shape") \
+                        and all(d.HasField("dim_value") for d in dims):
+                    shapes[info.name] = tuple(d.dim_value for d in dims)
+            self._shapes_for = (key, shapes)
+        return self._shapes_for[1]
 
     def _substitute_dtype(self, tensor: str) -> np.dtype:
         """The emulated graph computes float tensors in FP32 (rounding with casts); others as declared."""
