@@ -144,7 +144,7 @@ def test_pruned_substituted_runs_equal_the_switching_session_bit_for_bit(planted
         subsets = [tensors[:1], tensors[1:3], tensors[2:], tensors, [model.outputs[0].name]]
         values = {}
         for prune in (False, True):
-            monkeypatch.setattr(emulated, "PRUNE_WHEN_SESSION_BELOW", 1e9 if prune else 0.0)
+            monkeypatch.setattr(emulated, "PRUNE_WHEN_COST_BELOW", 1e9 if prune else 0.0)
             built = EmulatorEngine().build(model, PrecisionPlan("fp16"))
             built.run_substituted(feeds, {}, model.intermediate_tensors())  # the first trial decides
             assert built._prune is prune
@@ -177,7 +177,7 @@ def test_a_trial_in_a_detectors_head_runs_without_its_backbone(monkeypatch):
                         or session(proto, *args, **kwargs))
     outputs = {}
     for prune in (False, True):
-        monkeypatch.setattr(emulated, "PRUNE_WHEN_SESSION_BELOW", 1e9 if prune else 0.0)
+        monkeypatch.setattr(emulated, "PRUNE_WHEN_COST_BELOW", 1e9 if prune else 0.0)
         built = EmulatorEngine().build(model, PrecisionPlan("fp16"))
         built.run_substituted(feeds, {}, cut)  # the first trial decides
         assert built._prune is prune

@@ -29,8 +29,9 @@ from trtdebug.engines.emulator.rounding import (
 )
 from trtdebug.engines.emulator.tactics import TacticChoice, tensor_shapes
 
-# run_substituted prunes a graph per trial where making a session costs less than this share of a run
-PRUNE_WHEN_SESSION_BELOW = 0.25
+# run_substituted prunes a graph per trial where a pruned trial (its session made and run) costs less than
+# this share of a run of the whole graph (estimated as the pruned run over the share of the nodes it keeps)
+PRUNE_WHEN_COST_BELOW = 0.75
 SUBSTITUTE_PREFIX = "substitute::"  # graph inputs that replace a layer output in run_substituted
 SWITCH_PREFIX = "switch::"  # ... and whether they do, in this run
 SWITCHED_PREFIX = "switched::"  # the value consumers read: the layer's own or the substitute
@@ -234,17 +235,21 @@ class EmulatorBuilt:
         outputs = [o.name for o in self.model.outputs if o.name not in replacements]
         values: dict[str, np.ndarray] = {}
         if outputs:
+            proto = self._pruned_graph(frozenset(replacements), outputs, feeds)
             started = time.perf_counter()
-            session = self._pruned_session(frozenset(replacements), outputs, feeds)
+            session = ort_sessions.session(proto, built=SUBSTITUTING, weights=self.weights)
             made = time.perf_counter()
             fed = {**feeds, **{t: np.asarray(v) for t, v in replacements.items()}}
             values = ort_sessions.run(session, fed, outputs)
             if self._prune is None:  # the first trial decides (the values do not depend on it)
-                self._prune = made - started < PRUNE_WHEN_SESSION_BELOW * (time.perf_counter() - made)
+                ran = time.perf_counter() - made
+                kept = max(len(proto.graph.node), 1) / max(len(self.proto.graph.node), 1)
+                self._prune = (made - started) + ran < PRUNE_WHEN_COST_BELOW * ran / kept
         values.update({o.name: np.asarray(replacements[o.name]) for o in self.model.outputs if o.name in replacements})
         return values
 
-    def _pruned_session(self, replaced: frozenset[str], outputs: list[str], feeds: Mapping[str, np.ndarray]) -> Any:
+    def _pruned_graph(self, replaced: frozenset[str], outputs: list[str], feeds: Mapping[str, np.ndarray]
+                      ) -> onnx.ModelProto:
         """The emulated graph with `replaced` as graph inputs, holding only the nodes `outputs` need. A
         Shape or Size node whose input's shape follows from the feeds' becomes a constant: a detector's
         anchors read the shapes of its feature maps, which would otherwise keep the whole backbone."""
@@ -279,7 +284,7 @@ class EmulatorBuilt:
         graph.output.extend(o for o in self.proto.graph.output if o.name in outputs)
         graph.input.extend(helper.make_tensor_value_info(
             t, onnx.helper.np_dtype_to_tensor_dtype(self._substitute_dtype(t)), None) for t in sorted(replaced))
-        return ort_sessions.session(proto, built=SUBSTITUTING, weights=self.weights)
+        return proto
 
     def _known_shapes(self, feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
         """The shapes onnx's shape inference derives from the feeds' shapes, of the tensors Shape and Size
