@@ -33,15 +33,22 @@ class FoldedGraph:
     weights: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def fold_like_builder(model: Model) -> FoldedGraph:
-    """Constant folding and BatchNorm fusion in FP32, by onnxruntime's basic optimization level."""
+def fold_like_builder(model: Model, every_weight: bool = False) -> FoldedGraph:
+    """Constant folding and BatchNorm fusion in FP32, by onnxruntime's basic optimization level.
+    `every_weight`: hand onnxruntime every weight's values, those only read at run time too (slower; the
+    same graph)."""
+    read_at_run_time = set() if every_weight else _read_at_run_time(model)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "folded.onnx")
-        ort_sessions.session(model.proto, level="basic", threads=1, optimized_path=path, weights=model.weights)
+        ort_sessions.session(_with_inputs_for(model.proto, read_at_run_time), level="basic", threads=1,
+                             optimized_path=path,
+                             weights={k: v for k, v in model.weights.items() if k not in read_at_run_time})
         folded = onnx.load(path, load_external_data=False)
         kept = _left_as_they_were(folded, model.weights, tmp)
         folded, weights = shared.take_weights(folded, tmp)  # what the folding made or changed
         weights.update(kept)
+    _restore_weights(folded, model.proto, read_at_run_time)
+    weights.update({name: model.weights[name] for name in read_at_run_time})
     # onnxruntime may leave nodes unnamed or reuse names; layer names must be unique.
     seen: set[str] = set()
     for i, node in enumerate(folded.graph.node):
@@ -52,6 +59,57 @@ def fold_like_builder(model: Model) -> FoldedGraph:
     covered = {n for nodes in covers.values() for n in nodes}
     folded_away = tuple(n.name for n in model.nodes if n.name not in covered)
     return FoldedGraph(folded, covers, folded_away, weights)
+
+
+# op -> the input slot a weight must fill (None: any) for the op to only read it at run time: a MatMul's
+# operand, a Gather's table. The basic optimizations neither fold nor rewrite such a weight while another
+# input of each of its readers is computed at run time.
+READ_AS_DATA: dict[str, int | None] = {"MatMul": None, "Gather": 0}
+
+
+def _read_at_run_time(model: Model) -> set[str]:
+    """The large weights that only READ_AS_DATA readers read. The folding session gets them as typed graph
+    inputs instead of values: onnxruntime copied a 1.1 B decoder's 4.5 GB in, and wrote them out again,
+    for 17 s (tests/test_transformer_scale.py checks the folded graph is the same)."""
+    graph = model.proto.graph
+    constant = {t.name for t in graph.initializer}
+    constant |= {o for n in model.nodes if n.op_type == "Constant" for o in n.output}
+    excluded = {i.name for i in graph.input} | {o.name for o in graph.output}
+    found = set()
+    for name in model.weights:
+        readers = [model.node_by_name[n] for n in model.consumers.get(name, [])]
+        if name in excluded or not readers:
+            continue
+        if all(node.op_type in READ_AS_DATA and list(node.input).count(name) == 1
+               and READ_AS_DATA[node.op_type] in (None, list(node.input).index(name))
+               and any(t and t != name and t not in constant for t in node.input) for node in readers):
+            found.add(name)
+    return found
+
+
+def _with_inputs_for(proto: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
+    """`proto` with these initializers turned into typed graph inputs."""
+    if not names:
+        return proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)  # no weight bytes: they are placeholders
+    graph = copy.graph
+    moved = [t for t in graph.initializer if t.name in names]
+    kept = [t for t in graph.initializer if t.name not in names]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved)
+    return copy
+
+
+def _restore_weights(folded: onnx.ModelProto, proto: onnx.ModelProto, names: set[str]) -> None:
+    """The weights `_with_inputs_for` made inputs, back as initializers (placeholders of the model's arrays)."""
+    if not names:
+        return
+    inputs = [i for i in folded.graph.input if i.name not in names]
+    del folded.graph.input[:]
+    folded.graph.input.extend(inputs)
+    folded.graph.initializer.extend(shared.placeholder(t) for t in proto.graph.initializer if t.name in names)
 
 
 # Values compared where a folded weight keeps a model weight's name: every this-many-th byte, and the ends
