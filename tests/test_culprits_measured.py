@@ -51,8 +51,9 @@ def test_max_rel_is_floored_by_the_tensors_scale(decode):
 
 
 def test_no_bisection_runs_once_nonfinite_culprits_explain_the_failure(tmp_path, monkeypatch):
-    """HF's finfo.min mask NaNs everything downstream in FP16: the non-finite culprits, measured one run
-    each, explain all of it, so the search for more must cost no further run of the model."""
+    """HF's finfo.min mask NaNs everything downstream in FP16: the first non-finite culprit, measured in one
+    run, explains all of it, so neither the later non-finite tensors (whose NaN it causes or which only
+    overflow the mask) nor a search for more cost a further run of the model."""
     from fixtures.transformer_models import FEED_RANGES, TransformerConfig, save
     from trtdebug.engines.emulator.built import EmulatorBuilt
 
@@ -63,8 +64,8 @@ def test_no_bisection_runs_once_nonfinite_culprits_explain_the_failure(tmp_path,
                         lambda self, *args, **kwargs: runs.append(1) or substituted(self, *args, **kwargs))
     result = compare_case(prepare(problem_spec(path, input_range=FEED_RANGES)))
     assert not result.passed and result.culprits_explain > 0.999
-    assert all(c.creates_nonfinite for c in result.culprits)
-    assert len(runs) == len(result.culprits)
+    assert [(c.node, c.creates_nonfinite) for c in result.culprits] == [("mask.padding", True)]
+    assert len(runs) == 1
 
 
 def _share_of_nodes_computed(model, replaced) -> float:

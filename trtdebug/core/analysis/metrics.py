@@ -188,6 +188,11 @@ def _nonfinite_block_sums(r: np.ndarray, c: np.ndarray) -> _Sums:
     elements not finite on both sides are zeroed out of the sums (cheaper than selecting the others)."""
     finite_r, finite_c = np.isfinite(r), np.isfinite(c)
     both = finite_r & finite_c
+    if not both.any():  # no element finite on both sides (a NaN tensor): nothing to sum, the counts only
+        return _Sums(max_abs=math.inf if _mismatched(r, c, both).any() else 0.0,
+                     ref_max=float(np.abs(np.where(finite_r, r, 0)).max()),
+                     new_nonfinite=int(np.count_nonzero(finite_r & ~finite_c)),
+                     candidate_nonfinite=int(np.count_nonzero(~finite_c)))
     with np.errstate(invalid="ignore", over="ignore"):
         rf, cf = np.where(both, r, 0).astype(r.dtype, copy=False), np.where(both, c, 0).astype(c.dtype, copy=False)
         err = np.abs(cf - rf)
@@ -215,6 +220,9 @@ def _outside_block(r: np.ndarray, c: np.ndarray, bound: float, rtol: float, rel_
         if not math.isfinite(float(err.max())):  # inf or NaN on some side (a finite difference needs both finite)
             finite_r = np.isfinite(r)
             both = finite_r & np.isfinite(c)
+            if not both.any():  # a NaN tensor: outside exactly where the two sides differ
+                np.copyto(out, _mismatched(r, c, both))
+                return int(np.count_nonzero(out)), 0.0
             err[~both] = 0
             err[_mismatched(r, c, both)] = np.inf
             work[~finite_r] = 0  # a non-finite reference grants no relative tolerance
@@ -647,10 +655,11 @@ class _MaskScan:
 
     @classmethod
     def of(cls, r: np.ndarray, c: np.ndarray) -> _MaskScan:
-        rest = ~_mask(r, c)
-        rest_r, rest_c = r[rest], c[rest]
-        finite_r = rest_r[np.isfinite(rest_r)]
-        return cls(int(rest.size - np.count_nonzero(rest)), float(np.abs(finite_r).max(initial=0.0)),
+        masked = _mask(r, c)
+        count = int(np.count_nonzero(masked))
+        rest_r, rest_c = (r[~masked], c[~masked]) if count else (r, c)  # no copies where nothing is masked
+        finite_r = np.isfinite(rest_r)
+        return cls(count, float(np.abs(np.where(finite_r, rest_r, 0)).max(initial=0.0)),
                    not bool(np.isfinite(rest_c).all()), not np.array_equal(np.isnan(rest_r), np.isnan(rest_c)))
 
     def merge(self, other: _MaskScan) -> _MaskScan:

@@ -358,7 +358,7 @@ class Model:
         for name, value in self.constants():
             if value.dtype.kind != "f" or value.size == 0:
                 continue
-            max_abs = float(np.abs(value).max())
+            max_abs = max(float(value.max()), -float(value.min()))  # no |value| copy: weights can be gigabytes
             if not np.isfinite(max_abs):  # inf/NaN constants (masks) count by their finite values
                 finite = value[np.isfinite(value)]
                 max_abs = float(np.abs(finite).max()) if finite.size else 0.0
