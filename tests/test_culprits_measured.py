@@ -82,22 +82,49 @@ def _share_of_nodes_computed(model, replaced) -> float:
     return len(needed) / len(model.nodes)
 
 
-def test_a_failure_spread_from_the_first_layer_costs_a_bounded_search(tmp_path, monkeypatch):
-    """FP16 rounding from the first layer on, at a tight tolerance: every trial of the culprit search runs
-    nearly the whole model (32 trials had cost 25 runs' worth). The search stops at MAX_WORK runs' worth
-    (and the few runs measuring the culprits), and what it names still explains the failure."""
+@pytest.fixture(scope="module")
+def spread(tmp_path_factory):
+    """FP16 rounding from the first layer on, at a tight tolerance: compared, with the trials of its
+    culprit search (the tensors each put at reference values)."""
     from fixtures.transformer_models import FEED_RANGES, TransformerConfig, save
-    from trtdebug.core.analysis.culprits import MAX_CULPRITS, MAX_WORK
     from trtdebug.engines.emulator.built import EmulatorBuilt
 
-    path = save(TransformerConfig(layers=12, causal=False, seq=32), tmp_path / "encoder.onnx")
+    path = save(TransformerConfig(layers=12, causal=False, seq=32), tmp_path_factory.mktemp("spread") / "encoder.onnx")
     trials: list[list[str]] = []
     substituted = EmulatorBuilt.run_substituted
-    monkeypatch.setattr(EmulatorBuilt, "run_substituted", lambda self, feeds, replacements, *args, **kwargs:
-                        trials.append(list(replacements)) or substituted(self, feeds, replacements, *args, **kwargs))
-    case = prepare(problem_spec(path, input_range=FEED_RANGES, atol=1e-3, rtol=1e-3))
-    result = compare_case(case)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(EmulatorBuilt, "run_substituted", lambda self, feeds, replacements, *args, **kwargs:
+                      trials.append(list(replacements)) or substituted(self, feeds, replacements, *args, **kwargs))
+        case = prepare(problem_spec(path, input_range=FEED_RANGES, atol=1e-3, rtol=1e-3))
+        result = compare_case(case)
+    return case, result, trials
+
+
+def test_a_failure_spread_from_the_first_layer_costs_a_bounded_search(spread):
+    """Every trial of the culprit search runs nearly the whole model here (32 trials had cost 25 runs'
+    worth). The search stops at MAX_WORK runs' worth (and the few runs measuring the culprits), and what
+    it names still explains the failure."""
+    from trtdebug.core.analysis.culprits import MAX_CULPRITS, MAX_WORK
+
+    case, result, trials = spread
     assert not result.passed and result.culprits
     work = sum(_share_of_nodes_computed(case.problem.model, replaced) for replaced in trials)
     assert work <= MAX_WORK + MAX_CULPRITS + 1, (work, len(trials))
     check_culprit_invariants(case, result)
+
+
+def test_a_layer_named_in_a_span_says_what_is_true_of_it(spread):
+    """A span's layers get the span's measured share in their rounding defect: one defect, which says
+    "within this tensor's tolerance" only of tensors that are (an out-of-tolerance tensor had been given
+    a second defect saying so)."""
+    _, result, _ = spread
+    named = {n for c in result.culprits for n in c.chain}
+    assert named, result.culprits  # spans or chains, here
+    for report in result.tensors:
+        kinds = [d.kind for d in report.defects]
+        assert len(kinds) == len(set(kinds)), (report.node, report.defects)
+        if report.node in named:
+            rounding = next(d for d in report.defects if d.kind == "precision")
+            assert "adds" in rounding.details
+            within = report.accumulated is not None and not report.accumulated.bad
+            assert ("within this tensor's tolerance" in rounding.message) == within, (report.node, rounding)

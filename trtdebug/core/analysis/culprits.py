@@ -370,16 +370,28 @@ class _ContributionSearch:
                 and (nodes[b] in reach[a] or nodes[a] in reach[b] or reach[a] & reach[b])]
 
     def mark_introduced(self, group: _Group) -> None:
-        """A named layer introduces error, even where its tensor is within its own tolerance."""
+        """A named layer introduces error, even where its tensor is within its own tolerance. Its measured
+        share joins the rounding defect the tensor has, or becomes one."""
         for report in group.members:
             k = self._nodes.get(report.node)
             adds = self.steps.get(k, 0.0) / self.baseline if k is not None else group.adds
+            if group.span:  # the span was not split: what its layers add is known together only
+                measured = f"one of {len(group.members)} layers that {_adds(group.adds).replace('it adds', 'add')}"
+            else:
+                measured = _adds(adds)
             for r in self.units[k] if k is not None else [report]:
-                if r.status != "introduced" and (group.span or adds >= CHAIN_SHARE):
+                if (group.span or adds >= CHAIN_SHARE) and not any("adds" in d.details for d in r.defects):
                     r.status = "introduced"
-                    r.defects = [*r.defects, Defect("precision", f"rounding within this tensor's tolerance; "
-                                                                 f"{_adds(adds if not group.span else group.adds)}",
-                                                    {"adds": adds})]
+                    r.defects = _with_share(r.defects, measured, group.adds if group.span else adds)
+
+
+def _with_share(defects: list[Defect], measured: str, adds: float) -> list[Defect]:
+    """The tensor's rounding defect with the measured share joined to it, or a new one saying so."""
+    rounding = next((d for d in defects if d.kind == "precision"), None)
+    if rounding is None:
+        return [*defects, Defect("precision", f"rounding within this tensor's tolerance; {measured}", {"adds": adds})]
+    joined = Defect("precision", f"{rounding.message}; {measured}", {**rounding.details, "adds": adds})
+    return [joined if d is rounding else d for d in defects]
 
 
 def _origins_first(model: Model, culprits: list[Culprit], introduced: Sequence[TensorReport]) -> list[Culprit]:
