@@ -52,8 +52,8 @@ def test_max_rel_is_floored_by_the_tensors_scale(decode):
 
 def test_no_bisection_runs_once_nonfinite_culprits_explain_the_failure(tmp_path, monkeypatch):
     """HF's finfo.min mask NaNs everything downstream in FP16: the first non-finite culprit, measured in one
-    run, explains all of it, so neither the later non-finite tensors (whose NaN it causes or which only
-    overflow the mask) nor a search for more cost a further run of the model."""
+    run, explains all of it, so the later non-finite tensors are named unmeasured, and neither they nor a
+    search for more cost a further run of the model."""
     from fixtures.transformer_models import FEED_RANGES, TransformerConfig, save
     from trtdebug.engines.emulator.built import EmulatorBuilt
 
@@ -64,7 +64,9 @@ def test_no_bisection_runs_once_nonfinite_culprits_explain_the_failure(tmp_path,
                         lambda self, *args, **kwargs: runs.append(1) or substituted(self, *args, **kwargs))
     result = compare_case(prepare(problem_spec(path, input_range=FEED_RANGES)))
     assert not result.passed and result.culprits_explain > 0.999
-    assert [(c.node, c.creates_nonfinite) for c in result.culprits] == [("mask.padding", True)]
+    assert result.culprits[0].node == "mask.padding" and result.culprits[0].explained > 0.999
+    assert len(result.culprits) > 1 and all(c.creates_nonfinite for c in result.culprits)
+    assert all(c.explained is None for c in result.culprits[1:])
     assert len(runs) == 1
 
 

@@ -127,8 +127,10 @@ def find_culprits(model: Model, reports: Sequence[TensorReport], keepable: set[s
     remaining = baseline
 
     for report in nonfinite[:MAX_CULPRITS]:  # non-finite values come first, whatever they explain
-        if culprits and remaining < MIN_SHARE * baseline:  # ... but those named explain the failure already
-            break  # (the 1.1 B decoder's later NaN culprits cost a run of 4 s each, to explain 0%)
+        if culprits and remaining < MIN_SHARE * baseline:  # those named explain the failure: named, not measured
+            culprits.append(Culprit(report.tensor, report.node, report.op_type, True, None, _describe(report)))
+            replaced.append(report.tensor)  # (a run of the 1.1 B decoder each, 4 s, to measure 0%)
+            continue
         after = search.error_with([*replaced, report.tensor])
         culprits.append(Culprit(report.tensor, report.node, report.op_type, True,
                                 max(0.0, (remaining - after) / baseline), _describe(report)))
