@@ -200,3 +200,30 @@ def test_weights_only_read_at_run_time_are_not_handed_to_the_folding(tmp_path, m
         matmul_weights = {n.input[1] for n in model.nodes if n.op_type == "MatMul"} & set(model.weights)
         assert matmul_weights and not matmul_weights & handed[-2], path  # the fast fold's session
         assert all(fast.weights[name] is model.weights[name] for name in matmul_weights)
+
+
+def test_weights_that_round_to_themselves_are_not_copied(tmp_path, monkeypatch):
+    """A model exported in FP16 and upcast holds weights FP16 represents exactly: its emulated FP16 build
+    reads the model's own arrays instead of rounded copies (the second copy was half a 1 B model's memory);
+    weights that do round get a copy, and the emulated values are the same either way."""
+    import onnx
+    from onnx import numpy_helper
+
+    monkeypatch.setattr(shared, "SHARED_WEIGHT_BYTES", 1024)
+    proto = onnx.load(str(save(CONFIG, tmp_path / "decoder.onnx")))
+    for tensor in proto.graph.initializer:
+        if tensor.name.startswith("layers.0."):  # layer 0's weights exactly FP16, the others not
+            value = numpy_helper.to_array(tensor)
+            tensor.CopyFrom(numpy_helper.from_array(value.astype(np.float16).astype(value.dtype), tensor.name))
+    onnx.save(proto, tmp_path / "half.onnx")
+    model = Model.load(str(tmp_path / "half.onnx"))
+    built = EmulatorEngine().build(model, PrecisionPlan("fp16"))
+    exact = [n for n in model.weights if n.startswith("layers.0.") and f"{n}::fp16" in built.weights]
+    rounded = [n for n in model.weights if n.startswith("layers.1.") and f"{n}::fp16" in built.weights]
+    assert "layers.0.mlp.up_proj.weight" in exact and "layers.1.mlp.up_proj.weight" in rounded
+    assert all(built.weights[f"{n}::fp16"] is model.weights[n] for n in exact)
+    assert all(built.weights[f"{n}::fp16"] is not model.weights[n] for n in rounded)
+    monkeypatch.setattr(shared, "SHARED_WEIGHT_BYTES", 1 << 40)  # nothing held apart: rounded in the graph
+    feeds = generate_feeds(model, resolve_shapes(model, {}), FEED_RANGES)
+    _equal_bits(built.run(feeds), EmulatorEngine().build(Model.load(str(tmp_path / "half.onnx")),
+                                                         PrecisionPlan("fp16")).run(feeds))

@@ -146,32 +146,54 @@ def raw_outputs(node: onnx.NodeProto, out_slots: Iterable[int], floats: set[str]
 
 
 def round_values(value: np.ndarray, precision: str) -> np.ndarray:
-    """`value` rounded to `precision` (to nearest even; FP16: beyond 65504 is inf), as FP32."""
+    """`value` rounded to `precision` (to nearest even; FP16: beyond 65504 is inf), as FP32: `value`
+    itself where no bit changes."""
     if precision not in ("fp16", "bf16"):
         return value
     if value.size >= CAST_SESSION_ELEMENTS:
         return _rounded_by_cast(np.ascontiguousarray(value, dtype=np.float32), precision)
     if precision == "fp16":
         with np.errstate(over="ignore"):
-            return value.astype(np.float16).astype(np.float32)
-    bits = value.astype(np.float32).view(np.uint32).astype(np.uint64)  # round the upper 16 bits to nearest even
-    rounded = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
-    return np.where(np.isnan(value), value.astype(np.float32), rounded)  # the carry would turn a NaN into inf
+            rounded = value.astype(np.float16).astype(np.float32)
+    else:
+        bits = value.astype(np.float32).view(np.uint32).astype(np.uint64)  # the upper 16 bits, to nearest even
+        rounded = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+        rounded = np.where(np.isnan(value), value.astype(np.float32), rounded)  # the carry would make NaN inf
+    unchanged = value.dtype == np.float32 and np.array_equal(rounded.view(np.uint32), value.view(np.uint32))
+    return value if unchanged else rounded
 
 
 # Arrays from this size on are rounded by onnxruntime's Cast kernels, vectorized and threaded: NumPy's
 # one-threaded conversion took about 8 s of the 1.1 B decoder's build. The same bits (tested).
 CAST_SESSION_ELEMENTS = 1 << 16
+ROUNDING_CHUNK = 1 << 22  # elements rounded at a time while the values come out unchanged
 
 
 def _rounded_by_cast(value: np.ndarray, precision: str) -> np.ndarray:
+    """`value` rounded; `value` itself where rounding changes no bit (a model stored in FP16, upcast to
+    FP32 when loaded, rounds to itself in FP16): no second copy of its weights then."""
     session = _cast_pair_session(precision)
-    rounded = np.empty_like(value)
-    binding = session.io_binding()  # written straight into `rounded`: no second copy of a large weight
-    binding.bind_cpu_input("x", value.reshape(-1))
-    binding.bind_output("y", "cpu", 0, np.float32, [value.size], rounded.ctypes.data)
+    flat = value.reshape(-1)
+    scratch = np.empty(min(flat.size, ROUNDING_CHUNK), np.float32)
+    rounded: np.ndarray | None = None
+    for start in range(0, flat.size, ROUNDING_CHUNK):
+        part = flat[start:start + ROUNDING_CHUNK]
+        if rounded is not None:  # changed already: the rest is rounded in place, a chunk at a time
+            _cast(session, part, rounded[start:start + part.size])
+            continue
+        _cast(session, part, scratch[:part.size])
+        if not np.array_equal(scratch[:part.size].view(np.uint32), part.view(np.uint32)):
+            rounded = np.empty_like(flat)
+            rounded[:start] = flat[:start]
+            rounded[start:start + part.size] = scratch[:part.size]
+    return value if rounded is None else rounded.reshape(value.shape)
+
+
+def _cast(session: ort.InferenceSession, source: np.ndarray, target: np.ndarray) -> None:
+    binding = session.io_binding()  # written straight into `target`, both contiguous
+    binding.bind_cpu_input("x", source)
+    binding.bind_output("y", "cpu", 0, np.float32, [source.size], target.ctypes.data)
     session.run_with_iobinding(binding)
-    return rounded
 
 
 @functools.cache
