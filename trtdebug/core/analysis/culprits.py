@@ -384,14 +384,17 @@ class _ContributionSearch:
             for r in self.units[k] if k is not None else [report]:
                 if (group.span or adds >= CHAIN_SHARE) and not any("adds" in d.details for d in r.defects):
                     r.status = "introduced"
-                    r.defects = _with_share(r.defects, measured, group.adds if group.span else adds)
+                    r.defects = _with_share(r, measured, group.adds if group.span else adds)
 
 
-def _with_share(defects: list[Defect], measured: str, adds: float) -> list[Defect]:
+def _with_share(report: TensorReport, measured: str, adds: float) -> list[Defect]:
     """The tensor's rounding defect with the measured share joined to it, or a new one saying so."""
+    defects = report.defects
     rounding = next((d for d in defects if d.kind == "precision"), None)
     if rounding is None:
-        return [*defects, Defect("precision", f"rounding within this tensor's tolerance; {measured}", {"adds": adds})]
+        within = report.accumulated is not None and not report.accumulated.bad
+        what = "rounding within this tensor's tolerance" if within else "rounding"
+        return [*defects, Defect("precision", f"{what}; {measured}", {"adds": adds})]
     joined = Defect("precision", f"{rounding.message}; {measured}", {**rounding.details, "adds": adds})
     return [joined if d is rounding else d for d in defects]
 
