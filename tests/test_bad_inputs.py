@@ -235,3 +235,21 @@ def test_an_inputs_file_in_float64_is_cast_with_one_note(world):
     notes = [line for line in run.stderr.splitlines() if line.startswith("note:")]
     assert notes == ["note: input 'input' is float64 in the inputs file; cast to float32"], run.stderr
     assert "note:" not in run.stdout
+
+
+def test_the_dynamic_shapes_hint_names_every_input_and_runs_when_pasted(tmp_path):
+    """A BERT encoder has two inputs of dynamic shape: one line names both, and its --input-shape options
+    pasted back run (the hint had named the first only, so pasting it met the second)."""
+    import re
+
+    from fixtures.real_models import text_encoder
+
+    model = text_encoder()
+    first = run_cli("compare", model, cwd=tmp_path)
+    lines = first.stderr.strip().splitlines()
+    assert first.returncode == 2 and len(lines) == 1, first.stderr
+    given = re.findall(r"--input-shape (\S+)", lines[0])
+    assert sorted(g.split(":")[0] for g in given) == ["attention_mask", "input_ids"], lines[0]
+    pasted = [arg for shape in given for arg in ("--input-shape", shape)]
+    second = run_cli("compare", model, *pasted, "--input-range", "attention_mask:0,1", cwd=tmp_path)
+    assert second.returncode in (0, 1), second.stderr

@@ -29,6 +29,12 @@ def resolve_shapes(model: Model, overrides: Mapping[str, Shape]) -> dict[str, Sh
         if name not in known:
             raise UserError(f"--input-shape names {name!r}, which is not a model input; "
                             f"inputs are: {', '.join(sorted(known))}")
+    missing = [spec for spec in model.inputs if spec.name not in overrides and not spec.is_static]
+    if len(missing) > 1:  # every one in the one line, so the hint pasted back runs
+        given = " ".join(input_shape_hint(spec.name, spec.shape or (), sizes_note=False) for spec in missing)
+        raise UserError(f"inputs {', '.join(repr(spec.name) for spec in missing)} have dynamic shapes "
+                        f"({'; '.join(_fmt(spec.shape) for spec in missing)}); give them with {given} "
+                        f"(the sizes you run in place of the dynamic 1s)")
     shapes = {}
     for spec in model.inputs:
         if spec.name in overrides:
@@ -46,10 +52,10 @@ def resolve_shapes(model: Model, overrides: Mapping[str, Shape]) -> dict[str, Sh
     return shapes
 
 
-def input_shape_hint(name: str, dims: Sequence[int | str | None]) -> str:
+def input_shape_hint(name: str, dims: Sequence[int | str | None], sizes_note: bool = True) -> str:
     """`--input-shape NAME:DxDx...` as the parser takes it, each dynamic dimension written as 1."""
     shape = "x".join(str(d) if isinstance(d, int) and d >= 1 else "1" for d in dims)
-    return f"--input-shape {name}:{shape} (the sizes you run in place of the dynamic 1s)"
+    return f"--input-shape {name}:{shape}" + (" (the sizes you run in place of the dynamic 1s)" if sizes_note else "")
 
 
 def generate_feeds(model: Model, shapes: Mapping[str, Shape],
