@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
-import onnx
 
 from trtdebug.core.model.graph import Model, node_dependencies
 from trtdebug.core.reference import ort_sessions
@@ -138,7 +137,7 @@ class LazyReference(Mapping[str, np.ndarray]):
     def fetch(self, tensors: list[str]) -> dict[str, np.ndarray]:
         """These tensors' values, by one run of just the nodes they need (onnxruntime runs every node of a
         graph whatever is fetched: on a billion-parameter decoder, a mask's value cost a whole run)."""
-        from trtdebug.core.reference.pieces import producers, upstream_nodes
+        from trtdebug.core.reference.pieces import producers, upstream_nodes, with_nodes
 
         key = tuple(sorted(tensors))
         if key not in self._sessions:
@@ -146,12 +145,7 @@ class LazyReference(Mapping[str, np.ndarray]):
             types = {t: _elem_type(self.model, t) for t in key}
             proto = ort_sessions.with_outputs(self.model.proto, key, types, self.model.weights)
             needed = sorted(upstream_nodes(proto, producers(proto), key))
-            graph = onnx.GraphProto()  # the needed nodes, in order, and only `key` as outputs
-            graph.CopyFrom(proto.graph)
-            del graph.node[:], graph.output[:]
-            graph.node.extend(proto.graph.node[i] for i in needed)
-            graph.output.extend(o for o in proto.graph.output if o.name in key)
-            proto.graph.CopyFrom(graph)
+            proto = with_nodes(proto, (proto.graph.node[i] for i in needed), key)
             self._sessions[key] = ort_sessions.session(proto, weights=self.model.weights)
         values = ort_sessions.run(self._sessions[key], self.feeds)  # type: ignore[arg-type]
         return {t: values[t] for t in key}

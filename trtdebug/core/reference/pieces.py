@@ -44,6 +44,19 @@ def upstream_nodes(proto: onnx.ModelProto, producer: Mapping[str, int], tensors:
     return found
 
 
+def with_nodes(proto: onnx.ModelProto, nodes: Iterable[onnx.NodeProto], outputs: Iterable[str]) -> onnx.ModelProto:
+    """A copy of `proto` holding just `nodes` (in the order given) and, of its outputs, just `outputs`
+    (weights stay placeholders: no weight bytes are copied)."""
+    wanted = set(outputs)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    graph = copy.graph
+    del graph.node[:], graph.output[:]
+    graph.node.extend(nodes)
+    graph.output.extend(o for o in proto.graph.output if o.name in wanted)
+    return copy
+
+
 def split_by_targets(proto: onnx.ModelProto, groups: Sequence[Iterable[str]]) -> list[list[int]]:
     """Node indices of each piece: piece i runs the nodes not yet run that group i's tensors depend on;
     the last piece also runs whatever is left (graph outputs, dead ends)."""

@@ -253,7 +253,7 @@ class EmulatorBuilt:
         """The emulated graph with `replaced` as graph inputs, holding only the nodes `outputs` need. A
         Shape or Size node whose input's shape follows from the feeds' becomes a constant: a detector's
         anchors read the shapes of its feature maps, which would otherwise keep the whole backbone."""
-        from trtdebug.core.reference.pieces import producers, upstream_nodes
+        from trtdebug.core.reference.pieces import producers, upstream_nodes, with_nodes
 
         nodes = self.proto.graph.node
         cut = {t: i for t, i in producers(self.proto).items() if t not in replaced}
@@ -266,23 +266,20 @@ class EmulatorBuilt:
             kept = upstream_nodes(self.proto, cut, outputs, skip=frozenset(constants))
             read = {t for i in kept for t in node_dependencies(nodes[i])} | set(outputs)
             constants = {i: v for i, v in constants.items() if nodes[i].output[0] in read}
-        proto = onnx.ModelProto()
-        proto.CopyFrom(self.proto)  # no weight bytes: they are placeholders
-        graph = proto.graph
-        del graph.node[:]
+        pruned: list[onnx.NodeProto] = []
         for i in sorted(kept | set(constants)):
             if i in constants:
-                graph.node.append(helper.make_node("Constant", [], [nodes[i].output[0]], name=nodes[i].name,
-                                                   value=numpy_helper.from_array(constants[i])))
+                pruned.append(helper.make_node("Constant", [], [nodes[i].output[0]], name=nodes[i].name,
+                                               value=numpy_helper.from_array(constants[i])))
                 continue
-            node = graph.node.add()
+            node = onnx.NodeProto()
             node.CopyFrom(nodes[i])
             for j, t in enumerate(node.output):
                 if t in replaced:  # written by a node kept for its other outputs: the replacement is read
                     node.output[j] = f"{t}::replaced"
-        del graph.output[:]
-        graph.output.extend(o for o in self.proto.graph.output if o.name in outputs)
-        graph.input.extend(helper.make_tensor_value_info(
+            pruned.append(node)
+        proto = with_nodes(self.proto, pruned, outputs)
+        proto.graph.input.extend(helper.make_tensor_value_info(
             t, onnx.helper.np_dtype_to_tensor_dtype(self._substitute_dtype(t)), None) for t in sorted(replaced))
         return proto
 
